@@ -1,0 +1,243 @@
+//! The KV-cache API: a cache method is a factory of per-layer caches, and each layer's cache owns
+//! what it stores and how attention over it is computed. This module defines that contract, the
+//! attention helpers every cache can reuse (SDPA with the right mask, GQA without repeating K/V),
+//! and `FullCache`, the uncompressed baseline every method is measured against.
+//!
+//! Keys are stored after RoPE, per KV head (`[batch, kv_heads, tokens, head_dim]`), never
+//! repeated per query head. A cache reports the bytes it really holds.
+
+use crate::device::DType;
+use crate::error::Result;
+use tch::{Device, Kind, Tensor};
+
+/// What a layer's cache receives for one forward step (a prefill chunk or one decoded token).
+pub struct AttentionStep<'a> {
+    /// Layer index.
+    pub layer: usize,
+    /// Queries after RoPE, `[B, Hq, L, D]` in the compute dtype.
+    pub q: &'a Tensor,
+    /// New keys after RoPE, `[B, Hkv, L, D]`.
+    pub k: &'a Tensor,
+    /// New values, `[B, Hkv, L, D]`.
+    pub v: &'a Tensor,
+    /// Absolute position of the first new token.
+    pub start_pos: usize,
+    /// Sliding attention window of this layer, if any.
+    pub sliding_window: Option<usize>,
+    /// Softmax scale (1/sqrt(D)).
+    pub scale: f64,
+}
+
+/// Shape and storage settings a cache factory needs to build a layer's cache.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheSpec {
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub kv_dtype: DType,
+    pub device: Device,
+    /// Tokens the caller expects to store (prompt + generation), to size the first allocation.
+    pub expected_tokens: usize,
+}
+
+/// One layer's KV cache.
+pub trait LayerCache: Send {
+    /// Stores the step's new K/V (or what the method keeps of them) and returns the attention
+    /// output `[B, Hq, L, D]` of the step's queries over everything the cache attends to.
+    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor>;
+    /// Tokens currently stored (the largest count over heads, for per-head caches).
+    fn stored_tokens(&self) -> usize;
+    /// Bytes of cache content really held on the device (codes, scales, indices included).
+    fn bytes_held(&self) -> u64;
+    /// Bytes allocated, including spare capacity; never less than `bytes_held`.
+    fn bytes_allocated(&self) -> u64 {
+        self.bytes_held()
+    }
+    /// Forgets everything.
+    fn reset(&mut self);
+}
+
+/// Builds the per-layer caches of one method.
+pub trait CacheFactory {
+    /// Registered method name (e.g. `full`).
+    fn name(&self) -> &str;
+    /// A fresh cache for `layer`.
+    fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>>;
+}
+
+/// The uncompressed cache.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FullCacheFactory;
+
+impl CacheFactory for FullCacheFactory {
+    fn name(&self) -> &str {
+        "full"
+    }
+    fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>> {
+        Ok(Box::new(FullCache::new(*spec)))
+    }
+}
+
+/// A contiguous, growable K/V store: keys for absolute positions `first_pos..first_pos+len`.
+///
+/// Storage is preallocated and grows geometrically, so appending a token writes one slot and
+/// never copies the whole cache; attention reads views. Sliding-window layers drop tokens that
+/// fall out of the window (compacting at most once per window length), so their memory is bounded.
+pub struct FullCache {
+    spec: CacheSpec,
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    capacity: usize,
+    len: usize,
+    first_pos: usize,
+}
+
+impl FullCache {
+    /// An empty cache.
+    pub fn new(spec: CacheSpec) -> Self {
+        FullCache { spec, k: None, v: None, capacity: 0, len: 0, first_pos: 0 }
+    }
+
+    fn alloc(&self, cap: usize) -> Tensor {
+        let s = &self.spec;
+        Tensor::empty([s.batch as i64, s.kv_heads as i64, cap as i64, s.head_dim as i64], (s.kv_dtype.kind(), s.device))
+    }
+
+    /// Grows storage to hold at least `needed` tokens, keeping the content.
+    fn reserve(&mut self, needed: usize) {
+        if needed <= self.capacity {
+            return;
+        }
+        let cap = needed.max(self.capacity * 2).max(self.spec.expected_tokens.min(needed.max(1) * 4));
+        let (nk, nv) = (self.alloc(cap), self.alloc(cap));
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            if self.len > 0 {
+                nk.narrow(2, 0, self.len as i64).copy_(&k.narrow(2, 0, self.len as i64));
+                nv.narrow(2, 0, self.len as i64).copy_(&v.narrow(2, 0, self.len as i64));
+            }
+        }
+        self.k = Some(nk);
+        self.v = Some(nv);
+        self.capacity = cap;
+    }
+
+    /// Drops the oldest `n` tokens by moving the rest to the front of the storage.
+    fn drop_front(&mut self, n: usize) {
+        if n == 0 || n > self.len {
+            return;
+        }
+        let keep = (self.len - n) as i64;
+        for t in [self.k.as_mut(), self.v.as_mut()].into_iter().flatten() {
+            let tail = t.narrow(2, n as i64, keep).copy();
+            t.narrow(2, 0, keep).copy_(&tail);
+        }
+        self.len -= n;
+        self.first_pos += n;
+    }
+
+    /// Stored keys and values as views `[B, Hkv, len, D]`.
+    pub fn views(&self) -> Option<(Tensor, Tensor)> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => Some((k.narrow(2, 0, self.len as i64), v.narrow(2, 0, self.len as i64))),
+            _ => None,
+        }
+    }
+
+    /// Absolute position of the first stored token.
+    pub fn first_pos(&self) -> usize {
+        self.first_pos
+    }
+}
+
+impl LayerCache for FullCache {
+    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+        let new = step.k.size()[2] as usize;
+        if self.len == 0 {
+            self.first_pos = step.start_pos;
+        }
+        // A sliding layer only ever needs the last `window - 1` old tokens: compact lazily.
+        if let Some(w) = step.sliding_window {
+            let oldest_needed = step.start_pos.saturating_sub(w.saturating_sub(1));
+            let droppable = oldest_needed.saturating_sub(self.first_pos).min(self.len);
+            if droppable >= w.max(1) {
+                self.drop_front(droppable);
+            }
+        }
+        self.reserve(self.len + new);
+        let kind = self.spec.kv_dtype.kind();
+        if let (Some(k), Some(v)) = (&self.k, &self.v) {
+            k.narrow(2, self.len as i64, new as i64).copy_(&step.k.to_kind(kind));
+            v.narrow(2, self.len as i64, new as i64).copy_(&step.v.to_kind(kind));
+        }
+        self.len += new;
+        let (k, v) = self.views().expect("storage allocated by reserve");
+        Ok(attend_contiguous(step, &k, &v, self.first_pos))
+    }
+
+    fn stored_tokens(&self) -> usize {
+        self.len
+    }
+
+    fn bytes_held(&self) -> u64 {
+        let s = &self.spec;
+        (2 * s.batch * s.kv_heads * self.len * s.head_dim * s.kv_dtype.size_in_bytes()) as u64
+    }
+
+    fn bytes_allocated(&self) -> u64 {
+        let s = &self.spec;
+        (2 * s.batch * s.kv_heads * self.capacity * s.head_dim * s.kv_dtype.size_in_bytes()) as u64
+    }
+
+    fn reset(&mut self) {
+        self.len = 0;
+        self.first_pos = 0;
+    }
+}
+
+/// Attention of `step.q` over keys/values `[B, Hkv, S, D]` holding the contiguous absolute
+/// positions `k_start..k_start+S` (the step's own tokens included), causal and windowed.
+///
+/// GQA is handled without repeating K/V: the `G = Hq/Hkv` query heads that share a KV head are
+/// folded into the query-length axis, so SDPA sees `[B, Hkv, G*L, D]` against `[B, Hkv, S, D]`.
+/// When the cache dtype differs from the compute dtype, attention runs in the cache dtype (the
+/// queries are cast, not the whole cache), so no step allocates a cache-sized copy.
+pub fn attend_contiguous(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, k_start: usize) -> Tensor {
+    let q = step.q;
+    let (b, hq, l, d) = q.size4().expect("queries are [B, H, L, D]");
+    let hkv = k.size()[1];
+    let s = k.size()[2] as usize;
+    let group = hq / hkv;
+    let out_kind = q.kind();
+    let kv_kind = k.kind();
+    let q = if kv_kind != out_kind { q.to_kind(kv_kind) } else { q.shallow_clone() };
+    let q_start = step.start_pos;
+    let window = step.sliding_window;
+
+    // Fast paths: a plain causal prefill from an empty cache, and single-token decoding.
+    let no_prefix = k_start == q_start && s == l as usize;
+    let window_inactive = window.is_none_or(|w| w >= s);
+    let out = if no_prefix && window_inactive && l > 1 {
+        Tensor::scaled_dot_product_attention(&q, k, v, None::<&Tensor>, 0.0, true, step.scale, group > 1)
+    } else if l == 1 && window_inactive {
+        let qg = q.reshape([b, hkv, group, d]);
+        Tensor::scaled_dot_product_attention(&qg, k, v, None::<&Tensor>, 0.0, false, step.scale, false).reshape([b, hq, 1, d])
+    } else {
+        let mask = causal_window_mask(q_start, l as usize, k_start, s, window, k.device());
+        let qg = q.reshape([b, hkv, group * l, d]);
+        let mask = mask.repeat([group, 1]);
+        Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d])
+    };
+    if out.kind() != out_kind { out.to_kind(out_kind) } else { out }
+}
+
+/// Boolean mask `[L, S]`: query at absolute position `q_start+i` may see key `k_start+j` when the
+/// key is not in its future and, with a window `w`, is less than `w` positions behind.
+pub fn causal_window_mask(q_start: usize, l: usize, k_start: usize, s: usize, window: Option<usize>, device: Device) -> Tensor {
+    let qpos = Tensor::arange_start(q_start as i64, (q_start + l) as i64, (Kind::Int64, device)).unsqueeze(1);
+    let kpos = Tensor::arange_start(k_start as i64, (k_start + s) as i64, (Kind::Int64, device)).unsqueeze(0);
+    let causal = kpos.le_tensor(&qpos);
+    match window {
+        Some(w) => causal.logical_and(&(&qpos - &kpos).lt(w as i64)),
+        None => causal,
+    }
+}

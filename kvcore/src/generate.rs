@@ -1,0 +1,187 @@
+//! Generation: prefill (optionally in chunks), then greedy decoding with stop tokens and stop
+//! strings, through the per-layer caches of a cache method, with the timings and byte counts the
+//! benchmark reports.
+
+use crate::cache::{CacheFactory, CacheSpec, LayerCache};
+use crate::error::{Error, Result};
+use crate::loader::LoadedModel;
+use crate::model::Logits;
+use tch::{Kind, Tensor};
+
+/// How to generate.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// End-of-sequence tokens are suppressed until this many tokens are generated.
+    pub min_new_tokens: usize,
+    /// Strings that end generation; the text is cut before the first one.
+    pub stop_strings: Vec<String>,
+    /// Token ids that end generation (in addition to the model's EOS ids).
+    pub extra_stop_token_ids: Vec<u32>,
+    /// Prefill in chunks of this many tokens (None: all at once).
+    pub prefill_chunk: Option<usize>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions { max_new_tokens: 128, min_new_tokens: 0, stop_strings: vec![], extra_stop_token_ids: vec![], prefill_chunk: None }
+    }
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    EosToken,
+    StopString,
+    MaxNewTokens,
+}
+
+/// What a generation produced and what it cost.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GenerationOutput {
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop_reason: StopReason,
+    /// Seconds from the start of prefill to the first generated token.
+    pub prefill_seconds: f64,
+    /// Seconds spent on the tokens after the first.
+    pub decode_seconds: f64,
+    pub kv_bytes_held: u64,
+    pub kv_bytes_allocated: u64,
+    /// Bytes a full cache in the same storage dtype would hold for the same tokens.
+    pub kv_bytes_full: u64,
+}
+
+impl GenerationOutput {
+    /// Prompt tokens per second of prefill.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        if self.prefill_seconds > 0.0 { self.prompt_tokens as f64 / self.prefill_seconds } else { 0.0 }
+    }
+    /// Generated tokens per second, counting the tokens after the first (which prefill produces).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        let n = self.generated_tokens.saturating_sub(1);
+        if n > 0 && self.decode_seconds > 0.0 { n as f64 / self.decode_seconds } else { 0.0 }
+    }
+}
+
+/// Fresh per-layer caches of `factory` for a model.
+pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize) -> Result<Vec<Box<dyn LayerCache>>> {
+    let c = &lm.model.config;
+    let spec = CacheSpec {
+        batch: 1,
+        kv_heads: c.num_key_value_heads,
+        head_dim: c.head_dim,
+        kv_dtype: lm.settings.kv_dtype,
+        device: lm.settings.device,
+        expected_tokens,
+    };
+    (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec)).collect()
+}
+
+fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.argmax(-1, false).int64_value(&[0]) as u32)
+}
+
+/// Generates greedily from `prompt_ids` with the caches of `factory`.
+pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions, factory: &dyn CacheFactory) -> Result<GenerationOutput> {
+    let _guard = tch::no_grad_guard();
+    if prompt_ids.is_empty() {
+        return Err(Error::InvalidArgument { what: "prompt", value: String::new(), expected: "at least one token".into() });
+    }
+    let device = lm.settings.device;
+    let mut caches = new_caches(lm, factory, prompt_ids.len() + opts.max_new_tokens)?;
+    let mut stop_ids = lm.eos_token_ids.clone();
+    stop_ids.extend(&opts.extra_stop_token_ids);
+
+    let sync = || {
+        if let tch::Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    let t0 = std::time::Instant::now();
+    let ids: Vec<i64> = prompt_ids.iter().map(|&t| t as i64).collect();
+    let chunk = opts.prefill_chunk.unwrap_or(ids.len()).max(1);
+    let mut logits = Tensor::new();
+    let mut pos = 0usize;
+    for part in ids.chunks(chunk) {
+        let input = Tensor::from_slice(part).to_device(device).unsqueeze(0);
+        logits = lm.model.forward(&input, pos, &mut caches, Logits::Last)?;
+        pos += part.len();
+    }
+
+    let suppress = |logits: &mut Tensor, generated: usize| {
+        if generated < opts.min_new_tokens {
+            for &id in &stop_ids {
+                if (id as i64) < logits.size()[1] {
+                    let _ = logits.narrow(1, id as i64, 1).fill_(f64::NEG_INFINITY);
+                }
+            }
+        }
+    };
+    let mut out_ids: Vec<u32> = Vec::new();
+    let mut stop_reason = StopReason::MaxNewTokens;
+    let mut prefill_seconds = 0.0;
+    let mut text = String::new();
+    while out_ids.len() < opts.max_new_tokens {
+        suppress(&mut logits, out_ids.len());
+        let next = argmax(&logits)?;
+        if out_ids.is_empty() {
+            sync();
+            prefill_seconds = t0.elapsed().as_secs_f64();
+        }
+        if stop_ids.contains(&next) {
+            stop_reason = StopReason::EosToken;
+            break;
+        }
+        out_ids.push(next);
+        if !opts.stop_strings.is_empty() {
+            text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                stop_reason = StopReason::StopString;
+                break;
+            }
+        }
+        if out_ids.len() >= opts.max_new_tokens {
+            break;
+        }
+        let input = Tensor::from_slice(&[next as i64]).to_device(device).unsqueeze(0);
+        logits = lm.model.forward(&input, pos, &mut caches, Logits::Last)?;
+        pos += 1;
+    }
+    sync();
+    let total = t0.elapsed().as_secs_f64();
+    if out_ids.is_empty() {
+        prefill_seconds = total;
+    }
+    if stop_reason != StopReason::StopString {
+        text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    }
+    let kv_bytes_held = caches.iter().map(|c| c.bytes_held()).sum();
+    let kv_bytes_allocated = caches.iter().map(|c| c.bytes_allocated()).sum();
+    let stored = pos; // every token that went through the model
+    let kv_bytes_full = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()) * stored as u64;
+    Ok(GenerationOutput {
+        text,
+        generated_tokens: out_ids.len(),
+        token_ids: out_ids,
+        prompt_tokens: prompt_ids.len(),
+        stop_reason,
+        prefill_seconds,
+        decode_seconds: (total - prefill_seconds).max(0.0),
+        kv_bytes_held,
+        kv_bytes_allocated,
+        kv_bytes_full,
+    })
+}
+
+/// Logits of every position of `ids` (for parity checks and `--dump-logits --all-positions`).
+pub fn all_logits(lm: &mut LoadedModel, ids: &[u32], factory: &dyn CacheFactory) -> Result<Tensor> {
+    let _guard = tch::no_grad_guard();
+    let mut caches = new_caches(lm, factory, ids.len())?;
+    let input = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(lm.settings.device).unsqueeze(0);
+    Ok(lm.model.forward(&input, 0, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float))
+}

@@ -1,0 +1,23 @@
+//! The kvbench engine: devices and dtypes, the Llama-family decoder on libtorch, weight loading
+//! (safetensors, GGUF), tokenizer and chat template wiring, the per-layer KV-cache API that
+//! compression methods implement, generation, memory accounting, and where models come from.
+//!
+//! Map: [`device`] (settings), [`config`] (model shapes), [`weights`] (files → tensors),
+//! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
+//! [`generate`], [`loader`] (files → ready model), [`sources`] (fetching), [`memory`],
+//! [`random_init`] (random-weight models for tests and benchmarks).
+
+pub mod cache;
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod loader;
+pub mod memory;
+pub mod model;
+pub mod random_init;
+pub mod rope;
+pub mod sources;
+pub mod weights;
+
+pub use error::{Error, Result};

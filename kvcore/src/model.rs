@@ -1,0 +1,185 @@
+//! One parameterised decoder for the Llama family (Llama 2/3/3.1, Mistral, Qwen2/2.5, SmolLM2):
+//! RMSNorm, rotary attention with grouped KV heads, SwiGLU MLP. Differences between the variants
+//! are data in `ModelConfig` (q/k/v biases, sliding windows, tied embeddings, RoPE scaling), not
+//! copies of code. Attention goes through each layer's `LayerCache`, so compression methods plug
+//! in without touching the model.
+
+use crate::cache::{AttentionStep, LayerCache};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::rope::{apply_rotary, RotaryEmbedding};
+use crate::weights::Weights;
+use tch::{Device, Kind, Tensor};
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position's `[B, vocab]` (generation: the lm_head over all positions of a
+    /// long prompt would cost more than the rest of the model).
+    Last,
+    /// Every position's `[B, L, vocab]`.
+    All,
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    /// q, k and v projections fused into one matrix `[(Hq + 2 Hkv) D, hidden]`.
+    wqkv: Tensor,
+    bqkv: Option<Tensor>,
+    wo: Tensor,
+    bo: Option<Tensor>,
+    /// gate and up projections fused: `[2 I, hidden]`.
+    w_gate_up: Tensor,
+    w_down: Tensor,
+}
+
+/// A loaded decoder.
+pub struct Model {
+    pub config: ModelConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: RotaryEmbedding,
+    pub kind: Kind,
+    pub device: Device,
+    /// Bytes of the weights as held in memory.
+    pub weight_bytes: u64,
+}
+
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
+    let kind = x.kind();
+    let xf = x.to_kind(Kind::Float);
+    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+    let normed = xf * (var + eps).rsqrt();
+    weight * normed.to_kind(kind)
+}
+
+impl Model {
+    /// Builds the decoder from weights with Hugging Face names.
+    pub fn new(config: ModelConfig, mut w: Weights, kind: Kind, device: Device) -> Result<Self> {
+        let c = &config;
+        let (h, d) = (c.hidden_size as i64, c.head_dim as i64);
+        let (hq, hkv) = (c.num_attention_heads as i64, c.num_key_value_heads as i64);
+        let inter = c.intermediate_size as i64;
+        let vec_kind = |t: Tensor| t.to_kind(kind);
+        let mut weight_bytes = 0u64;
+        let mut count = |t: &Tensor| weight_bytes += (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+
+        w.check_shape("model.embed_tokens.weight", &[c.vocab_size as i64, h])?;
+        let embed = w.take("model.embed_tokens.weight")?.to_kind(kind);
+        count(&embed);
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            for (n, shape) in [
+                ("self_attn.q_proj.weight", [hq * d, h]),
+                ("self_attn.k_proj.weight", [hkv * d, h]),
+                ("self_attn.v_proj.weight", [hkv * d, h]),
+                ("self_attn.o_proj.weight", [h, hq * d]),
+                ("mlp.gate_proj.weight", [inter, h]),
+                ("mlp.up_proj.weight", [inter, h]),
+                ("mlp.down_proj.weight", [h, inter]),
+            ] {
+                w.check_shape(&format!("{p}.{n}"), &shape)?;
+            }
+            let q = w.take(&format!("{p}.self_attn.q_proj.weight"))?;
+            let k = w.take(&format!("{p}.self_attn.k_proj.weight"))?;
+            let v = w.take(&format!("{p}.self_attn.v_proj.weight"))?;
+            let wqkv = Tensor::cat(&[q, k, v], 0).to_kind(kind);
+            let bqkv = if c.qkv_bias {
+                let qb = w.take(&format!("{p}.self_attn.q_proj.bias"))?;
+                let kb = w.take(&format!("{p}.self_attn.k_proj.bias"))?;
+                let vb = w.take(&format!("{p}.self_attn.v_proj.bias"))?;
+                Some(vec_kind(Tensor::cat(&[qb, kb, vb], 0)))
+            } else {
+                None
+            };
+            let bo = if c.o_bias { Some(vec_kind(w.take(&format!("{p}.self_attn.o_proj.bias"))?)) } else { None };
+            let gate = w.take(&format!("{p}.mlp.gate_proj.weight"))?;
+            let up = w.take(&format!("{p}.mlp.up_proj.weight"))?;
+            let layer = Layer {
+                input_norm: vec_kind(w.take(&format!("{p}.input_layernorm.weight"))?),
+                post_norm: vec_kind(w.take(&format!("{p}.post_attention_layernorm.weight"))?),
+                wqkv,
+                bqkv,
+                wo: w.take(&format!("{p}.self_attn.o_proj.weight"))?.to_kind(kind),
+                bo,
+                w_gate_up: Tensor::cat(&[gate, up], 0).to_kind(kind),
+                w_down: w.take(&format!("{p}.mlp.down_proj.weight"))?.to_kind(kind),
+            };
+            for t in [&layer.wqkv, &layer.wo, &layer.w_gate_up, &layer.w_down, &layer.input_norm, &layer.post_norm] {
+                count(t);
+            }
+            layers.push(layer);
+        }
+        let norm = vec_kind(w.take("model.norm.weight")?);
+        let lm_head = match w.take_opt("lm_head.weight") {
+            Some(t) if !config.tie_word_embeddings => {
+                let t = t.to_kind(kind);
+                count(&t);
+                t
+            }
+            _ if config.tie_word_embeddings => embed.shallow_clone(),
+            _ => return Err(Error::MissingTensor { file: w.source.clone(), tensor: "lm_head.weight".into() }),
+        };
+        let freq_factors = w.take_opt("rope_freqs");
+        let rope = RotaryEmbedding::new(&config, kind, device, freq_factors.as_ref(), config.max_position_embeddings.min(8192));
+        Ok(Model { config, embed, layers, norm, lm_head, rope, kind, device, weight_bytes })
+    }
+
+    /// Runs `input_ids` (`[B, L]`, int64) whose first token sits at absolute position `start_pos`,
+    /// through every layer, each attending through its cache in `caches`.
+    pub fn forward(&mut self, input_ids: &Tensor, start_pos: usize, caches: &mut [Box<dyn LayerCache>], logits: Logits) -> Result<Tensor> {
+        let c = &self.config;
+        if caches.len() != self.layers.len() {
+            return Err(Error::Other(format!("{} layer caches for {} layers", caches.len(), self.layers.len())));
+        }
+        let (b, l) = input_ids.size2()?;
+        let (hq, hkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
+        let eps = c.rms_norm_eps;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let (cos, sin) = self.rope.table(start_pos, l as usize);
+        let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false);
+        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+            let hn = rms_norm(&x, &layer.input_norm, eps);
+            let qkv = hn.linear(&layer.wqkv, layer.bqkv.as_ref()).view([b, l, hq + 2 * hkv, d]).transpose(1, 2);
+            let q = apply_rotary(&qkv.narrow(1, 0, hq), &cos, &sin);
+            let k = apply_rotary(&qkv.narrow(1, hq, hkv), &cos, &sin);
+            let v = qkv.narrow(1, hq + hkv, hkv);
+            let step = AttentionStep {
+                layer: i,
+                q: &q,
+                k: &k,
+                v: &v,
+                start_pos,
+                sliding_window: c.sliding_window.get(i).copied().flatten(),
+                scale,
+            };
+            let attn = cache.attend(&step)?;
+            let attn = attn.transpose(1, 2).reshape([b, l, hq * d]);
+            x = x + attn.linear(&layer.wo, layer.bo.as_ref());
+            let hn = rms_norm(&x, &layer.post_norm, eps);
+            let gate_up = hn.linear::<Tensor>(&layer.w_gate_up, None);
+            let inter = c.intermediate_size as i64;
+            let act = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
+            x = x + act.linear::<Tensor>(&layer.w_down, None);
+        }
+        let x = match logits {
+            Logits::Last => x.narrow(1, l - 1, 1),
+            Logits::All => x,
+        };
+        let x = rms_norm(&x, &self.norm, eps);
+        let out = x.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float);
+        Ok(match logits {
+            Logits::Last => out.squeeze_dim(1),
+            Logits::All => out,
+        })
+    }
+
+    /// Number of decoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

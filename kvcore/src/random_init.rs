@@ -1,0 +1,138 @@
+//! Random-weight models in Hugging Face layout (`config.json`, `model.safetensors`,
+//! `tokenizer.json`, `tokenizer_config.json`), for tests that must run offline and for speed
+//! benchmarks of shapes too big to download. The tokenizer and chat template are real (taken
+//! from a GGUF, by default the SmolLM2 one), so prompts and chat rendering work as for real models.
+
+use crate::config::Architecture;
+use crate::error::{Error, Result};
+use kvformats::gguf::GgufFile;
+use kvformats::tokenizer::{tokenizer_json, GgufTokenizerSpec};
+use serde_json::json;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// A model shape.
+#[derive(Clone, Copy, Debug)]
+pub struct Preset {
+    pub name: &'static str,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f64,
+    pub max_positions: usize,
+}
+
+/// Shapes `kvbench model init --preset` knows.
+pub const PRESETS: &[Preset] = &[
+    Preset { name: "tiny", hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, rope_theta: 10_000.0, max_positions: 4096 },
+    Preset { name: "smollm2-135m", hidden: 576, intermediate: 1536, layers: 30, heads: 9, kv_heads: 3, head_dim: 64, rope_theta: 100_000.0, max_positions: 8192 },
+    Preset { name: "qwen2.5-0.5b", hidden: 896, intermediate: 4864, layers: 24, heads: 14, kv_heads: 2, head_dim: 64, rope_theta: 1_000_000.0, max_positions: 32768 },
+    Preset { name: "llama2-7b", hidden: 4096, intermediate: 11008, layers: 32, heads: 32, kv_heads: 32, head_dim: 128, rope_theta: 10_000.0, max_positions: 4096 },
+    Preset { name: "llama3-8b", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8, head_dim: 128, rope_theta: 500_000.0, max_positions: 8192 },
+    Preset { name: "mistral-7b", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8, head_dim: 128, rope_theta: 1_000_000.0, max_positions: 32768 },
+];
+
+/// What to write.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub arch: Architecture,
+    pub preset: Preset,
+    pub seed: i64,
+    /// Storage dtype of the weights.
+    pub dtype: Kind,
+    /// GGUF whose tokenizer and chat template the model gets.
+    pub tokenizer_gguf: std::path::PathBuf,
+    /// Sliding window for Mistral (default: a quarter of the context, at least 16).
+    pub sliding_window: Option<usize>,
+}
+
+/// Writes a random-weight model into `out_dir`.
+pub fn write_random_model(opts: &InitOptions, out_dir: &Path) -> Result<()> {
+    let _guard = tch::no_grad_guard();
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let gguf = GgufFile::open(&opts.tokenizer_gguf)?;
+    let spec = GgufTokenizerSpec::from_gguf(&gguf).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let vocab = spec.tokens.len();
+    let tok_json = tokenizer_json(&spec).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let tok_path = out_dir.join("tokenizer.json");
+    std::fs::write(&tok_path, tok_json).map_err(|e| Error::io(&tok_path, e))?;
+    let name_of = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize).cloned());
+    let tok_cfg = json!({
+        "bos_token": name_of(spec.bos_token_id),
+        "eos_token": name_of(spec.eos_token_id),
+        "chat_template": spec.chat_template,
+        "add_bos_token": spec.add_bos_token,
+    });
+    write_json(&out_dir.join("tokenizer_config.json"), &tok_cfg)?;
+
+    let p = opts.preset;
+    let model_type = opts.arch.name();
+    let qwen = opts.arch == Architecture::Qwen2;
+    let mut cfg = json!({
+        "architectures": [match opts.arch { Architecture::Llama => "LlamaForCausalLM", Architecture::Mistral => "MistralForCausalLM", Architecture::Qwen2 => "Qwen2ForCausalLM" }],
+        "model_type": model_type,
+        "hidden_size": p.hidden,
+        "intermediate_size": p.intermediate,
+        "num_hidden_layers": p.layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.kv_heads,
+        "head_dim": p.head_dim,
+        "vocab_size": vocab,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": p.rope_theta,
+        "max_position_embeddings": p.max_positions,
+        "hidden_act": "silu",
+        "tie_word_embeddings": opts.arch == Architecture::Llama,
+        "bos_token_id": spec.bos_token_id,
+        "eos_token_id": spec.eos_token_id,
+        "torch_dtype": match opts.dtype { Kind::BFloat16 => "bfloat16", Kind::Half => "float16", _ => "float32" },
+    });
+    if opts.arch == Architecture::Mistral {
+        cfg["sliding_window"] = json!(opts.sliding_window.unwrap_or((p.max_positions / 4).max(16)));
+    }
+    write_json(&out_dir.join("config.json"), &cfg)?;
+    write_json(&out_dir.join("generation_config.json"), &json!({"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}))?;
+
+    tch::manual_seed(opts.seed);
+    let randn = |shape: &[usize]| {
+        let s: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        (Tensor::randn(&s, (Kind::Float, Device::Cpu)) * 0.02).to_kind(opts.dtype)
+    };
+    let ones = |n: usize| Tensor::ones([n as i64], (opts.dtype, Device::Cpu));
+    let (h, d) = (p.hidden, p.head_dim);
+    let mut named: Vec<(String, Tensor)> = vec![("model.embed_tokens.weight".into(), randn(&[vocab, h]))];
+    for i in 0..p.layers {
+        let pre = format!("model.layers.{i}");
+        named.push((format!("{pre}.input_layernorm.weight"), ones(h)));
+        named.push((format!("{pre}.post_attention_layernorm.weight"), ones(h)));
+        named.push((format!("{pre}.self_attn.q_proj.weight"), randn(&[p.heads * d, h])));
+        named.push((format!("{pre}.self_attn.k_proj.weight"), randn(&[p.kv_heads * d, h])));
+        named.push((format!("{pre}.self_attn.v_proj.weight"), randn(&[p.kv_heads * d, h])));
+        named.push((format!("{pre}.self_attn.o_proj.weight"), randn(&[h, p.heads * d])));
+        if qwen {
+            named.push((format!("{pre}.self_attn.q_proj.bias"), randn(&[p.heads * d])));
+            named.push((format!("{pre}.self_attn.k_proj.bias"), randn(&[p.kv_heads * d])));
+            named.push((format!("{pre}.self_attn.v_proj.bias"), randn(&[p.kv_heads * d])));
+        }
+        named.push((format!("{pre}.mlp.gate_proj.weight"), randn(&[p.intermediate, h])));
+        named.push((format!("{pre}.mlp.up_proj.weight"), randn(&[p.intermediate, h])));
+        named.push((format!("{pre}.mlp.down_proj.weight"), randn(&[h, p.intermediate])));
+    }
+    named.push(("model.norm.weight".into(), ones(h)));
+    if opts.arch != Architecture::Llama {
+        named.push(("lm_head.weight".into(), randn(&[vocab, h])));
+    }
+    let path = out_dir.join("model.safetensors");
+    let partial = out_dir.join(".model.safetensors.partial");
+    Tensor::write_safetensors(&named, &partial)?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(())
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+}

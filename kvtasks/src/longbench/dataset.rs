@@ -1,0 +1,186 @@
+//! Reading the official LongBench v1 JSONL files (`<dir>/<subset>.jsonl`, `<subset>_e.jsonl`
+//! for LongBench-E) and fetching them from the Hugging Face hub (`THUDM/LongBench`, `data.zip`).
+//! Reading never needs the network; a missing file says which command fetches it.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::prompts::subset;
+
+/// The command that fetches the data (wired into the `kvbench` CLI).
+pub const FETCH_COMMAND: &str = "kvbench data fetch longbench";
+/// Env var overriding the hub address (a mirror, or `file:///path` for an offline copy).
+pub const HF_ENDPOINT_ENV: &str = "KVBENCH_HF_ENDPOINT";
+pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
+/// Path of the archive under the endpoint.
+pub const DATA_ZIP_PATH: &str = "datasets/THUDM/LongBench/resolve/main/data.zip";
+/// Refuse archive entries larger than this (the largest official file is a few hundred MB).
+const MAX_ENTRY_BYTES: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("unknown LongBench subset {name:?}")]
+    UnknownSubset { name: String },
+    #[error("{name} has no LongBench-E version (LongBench-E has 13 subsets)")]
+    NotInLongBenchE { name: String },
+    #[error(
+        "LongBench data file {path} not found; run `{FETCH_COMMAND}` to download it \
+         (needs access to the Hugging Face hub, or {HF_ENDPOINT_ENV} pointing to a mirror)"
+    )]
+    Missing { path: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: not a LongBench record: {message}")]
+    BadRecord { path: PathBuf, line: usize, message: String },
+    #[error("download of {url} failed: {message}")]
+    Download { url: String, message: String },
+    #[error("{path}: not a usable LongBench archive: {message}")]
+    Archive { path: PathBuf, message: String },
+}
+
+/// One row of an official LongBench v1 file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LongBenchRecord {
+    pub input: String,
+    pub context: String,
+    pub answers: Vec<String>,
+    /// words (English) or characters (Chinese) of the context, used by LongBench-E's buckets
+    pub length: u64,
+    pub dataset: String,
+    pub language: String,
+    pub all_classes: Option<Vec<String>>,
+    #[serde(rename = "_id")]
+    pub id: String,
+}
+
+/// `$KVBENCH_HOME/data/longbench` (default `~/.cache/kvbench/data/longbench`).
+pub fn default_data_dir() -> PathBuf {
+    let home = std::env::var_os("KVBENCH_HOME")
+        .map(PathBuf::from)
+        .or_else(|| dirs::cache_dir().map(|c| c.join("kvbench")))
+        .unwrap_or_else(|| PathBuf::from(".kvbench"));
+    home.join("data").join("longbench")
+}
+
+/// Where `<subset>[_e].jsonl` lives under `dir`, after checking the subset exists.
+pub fn subset_path(dir: &Path, name: &str, longbench_e: bool) -> Result<PathBuf, DataError> {
+    let s = subset(name).ok_or_else(|| DataError::UnknownSubset { name: name.to_string() })?;
+    if longbench_e && !s.in_longbench_e {
+        return Err(DataError::NotInLongBenchE { name: name.to_string() });
+    }
+    Ok(dir.join(if longbench_e { format!("{name}_e.jsonl") } else { format!("{name}.jsonl") }))
+}
+
+/// All records of one subset, in file order.
+pub fn load_subset(dir: &Path, name: &str, longbench_e: bool) -> Result<Vec<LongBenchRecord>, DataError> {
+    let path = subset_path(dir, name, longbench_e)?;
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DataError::Missing { path }),
+        Err(source) => return Err(DataError::Io { path, source }),
+    };
+    let mut records = Vec::new();
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|source| DataError::Io { path: path.clone(), source })?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let record: LongBenchRecord = serde_json::from_str(&line).map_err(|e| DataError::BadRecord {
+            path: path.clone(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
+/// What a fetch wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FetchSummary {
+    pub url: String,
+    pub dir: PathBuf,
+    /// file names written, sorted
+    pub files: Vec<String>,
+}
+
+/// The archive URL: `$KVBENCH_HF_ENDPOINT` (default the hub) + [`DATA_ZIP_PATH`].
+pub fn data_zip_url() -> String {
+    let endpoint = std::env::var(HF_ENDPOINT_ENV).unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_string());
+    format!("{}/{DATA_ZIP_PATH}", endpoint.trim_end_matches('/'))
+}
+
+/// Download `data.zip` from the hub (or `KVBENCH_HF_ENDPOINT`) and unpack its `*.jsonl` files
+/// into `dir`.
+pub fn fetch_longbench(dir: &Path) -> Result<FetchSummary, DataError> {
+    fetch_longbench_from(&data_zip_url(), dir)
+}
+
+/// Download the archive at `url` (`http(s)://` or `file://`) and unpack its `*.jsonl` into `dir`.
+pub fn fetch_longbench_from(url: &str, dir: &Path) -> Result<FetchSummary, DataError> {
+    std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
+    let zip_path = dir.join("data.zip");
+    let part = dir.join("data.zip.part");
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DataError::Io { path, source }
+    };
+    let download_err = |message: String| DataError::Download { url: url.to_string(), message };
+    {
+        let mut reader: Box<dyn Read> = if let Some(local) = url.strip_prefix("file://") {
+            Box::new(File::open(local).map_err(|e| download_err(format!("{local}: {e}")))?)
+        } else {
+            let mut req = ureq::get(url);
+            if let Ok(token) = std::env::var("HF_TOKEN") {
+                req = req.set("Authorization", &format!("Bearer {token}"));
+            }
+            let resp = req.call().map_err(|e| download_err(e.to_string()))?;
+            Box::new(resp.into_reader())
+        };
+        let mut out = File::create(&part).map_err(io_err(&part))?;
+        std::io::copy(&mut reader, &mut out).map_err(|e| download_err(e.to_string()))?;
+        out.flush().map_err(io_err(&part))?;
+    }
+    std::fs::rename(&part, &zip_path).map_err(io_err(&zip_path))?;
+    let files = unpack_jsonl(&zip_path, dir)?;
+    Ok(FetchSummary { url: url.to_string(), dir: dir.to_path_buf(), files })
+}
+
+/// Extract every `*.jsonl` entry of the archive (any folder inside it) into `dir` by file name.
+pub fn unpack_jsonl(zip_path: &Path, dir: &Path) -> Result<Vec<String>, DataError> {
+    let archive_err = |message: String| DataError::Archive { path: zip_path.to_path_buf(), message };
+    let file = File::open(zip_path).map_err(|source| DataError::Io { path: zip_path.to_path_buf(), source })?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| archive_err(e.to_string()))?;
+    let mut written = Vec::new();
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| archive_err(e.to_string()))?;
+        if entry.is_dir() {
+            continue;
+        }
+        let Some(name) = entry.enclosed_name().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        else {
+            continue;
+        };
+        if !name.ends_with(".jsonl") || name.starts_with('.') {
+            continue;
+        }
+        if entry.size() > MAX_ENTRY_BYTES {
+            return Err(archive_err(format!("entry {name} is {} bytes", entry.size())));
+        }
+        let target = dir.join(&name);
+        let tmp = dir.join(format!("{name}.part"));
+        let mut out = File::create(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        std::io::copy(&mut (&mut entry).take(MAX_ENTRY_BYTES), &mut out)
+            .map_err(|e| archive_err(format!("entry {name}: {e}")))?;
+        std::fs::rename(&tmp, &target).map_err(|source| DataError::Io { path: target.clone(), source })?;
+        written.push(name);
+    }
+    if written.is_empty() {
+        return Err(archive_err("no .jsonl files inside".to_string()));
+    }
+    written.sort();
+    Ok(written)
+}

@@ -1,0 +1,288 @@
+//! The sample type every generated task emits (context kept apart from the question so an engine
+//! can compress the context once and then append the question), the tokenizer abstraction the
+//! generators use to measure lengths, and the string-match metrics that belong to these tasks.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Text ↔ token ids. The engine's tokenizer implements this; tests may use [`ByteTokenizer`].
+pub trait TextTokenizer {
+    /// Token ids of `text`, without special tokens.
+    fn encode(&self, text: &str) -> Vec<u32>;
+    /// Text of `ids`.
+    fn decode(&self, ids: &[u32]) -> String;
+    /// Number of tokens of `text`.
+    fn count(&self, text: &str) -> usize {
+        self.encode(text).len()
+    }
+}
+
+/// One token per UTF-8 byte. Exact round trip for whole strings; for tests and rough sizing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByteTokenizer;
+
+impl TextTokenizer for ByteTokenizer {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        text.bytes().map(u32::from).collect()
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        let bytes: Vec<u8> = ids.iter().map(|&i| (i & 0xff) as u8).collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+    fn count(&self, text: &str) -> usize {
+        text.len()
+    }
+}
+
+/// How a prediction is scored against [`Sample::answers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoringKind {
+    /// The paper's passkey metrics: `exact_match` (normalised substring) and `partial_match`
+    /// (longest common substring / answer length), see [`passkey_exact_match`].
+    Passkey,
+    /// Fraction of answer phrases found, normalised, in the prediction (Kamradt needle key phrases).
+    KeyPhrases,
+    /// RULER `string_match_all`: fraction of references found (case-insensitive substring).
+    RulerMatchAll,
+    /// RULER `string_match_part`: 1 if any reference is found (case-insensitive substring).
+    RulerMatchPart,
+    /// LongBench `retrieval_score` ("Paragraph N").
+    LongbenchRetrieval,
+    /// LongBench `count_score`.
+    LongbenchCount,
+    /// LongBench `code_sim_score`.
+    LongbenchCodeSim,
+}
+
+/// A generated task instance. Prompt = `prefix_instruction + context + question`; for RULER tasks
+/// `answer_prefix` starts the model's reply (placed after the chat template's assistant header).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub id: String,
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_instruction: Option<String>,
+    /// The long part (what a KV-cache method compresses).
+    pub context: String,
+    /// Text after the context.
+    pub question: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_prefix: Option<String>,
+    pub answers: Vec<String>,
+    pub scoring: ScoringKind,
+    pub max_new_tokens: usize,
+    /// Construction facts (length, depth, seed, source files...), sorted by key.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+impl Sample {
+    /// The full prompt text without any chat template and without `answer_prefix`.
+    pub fn prompt(&self) -> String {
+        let mut s = self.prefix_instruction.clone().unwrap_or_default();
+        s.push_str(&self.context);
+        s.push_str(&self.question);
+        s
+    }
+}
+
+/// Serialise samples as JSON lines (stable: struct field order and sorted metadata).
+pub fn to_jsonl(samples: &[Sample]) -> Result<String, serde_json::Error> {
+    let mut out = String::new();
+    for s in samples {
+        out.push_str(&serde_json::to_string(s)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// The passkey normaliser of longctx_bench `eval_metrics.normalize_answer`: lower case, drop ASCII
+/// punctuation, delete the words a/an/the (replaced by nothing), collapse whitespace.
+pub fn normalize_passkey(s: &str) -> String {
+    let lower = s.to_lowercase();
+    let no_punct: String = lower.chars().filter(|c| !c.is_ascii_punctuation()).collect();
+    let re = articles_regex();
+    let no_articles = re.replace_all(&no_punct, "");
+    no_articles.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn articles_regex() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r"\b(a|an|the)\b").unwrap_or_else(|_| unreachable!()))
+}
+
+/// Paper `exact_match` for one sample: 1.0 if the normalised answer is a substring of the normalised
+/// response, else 0.0.
+pub fn passkey_exact_match(answer: &str, response: &str) -> f64 {
+    f64::from(u8::from(normalize_passkey(response).contains(&normalize_passkey(answer))))
+}
+
+/// Paper `partial_match`: longest common substring of the raw strings (in characters) divided by
+/// the answer's length; 0.0 for an empty answer (Python would raise).
+pub fn passkey_partial_match(answer: &str, response: &str) -> f64 {
+    let a: Vec<char> = answer.chars().collect();
+    let b: Vec<char> = response.chars().collect();
+    if a.is_empty() {
+        return 0.0;
+    }
+    let mut best = 0usize;
+    let mut prev = vec![0usize; b.len() + 1];
+    let mut cur = vec![0usize; b.len() + 1];
+    for &ca in &a {
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = if ca == cb { prev[j] + 1 } else { 0 };
+            best = best.max(cur[j + 1]);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    best as f64 / a.len() as f64
+}
+
+/// RULER `postprocess_pred`: strip, turn control characters into newlines, strip again.
+pub fn ruler_postprocess(pred: &str) -> String {
+    let t: String = pred.trim().chars().map(|c| if (c as u32) < 0x20 { '\n' } else { c }).collect();
+    t.trim().to_string()
+}
+
+/// RULER `string_match_all` for one sample, in [0, 1].
+pub fn string_match_all(pred: &str, refs: &[String]) -> f64 {
+    if refs.is_empty() {
+        return 0.0;
+    }
+    let p = ruler_postprocess(pred).to_lowercase();
+    let hits = refs.iter().filter(|r| p.contains(&r.to_lowercase())).count();
+    hits as f64 / refs.len() as f64
+}
+
+/// RULER `string_match_part` for one sample, in {0, 1}.
+pub fn string_match_part(pred: &str, refs: &[String]) -> f64 {
+    let p = ruler_postprocess(pred).to_lowercase();
+    f64::from(u8::from(refs.iter().any(|r| p.contains(&r.to_lowercase()))))
+}
+
+/// Fraction of key phrases present in the prediction after [`normalize_passkey`].
+pub fn key_phrase_match(pred: &str, phrases: &[String]) -> f64 {
+    if phrases.is_empty() {
+        return 0.0;
+    }
+    let p = normalize_passkey(pred);
+    let hits = phrases.iter().filter(|k| p.contains(&normalize_passkey(k))).count();
+    hits as f64 / phrases.len() as f64
+}
+
+/// Scores of one prediction, by metric name, each in [0, 1]. The LongBench kinds call
+/// `crate::longbench::metrics` and, like LongBench's scorer, take the best over the answers.
+pub fn score(
+    kind: ScoringKind,
+    pred: &str,
+    answers: &[String],
+) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
+    use crate::longbench::metrics as lb;
+    let best = |f: &dyn Fn(&str) -> Result<f64, lb::MetricError>| -> Result<f64, lb::MetricError> {
+        let mut m = 0.0f64;
+        for a in answers {
+            m = m.max(f(a)?);
+        }
+        Ok(m)
+    };
+    let mut m = BTreeMap::new();
+    match kind {
+        ScoringKind::Passkey => {
+            let ans = answers.first().map(String::as_str).unwrap_or("");
+            m.insert("exact_match", passkey_exact_match(ans, pred));
+            m.insert("partial_match", passkey_partial_match(ans, pred));
+        }
+        ScoringKind::KeyPhrases => {
+            m.insert("key_phrase_match", key_phrase_match(pred, answers));
+        }
+        ScoringKind::RulerMatchAll => {
+            m.insert("string_match_all", string_match_all(pred, answers));
+        }
+        ScoringKind::RulerMatchPart => {
+            m.insert("string_match_part", string_match_part(pred, answers));
+        }
+        ScoringKind::LongbenchRetrieval => {
+            m.insert("retrieval_score", best(&|a| lb::retrieval_score(pred, a))?);
+        }
+        ScoringKind::LongbenchCount => {
+            m.insert("count_score", best(&|a| Ok(lb::count_score(pred, a)))?);
+        }
+        ScoringKind::LongbenchCodeSim => {
+            m.insert("code_sim_score", best(&|a| Ok(lb::code_sim_score(pred, a)))?);
+        }
+    }
+    Ok(m)
+}
+
+/// Errors of the task generators.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    #[error("reading {path}: {source}")]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {detail}")]
+    Parse { path: std::path::PathBuf, detail: String },
+    #[error("invalid task config: {key}: {detail}")]
+    Config { key: String, detail: String },
+    #[error("data set `{name}` has too little text: {detail}")]
+    NotEnoughData { name: String, detail: String },
+    #[error("target length {target} tokens is too small: the fixed parts alone need {needed}")]
+    TooShort { target: usize, needed: usize },
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}
+
+/// Read a UTF-8 text file with path context.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, TaskError> {
+    std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: path.to_path_buf(), source })
+}
+
+/// Sorted regular files of `dir` whose names end with `ext` (e.g. ".txt").
+pub(crate) fn sorted_files(dir: &std::path::Path, ext: &str) -> Result<Vec<std::path::PathBuf>, TaskError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| TaskError::Io { path: dir.to_path_buf(), source })?;
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| TaskError::Io { path: dir.to_path_buf(), source })?;
+        let p = e.path();
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_file() && !name.starts_with('.') && name.ends_with(ext) {
+            out.push(p);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Split text into sentences: a sentence ends at `.`, `!` or `?` (optionally followed by closing
+/// quotes/brackets) followed by whitespace. A simple stand-in for NLTK's `sent_tokenize`.
+pub fn split_sentences(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let mut start = 0usize;
+    let mut i = 0usize;
+    while i < chars.len() {
+        let (_, c) = chars[i];
+        if matches!(c, '.' | '!' | '?') {
+            let mut j = i + 1;
+            while j < chars.len() && matches!(chars[j].1, '"' | '\'' | ')' | ']' | '”' | '’') {
+                j += 1;
+            }
+            if j >= chars.len() || chars[j].1.is_whitespace() {
+                let end = if j < chars.len() { chars[j].0 } else { text.len() };
+                let s = text[start..end].trim();
+                if !s.is_empty() {
+                    out.push(s.to_string());
+                }
+                start = end;
+                i = j;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let tail = text[start..].trim();
+    if !tail.is_empty() {
+        out.push(tail.to_string());
+    }
+    out
+}

@@ -1,0 +1,156 @@
+//! Command-line definitions (clap derive): one place where every command, flag and its help text
+//! live, so `--help` documents exactly what runs.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// kvbench: what KV-cache compression costs in quality and buys in memory and speed.
+#[derive(Parser, Debug)]
+#[command(name = "kvbench", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command accepts.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// More log output (-v info, -vv debug); KVBENCH_LOG overrides with a tracing filter.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Where and how a model runs.
+#[derive(Args, Debug, Clone)]
+pub struct RuntimeArgs {
+    /// Device: cpu, cuda, cuda:N or auto (CUDA when present).
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+    /// KV-cache storage dtype (default: the compute dtype); e.g. bf16 with f32 compute on CPU
+    /// gives the paper's 16-bit cache baseline.
+    #[arg(long)]
+    pub kv_dtype: Option<String>,
+    /// CPU threads for libtorch (default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, or libtorch's).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate text from a prompt and report speed and memory.
+    Generate(GenerateArgs),
+    /// Fetch, list and create models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Run the quickstart: fetch the default model and answer a few prompts with speed and memory.
+    Quickstart(QuickstartArgs),
+}
+
+/// `kvbench generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Model: a known name (smollm2-135m, qwen2.5-0.5b; fetched on first use), a GGUF file, a
+    /// Hugging Face model directory, or hf:org/name[@revision].
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// The prompt text.
+    #[arg(long, conflicts_with = "prompt_file", required_unless_present = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Maximum tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Suppress end-of-sequence until this many tokens are generated.
+    #[arg(long, default_value_t = 0)]
+    pub min_new_tokens: usize,
+    /// Stop when this string appears (repeatable); the text is cut before it.
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+    /// Cut the middle of a prompt that does not fit the model's context (instead of failing).
+    #[arg(long)]
+    pub truncate: bool,
+    /// Prefill the prompt in chunks of this many tokens.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Print prefill/decode speed, KV bytes and peak memory after the text.
+    #[arg(long)]
+    pub stats: bool,
+    /// Print one JSON object (text, prompt_tokens, generated_tokens, prefill_seconds,
+    /// prefill_tokens_per_s, decode_tokens_per_s, kv_bytes_held, kv_bytes_full, peak_rss_bytes, ...).
+    #[arg(long)]
+    pub json: bool,
+    /// Write the prompt's last-position logits to FILE (.npy or .safetensors).
+    #[arg(long)]
+    pub dump_logits: Option<PathBuf>,
+    /// With --dump-logits: write the logits of every prompt position ([tokens, vocab]).
+    #[arg(long, requires = "dump_logits")]
+    pub all_positions: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// `kvbench model ...`.
+#[derive(Subcommand, Debug)]
+pub enum ModelCommand {
+    /// Download and verify models into $KVBENCH_HOME/models (known names or hf:org/name[@rev]).
+    Fetch {
+        /// Models to fetch (default: smollm2-135m).
+        names: Vec<String>,
+    },
+    /// List cached models and the known models that can be fetched.
+    List,
+    /// Write a random-weight model (Hugging Face layout, real SmolLM2 tokenizer) for tests and
+    /// speed benchmarks of big shapes.
+    Init(InitArgs),
+}
+
+/// `kvbench model init`.
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Architecture: llama, mistral or qwen2.
+    #[arg(long)]
+    pub arch: String,
+    /// Shape: tiny, smollm2-135m, qwen2.5-0.5b, llama2-7b, llama3-8b, mistral-7b.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    /// Fill the weights with seeded random values (the only mode; required for clarity).
+    #[arg(long, required = true)]
+    pub random: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Weight dtype in the file: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Sliding window (mistral only).
+    #[arg(long)]
+    pub sliding_window: Option<usize>,
+    /// Take the tokenizer and chat template from this GGUF (default: the cached SmolLM2, fetched if needed).
+    #[arg(long)]
+    pub tokenizer_gguf: Option<PathBuf>,
+    /// Output directory.
+    pub out_dir: PathBuf,
+}
+
+/// `kvbench quickstart`.
+#[derive(Args, Debug)]
+pub struct QuickstartArgs {
+    /// Model to run.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}

@@ -1,0 +1,142 @@
+//! `kvbench generate`: one prompt in, text out, with the speed and memory figures every
+//! benchmark cell reports (same keys in `--json`).
+
+use super::runtime_settings;
+use crate::cli::GenerateArgs;
+use anyhow::{bail, Context, Result};
+use kvcore::cache::FullCacheFactory;
+use kvcore::generate::{all_logits, generate, GenerateOptions};
+use kvcore::loader::{load, LoadedModel};
+use kvcore::sources::{kvbench_home, resolve_or_fetch};
+use kvformats::chat::ChatMessage;
+use serde_json::json;
+
+/// Encodes `text` (plain or as a chat), applying the context check or middle truncation.
+pub fn encode_prompt(lm: &LoadedModel, text: &str, chat: bool, system: Option<&str>, reserve: usize, truncate: bool) -> Result<Vec<u32>> {
+    let rendered;
+    let prompt = if chat {
+        let tpl = lm.chat_template.as_ref().context("--chat: this model has no chat template")?;
+        let mut msgs = Vec::new();
+        if let Some(s) = system {
+            msgs.push(ChatMessage { role: "system".into(), content: s.into() });
+        }
+        msgs.push(ChatMessage { role: "user".into(), content: text.into() });
+        rendered = tpl.render(&msgs, true)?;
+        rendered.as_str()
+    } else {
+        text
+    };
+    // A rendered chat already carries its special tokens; plain prompts get the tokenizer's own.
+    let enc = lm.tokenizer.encode(prompt, !chat).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    let mut ids = enc.get_ids().to_vec();
+    let ctx = lm.model.config.max_position_embeddings;
+    if ids.len() + reserve > ctx {
+        if !truncate {
+            return Err(kvcore::Error::PromptTooLong { prompt_tokens: ids.len(), context: ctx, reserved: reserve }.into());
+        }
+        let budget = ctx.saturating_sub(reserve);
+        if budget < 2 {
+            bail!("--max-new-tokens {reserve} leaves no room for the prompt in a {ctx}-token context");
+        }
+        let head = budget / 2;
+        let tail = budget - head;
+        let mut cut = ids[..head].to_vec();
+        cut.extend_from_slice(&ids[ids.len() - tail..]);
+        tracing::warn!("prompt truncated from {} to {} tokens (middle removed)", ids.len(), cut.len());
+        ids = cut;
+    }
+    Ok(ids)
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let (settings, threads) = runtime_settings(&a.runtime)?;
+    let text = match (&a.prompt, &a.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading --prompt-file {}", f.display()))?,
+        (None, None) => bail!("give --prompt or --prompt-file"),
+    };
+    let files = resolve_or_fetch(&a.model, &kvbench_home())?;
+    let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
+    tracing::info!("loaded {} in {:.1}s", files.path().display(), lm.load_seconds);
+    let ids = encode_prompt(&lm, &text, a.chat, a.system.as_deref(), a.max_new_tokens, a.truncate)?;
+
+    if let Some(path) = &a.dump_logits {
+        let logits = all_logits(&mut lm, &ids, &FullCacheFactory)?;
+        let logits = if a.all_positions { logits } else { logits.get(logits.size()[0] - 1) };
+        write_logits(&logits, path)?;
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        min_new_tokens: a.min_new_tokens,
+        stop_strings: a.stop.clone(),
+        extra_stop_token_ids: vec![],
+        prefill_chunk: a.prefill_chunk,
+    };
+    let out = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
+    let peak = kvcore::memory::peak_rss_bytes();
+    if a.json {
+        let v = json!({
+            "text": out.text,
+            "prompt_tokens": out.prompt_tokens,
+            "generated_tokens": out.generated_tokens,
+            "stop_reason": out.stop_reason,
+            "prefill_seconds": out.prefill_seconds,
+            "prefill_tokens_per_s": out.prefill_tokens_per_s(),
+            "decode_seconds": out.decode_seconds,
+            "decode_tokens_per_s": out.decode_tokens_per_s(),
+            "kv_bytes_held": out.kv_bytes_held,
+            "kv_bytes_allocated": out.kv_bytes_allocated,
+            "kv_bytes_full": out.kv_bytes_full,
+            "peak_rss_bytes": peak,
+            "weight_bytes": lm.model.weight_bytes,
+            "load_seconds": lm.load_seconds,
+            "model": files.path(),
+            "device": kvcore::device::describe(settings.device),
+            "dtype": settings.dtype.name(),
+            "kv_dtype": settings.kv_dtype.name(),
+            "threads": threads,
+            "token_ids": out.token_ids,
+        });
+        println!("{}", serde_json::to_string(&v)?);
+    } else {
+        println!("{}", out.text);
+        if a.stats {
+            eprintln!(
+                "prompt {} tokens, prefill {:.2}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; KV {} held / {} full; peak RSS {}",
+                out.prompt_tokens,
+                out.prefill_seconds,
+                out.prefill_tokens_per_s(),
+                out.generated_tokens,
+                out.decode_tokens_per_s(),
+                human_bytes(out.kv_bytes_held),
+                human_bytes(out.kv_bytes_full),
+                peak.map(human_bytes).unwrap_or_else(|| "n/a".into()),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn write_logits(t: &tch::Tensor, path: &std::path::Path) -> Result<()> {
+    let t = t.to_device(tch::Device::Cpu).contiguous();
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => t.write_npy(path)?,
+        Some("safetensors") => tch::Tensor::write_safetensors(&[("logits", &t)], path)?,
+        _ => bail!("--dump-logits {}: expected a .npy or .safetensors file name", path.display()),
+    }
+    Ok(())
+}
+
+/// Bytes in KiB/MiB/GiB for people.
+pub fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.1} MiB", b / (1024.0 * 1024.0))
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b} B")
+    }
+}

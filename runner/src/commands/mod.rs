@@ -1,0 +1,27 @@
+//! Command implementations, one module per command; `run` dispatches.
+
+mod generate;
+mod model;
+mod quickstart;
+
+use crate::cli::{Cli, Command, RuntimeArgs};
+use anyhow::{Context, Result};
+use kvcore::device::{configure_threads, DType, DeviceSpec, RuntimeSettings};
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Model(m) => model::run(m),
+        Command::Quickstart(q) => quickstart::run(q),
+    }
+}
+
+/// Resolves `--device/--dtype/--kv-dtype/--threads` (threads are set once, here).
+pub fn runtime_settings(a: &RuntimeArgs) -> Result<(RuntimeSettings, usize)> {
+    let device: DeviceSpec = a.device.parse().context("--device")?;
+    let dtype: Option<DType> = a.dtype.as_deref().map(str::parse).transpose().context("--dtype")?;
+    let kv: Option<DType> = a.kv_dtype.as_deref().map(str::parse).transpose().context("--kv-dtype")?;
+    let threads = configure_threads(a.threads);
+    Ok((RuntimeSettings::resolve(device, dtype, kv)?, threads))
+}

@@ -1,0 +1,63 @@
+//! `kvbench model fetch|list|init`: the model cache and random-weight models.
+
+use crate::cli::{InitArgs, ModelCommand};
+use anyhow::{bail, Context, Result};
+use kvcore::config::Architecture;
+use kvcore::device::DType;
+use kvcore::random_init::{write_random_model, InitOptions, PRESETS};
+use kvcore::sources::{cached_path, fetch, known_model, kvbench_home, list_cached, KNOWN_MODELS};
+
+pub fn run(cmd: ModelCommand) -> Result<()> {
+    let home = kvbench_home();
+    match cmd {
+        ModelCommand::Fetch { names } => {
+            let names = if names.is_empty() { vec!["smollm2-135m".to_string()] } else { names };
+            for n in names {
+                let files = fetch(&n, &home).with_context(|| format!("fetching {n}"))?;
+                println!("{n}\t{}", files.path().display());
+            }
+        }
+        ModelCommand::List => {
+            println!("cache: {}", home.display());
+            let cached = list_cached(&home);
+            for c in &cached {
+                println!("  {:<16} {:>10}  {}", c.name, super::generate::human_bytes(c.bytes), c.path.display());
+            }
+            println!("known models (kvbench model fetch NAME):");
+            for m in KNOWN_MODELS {
+                let have = if cached_path(&home, m).is_file() { "cached" } else { "not fetched" };
+                println!("  {:<16} {:<12} {}", m.name, have, m.description);
+            }
+        }
+        ModelCommand::Init(a) => init(a, &home)?,
+    }
+    Ok(())
+}
+
+fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
+    let arch = Architecture::from_name(&a.arch)
+        .filter(|_| ["llama", "mistral", "qwen2"].contains(&a.arch.as_str()))
+        .with_context(|| format!("--arch `{}`: expected llama, mistral or qwen2", a.arch))?;
+    let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
+        format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
+    })?;
+    if !a.random {
+        bail!("only --random initialisation is supported");
+    }
+    let dtype: DType = a.dtype.parse()?;
+    let tokenizer_gguf = match a.tokenizer_gguf {
+        Some(p) => p,
+        None => {
+            let m = known_model("smollm2-135m").expect("smollm2-135m is a known model");
+            let p = cached_path(home, m);
+            if !p.is_file() {
+                fetch(m.name, home)?;
+            }
+            p
+        }
+    };
+    let opts = InitOptions { arch, preset, seed: a.seed, dtype: dtype.kind(), tokenizer_gguf, sliding_window: a.sliding_window };
+    write_random_model(&opts, &a.out_dir)?;
+    println!("wrote a random {} {} model to {}", a.arch, preset.name, a.out_dir.display());
+    Ok(())
+}

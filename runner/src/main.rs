@@ -1,0 +1,29 @@
+//! The `kvbench` command line: generate text with any supported model, fetch and create models,
+//! and (as the benchmark grows) score predictions, run experiments and publish leaderboards.
+//! Library errors become one readable message and a non-zero exit here, at the binary's edge.
+
+mod cli;
+mod commands;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let filter = match cli.global.verbose {
+        0 => "warn,kvbench=info,kvcore=info",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("KVBENCH_LOG").unwrap_or_else(|_| filter.into()))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    if let Err(e) = commands::run(cli) {
+        eprintln!("error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,110 @@
+//! The `kvbench` binary end to end: bad input gets one clear message and a non-zero exit, and the
+//! documented commands and JSON keys work (on a tiny random model made by `kvbench model init`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn kvbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let o = kvbench(args);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{args:?} should fail; stderr: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: stderr lacks {n:?}:\n{err}");
+    }
+}
+
+fn tiny_model(dir: &Path, arch: &str) -> PathBuf {
+    let out = dir.join(arch);
+    let o = kvbench(&["model", "init", "--arch", arch, "--preset", "tiny", "--random", "--seed", "3", out.to_str().unwrap()]);
+    assert!(o.status.success(), "model init failed: {}", stderr(&o));
+    out
+}
+
+#[test]
+fn missing_model_is_a_clear_error() {
+    fails_with(&["generate", "--model", "/nonexistent/model.gguf", "--prompt", "hi", "--device", "cpu"], &["not found", "/nonexistent/model.gguf"]);
+    fails_with(&["generate", "--model", "no-such-model", "--prompt", "hi", "--device", "cpu"], &["no-such-model", "smollm2-135m"]);
+}
+
+#[test]
+fn corrupt_gguf_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path().join("broken.gguf");
+    // A valid magic and version, then a header that claims more metadata than the file holds.
+    let mut bytes = b"GGUF".to_vec();
+    bytes.extend_from_slice(&3u32.to_le_bytes());
+    bytes.extend_from_slice(&1u64.to_le_bytes());
+    bytes.extend_from_slice(&5u64.to_le_bytes());
+    bytes.extend_from_slice(&[1, 2, 3]);
+    std::fs::write(&p, &bytes).unwrap();
+    fails_with(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi", "--device", "cpu"], &["broken.gguf"]);
+    std::fs::write(&p, b"not a gguf file at all").unwrap();
+    fails_with(&["generate", "--model", p.to_str().unwrap(), "--prompt", "hi", "--device", "cpu"], &["broken.gguf"]);
+}
+
+#[test]
+fn unknown_architecture_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("gpt");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt_bigcode", "hidden_size": 8}"#).unwrap();
+    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--device", "cpu"], &["unsupported architecture `gpt_bigcode`", "config.json"]);
+}
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    fails_with(&["generate", "--prompt", "hi", "--device", "tpu"], &["device", "tpu", "cpu, cuda, cuda:N or auto"]);
+    fails_with(&["generate", "--prompt", "hi", "--device", "cpu", "--dtype", "f8"], &["dtype", "f8"]);
+    if !tch::Cuda::is_available() {
+        fails_with(&["generate", "--prompt", "hi", "--device", "cuda:0"], &["cuda:0"]);
+    }
+}
+
+#[test]
+fn long_prompt_needs_truncate_and_json_has_the_documented_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "llama");
+    let prompt = "lorem ipsum dolor ".repeat(2000); // ~6000 tokens, the tiny preset holds 4096
+    let pf = tmp.path().join("prompt.txt");
+    std::fs::write(&pf, &prompt).unwrap();
+    let m = model.to_str().unwrap();
+    fails_with(&["generate", "--model", m, "--prompt-file", pf.to_str().unwrap(), "--device", "cpu"], &["--truncate", "4096"]);
+
+    let o = kvbench(&["generate", "--model", m, "--prompt-file", pf.to_str().unwrap(), "--device", "cpu", "--truncate", "--max-new-tokens", "4", "--min-new-tokens", "4", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    for key in ["text", "prompt_tokens", "generated_tokens", "prefill_seconds", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_bytes_held", "kv_bytes_full", "peak_rss_bytes"] {
+        assert!(v.get(key).is_some(), "missing key {key} in {v}");
+    }
+    assert_eq!(v["prompt_tokens"], 4096 - 4);
+    assert_eq!(v["generated_tokens"], 4);
+    // Full cache: held bytes are exactly the full-cache bytes: 2 (K,V) x 2 layers x 2 heads x 16 dims x 4 B per token.
+    let per_token = 2 * 2 * 2 * 16 * 4;
+    assert_eq!(v["kv_bytes_full"].as_u64().unwrap(), per_token * (4096 - 4 + 3));
+    assert_eq!(v["kv_bytes_held"], v["kv_bytes_full"]);
+}
+
+#[test]
+fn each_architecture_runs_and_dumps_logits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in ["llama", "mistral", "qwen2"] {
+        let model = tiny_model(tmp.path(), arch);
+        let npy = tmp.path().join(format!("{arch}.npy"));
+        let o = kvbench(&[
+            "generate", "--model", model.to_str().unwrap(), "--chat", "--prompt", "Hello there", "--device", "cpu",
+            "--max-new-tokens", "3", "--dump-logits", npy.to_str().unwrap(), "--all-positions", "--kv-dtype", "bf16",
+        ]);
+        assert!(o.status.success(), "{arch}: {}", stderr(&o));
+        let t = tch::Tensor::read_npy(&npy).unwrap();
+        assert_eq!(t.size().len(), 2, "{arch}: all positions are [tokens, vocab]");
+        assert_eq!(t.size()[1], 49152);
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: bootstraps libtorch and the reference packages, fetches the real models the
+# parity tests use (sha256-checked), then runs the whole workspace's tests in release mode (one
+# build profile, so libtorch's bindings are compiled once).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+scripts/bootstrap.sh --test
+export KVBENCH_PYTHON="${KVBENCH_PYTHON:-$root/.venv/bin/python}"
+cargo build --release --workspace --bins
+target/release/kvbench model fetch smollm2-135m qwen2.5-0.5b
+cargo test --release --workspace "$@"
