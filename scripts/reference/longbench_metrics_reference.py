@@ -323,9 +323,16 @@ def en_text(rng, n_words, dots=True):
     return s
 
 
+# common characters in random order: unknown words, so jieba's HMM path does the work
+ZH_CHARS = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经十三之进着等部度家电力里如水化高自二理起小物现实加量都两体制机当使点从业本去把性好应开它合还因由其些然前外天政四日那社义事平形相全表间样与关各重新线内数正心反你明看原又么利比或但质气第向道命此变条只没结解问意建月公无系军很情者最立代想已通并提直题党程展五果料象员革位入常文总次品式活设及管特件长求老头基资边流路级少图山统接知较将组见计别她手角期根论运农指几九区强放决西被干做必战先回则任取据处理府研质"
+
+
 def zh_text(rng, n_sent):
     s = ""
     for _ in range(n_sent):
+        if rng.random() < 0.3:
+            s += "".join(rng.choice(ZH_CHARS) for _ in range(rng.randint(2, 30))) + rng.choice(ZH_PUNCT)
+            continue
         s += rng.choice(ZH_SENTENCES) + rng.choice(ZH_PUNCT)
         if rng.random() < 0.15:
             s += rng.choice(EN_WORDS) + rng.choice(["", " ", "."])
@@ -619,5 +626,8 @@ if __name__ == "__main__":
         r_summary = float(np.round(total / len(xs), decimals=2))
         rounding.append({"scores": [repr(x) for x in xs], "scorer": repr(r_scorer), "scorer_e": repr(r_e), "summary": repr(r_summary)})
     out["rounding"] = rounding
+    # jieba.cut(text, cut_all=False) token by token, the segmentation qa_f1_zh and rouge_zh use
+    texts = [zh_text(rng, rng.randint(1, 12)) for _ in range(300)] + [any_text(rng, "zh") for _ in range(100)]
+    out["jieba"] = [{"text": t, "tokens": list(jieba.cut(t, cut_all=False))} for t in texts]
     with open(sys.argv[2], "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False)

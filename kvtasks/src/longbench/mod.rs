@@ -14,11 +14,12 @@ pub mod score;
 mod pyunicode;
 
 pub use dataset::{
-    default_data_dir, fetch_longbench, fetch_longbench_from, load_subset, DataError, FetchSummary, LongBenchRecord,
+    default_data_dir, fetch_longbench, fetch_longbench_from, load_subset, DataError, FetchSummary,
+    LongBenchRecord,
 };
 pub use metrics::{Metric, MetricError};
 pub use prompts::{
-    build_request, subset, truncate_middle, Category, GenerationRequest, PromptTokenizer, Subset, AVERAGE_15,
-    PAPER_DATASETS, SUBSETS,
+    build_request, subset, truncate_middle, Category, GenerationRequest, PromptTokenizer, Subset,
+    AVERAGE_15, PAPER_DATASETS, SUBSETS,
 };
 pub use score::{score_predictions_file, ScoreError, ScoreReport};

@@ -411,14 +411,22 @@ pub trait PromptTokenizer {
 /// the first and last `max_input_tokens / 2` (integer half) and decode each half separately.
 /// It runs on the raw prompt, before any chat template. As in Python, a half of 0 keeps the
 /// whole prompt on the right (`ids[-0:]` is everything).
-pub fn truncate_middle(prompt: &str, tokenizer: &dyn PromptTokenizer, max_input_tokens: usize) -> String {
+pub fn truncate_middle(
+    prompt: &str,
+    tokenizer: &dyn PromptTokenizer,
+    max_input_tokens: usize,
+) -> String {
     let ids = tokenizer.encode(prompt);
     if ids.len() <= max_input_tokens {
         return prompt.to_string();
     }
     let half = max_input_tokens / 2;
     let head = ids.get(..half).unwrap_or(&[]);
-    let tail = if half == 0 { &ids[..] } else { ids.get(ids.len() - half..).unwrap_or(&[]) };
+    let tail = if half == 0 {
+        &ids[..]
+    } else {
+        ids.get(ids.len() - half..).unwrap_or(&[])
+    };
     let mut out = tokenizer.decode(head);
     out.push_str(&tokenizer.decode(tail));
     out
@@ -474,7 +482,11 @@ pub fn build_request(
 /// otherwise. Applied at scoring time, as `eval.py` does.
 pub fn postprocess_prediction<'a>(subset: &Subset, prediction: &'a str) -> &'a str {
     if subset.first_line_only {
-        prediction.trim_start_matches('\n').split('\n').next().unwrap_or("")
+        prediction
+            .trim_start_matches('\n')
+            .split('\n')
+            .next()
+            .unwrap_or("")
     } else {
         prediction
     }

@@ -15,8 +15,9 @@ const PY_RECURSION_LIMIT: usize = 1000;
 /// `rouge_score` itself, `get_scores`, `_get_avg_scores`, the metric lambda,
 /// `rouge_l_summary_level`, `_union_lcs`, `_recon_lcs`.
 const ROUGE_INTERNAL_FRAMES: usize = 7;
-/// A table larger than this many cells is treated like Python's `MemoryError` (score 0).
-const MAX_LCS_CELLS: usize = 200_000_000;
+/// A table larger than this many cells (200 MB) is treated like Python's `MemoryError` (score 0);
+/// Python would need a dict of that many entries, tens of GB.
+const MAX_LCS_CELLS: usize = 50_000_000;
 
 /// Why `get_scores` raised; LongBench's `rouge_score` maps every one of them to 0.0.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,18 +34,31 @@ pub enum RougeError {
 
 /// `[" ".join(s.split()) for s in text.split(".") if len(s) > 0]`
 fn sentences(text: &str) -> Vec<String> {
-    text.split('.').filter(|s| !s.is_empty()).map(collapse_whitespace).collect()
+    text.split('.')
+        .filter(|s| !s.is_empty())
+        .map(collapse_whitespace)
+        .collect()
 }
 
 /// `_split_into_words`: `s.split(" ")` for each sentence, flattened (an empty sentence gives `""`).
-fn words<'a>(sentences: &'a [String]) -> Vec<&'a str> {
+fn words(sentences: &[String]) -> Vec<&str> {
     sentences.iter().flat_map(|s| s.split(' ')).collect()
 }
 
-/// `_recon_lcs(x, y)`: the LCS words of `x` against `y`, following rouge's tie-breaking, and the
-/// number of recursive `_recon` calls Python makes to find them.
-fn recon_lcs<'a>(x: &[&'a str], y: &[&'a str]) -> Result<(Vec<&'a str>, usize), RougeError> {
+/// `_recon_lcs(x, y)`: the LCS words of `x` against `y`, following rouge's tie-breaking, or the
+/// `RecursionError` Python hits when the recursive `_recon` needs more than `max_calls` calls.
+fn recon_lcs<'a>(
+    x: &[&'a str],
+    y: &[&'a str],
+    max_calls: usize,
+) -> Result<Vec<&'a str>, RougeError> {
     let (n, m) = (x.len(), y.len());
+    // every call moves i or j (or both) one step towards 0, so at least min(n, m) + 1 calls
+    if n.min(m) + 1 > max_calls {
+        return Err(RougeError::Recursion {
+            calls: n.min(m) + 1,
+        });
+    }
     let width = m + 1;
     let cells = (n + 1).saturating_mul(width);
     if cells > MAX_LCS_CELLS {
@@ -75,8 +89,11 @@ fn recon_lcs<'a>(x: &[&'a str], y: &[&'a str]) -> Result<(Vec<&'a str>, usize), 
             j -= 1;
         }
     }
+    if calls > max_calls {
+        return Err(RougeError::Recursion { calls });
+    }
     lcs.reverse();
-    Ok((lcs, calls))
+    Ok(lcs)
 }
 
 /// ROUGE-L F of `hyp` against `reference`, called from a Python frame at depth `caller_depth`
@@ -95,17 +112,13 @@ pub fn rouge_l_f(hyp: &str, reference: &str, caller_depth: usize) -> Result<f64,
     let hyp_words = words(&hyp);
     let m = ref_words.iter().collect::<HashSet<_>>().len();
     let n = hyp_words.iter().collect::<HashSet<_>>().len();
-    let frames_before_recon = caller_depth + ROUGE_INTERNAL_FRAMES;
+    let max_calls = PY_RECURSION_LIMIT.saturating_sub(caller_depth + ROUGE_INTERNAL_FRAMES);
     let mut union: HashSet<&str> = HashSet::new();
     for r in &reference {
         let r_words: Vec<&str> = r.split(' ').collect();
         for h in &hyp {
             let h_words: Vec<&str> = h.split(' ').collect();
-            let (lcs, calls) = recon_lcs(&r_words, &h_words)?;
-            if frames_before_recon + calls > PY_RECURSION_LIMIT {
-                return Err(RougeError::Recursion { calls });
-            }
-            union.extend(lcs);
+            union.extend(recon_lcs(&r_words, &h_words, max_calls)?);
         }
     }
     let llcs = union.len() as f64;
@@ -124,7 +137,10 @@ mod tests {
         assert_eq!(rouge_l_f("...", "a", 2), Err(RougeError::HypothesisEmpty));
         assert_eq!(rouge_l_f("a", ". .", 2).map(|f| f > 0.0), Ok(false));
         // identical single sentence: P = R = 1, F = 2/(2 + 1e-8)
-        assert_eq!(rouge_l_f("the cat sat", "the cat sat", 2), Ok(2.0 * (1.0 / (2.0 + 1e-8))));
+        assert_eq!(
+            rouge_l_f("the cat sat", "the cat sat", 2),
+            Ok(2.0 * (1.0 / (2.0 + 1e-8)))
+        );
         // repeated words count once
         let f = rouge_l_f("a a a b", "a b", 2).unwrap_or(-1.0);
         assert!((f - 2.0 * (1.0 / (2.0 + 1e-8))).abs() < 1e-15);
@@ -136,6 +152,9 @@ mod tests {
         let t990: Vec<String> = (0..990).map(|i| format!("w{i}")).collect();
         let t991: Vec<String> = (0..991).map(|i| format!("w{i}")).collect();
         assert!(rouge_l_f(&t990.join(" "), &t990.join(" "), 2).is_ok());
-        assert_eq!(rouge_l_f(&t991.join(" "), &t991.join(" "), 2), Err(RougeError::Recursion { calls: 992 }));
+        assert_eq!(
+            rouge_l_f(&t991.join(" "), &t991.join(" "), 2),
+            Err(RougeError::Recursion { calls: 992 })
+        );
     }
 }

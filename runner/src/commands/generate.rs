@@ -69,8 +69,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         min_new_tokens: a.min_new_tokens,
         stop_strings: a.stop.clone(),
-        extra_stop_token_ids: vec![],
         prefill_chunk: a.prefill_chunk,
+        ..Default::default()
     };
     let out = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
     let peak = kvcore::memory::peak_rss_bytes();

@@ -1,8 +1,11 @@
 //! Command implementations, one module per command; `run` dispatches.
 
+mod data;
 mod generate;
 mod model;
 mod quickstart;
+mod score;
+mod task;
 
 use crate::cli::{Cli, Command, RuntimeArgs};
 use anyhow::{Context, Result};
@@ -14,6 +17,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Model(m) => model::run(m),
         Command::Quickstart(q) => quickstart::run(q),
+        Command::Data(d) => data::run(d),
+        Command::Task(t) => task::run(t),
+        Command::Score(s) => score::run(s),
     }
 }
 

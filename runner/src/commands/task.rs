@@ -1,0 +1,200 @@
+//! `kvbench task eval|dump`: builds a task's samples (the paper's passkey needle, Kamradt's needle,
+//! RULER-style tasks, real-text tasks), runs a model over them with the full cache, scores the
+//! answers, and prints per-sample results and means with a 95% confidence interval; predictions
+//! go to a JSONL file that later runs and reports can read.
+
+use super::generate::human_bytes;
+use super::runtime_settings;
+use crate::cli::{TaskArgs, TaskCommand, TemplateMode};
+use anyhow::{bail, Context, Result};
+use kvcore::cache::FullCacheFactory;
+use kvcore::generate::{generate, GenerateOptions};
+use kvcore::loader::{load, LoadedModel};
+use kvcore::sources::{kvbench_home, resolve_or_fetch};
+use kvformats::chat::ChatMessage;
+use kvtasks::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
+use kvtasks::realtext::{code_completion_samples, passage_count_samples, passage_retrieval_samples, CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig};
+use kvtasks::ruler::{ruler_samples, RulerConfig, RulerResources, RulerTask};
+use kvtasks::sample::{score, Sample, TextTokenizer};
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// The engine's tokenizer seen through the task generators' abstraction.
+pub struct EngineTokenizer<'a>(pub &'a tokenizers::Tokenizer);
+
+impl TextTokenizer for EngineTokenizer<'_> {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        self.0.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        self.0.decode(ids, false).unwrap_or_default()
+    }
+}
+
+pub fn run(cmd: TaskCommand) -> Result<()> {
+    match cmd {
+        TaskCommand::Eval(a) => eval(a),
+        TaskCommand::Dump(a) => {
+            let (settings, _) = runtime_settings(&a.runtime)?;
+            let files = resolve_or_fetch(&a.model, &kvbench_home())?;
+            let lm = load(&files, settings)?;
+            let samples = build_samples(&a, &lm)?;
+            print!("{}", kvtasks::sample::to_jsonl(&samples)?);
+            Ok(())
+        }
+    }
+}
+
+fn parse_lengths(a: &TaskArgs, default: &[usize]) -> Vec<usize> {
+    if a.lengths.is_empty() { default.to_vec() } else { a.lengths.clone() }
+}
+
+/// Builds the samples a task name stands for.
+pub fn build_samples(a: &TaskArgs, lm: &LoadedModel) -> Result<Vec<Sample>> {
+    let tok = EngineTokenizer(&lm.tokenizer);
+    let name = a.task.as_str();
+    let mut samples = Vec::new();
+    if name == "passkey" {
+        let lengths = parse_lengths(a, &[1024, 4096]);
+        let (lo, hi) = (*lengths.iter().min().unwrap(), *lengths.iter().max().unwrap());
+        let cfg = PasskeyConfig {
+            background_len_min: lo,
+            background_len_max: hi,
+            n_background_lens: if lo == hi { 1 } else { a.steps.unwrap_or(lengths.len().max(2)) },
+            n_depths: a.depths,
+            iterations: a.trials,
+            key_digits: a.digits,
+            seed: a.seed,
+            ..PasskeyConfig::default()
+        };
+        samples = passkey_samples(&Essays::from_cache()?, &cfg)?;
+    } else if name == "kamradt" {
+        let cfg = KamradtConfig {
+            context_lengths: parse_lengths(a, &[1024, 2048]),
+            depth_percents: (0..a.depths).map(|i| if a.depths == 1 { 50.0 } else { 100.0 * i as f64 / (a.depths - 1) as f64 }).collect(),
+            ..KamradtConfig::default()
+        };
+        samples = kamradt_samples(&Essays::from_cache()?, &tok, &cfg)?;
+    } else if let Some(r) = name.strip_prefix("ruler/") {
+        let task = RulerTask::from_name(r).with_context(|| format!("unknown RULER task `{r}`"))?;
+        let res = RulerResources::from_cache()?;
+        for len in parse_lengths(a, &[2048]) {
+            let cfg = RulerConfig { max_seq_length: len, num_samples: a.samples, seed: a.seed };
+            samples.extend(ruler_samples(task, &cfg, &res, &tok)?);
+        }
+    } else if let Some(c) = name.strip_prefix("retrieval/").or_else(|| name.strip_prefix("count/")) {
+        let corpus = match c {
+            "sotu" => CorpusName::Sotu,
+            "moby_dick" => CorpusName::MobyDick,
+            "kjv" => CorpusName::Kjv,
+            other => bail!("unknown corpus `{other}` (expected sotu, moby_dick or kjv)"),
+        };
+        let loaded = Corpus::from_cache(corpus)?;
+        for len in parse_lengths(a, &[2048]) {
+            let cfg = PassageConfig { corpus, target_tokens: len, passage_tokens: 150, num_samples: a.samples, seed: a.seed };
+            samples.extend(if name.starts_with("retrieval/") {
+                passage_retrieval_samples(&loaded, &cfg, &tok)?
+            } else {
+                passage_count_samples(&loaded, &cfg, &tok)?
+            });
+        }
+    } else if name == "code" {
+        let repo = CodeRepo::from_cache()?;
+        for len in parse_lengths(a, &[2048]) {
+            samples.extend(code_completion_samples(&repo, &CodeConfig { target_tokens: len, num_samples: a.samples, seed: a.seed }, &tok)?);
+        }
+    } else {
+        bail!("unknown task `{name}` (expected passkey, kamradt, ruler/<name>, retrieval/<corpus>, count/<corpus> or code)");
+    }
+    if let Some(n) = a.limit {
+        samples.truncate(n);
+    }
+    Ok(samples)
+}
+
+/// Token ids for a sample: the paper's passkey runs without a chat template; others use it.
+fn sample_ids(lm: &LoadedModel, s: &Sample, mode: TemplateMode) -> Result<Vec<u32>> {
+    let chat = match mode {
+        TemplateMode::Chat => true,
+        TemplateMode::Plain => false,
+        TemplateMode::Auto => s.scoring != kvtasks::sample::ScoringKind::Passkey && lm.chat_template.is_some(),
+    };
+    let text = if chat {
+        let tpl = lm.chat_template.as_ref().context("this model has no chat template")?;
+        let mut t = tpl.render(&[ChatMessage { role: "user".into(), content: s.prompt() }], true)?;
+        if let Some(p) = &s.answer_prefix {
+            t.push_str(p);
+        }
+        t
+    } else {
+        let mut t = s.prompt();
+        if let Some(p) = &s.answer_prefix {
+            t.push_str(p);
+        }
+        t
+    };
+    let enc = lm.tokenizer.encode(text.as_str(), !chat).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
+    Ok(enc.get_ids().to_vec())
+}
+
+fn eval(a: TaskArgs) -> Result<()> {
+    let (settings, threads) = runtime_settings(&a.runtime)?;
+    let files = resolve_or_fetch(&a.model, &kvbench_home())?;
+    let mut lm = load(&files, settings).with_context(|| format!("loading {}", files.path().display()))?;
+    let samples = build_samples(&a, &lm)?;
+    if samples.is_empty() {
+        bail!("task `{}` produced no samples with these settings", a.task);
+    }
+    eprintln!("{}: {} samples on {} ({threads} threads)", a.task, samples.len(), files.path().display());
+    let mut out = match &a.out {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?)),
+        None => None,
+    };
+    let mut sums: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
+    for (i, s) in samples.iter().enumerate() {
+        let ids = sample_ids(&lm, s, a.template)?;
+        let ctx = lm.model.config.max_position_embeddings;
+        let max_new = a.max_new_tokens.unwrap_or(s.max_new_tokens);
+        if ids.len() + max_new > ctx {
+            bail!("sample {} has {} tokens; with {max_new} to generate it exceeds the model's {ctx}-token context", s.id, ids.len());
+        }
+        let opts = GenerateOptions { max_new_tokens: max_new, ..Default::default() };
+        let g = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
+        let scores = score(s.scoring, &g.text, &s.answers)?;
+        for (k, v) in &scores {
+            sums.entry(k).or_default().push(*v);
+        }
+        let brief: String = g.text.trim().chars().take(60).collect::<String>().replace('\n', " ");
+        eprintln!(
+            "[{}/{}] {} tokens={} {} | {:.1}s | {:?}",
+            i + 1,
+            samples.len(),
+            s.id,
+            ids.len(),
+            scores.iter().map(|(k, v)| format!("{k}={v:.2}")).collect::<Vec<_>>().join(" "),
+            g.prefill_seconds + g.decode_seconds,
+            brief
+        );
+        if let Some(w) = out.as_mut() {
+            let rec = serde_json::json!({
+                "id": s.id, "task": s.task, "metadata": s.metadata, "answers": s.answers, "pred": g.text,
+                "scores": scores, "prompt_tokens": g.prompt_tokens, "generated_tokens": g.generated_tokens,
+                "prefill_seconds": g.prefill_seconds, "decode_tokens_per_s": g.decode_tokens_per_s(),
+                "kv_bytes_held": g.kv_bytes_held, "kv_bytes_full": g.kv_bytes_full,
+            });
+            writeln!(w, "{rec}")?;
+            w.flush()?;
+        }
+    }
+    println!("task {} on {} ({} samples, full cache)", a.task, files.path().display(), samples.len());
+    for (k, v) in &sums {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        println!("  {k:<18} {:>6.2}  ± {:.2} (95% CI, n={})", 100.0 * mean, 100.0 * 1.96 * (var / n).sqrt(), v.len());
+    }
+    if let Some(p) = kvcore::memory::peak_rss_bytes() {
+        println!("  peak RSS {}", human_bytes(p));
+    }
+    Ok(())
+}
