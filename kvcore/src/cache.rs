@@ -5,6 +5,13 @@
 //!
 //! Keys are stored after RoPE, per KV head (`[batch, kv_heads, tokens, head_dim]`), never
 //! repeated per query head. A cache reports the bytes it really holds.
+//!
+//! Hooks a cache receives, in order: `attend` for every prefill chunk of the context (it sees the
+//! chunk's queries, so it can keep the last `window` of them or compute explicit attention weights
+//! with [`attention_probs`]), `end_prefill` once the whole context is in (where most methods
+//! compress), then `attend` for appended question tokens and every decode step (where decode-time
+//! eviction runs, every step or every N steps). Caches that evict hold non-contiguous positions;
+//! [`attend_at_positions`] masks by the kept positions, not by slot index.
 
 use crate::device::DType;
 use crate::error::Result;
@@ -38,6 +45,20 @@ pub struct CacheSpec {
     pub device: Device,
     /// Tokens the caller expects to store (prompt + generation), to size the first allocation.
     pub expected_tokens: usize,
+    /// Query heads of the model (a multiple of `kv_heads`).
+    pub query_heads: usize,
+    /// Decoder layers of the model (layer-wise budget schedules need it).
+    pub num_layers: usize,
+    /// Tokens of the context that will be prefilled before `end_prefill`, when the caller knows
+    /// it up front (methods that compress during prefill size their budget from it).
+    pub context_tokens: Option<usize>,
+}
+
+impl CacheSpec {
+    /// Query heads per KV head.
+    pub fn group(&self) -> usize {
+        (self.query_heads / self.kv_heads.max(1)).max(1)
+    }
 }
 
 /// One layer's KV cache.
@@ -55,10 +76,37 @@ pub trait LayerCache: Send {
     }
     /// Forgets everything.
     fn reset(&mut self);
+    /// Hook: the whole context has been prefilled (all chunks); compress now if the method does.
+    fn end_prefill(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The most tokens per head this cache promises to hold after the current step, or `None`
+    /// while it is unbounded (e.g. before a budget is fixed, or for the full cache).
+    fn budget_tokens(&self) -> Option<usize> {
+        None
+    }
+    /// Bytes offloaded to host memory (reported apart from `bytes_held`).
+    fn bytes_offloaded(&self) -> u64 {
+        0
+    }
+    /// Absolute positions held, one sorted list per (batch, KV head) in `b * kv_heads + h` order.
+    fn kept_positions(&self) -> Vec<Vec<i64>>;
+    /// Views of every tensor the cache holds (live regions only, no spare capacity), named;
+    /// `bytes_held` must equal the sum of their sizes (the conformance suite checks it).
+    fn held_tensors(&self) -> Vec<(&'static str, Tensor)>;
+    /// A deep copy that evolves independently ("compress once, ask many"); `None` if unsupported.
+    fn fork(&self) -> Option<Box<dyn LayerCache>> {
+        None
+    }
+}
+
+/// Bytes of a tensor's elements.
+pub fn tensor_bytes(t: &Tensor) -> u64 {
+    (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }
 
 /// Builds the per-layer caches of one method.
-pub trait CacheFactory {
+pub trait CacheFactory: Send + Sync {
     /// Registered method name (e.g. `full`).
     fn name(&self) -> &str;
     /// A fresh cache for `layer`.
@@ -192,13 +240,31 @@ impl LayerCache for FullCache {
         self.len = 0;
         self.first_pos = 0;
     }
+
+    fn kept_positions(&self) -> Vec<Vec<i64>> {
+        let range: Vec<i64> = (self.first_pos as i64..(self.first_pos + self.len) as i64).collect();
+        vec![range; self.spec.batch * self.spec.kv_heads]
+    }
+
+    fn held_tensors(&self) -> Vec<(&'static str, Tensor)> {
+        match self.views() {
+            Some((k, v)) => vec![("k", k), ("v", v)],
+            None => vec![],
+        }
+    }
+
+    fn fork(&self) -> Option<Box<dyn LayerCache>> {
+        let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
+        Some(Box::new(FullCache { spec: self.spec, k: copy(&self.k), v: copy(&self.v), capacity: self.capacity, len: self.len, first_pos: self.first_pos }))
+    }
 }
 
 /// Attention of `step.q` over keys/values `[B, Hkv, S, D]` holding the contiguous absolute
 /// positions `k_start..k_start+S` (the step's own tokens included), causal and windowed.
 ///
-/// GQA is handled without repeating K/V: the `G = Hq/Hkv` query heads that share a KV head are
-/// folded into the query-length axis, so SDPA sees `[B, Hkv, G*L, D]` against `[B, Hkv, S, D]`.
+/// GQA is handled without repeating K/V: plain prefill and decoding use libtorch's `enable_gqa`
+/// kernels (the ones transformers uses, so results match it bit for bit); masked chunks fold the
+/// `G = Hq/Hkv` query heads that share a KV head into the query axis (`[B, Hkv, G*L, D]`).
 /// When the cache dtype differs from the compute dtype, attention runs in the cache dtype (the
 /// queries are cast, not the whole cache), so no step allocates a cache-sized copy.
 pub fn attend_contiguous(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, k_start: usize) -> Tensor {
@@ -219,8 +285,9 @@ pub fn attend_contiguous(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, k_sta
     let out = if no_prefix && window_inactive && l > 1 {
         Tensor::scaled_dot_product_attention(&q, k, v, None::<&Tensor>, 0.0, true, step.scale, group > 1)
     } else if l == 1 && window_inactive {
-        let qg = q.reshape([b, hkv, group, d]);
-        Tensor::scaled_dot_product_attention(&qg, k, v, None::<&Tensor>, 0.0, false, step.scale, false).reshape([b, hq, 1, d])
+        // libtorch's own GQA path: no K/V copy, and the same kernel (hence the same bits) as
+        // transformers' SDPA decoding, so greedy continuations match token for token.
+        Tensor::scaled_dot_product_attention(&q, k, v, None::<&Tensor>, 0.0, false, step.scale, group > 1)
     } else {
         let mask = causal_window_mask(q_start, l as usize, k_start, s, window, k.device());
         let qg = q.reshape([b, hkv, group * l, d]);
@@ -240,4 +307,70 @@ pub fn causal_window_mask(q_start: usize, l: usize, k_start: usize, s: usize, wi
         Some(w) => causal.logical_and(&(&qpos - &kpos).lt(w as i64)),
         None => causal,
     }
+}
+
+/// Which keys a query may see besides causality: the layer's sliding window and, for
+/// StreamingLLM-style attention, sink tokens plus a local window.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Visibility {
+    /// The layer's own sliding window (`q - k < w`).
+    pub window: Option<usize>,
+    /// Sinks and local window: a key is visible if `k < sinks` or `q - k < local`.
+    pub sinks_local: Option<(usize, usize)>,
+}
+
+/// Boolean mask `[B, Hkv, G*L, S]` for queries at `q_start..q_start+L` (folded `G` times, the GQA
+/// group) against keys at the absolute positions `kpos` (`[B, Hkv, S]`, any order).
+pub fn position_mask(q_start: usize, l: usize, group: usize, kpos: &Tensor, vis: Visibility) -> Tensor {
+    let device = kpos.device();
+    let qpos = Tensor::arange_start(q_start as i64, (q_start + l) as i64, (Kind::Int64, device)).repeat([group as i64]).view([1, 1, -1, 1]);
+    let kpos = kpos.to_kind(Kind::Int64).unsqueeze(2);
+    let dist = &qpos - &kpos;
+    let mut mask = dist.ge(0);
+    if let Some(w) = vis.window {
+        mask = mask.logical_and(&dist.lt(w as i64));
+    }
+    if let Some((sinks, local)) = vis.sinks_local {
+        mask = mask.logical_and(&kpos.lt(sinks as i64).logical_or(&dist.lt(local as i64)));
+    }
+    mask
+}
+
+/// Attention of `step.q` over keys/values `[B, Hkv, S, D]` held at the absolute positions `kpos`
+/// (`[B, Hkv, S]`; evicting caches hold non-contiguous positions, possibly different per head),
+/// with GQA folded as in [`attend_contiguous`] and the mask built from the positions.
+pub fn attend_at_positions(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpos: &Tensor, vis: Visibility) -> Tensor {
+    let q = step.q;
+    let (b, hq, l, d) = q.size4().expect("queries are [B, H, L, D]");
+    let hkv = k.size()[1];
+    let group = hq / hkv;
+    let out_kind = q.kind();
+    let kv_kind = k.kind();
+    let q = if kv_kind != out_kind { q.to_kind(kv_kind) } else { q.shallow_clone() };
+    let vis = Visibility { window: vis.window.or(step.sliding_window), ..vis };
+    let mask = position_mask(step.start_pos, l as usize, group as usize, kpos, vis);
+    let qg = q.reshape([b, hkv, group * l, d]);
+    let out = Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d]);
+    if out.kind() != out_kind { out.to_kind(out_kind) } else { out }
+}
+
+/// Explicit attention probabilities `softmax(q kᵀ · scale)` in f32, `[B, Hq, W, S]`, of queries
+/// `q` (`[B, Hq, W, D]`, at positions `q_start..q_start+W`) over keys `k` (`[B, Hkv, S, D]`, at
+/// positions `kpos`), causal by position. SDPA returns no weights; methods that score tokens by
+/// attention (SnapKV, H2O, TOVA) call this on the few queries they need.
+pub fn attention_probs(q: &Tensor, q_start: usize, k: &Tensor, kpos: &Tensor, scale: f64, window: Option<usize>) -> Tensor {
+    let (b, hq, w, d) = q.size4().expect("queries are [B, H, W, D]");
+    let hkv = k.size()[1];
+    let s = k.size()[2];
+    let group = hq / hkv;
+    let qg = q.to_kind(Kind::Float).reshape([b, hkv, group * w, d]);
+    let logits = qg.matmul(&k.to_kind(Kind::Float).transpose(-1, -2)) * scale;
+    let mask = position_mask(q_start, w as usize, group as usize, kpos, Visibility { window, sinks_local: None });
+    let logits = logits.masked_fill(&mask.logical_not(), f64::NEG_INFINITY);
+    logits.softmax(-1, Kind::Float).reshape([b, hq, w, s])
+}
+
+/// Positions `start..start+len` as a `[B, Hkv, len]` tensor.
+pub fn contiguous_positions(spec: &CacheSpec, start: usize, len: usize) -> Tensor {
+    Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, spec.device)).view([1, 1, -1]).expand([spec.batch as i64, spec.kv_heads as i64, len as i64], false).contiguous()
 }

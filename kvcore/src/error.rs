@@ -48,6 +48,8 @@ pub enum Error {
     Torch(#[from] tch::TchError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Method(#[from] crate::registry::MethodError),
     #[error("{0}")]
     Other(String),
 }

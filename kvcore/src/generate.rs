@@ -20,11 +20,14 @@ pub struct GenerateOptions {
     pub extra_stop_token_ids: Vec<u32>,
     /// Prefill in chunks of this many tokens (None: all at once).
     pub prefill_chunk: Option<usize>,
+    /// Reset the process's peak RSS after the prompt, so `peak_rss_decode_bytes` measures decoding
+    /// alone (the peak before the reset is kept in `peak_rss_prefill_bytes`).
+    pub measure_decode_rss: bool,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 128, min_new_tokens: 0, stop_strings: vec![], extra_stop_token_ids: vec![], prefill_chunk: None }
+        GenerateOptions { max_new_tokens: 128, min_new_tokens: 0, stop_strings: vec![], extra_stop_token_ids: vec![], prefill_chunk: None, measure_decode_rss: false }
     }
 }
 
@@ -53,12 +56,26 @@ pub struct GenerationOutput {
     pub kv_bytes_allocated: u64,
     /// Bytes a full cache in the same storage dtype would hold for the same tokens.
     pub kv_bytes_full: u64,
+    /// Bytes held once the prompt is in (after compression), before the first decode step.
+    pub kv_bytes_held_prompt: u64,
+    /// Bytes a full cache would hold for the prompt.
+    pub kv_bytes_full_prompt: u64,
+    /// Bytes offloaded to host memory at the end.
+    pub kv_bytes_offloaded: u64,
+    /// Peak RSS up to the end of the prompt (with `measure_decode_rss`).
+    pub peak_rss_prefill_bytes: Option<u64>,
+    /// Peak RSS during decoding alone (with `measure_decode_rss`).
+    pub peak_rss_decode_bytes: Option<u64>,
 }
 
 impl GenerationOutput {
     /// Prompt tokens per second of prefill.
     pub fn prefill_tokens_per_s(&self) -> f64 {
         if self.prefill_seconds > 0.0 { self.prompt_tokens as f64 / self.prefill_seconds } else { 0.0 }
+    }
+    /// Measured compression ratio at the end: full-cache bytes over held bytes.
+    pub fn compression_ratio(&self) -> f64 {
+        if self.kv_bytes_held > 0 { self.kv_bytes_full as f64 / self.kv_bytes_held as f64 } else { 0.0 }
     }
     /// Generated tokens per second, counting the tokens after the first (which prefill produces).
     pub fn decode_tokens_per_s(&self) -> f64 {
@@ -69,6 +86,11 @@ impl GenerationOutput {
 
 /// Fresh per-layer caches of `factory` for a model.
 pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize) -> Result<Vec<Box<dyn LayerCache>>> {
+    new_caches_for(lm, factory, expected_tokens, None)
+}
+
+/// Fresh per-layer caches, telling the method how many context tokens prefill will bring.
+pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize, context_tokens: Option<usize>) -> Result<Vec<Box<dyn LayerCache>>> {
     let c = &lm.model.config;
     let spec = CacheSpec {
         batch: 1,
@@ -77,6 +99,9 @@ pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens:
         kv_dtype: lm.settings.kv_dtype,
         device: lm.settings.device,
         expected_tokens,
+        query_heads: c.num_attention_heads,
+        num_layers: c.num_hidden_layers,
+        context_tokens,
     };
     (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec)).collect()
 }
@@ -85,33 +110,74 @@ fn argmax(logits: &Tensor) -> Result<u32> {
     Ok(logits.argmax(-1, false).int64_value(&[0]) as u32)
 }
 
-/// Generates greedily from `prompt_ids` with the caches of `factory`.
+/// Runs `ids` through the model in chunks starting at `pos`; returns the last position's logits.
+pub fn prefill(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], ids: &[u32], pos: usize, chunk: Option<usize>) -> Result<Tensor> {
+    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+    let chunk = chunk.unwrap_or(ids.len()).max(1);
+    let mut logits = Tensor::new();
+    let mut pos = pos;
+    for part in ids.chunks(chunk) {
+        let input = Tensor::from_slice(part).to_device(lm.settings.device).unsqueeze(0);
+        logits = lm.model.forward(&input, pos, caches, Logits::Last)?;
+        pos += part.len();
+    }
+    Ok(logits)
+}
+
+/// Calls every layer's `end_prefill` hook (where most methods compress the context).
+pub fn end_prefill(caches: &mut [Box<dyn LayerCache>]) -> Result<()> {
+    caches.iter_mut().try_for_each(|c| c.end_prefill())
+}
+
+/// Total bytes the caches hold.
+pub fn held_bytes(caches: &[Box<dyn LayerCache>]) -> u64 {
+    caches.iter().map(|c| c.bytes_held()).sum()
+}
+
+/// Generates greedily from `prompt_ids` with the caches of `factory`: the whole prompt is the
+/// context (prefilled, then `end_prefill`), then decoding.
 pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions, factory: &dyn CacheFactory) -> Result<GenerationOutput> {
     let _guard = tch::no_grad_guard();
     if prompt_ids.is_empty() {
         return Err(Error::InvalidArgument { what: "prompt", value: String::new(), expected: "at least one token".into() });
     }
+    let t0 = std::time::Instant::now();
+    let mut caches = new_caches_for(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(prompt_ids.len()))?;
+    let logits = prefill(lm, &mut caches, prompt_ids, 0, opts.prefill_chunk)?;
+    end_prefill(&mut caches)?;
+    decode(lm, &mut caches, logits, prompt_ids.len(), opts, t0)
+}
+
+/// Greedy decoding from `logits` (the last prompt position's) with caches already holding
+/// `pos` tokens; `t0` is when the prompt started (for the prefill time).
+pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logits: Tensor, mut pos: usize, opts: &GenerateOptions, t0: std::time::Instant) -> Result<GenerationOutput> {
+    let _guard = tch::no_grad_guard();
     let device = lm.settings.device;
-    let mut caches = new_caches(lm, factory, prompt_ids.len() + opts.max_new_tokens)?;
+    let prompt_tokens = pos;
     let mut stop_ids = lm.eos_token_ids.clone();
     stop_ids.extend(&opts.extra_stop_token_ids);
+    let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes());
+    let kv_bytes_held_prompt = held_bytes(caches);
+    let kv_bytes_full_prompt = kv_per_token * pos as u64;
+    let peak_rss_prefill_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
+    if opts.measure_decode_rss {
+        // Return the memory freed by compression to the OS first, so decoding's peak is its own.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        {
+            extern "C" {
+                fn malloc_trim(pad: usize) -> i32;
+            }
+            // SAFETY: glibc's malloc_trim has no preconditions.
+            unsafe { malloc_trim(0) };
+        }
+        crate::memory::reset_peak_rss();
+    }
 
     let sync = || {
         if let tch::Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let t0 = std::time::Instant::now();
-    let ids: Vec<i64> = prompt_ids.iter().map(|&t| t as i64).collect();
-    let chunk = opts.prefill_chunk.unwrap_or(ids.len()).max(1);
-    let mut logits = Tensor::new();
-    let mut pos = 0usize;
-    for part in ids.chunks(chunk) {
-        let input = Tensor::from_slice(part).to_device(device).unsqueeze(0);
-        logits = lm.model.forward(&input, pos, &mut caches, Logits::Last)?;
-        pos += part.len();
-    }
-
     let suppress = |logits: &mut Tensor, generated: usize| {
         if generated < opts.min_new_tokens {
             for &id in &stop_ids {
@@ -149,7 +215,7 @@ pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions
             break;
         }
         let input = Tensor::from_slice(&[next as i64]).to_device(device).unsqueeze(0);
-        logits = lm.model.forward(&input, pos, &mut caches, Logits::Last)?;
+        logits = lm.model.forward(&input, pos, caches, Logits::Last)?;
         pos += 1;
     }
     sync();
@@ -160,21 +226,28 @@ pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions
     if stop_reason != StopReason::StopString {
         text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
     }
-    let kv_bytes_held = caches.iter().map(|c| c.bytes_held()).sum();
+    let kv_bytes_held = held_bytes(caches);
     let kv_bytes_allocated = caches.iter().map(|c| c.bytes_allocated()).sum();
+    let kv_bytes_offloaded = caches.iter().map(|c| c.bytes_offloaded()).sum();
     let stored = pos; // every token that went through the model
-    let kv_bytes_full = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()) * stored as u64;
+    let kv_bytes_full = kv_per_token * stored as u64;
+    let peak_rss_decode_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
     Ok(GenerationOutput {
         text,
         generated_tokens: out_ids.len(),
         token_ids: out_ids,
-        prompt_tokens: prompt_ids.len(),
+        prompt_tokens,
         stop_reason,
         prefill_seconds,
         decode_seconds: (total - prefill_seconds).max(0.0),
         kv_bytes_held,
         kv_bytes_allocated,
         kv_bytes_full,
+        kv_bytes_held_prompt,
+        kv_bytes_full_prompt,
+        kv_bytes_offloaded,
+        peak_rss_prefill_bytes,
+        peak_rss_decode_bytes,
     })
 }
 

@@ -5,7 +5,9 @@
 //! Map: [`device`] (settings), [`config`] (model shapes), [`weights`] (files → tensors),
 //! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
 //! [`generate`], [`loader`] (files → ready model), [`sources`] (fetching), [`memory`],
-//! [`random_init`] (random-weight models for tests and benchmarks).
+//! [`random_init`] (random-weight models for tests and benchmarks), [`methods`] (token eviction
+//! shared by compression methods), [`registry`] (methods by name), [`plugin_ffi`] (external
+//! plugins), [`pipeline`] (context/question split).
 
 pub mod cache;
 pub mod config;
@@ -14,8 +16,12 @@ pub mod error;
 pub mod generate;
 pub mod loader;
 pub mod memory;
+pub mod methods;
 pub mod model;
+pub mod pipeline;
+pub mod plugin_ffi;
 pub mod random_init;
+pub mod registry;
 pub mod rope;
 pub mod sources;
 pub mod weights;

@@ -7,7 +7,7 @@ use kvcore::device::DType;
 use tch::{Device, Kind, Tensor};
 
 fn spec(expected: usize) -> CacheSpec {
-    CacheSpec { batch: 1, kv_heads: 2, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: expected }
+    CacheSpec { batch: 1, kv_heads: 2, query_heads: 4, num_layers: 1, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: expected, context_tokens: None }
 }
 
 fn step<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, start: usize, window: Option<usize>) -> AttentionStep<'a> {
@@ -36,7 +36,7 @@ fn token_by_token_growth_is_geometric_and_bytes_are_exact() {
         let q = Tensor::randn([1, 4, 1, 8], (Kind::Float, Device::Cpu));
         let k = Tensor::randn([1, 2, 1, 8], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([1, 2, 1, 8], (Kind::Float, Device::Cpu));
-        cache.attend(&step(&q, &k, &v, pos, None)).unwrap();
+        let _ = cache.attend(&step(&q, &k, &v, pos, None)).unwrap();
         assert_eq!(cache.stored_tokens(), pos + 1);
         assert_eq!(cache.bytes_held(), (2 * 2 * 8 * 4 * (pos + 1)) as u64);
         assert!(cache.bytes_allocated() >= cache.bytes_held());

@@ -20,6 +20,9 @@ pub struct GlobalArgs {
     /// More log output (-v info, -vv debug); KVBENCH_LOG overrides with a tracing filter.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Load an external method plugin (a cdylib built against this kvbench); repeatable.
+    #[arg(long = "plugin", global = true, value_name = "PATH")]
+    pub plugins: Vec<PathBuf>,
 }
 
 /// Where and how a model runs.
@@ -55,6 +58,8 @@ pub enum Command {
     /// Build a task's samples and evaluate a model on them (full cache).
     #[command(subcommand)]
     Task(TaskCommand),
+    /// List the compression methods (built-in and loaded plugins) with their parameters.
+    Methods(MethodsArgs),
     /// Score a LongBench predictions file (lines of {"dataset","pred","answers","all_classes"[,"length"]}).
     Score(ScoreArgs),
 }
@@ -146,9 +151,37 @@ pub struct ScoreArgs {
     pub json: bool,
 }
 
+/// `kvbench methods`.
+#[derive(Args, Debug)]
+pub struct MethodsArgs {
+    /// Show one method in full: budget mapping, paper reference, every parameter.
+    #[arg(long, value_name = "NAME")]
+    pub detail: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `kvbench generate`.
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
+    /// KV-cache compression method (see `kvbench methods`).
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// A method parameter, `key=value` (TOML value); repeatable, e.g. --set ratio=4.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// A question asked about the prompt (the context): the context is compressed first, then the
+    /// question is appended uncompressed (unless --query-aware). Repeatable: one compressed context,
+    /// many questions.
+    #[arg(long = "question")]
+    pub question: Vec<String>,
+    /// Compress context and question together (lets methods see the question).
+    #[arg(long, requires = "question")]
+    pub query_aware: bool,
+    /// Reset the peak-RSS counter after the prompt and report decoding's own peak.
+    #[arg(long)]
+    pub decode_peak_rss: bool,
     /// Model: a known name (smollm2-135m, qwen2.5-0.5b; fetched on first use), a GGUF file, a
     /// Hugging Face model directory, or hf:org/name[@revision].
     #[arg(long, default_value = "smollm2-135m")]

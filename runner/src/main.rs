@@ -8,6 +8,11 @@ mod commands;
 use clap::Parser;
 
 fn main() {
+    // Like other Unix tools, end quietly when the reader of stdout goes away (`kvbench ... | head`).
+    // SAFETY: restoring the default disposition of SIGPIPE at startup, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = cli::Cli::parse();
     let filter = match cli.global.verbose {
         0 => "warn,kvbench=info,kvcore=info",

@@ -108,3 +108,40 @@ fn each_architecture_runs_and_dumps_logits() {
         assert_eq!(t.size()[1], 49152);
     }
 }
+
+#[test]
+fn score_prints_longbench_scores_as_text_and_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = tmp.path().join("preds.jsonl");
+    let lines = [
+        r#"{"dataset": "narrativeqa", "pred": "The old lighthouse keeper", "answers": ["the old lighthouse keeper"], "all_classes": null}"#,
+        r#"{"dataset": "narrativeqa", "pred": "a dog", "answers": ["the cat"], "all_classes": null}"#,
+        r#"{"dataset": "trec", "pred": "Location\nmore text", "answers": ["Location"], "all_classes": ["Location", "Person"]}"#,
+    ];
+    std::fs::write(&f, lines.join("\n")).unwrap();
+    let o = kvbench(&["score", f.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ds = v["datasets"].as_array().unwrap();
+    let get = |name: &str| ds.iter().find(|d| d["dataset"] == name).unwrap()["score"].as_f64().unwrap();
+    assert_eq!(get("narrativeqa"), 50.0, "F1 1.0 and 0.0 average to 50.00");
+    assert_eq!(get("trec"), 100.0, "trec keeps the first line, then classification");
+    let o = kvbench(&["score", f.to_str().unwrap()]);
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("narrativeqa"));
+    std::fs::write(&f, "{\"dataset\": \"narrativeqa\"}\n").unwrap();
+    fails_with(&["score", f.to_str().unwrap()], &["preds.jsonl", "1"]);
+}
+
+#[test]
+fn missing_task_data_names_the_fetch_command() {
+    let home = tempfile::tempdir().unwrap();
+    let model = kvcore::sources::cached_path(&kvcore::sources::kvbench_home(), kvcore::sources::known_model("smollm2-135m").unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .env("KVBENCH_HOME", home.path())
+        .args(["task", "dump", "passkey", "--model", model.to_str().unwrap(), "--device", "cpu"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("kvbench data fetch pg_essays"), "{}", stderr(&o));
+}

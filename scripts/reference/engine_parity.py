@@ -104,8 +104,11 @@ def gguf(gguf_path, out_dir):
             prompt_ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True)
             if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
                 prompt_ids = prompt_ids["input_ids"]
+        x = torch.tensor([prompt_ids])
         with torch.no_grad():
-            out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=64, do_sample=False,
+            # An explicit all-ones attention mask: with pad_token_id == eos (id 2 = <|im_end|>),
+            # transformers would otherwise mask the prompt's own <|im_end|> tokens as padding.
+            out = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=64, do_sample=False,
                                  pad_token_id=tok.eos_token_id)
         new = out[0, len(prompt_ids):].tolist()
         gens.append({"prompt": p, "prompt_ids": list(map(int, prompt_ids)), "generated_ids": new,

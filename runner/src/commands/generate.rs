@@ -48,7 +48,10 @@ pub fn encode_prompt(lm: &LoadedModel, text: &str, chat: bool, system: Option<&s
     Ok(ids)
 }
 
-pub fn run(a: GenerateArgs) -> Result<()> {
+pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
+    let reg = super::methods::registry(plugins)?;
+    let method_params = kvcore::registry::parse_settings(&a.set)?;
+    let factory = reg.build(&a.method, &method_params)?;
     let (settings, threads) = runtime_settings(&a.runtime)?;
     let text = match (&a.prompt, &a.prompt_file) {
         (Some(p), _) => p.clone(),
@@ -58,7 +61,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
     let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
     tracing::info!("loaded {} in {:.1}s", files.path().display(), lm.load_seconds);
-    let ids = encode_prompt(&lm, &text, a.chat, a.system.as_deref(), a.max_new_tokens, a.truncate)?;
+    let (ids, questions) = if a.question.is_empty() {
+        (encode_prompt(&lm, &text, a.chat, a.system.as_deref(), a.max_new_tokens, a.truncate)?, vec![])
+    } else {
+        split_context_questions(&lm, &text, &a)?
+    };
 
     if let Some(path) = &a.dump_logits {
         let logits = all_logits(&mut lm, &ids, &FullCacheFactory)?;
@@ -70,10 +77,21 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         min_new_tokens: a.min_new_tokens,
         stop_strings: a.stop.clone(),
         prefill_chunk: a.prefill_chunk,
+        measure_decode_rss: a.decode_peak_rss,
         ..Default::default()
     };
-    let out = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
+    let outs = if questions.is_empty() {
+        vec![generate(&mut lm, &ids, &opts, factory.as_ref())?]
+    } else {
+        let popts = kvcore::pipeline::PipelineOptions { query_aware: a.query_aware };
+        kvcore::pipeline::answer(&mut lm, &ids, &questions, &opts, popts, factory.as_ref())?
+    };
     let peak = kvcore::memory::peak_rss_bytes();
+    for out in outs {
+        let peak = match (out.peak_rss_prefill_bytes, peak) {
+            (Some(p), Some(q)) => Some(p.max(q)),
+            (_, q) => q,
+        };
     if a.json {
         let v = json!({
             "text": out.text,
@@ -87,6 +105,15 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             "kv_bytes_held": out.kv_bytes_held,
             "kv_bytes_allocated": out.kv_bytes_allocated,
             "kv_bytes_full": out.kv_bytes_full,
+            "kv_bytes_held_prompt": out.kv_bytes_held_prompt,
+            "kv_bytes_full_prompt": out.kv_bytes_full_prompt,
+            "kv_bytes_offloaded": out.kv_bytes_offloaded,
+            "compression_ratio": out.compression_ratio(),
+            "compression_ratio_prompt": if out.kv_bytes_held_prompt > 0 { out.kv_bytes_full_prompt as f64 / out.kv_bytes_held_prompt as f64 } else { 0.0 },
+            "method": &a.method,
+            "method_params": &method_params,
+            "query_aware": a.query_aware,
+            "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
             "peak_rss_bytes": peak,
             "weight_bytes": lm.model.weight_bytes,
             "load_seconds": lm.load_seconds,
@@ -114,7 +141,43 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             );
         }
     }
+    }
     Ok(())
+}
+
+/// Tokenises a context and its questions so the split falls exactly where each question starts
+/// (with --chat, the user message is the context, a blank line, then the question).
+fn split_context_questions(lm: &LoadedModel, context: &str, a: &GenerateArgs) -> Result<(Vec<u32>, Vec<Vec<u32>>)> {
+    let mut ctx_ids: Option<Vec<u32>> = None;
+    let mut qs = Vec::new();
+    for q in &a.question {
+        let whole = if a.chat {
+            let tpl = lm.chat_template.as_ref().context("--chat: this model has no chat template")?;
+            let mut msgs = Vec::new();
+            if let Some(s) = &a.system {
+                msgs.push(ChatMessage { role: "system".into(), content: s.clone() });
+            }
+            msgs.push(ChatMessage { role: "user".into(), content: format!("{context}\n\n{q}") });
+            tpl.render(&msgs, true)?
+        } else {
+            format!("{context}\n\n{q}")
+        };
+        let cut = whole.rfind(q.as_str()).context("question not found in the rendered prompt")?;
+        let c = lm.tokenizer.encode(&whole[..cut], !a.chat).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec();
+        let qi = lm.tokenizer.encode(&whole[cut..], false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec();
+        if let Some(prev) = &ctx_ids {
+            if *prev != c {
+                bail!("--question: the context tokenises differently for different questions");
+            }
+        }
+        let ctx = lm.model.config.max_position_embeddings;
+        if c.len() + qi.len() + a.max_new_tokens > ctx {
+            return Err(kvcore::Error::PromptTooLong { prompt_tokens: c.len() + qi.len(), context: ctx, reserved: a.max_new_tokens }.into());
+        }
+        ctx_ids = Some(c);
+        qs.push(qi);
+    }
+    Ok((ctx_ids.unwrap_or_default(), qs))
 }
 
 fn write_logits(t: &tch::Tensor, path: &std::path::Path) -> Result<()> {

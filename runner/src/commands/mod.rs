@@ -2,6 +2,7 @@
 
 mod data;
 mod generate;
+mod methods;
 mod model;
 mod quickstart;
 mod score;
@@ -14,12 +15,13 @@ use kvcore::device::{configure_threads, DType, DeviceSpec, RuntimeSettings};
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Generate(a) => generate::run(a),
+        Command::Generate(a) => generate::run(a, &cli.global.plugins),
         Command::Model(m) => model::run(m),
         Command::Quickstart(q) => quickstart::run(q),
         Command::Data(d) => data::run(d),
         Command::Task(t) => task::run(t),
         Command::Score(s) => score::run(s),
+        Command::Methods(m) => methods::run(m, &cli.global.plugins),
     }
 }
 

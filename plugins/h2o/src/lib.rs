@@ -1,0 +1,68 @@
+//! H2O, heavy hitters + recent tokens (`h2o`). Zhang et al., "H2O: Heavy-Hitter Oracle for
+//! Efficient Generative Inference of Large Language Models", NeurIPS 2023 (arXiv 2306.14048).
+//!
+//! `mode = "decode"` (default) is the paper benchmark's H2O (longctx_bench): prefill is not
+//! compressed; at the first decode step the budgets are fixed from the length so far
+//! `S = prompt + 1`: `heavy = floor(S·(1-recent_fraction)/N)`, `recent = floor(S·recent_fraction/N)`
+//! (0.125·S each at 4×); from then on each step's attention probabilities are accumulated per token
+//! and the cache keeps the newest `recent` tokens plus the `heavy` best-scored others. Scores are
+//! accumulated per KV head (query heads of a group combined by `gqa`); the paper's code repeats KV
+//! heads and keeps per-query-head scores. Tokens are removed physically, so the next step never
+//! sees them (the paper masks them, with the same effect).
+//!
+//! `mode = "prefill"` evicts right after prefill using the attention every prompt query paid each
+//! key (explicit softmax over the prompt, in query blocks), then continues as above. With
+//! `recent_fraction = 0` it keeps the top `floor(S/N)` by summed attention: kvpress
+//! `ObservedAttentionPress` ranks by attention divided by the number of queries that see each key,
+//! which is a different normalisation (documented difference for the cross-check).
+
+use kvcore::cache::CacheFactory;
+use kvcore::methods::{Accumulate, EvictionConfig, EvictionFactory, ScoreInput, Scorer};
+use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
+use std::sync::Arc;
+use tch::Tensor;
+
+/// Accumulated attention.
+pub struct AccumulatedScorer;
+
+impl Scorer for AccumulatedScorer {
+    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+        input.accumulated.map(|a| a.shallow_clone()).ok_or_else(|| kvcore::Error::Other("h2o: no accumulated scores".into()))
+    }
+}
+
+fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
+    let mut p = Params::new("h2o", t);
+    let budget = p.budget(4.0)?;
+    let recent_fraction = p.float("recent_fraction", 0.5, 0.0, 1.0)?;
+    let mode = p.choice("mode", "decode", &["decode", "prefill"])?;
+    let mut cfg = EvictionConfig::new("h2o", budget, Arc::new(AccumulatedScorer));
+    eviction_params(&mut p, &mut cfg, true)?;
+    p.finish()?;
+    cfg.recent_fraction = recent_fraction;
+    if mode == "decode" {
+        cfg.compress_after_prefill = false;
+        cfg.decode_evict = true;
+        cfg.accumulate = Accumulate::Decode;
+    } else {
+        cfg.accumulate = Accumulate::Always;
+    }
+    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
+}
+
+inventory::submit! {
+    MethodRegistration {
+        name: "h2o",
+        family: "h2o",
+        summary: "heavy hitters + recent tokens by accumulated attention (Zhang et al. 2023)",
+        detail: "mode = \"decode\" (paper benchmark): full prefill; budgets fixed at the first decode step from S = prompt+1: \
+                 heavy = floor(S*(1-recent_fraction)/N), recent = floor(S*recent_fraction/N); attention accumulated from the first \
+                 decode step; evicts every step. mode = \"prefill\": evicts right after prefill using the prompt's attention, \
+                 then the same. Scores are per KV head (gqa combines the group). arXiv 2306.14048.",
+        params: kvcore::eviction_param_docs!(decode_evict = "true";
+            ("recent_fraction", "0.5", "share of the budget kept for the newest tokens"),
+            ("mode", "decode", "decode: paper H2O (full prefill); prefill: evict after prefill too")),
+        build,
+        scorer: None,
+    }
+}

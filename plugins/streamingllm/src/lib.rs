@@ -1,0 +1,60 @@
+//! StreamingLLM (`streamingllm`): attention sinks plus a recent window. Xiao et al., "Efficient
+//! Streaming Language Models with Attention Sinks", ICLR 2024 (arXiv 2309.17453).
+//!
+//! Budget as in the paper's benchmark (longctx_bench via InfLLM's stream-llm): `ratio = N` gives
+//! `budget = floor(S/N)` for an `S`-token context, `sinks = int(budget · sink_ratio)` (0.021) and
+//! `local = budget - sinks`. `prefill = "chunked"` (default) compresses during prefill: every query
+//! sees only the sinks and the `local` tokens before it, and after each chunk the cache keeps sinks
+//! + the newest `local` tokens, so memory stays at the budget throughout (chunk size is the
+//! caller's `--prefill-chunk`; the result does not depend on it). `prefill = "full"` prefills with
+//! full attention and keeps sinks + recent afterwards (kvpress `StreamingLLMPress`, which uses
+//! `n_sink = 4`: set `sinks = 4`). Decoding keeps the window sliding at the budget.
+//!
+//! Difference from the paper's code: InfLLM re-indexes positions inside the window; keys here keep
+//! their original RoPE positions (as kvpress does without `KeyRerotationPress`).
+
+use kvcore::cache::CacheFactory;
+use kvcore::methods::{EvictionConfig, EvictionFactory, ScoreInput, Scorer, StreamingPrefill};
+use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
+use std::sync::Arc;
+use tch::{Kind, Tensor};
+
+/// Newer is better (the cache applies sinks itself).
+pub struct RecencyScorer;
+
+impl Scorer for RecencyScorer {
+    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+        Ok(input.positions.to_kind(Kind::Float))
+    }
+}
+
+fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
+    let mut p = Params::new("streamingllm", t);
+    let budget = p.budget(4.0)?;
+    let sink_ratio = p.float("sink_ratio", 0.021, 0.0, 1.0)?;
+    let sinks = p.opt_int("sinks", 0, usize::MAX >> 1)?;
+    let mode = p.choice("prefill", "chunked", &["chunked", "full"])?;
+    let mut cfg = EvictionConfig::new("streamingllm", budget, Arc::new(RecencyScorer));
+    eviction_params(&mut p, &mut cfg, true)?;
+    p.finish()?;
+    cfg.streaming = Some(StreamingPrefill { sink_ratio, sinks, chunked: mode == "chunked" });
+    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
+}
+
+inventory::submit! {
+    MethodRegistration {
+        name: "streamingllm",
+        family: "streamingllm",
+        summary: "attention sinks + recent window, compressing during chunked prefill (Xiao et al. 2024)",
+        detail: "budget = floor(S/N) of the S-token context; sinks = int(budget * sink_ratio) (0.021 as in the paper's \
+                 config), local = budget - sinks. prefill = \"chunked\": sinks + sliding-window attention during prefill, \
+                 cache trimmed after every chunk; prefill = \"full\": full prefill, then keep sinks + newest (kvpress \
+                 StreamingLLMPress; use sinks = 4). Keys keep their original positions (no re-indexing). arXiv 2309.17453.",
+        params: kvcore::eviction_param_docs!(decode_evict = "true";
+            ("sink_ratio", "0.021", "fraction of the budget kept as sink tokens"),
+            ("sinks", "(unset)", "absolute number of sink tokens (overrides sink_ratio)"),
+            ("prefill", "chunked", "chunked: compress during prefill; full: full prefill, compress after")),
+        build,
+        scorer: None,
+    }
+}
