@@ -145,3 +145,21 @@ fn missing_task_data_names_the_fetch_command() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("kvbench data fetch pg_essays"), "{}", stderr(&o));
 }
+
+#[test]
+fn smollm2_answers_paris_and_stop_strings_cut_the_text() {
+    let base = ["generate", "--model", "smollm2-135m", "--chat", "--prompt", "What is the capital of France?", "--device", "cpu", "--json"];
+    let o = kvbench(&base);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+    assert_eq!(v["stop_reason"], "eos_token");
+
+    let mut args = base.to_vec();
+    args.extend(["--stop", "Paris"]);
+    let o = kvbench(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stop_reason"], "stop_string");
+    assert_eq!(v["text"].as_str().unwrap().trim_end(), "The capital of France is");
+}
