@@ -3,7 +3,7 @@
 //! templates of tests/fixtures/chat_templates.json, over multi-turn conversations with and without
 //! the generation prompt; plus loading from tokenizer_config.json and error reporting.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kvformats::chat::{ChatError, ChatMessage, ChatTemplate};
@@ -11,39 +11,8 @@ use kvformats::gguf::GgufFile;
 use kvformats::tokenizer::GgufTokenizerSpec;
 use serde_json::{json, Value};
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate dir has a parent")
-        .to_path_buf()
-}
-
-fn python() -> PathBuf {
-    let python = std::env::var_os("KVBENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "reference python {} not found: set KVBENCH_PYTHON or create the project venv with transformers==5.2.0, jinja2, gguf",
-        python.display()
-    );
-    python
-}
-
-fn model(relative: &str) -> PathBuf {
-    let home = std::env::var_os("KVBENCH_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/kvbench")
-        });
-    let path = home.join("models").join(relative);
-    assert!(
-        path.exists(),
-        "model file {} is missing: fetch the models first",
-        path.display()
-    );
-    path
-}
+mod common;
+use common::{workspace_root, python, model};
 
 fn conversations() -> Vec<(&'static str, Vec<ChatMessage>)> {
     let m = ChatMessage::new;

@@ -11,16 +11,8 @@ use std::time::Instant;
 use kvformats::gguf::{GgmlType, GgufFile, GgufValue};
 use serde_json::Value;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn python() -> PathBuf {
-    match std::env::var_os("KVBENCH_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => workspace_root().join(".venv/bin/python"),
-    }
-}
+mod common;
+use common::{workspace_root, python};
 
 /// Runs gguf_reference.py with `args`; panics with a clear message when python or gguf-py is missing.
 fn run_reference(args: &[&str]) {

@@ -1,27 +1,14 @@
 //! The GGUF tokenizer on the real SmolLM2 and Qwen2.5 files (known ids, special tokens, BOS
 //! handling, the written tokenizer.json) and on small hand-made GGUFs (error messages).
 
-use std::path::PathBuf;
 
 use kvformats::gguf::GgufFile;
 use kvformats::tokenizer::{
     build_tokenizer, load_tokenizer_file, tokenizer_json, GgufTokenizerSpec, TokenizerError,
 };
 
-fn model(relative: &str) -> PathBuf {
-    let home = std::env::var_os("KVBENCH_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/kvbench")
-        });
-    let path = home.join("models").join(relative);
-    assert!(
-        path.exists(),
-        "model file {} is missing: fetch the models first",
-        path.display()
-    );
-    path
-}
+mod common;
+use common::{model};
 
 fn smollm2() -> GgufTokenizerSpec {
     let path = model("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");

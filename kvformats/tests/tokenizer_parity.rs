@@ -7,47 +7,15 @@
 //! text treated as plain text), and decode back to the input; every raw difference must have a
 //! cause the script names.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kvformats::gguf::GgufFile;
 use kvformats::tokenizer::{build_tokenizer, GgufTokenizerSpec};
 use serde_json::Value;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate dir has a parent")
-        .to_path_buf()
-}
-
-fn python() -> PathBuf {
-    let python = std::env::var_os("KVBENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(
-        python.exists(),
-        "reference python {} not found: set KVBENCH_PYTHON or create the project venv (scripts/bootstrap.sh) \
-         with transformers==5.2.0, tokenizers, gguf, regex, jieba",
-        python.display()
-    );
-    python
-}
-
-fn model(relative: &str) -> PathBuf {
-    let home = std::env::var_os("KVBENCH_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/kvbench")
-        });
-    let path = home.join("models").join(relative);
-    assert!(
-        path.exists(),
-        "model file {} is missing: fetch the models first (see DESIGN/offline assets)",
-        path.display()
-    );
-    path
-}
+mod common;
+use common::{workspace_root, python, model};
 
 fn reference(gguf: &Path) -> Value {
     let out = tempfile::NamedTempFile::new().expect("temp file");
