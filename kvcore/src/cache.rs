@@ -319,12 +319,22 @@ pub struct Visibility {
     pub sinks_local: Option<(usize, usize)>,
 }
 
-/// Boolean mask `[B, Hkv, G*L, S]` for queries at `q_start..q_start+L` (folded `G` times, the GQA
-/// group) against keys at the absolute positions `kpos` (`[B, Hkv, S]`, any order).
+/// Boolean mask for queries at `q_start..q_start+L` (folded `G` times, the GQA group) against
+/// keys at the absolute positions `kpos` (`[B, Hkv, S]`, any order); it broadcasts to
+/// `[B, Hkv, G*L, S]`.
+///
+/// When every (batch, KV head) row holds the same positions (StreamingLLM, contiguous stores) the
+/// mask is built once as `[G*L, S]`; otherwise `[B, Hkv, G*L, S]`. Distances are computed per
+/// query position (`[L, S]`, not per folded query) in 32 bits and the result is boolean, so a long
+/// masked prefill chunk costs a few bytes per (query, key) pair, not 8·G·B·Hkv.
 pub fn position_mask(q_start: usize, l: usize, group: usize, kpos: &Tensor, vis: Visibility) -> Tensor {
     let device = kpos.device();
-    let qpos = Tensor::arange_start(q_start as i64, (q_start + l) as i64, (Kind::Int64, device)).repeat([group as i64]).view([1, 1, -1, 1]);
-    let kpos = kpos.to_kind(Kind::Int64).unsqueeze(2);
+    let flat = kpos.flatten(0, -2); // [B·Hkv, S]
+    let first = flat.narrow(0, 0, 1); // [1, S]
+    let shared = flat.size()[0] <= 1 || flat.eq_tensor(&first).all().int64_value(&[]) == 1;
+    // Keys `[1, S]` (shared) or `[B, Hkv, 1, S]`; queries `[L, 1]`.
+    let kpos = if shared { first } else { kpos.unsqueeze(-2) }.to_kind(Kind::Int);
+    let qpos = Tensor::arange_start(q_start as i64, (q_start + l) as i64, (Kind::Int, device)).unsqueeze(1);
     let dist = &qpos - &kpos;
     let mut mask = dist.ge(0);
     if let Some(w) = vis.window {
@@ -333,7 +343,15 @@ pub fn position_mask(q_start: usize, l: usize, group: usize, kpos: &Tensor, vis:
     if let Some((sinks, local)) = vis.sinks_local {
         mask = mask.logical_and(&kpos.lt(sinks as i64).logical_or(&dist.lt(local as i64)));
     }
-    mask
+    drop(dist);
+    // Fold the group: query row `g*L + i` of the folded axis is query `i`.
+    if group <= 1 {
+        mask
+    } else if shared {
+        mask.repeat([group as i64, 1])
+    } else {
+        mask.repeat([1, 1, group as i64, 1])
+    }
 }
 
 /// Attention of `step.q` over keys/values `[B, Hkv, S, D]` held at the absolute positions `kpos`

@@ -15,6 +15,8 @@
 //! `recent_fraction = 0` it keeps the top `floor(S/N)` by summed attention: kvpress
 //! `ObservedAttentionPress` ranks by attention divided by the number of queries that see each key,
 //! which is a different normalisation (documented difference for the cross-check).
+//! `kvcore/tests/kvpress_crosscheck.rs` asserts exactly that: kvbench's kept set equals the top of
+//! kvpress's scores multiplied back by `S - j` (the number of queries that see key `j`).
 
 use kvcore::cache::CacheFactory;
 use kvcore::methods::{Accumulate, EvictionConfig, EvictionFactory, ScoreInput, Scorer};

@@ -5,6 +5,8 @@
 //!   earlier keys, averaged over the window, smoothed by 1-D pooling (`kernel`, avg as kvpress or
 //!   max as the paper), combined over the query heads of each KV head; window tokens are always
 //!   kept. Scoring matches kvpress `SnapKVPress` (window 64, kernel 5).
+//!   Cross-checked: kept positions equal `SnapKVPress`'s on SmolLM2, 3 prompts
+//!   (`kvcore/tests/kvpress_crosscheck.rs`; near-ties at the cut-off may swap, float noise).
 //! * `pyramidkv` — Cai et al., "PyramidKV: Dynamic KV Cache Compression based on Pyramidal
 //!   Information Funneling", 2024 (arXiv 2406.02069). SnapKV scores with a per-layer budget falling
 //!   linearly from the first to the last layer, same total; the schedule is kvpress's

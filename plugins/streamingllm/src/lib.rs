@@ -12,6 +12,8 @@
 //!
 //! Difference from the paper's code: InfLLM re-indexes positions inside the window; keys here keep
 //! their original RoPE positions (as kvpress does without `KeyRerotationPress`).
+//! With `prefill = "full"`, `sinks = 4` the kept positions equal kvpress `StreamingLLMPress` on
+//! SmolLM2 (`kvcore/tests/kvpress_crosscheck.rs`).
 
 use kvcore::cache::CacheFactory;
 use kvcore::methods::{EvictionConfig, EvictionFactory, ScoreInput, Scorer, StreamingPrefill};

@@ -6,6 +6,9 @@
 //! Budget: `ratio = N` keeps `floor(S/N)` of the context per head after prefill; as in the TOVA
 //! paper the cache then stays at that size while decoding (`decode_evict = true`: each step drops
 //! the lowest-scored token under the newest query's attention).
+//!
+//! After prefill the kept positions equal kvpress `TOVAPress` on SmolLM2, 3 prompts
+//! (`kvcore/tests/kvpress_crosscheck.rs`); near-ties at the cut-off may swap (float noise).
 
 use kvcore::cache::CacheFactory;
 use kvcore::methods::{protect_window, window_probs, EvictionConfig, EvictionFactory, ScoreInput, Scorer};

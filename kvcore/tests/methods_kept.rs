@@ -1,0 +1,477 @@
+//! Method-level tests: which tokens each registered eviction method keeps on small hand-made
+//! tensors, against expectations computed here independently (literal position lists for the
+//! position-only methods, plain-Rust f64 softmax/pooling loops for the attention-scored ones), plus
+//! the PyramidKV layer-budget schedule against hand-computed values and the attention mask that
+//! evicting caches build from kept positions.
+
+use kvcore::cache::{attend_at_positions, position_mask, AttentionStep, CacheSpec, LayerCache, Visibility};
+use kvcore::device::DType;
+use kvcore::registry::{parse_settings, Registry};
+use tch::{Device, Kind, Tensor};
+
+use kvplugin_baseline as _;
+use kvplugin_h2o as _;
+use kvplugin_knorm as _;
+use kvplugin_snapkv as _;
+use kvplugin_streamingllm as _;
+use kvplugin_tova as _;
+
+const HQ: usize = 4;
+const HKV: usize = 2;
+const D: usize = 4;
+
+fn spec(total: usize, context: usize, layers: usize) -> CacheSpec {
+    CacheSpec { batch: 1, kv_heads: HKV, head_dim: D, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: total, query_heads: HQ, num_layers: layers, context_tokens: Some(context) }
+}
+
+fn cache(name: &str, set: &[&str], layer: usize, spec: &CacheSpec) -> Box<dyn LayerCache> {
+    let table = parse_settings(&set.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let reg = Registry::builtin().unwrap();
+    reg.build(name, &table).unwrap_or_else(|e| panic!("{name} {set:?}: {e}")).layer_cache(layer, spec).unwrap()
+}
+
+/// Queries, keys and values of `n` tokens, kept as plain vectors for the reference computations.
+struct Qkv {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    qf: Vec<f32>,
+    kf: Vec<f32>,
+    n: usize,
+}
+
+impl Qkv {
+    fn random(n: usize, seed: i64) -> Qkv {
+        tch::manual_seed(seed);
+        let q = Tensor::randn([1, HQ as i64, n as i64, D as i64], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([1, HKV as i64, n as i64, D as i64], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([1, HKV as i64, n as i64, D as i64], (Kind::Float, Device::Cpu));
+        Qkv::from(q, k, v)
+    }
+    fn from(q: Tensor, k: Tensor, v: Tensor) -> Qkv {
+        let flat = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
+        let n = k.size()[2] as usize;
+        Qkv { qf: flat(&q), kf: flat(&k), q, k, v, n }
+    }
+    fn qrow(&self, h: usize, i: usize) -> &[f32] {
+        &self.qf[(h * self.n + i) * D..(h * self.n + i + 1) * D]
+    }
+    fn krow(&self, h: usize, p: usize) -> &[f32] {
+        &self.kf[(h * self.n + p) * D..(h * self.n + p + 1) * D]
+    }
+    /// Feeds tokens `from..to` to the cache as one step.
+    fn feed(&self, c: &mut dyn LayerCache, from: usize, to: usize) -> Tensor {
+        let (a, l) = (from as i64, (to - from) as i64);
+        let (q, k, v) = (self.q.narrow(2, a, l), self.k.narrow(2, a, l), self.v.narrow(2, a, l));
+        let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: from, sliding_window: None, scale: (D as f64).powf(-0.5) };
+        c.attend(&step).unwrap()
+    }
+    /// Softmax attention (f64) of query head `h` at position `i` over the keys at `keys` (those not
+    /// in its future), as `(position, probability)`.
+    fn probs(&self, h: usize, i: usize, keys: &[usize]) -> Vec<(usize, f64)> {
+        let kv = h / (HQ / HKV);
+        let scale = (D as f64).powf(-0.5);
+        let vis: Vec<usize> = keys.iter().copied().filter(|&p| p <= i).collect();
+        let logits: Vec<f64> = vis.iter().map(|&p| self.qrow(h, i).iter().zip(self.krow(kv, p)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale).collect();
+        let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let e: Vec<f64> = logits.iter().map(|x| (x - m).exp()).collect();
+        let z: f64 = e.iter().sum();
+        vis.into_iter().zip(e).map(|(p, x)| (p, x / z)).collect()
+    }
+}
+
+/// The `k` positions with the highest score (no ties in these tests), ascending.
+fn top(scores: &[(usize, f64)], k: usize) -> Vec<i64> {
+    let mut s = scores.to_vec();
+    s.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
+    let mut out: Vec<i64> = s.iter().take(k).map(|(p, _)| *p as i64).collect();
+    out.sort();
+    out
+}
+
+fn range(a: i64, b: i64) -> Vec<i64> {
+    (a..b).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Position-only methods
+
+#[test]
+fn streamingllm_chunked_keeps_sinks_and_recent_and_masks_prefill() {
+    let _g = tch::no_grad_guard();
+    // 40-token context, ratio 4: budget 10 = 2 sinks + 8 local.
+    let x = Qkv::random(43, 1);
+    let sp = spec(43, 40, 2);
+    let mut c = cache("streamingllm", &["ratio=4", "sinks=2"], 0, &sp);
+    for chunk in 0..5 {
+        let (a, b) = (chunk * 8, chunk * 8 + 8);
+        let out = x.feed(c.as_mut(), a, b);
+        // Every query sees the 2 sinks and the 8 newest keys up to itself: checked by hand.
+        let vals = Vec::<f32>::try_from(&x.v.contiguous().view([-1])).unwrap();
+        for h in 0..HQ {
+            for i in a..b {
+                let kv = h / 2;
+                let keys: Vec<usize> = (0..=i).filter(|&p| p < 2 || i - p < 8).collect();
+                let pr = x.probs(h, i, &keys);
+                for d in 0..D {
+                    let want: f64 = pr.iter().map(|(p, w)| w * vals[(kv * 43 + p) * D + d] as f64).sum();
+                    let got = out.double_value(&[0, h as i64, (i - a) as i64, d as i64]);
+                    assert!((got - want).abs() < 1e-5, "streamingllm prefill output head {h} query {i}: {got} vs {want}");
+                }
+            }
+        }
+        let kept = c.kept_positions();
+        assert!(kept.iter().all(|r| r.len() <= 10), "after chunk {chunk}: {kept:?}");
+    }
+    c.end_prefill().unwrap();
+    let want: Vec<i64> = [0, 1].into_iter().chain(32..40).collect();
+    assert_eq!(c.kept_positions(), vec![want.clone(); HKV], "after prefill");
+    for p in 40..43 {
+        let _ = x.feed(c.as_mut(), p, p + 1);
+    }
+    let want: Vec<i64> = [0, 1].into_iter().chain(35..43).collect();
+    assert_eq!(c.kept_positions(), vec![want; HKV], "the window slides while decoding");
+}
+
+#[test]
+fn streamingllm_default_sink_ratio_and_full_prefill_variant() {
+    let _g = tch::no_grad_guard();
+    // 200 tokens at ratio 2: budget 100, sinks = int(100 * 0.021) = 2, local 98.
+    let x = Qkv::random(200, 2);
+    let mut c = cache("streamingllm", &["ratio=2"], 0, &spec(200, 200, 2));
+    let _ = x.feed(c.as_mut(), 0, 200);
+    c.end_prefill().unwrap();
+    let want: Vec<i64> = [0, 1].into_iter().chain(102..200).collect();
+    assert_eq!(c.kept_positions(), vec![want; HKV]);
+    // kvpress StreamingLLMPress(n_sink = 4) at compression 0.75 on 40 tokens: 4 sinks + 6 newest.
+    let x = Qkv::random(40, 3);
+    let mut c = cache("streamingllm", &["ratio=4", "sinks=4", "prefill=\"full\""], 0, &spec(40, 40, 2));
+    let _ = x.feed(c.as_mut(), 0, 20);
+    let _ = x.feed(c.as_mut(), 20, 40);
+    assert_eq!(c.kept_positions(), vec![range(0, 40); HKV], "full prefill keeps everything until end_prefill");
+    c.end_prefill().unwrap();
+    let want: Vec<i64> = (0..4).chain(34..40).collect();
+    assert_eq!(c.kept_positions(), vec![want; HKV]);
+}
+
+#[test]
+fn knorm_keeps_the_smallest_key_norms_per_head() {
+    let _g = tch::no_grad_guard();
+    // Key of token p on head 0 has norm (7p mod 16) + 1, on head 1 (5p + 3 mod 16) + 1.
+    let norms = |h: usize, p: usize| if h == 0 { (7 * p % 16) as f32 + 1.0 } else { ((5 * p + 3) % 16) as f32 + 1.0 };
+    let mut kf = Vec::new();
+    for h in 0..HKV {
+        for p in 0..16 {
+            // Spread over two coordinates: (0.6n, -0.8n) has norm n.
+            kf.extend_from_slice(&[0.6 * norms(h, p), 0.0, -0.8 * norms(h, p), 0.0]);
+        }
+    }
+    let k = Tensor::from_slice(&kf).view([1, HKV as i64, 16, D as i64]);
+    tch::manual_seed(4);
+    let x = Qkv::from(Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)), k, Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)));
+    let mut c = cache("knorm", &["ratio=4"], 0, &spec(16, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 16);
+    c.end_prefill().unwrap();
+    // Head 0: norms 1..4 at p = 0, 7, 14, 5; head 1: norms 1..4 at p = 9, 6, 3, 0.
+    assert_eq!(c.kept_positions(), vec![vec![0, 5, 7, 14], vec![0, 3, 6, 9]]);
+    // tokens = 6 keeps norms 1..6: head 0 adds p = 12, 3; head 1 adds p = 13, 10.
+    let mut c = cache("knorm", &["tokens=6"], 0, &spec(16, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 16);
+    c.end_prefill().unwrap();
+    assert_eq!(c.kept_positions(), vec![vec![0, 3, 5, 7, 12, 14], vec![0, 3, 6, 9, 10, 13]]);
+}
+
+#[test]
+fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
+    let _g = tch::no_grad_guard();
+    // Head 0's keys have norms 1..16 (as in the knorm test), head 1's 100..115: at ratio 4 the layer
+    // keeps 2 heads x 4 = 8 tokens; alpha = 0.25 guarantees each head floor(0.25 * 4) = 1 token,
+    // so head 1 keeps only its smallest norm (p = 9, norm 100) and head 0 takes the other 7.
+    let norms = |h: usize, p: usize| if h == 0 { (7 * p % 16) as f32 + 1.0 } else { ((5 * p + 3) % 16) as f32 + 100.0 };
+    let mut kf = Vec::new();
+    for h in 0..HKV {
+        for p in 0..16 {
+            kf.extend_from_slice(&[0.0, norms(h, p), 0.0, 0.0]);
+        }
+    }
+    let k = Tensor::from_slice(&kf).view([1, HKV as i64, 16, D as i64]);
+    tch::manual_seed(5);
+    let x = Qkv::from(Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)), k, Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)));
+    let mut c = cache("adakv", &["ratio=4", "scorer=\"knorm\"", "alpha=0.25"], 0, &spec(16, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 16);
+    c.end_prefill().unwrap();
+    // Head 0, norms 1..7: p = 0, 7, 14, 5, 12, 3, 10.
+    assert_eq!(c.kept_positions(), vec![vec![0, 3, 5, 7, 10, 12, 14], vec![9]]);
+    assert_eq!(c.stored_tokens(), 7);
+    // 8 tokens, each with K and V (4 f32 each) and an i64 position.
+    assert_eq!(c.bytes_held(), 8 * (2 * 4 * 4 + 8));
+    // Decoding attends over each head's own tokens; the output must be that of attention over them.
+    let x2 = Qkv::from(Tensor::cat(&[&x.q, &Tensor::randn([1, HQ as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2), Tensor::cat(&[&x.k, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2), Tensor::cat(&[&x.v, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2));
+    let out = x2.feed(c.as_mut(), 16, 17);
+    let vals = Vec::<f32>::try_from(&x2.v.contiguous().view([-1])).unwrap();
+    let kept = [vec![0usize, 3, 5, 7, 10, 12, 14, 16], vec![9, 16]];
+    for h in 0..HQ {
+        let pr = x2.probs(h, 16, &kept[h / 2]);
+        let want: f64 = pr.iter().map(|(p, w)| w * vals[((h / 2) * 17 + p) * D] as f64).sum();
+        let got = out.double_value(&[0, h as i64, 0, 0]);
+        assert!((got - want).abs() < 1e-5, "adakv decode output head {h}: {got} vs {want}");
+    }
+}
+
+#[test]
+fn random_keeps_the_top_of_its_seeded_hash_independently_of_chunking() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(16, 6);
+    let kept = |seed: u64, layer: usize, chunks: &[usize]| {
+        let s = format!("seed={seed}");
+        let mut c = cache("random", &["ratio=4", &s], layer, &spec(16, 16, 3));
+        let mut a = 0;
+        for &b in chunks {
+            let _ = x.feed(c.as_mut(), a, b);
+            a = b;
+        }
+        c.end_prefill().unwrap();
+        c.kept_positions()
+    };
+    for (seed, layer) in [(5u64, 1usize), (6, 1), (5, 2)] {
+        // The score of (layer, row = b*Hkv + h, position) is the documented seeded hash; the
+        // selection (4 best of 16 per row) is recomputed here.
+        let want: Vec<Vec<i64>> = (0..HKV).map(|row| top(&(0..16).map(|p| (p, kvcore::methods::hash_unit(seed, layer as u64, row as u64, p as u64))).collect::<Vec<_>>(), 4)).collect();
+        assert_eq!(kept(seed, layer, &[16]), want, "seed {seed} layer {layer}");
+        assert_eq!(kept(seed, layer, &[3, 8, 15, 16]), want, "chunking changed the kept set (seed {seed})");
+    }
+    assert_ne!(kept(5, 1, &[16]), kept(6, 1, &[16]), "the seed must matter");
+    assert_ne!(kept(5, 1, &[16]), kept(5, 2, &[16]), "the layer must matter");
+    let rows = kept(5, 1, &[16]);
+    assert_ne!(rows[0], rows[1], "heads draw independently");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention-scored methods (references in plain f64 loops)
+
+/// SnapKV's kept set for each KV head: the last `w` queries' softmax over all keys, averaged over
+/// the window, avg-pooled with zero padding (divided by `kernel`), averaged over the group; the
+/// window is kept plus the best `keep - w` of the body.
+fn snapkv_reference(x: &Qkv, s: usize, w: usize, kernel: usize, keep: usize) -> Vec<Vec<i64>> {
+    let all: Vec<usize> = (0..s).collect();
+    let body = s - w;
+    (0..HKV)
+        .map(|kv| {
+            let mut pooled = vec![0f64; body];
+            for h in kv * 2..kv * 2 + 2 {
+                let mut vote = vec![0f64; body];
+                for i in body..s {
+                    for (p, pr) in x.probs(h, i, &all) {
+                        if p < body {
+                            vote[p] += pr / w as f64;
+                        }
+                    }
+                }
+                for (p, out) in pooled.iter_mut().enumerate() {
+                    let lo = p.saturating_sub(kernel / 2);
+                    let hi = (p + kernel / 2).min(body - 1);
+                    *out += (lo..=hi).map(|j| vote[j]).sum::<f64>() / kernel as f64 / 2.0;
+                }
+            }
+            let mut kept = top(&pooled.iter().cloned().enumerate().collect::<Vec<_>>(), keep - w);
+            kept.extend(body as i64..s as i64);
+            kept
+        })
+        .collect()
+}
+
+#[test]
+fn snapkv_keeps_the_window_and_the_best_pooled_votes() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(24, 7);
+    // 24 tokens at ratio 3: keep 8 = window 4 + 4 voted.
+    for chunks in [vec![24usize], vec![10, 21, 24]] {
+        let mut c = cache("snapkv", &["ratio=3", "window=4", "kernel=3"], 0, &spec(24, 24, 2));
+        let mut a = 0;
+        for &b in &chunks {
+            let _ = x.feed(c.as_mut(), a, b);
+            a = b;
+        }
+        c.end_prefill().unwrap();
+        assert_eq!(c.kept_positions(), snapkv_reference(&x, 24, 4, 3, 8), "chunks {chunks:?}");
+    }
+    // Without pooling (kernel 1) the kept set is the raw votes' top: a different reference.
+    assert_ne!(snapkv_reference(&x, 24, 4, 1, 8), snapkv_reference(&x, 24, 4, 3, 8), "pooling must matter on this input");
+    let mut c = cache("snapkv", &["ratio=3", "window=4", "kernel=1"], 0, &spec(24, 24, 2));
+    let _ = x.feed(c.as_mut(), 0, 24);
+    c.end_prefill().unwrap();
+    assert_eq!(c.kept_positions(), snapkv_reference(&x, 24, 4, 1, 8));
+}
+
+#[test]
+fn pyramidkv_layer_budget_schedule_matches_hand_computed_values() {
+    use kvplugin_snapkv::pyramid_budget;
+    // len 1000, 5 layers, 400 kept on average, window 8, beta 2: min = 400/2 = 200,
+    // max = 2*400 - 200 = 600, step (600-200)/4 = 100.
+    assert_eq!((0..5).map(|l| pyramid_budget(l, 5, 1000, 400, 8, 2.0)).collect::<Vec<_>>(), vec![600, 500, 400, 300, 200]);
+    // len 100, 4 layers, 25 on average, window 4, beta 3: min 8.33, max 41.67, step 11.11.
+    assert_eq!((0..4).map(|l| pyramid_budget(l, 4, 100, 25, 4, 3.0)).collect::<Vec<_>>(), vec![42, 31, 19, 8]);
+    // Python's round-half-to-even: min 10.5, max 31.5, step 10.5 -> 31.5, 21, 10.5 -> 32, 21, 10.
+    assert_eq!((0..3).map(|l| pyramid_budget(l, 3, 100, 21, 1, 2.0)).collect::<Vec<_>>(), vec![32, 21, 10]);
+    // max (78) exceeds len - window (56): clamped to 56, min = 80 - 56 = 24, step 16.
+    assert_eq!((0..3).map(|l| pyramid_budget(l, 3, 60, 40, 4, 20.0)).collect::<Vec<_>>(), vec![56, 40, 24]);
+    // SmolLM2 at 4x on 2,048 tokens with the defaults (window 64, beta 20): min = 512/20 = 25.6 < 64,
+    // the pyramid does not fit and every layer keeps the uniform 512.
+    assert!((0..30).all(|l| pyramid_budget(l, 30, 2048, 512, 64, 20.0) == 512));
+}
+
+#[test]
+fn pyramidkv_layers_keep_their_budget_of_snapkv_scores() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(40, 8);
+    // 40 tokens at ratio 2 over 3 layers, window 4, beta 2: min 10, max 30 -> 30, 20, 10.
+    for (layer, keep) in [(0usize, 30usize), (1, 20), (2, 10)] {
+        let mut c = cache("pyramidkv", &["ratio=2", "window=4", "kernel=3", "beta=2"], layer, &spec(40, 40, 3));
+        let _ = x.feed(c.as_mut(), 0, 40);
+        c.end_prefill().unwrap();
+        assert_eq!(c.kept_positions(), snapkv_reference(&x, 40, 4, 3, keep), "layer {layer}");
+    }
+}
+
+#[test]
+fn tova_keeps_what_the_newest_query_attends_to_and_stays_at_budget() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(18, 9);
+    // Score of key p: attention of the newest query averaged over all 4 query heads (each over
+    // its own KV head's keys); the newest token is always kept; one ranking for both KV heads.
+    let tova = |kept: &[usize], i: usize, n: usize| {
+        let mut score: Vec<(usize, f64)> = kept.iter().map(|&p| (p, 0.0)).collect();
+        for h in 0..HQ {
+            for (p, pr) in x.probs(h, i, kept) {
+                score.iter_mut().find(|e| e.0 == p).unwrap().1 += pr / HQ as f64;
+            }
+        }
+        score.iter_mut().find(|e| e.0 == i).unwrap().1 = f64::INFINITY;
+        top(&score, n)
+    };
+    let mut c = cache("tova", &["ratio=4"], 0, &spec(18, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 16);
+    c.end_prefill().unwrap();
+    let mut want = tova(&(0..16).collect::<Vec<_>>(), 15, 4);
+    assert_eq!(c.kept_positions(), vec![want.clone(); HKV], "after prefill");
+    for p in 16..18 {
+        let _ = x.feed(c.as_mut(), p, p + 1);
+        let cand: Vec<usize> = want.iter().map(|&q| q as usize).chain([p]).collect();
+        want = tova(&cand, p, 4);
+        assert_eq!(c.kept_positions(), vec![want.clone(); HKV], "after decoding position {p}");
+    }
+}
+
+#[test]
+fn h2o_decode_mode_accumulates_from_the_first_decode_step() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(20, 10);
+    let mut c = cache("h2o", &["ratio=4"], 0, &spec(20, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 16);
+    c.end_prefill().unwrap();
+    assert_eq!(c.kept_positions(), vec![range(0, 16); HKV], "the paper's H2O does not compress the prefill");
+    // First decode step: S = 17, keep floor(17/4) = 4 = recent floor(17*0.5/4) = 2 + heavy 2.
+    let mut state: Vec<Vec<(usize, f64)>> = vec![(0..16).map(|p| (p, 0.0)).collect(); HKV];
+    for p in 16..20 {
+        let _ = x.feed(c.as_mut(), p, p + 1);
+        for (kv, st) in state.iter_mut().enumerate() {
+            st.push((p, 0.0));
+            let keys: Vec<usize> = st.iter().map(|e| e.0).collect();
+            for h in kv * 2..kv * 2 + 2 {
+                for (q, pr) in x.probs(h, p, &keys) {
+                    st.iter_mut().find(|e| e.0 == q).unwrap().1 += pr / 2.0;
+                }
+            }
+            // The 2 newest are kept; the 2 best accumulated scores among the rest.
+            let n = st.len();
+            let heavy = top(&st[..n - 2], 2);
+            st.retain(|e| e.0 >= p - 1 || heavy.contains(&(e.0 as i64)));
+        }
+        let want: Vec<Vec<i64>> = state.iter().map(|st| st.iter().map(|e| e.0 as i64).collect()).collect();
+        assert_eq!(c.kept_positions(), want, "after decoding position {p}");
+    }
+}
+
+#[test]
+fn h2o_prefill_mode_ranks_by_summed_prompt_attention() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(16, 11);
+    let mut c = cache("h2o", &["ratio=4", "mode=\"prefill\"", "recent_fraction=0", "decode_evict=false"], 0, &spec(16, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 6);
+    let _ = x.feed(c.as_mut(), 6, 16);
+    c.end_prefill().unwrap();
+    let all: Vec<usize> = (0..16).collect();
+    let want: Vec<Vec<i64>> = (0..HKV)
+        .map(|kv| {
+            let mut score = vec![0f64; 16];
+            for h in kv * 2..kv * 2 + 2 {
+                for i in 0..16 {
+                    for (p, pr) in x.probs(h, i, &all) {
+                        score[p] += pr / 2.0;
+                    }
+                }
+            }
+            top(&score.into_iter().enumerate().collect::<Vec<_>>(), 4)
+        })
+        .collect();
+    assert_eq!(c.kept_positions(), want);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mask of evicting caches
+
+fn bools(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(&t.to_kind(Kind::Int64).contiguous().view([-1])).unwrap()
+}
+
+#[test]
+fn position_mask_is_small_when_heads_share_positions() {
+    // Queries at 5, 6 (GQA group 2 folds them as 5, 6, 5, 6); keys at 0, 2, 4, 6 on both heads.
+    let shared = Tensor::from_slice(&[0i64, 2, 4, 6, 0, 2, 4, 6]).view([1, 2, 4]);
+    let m = position_mask(5, 2, 2, &shared, Visibility::default());
+    assert_eq!(m.size(), vec![4, 4], "shared positions give one [G*L, S] mask");
+    assert_eq!(m.kind(), Kind::Bool);
+    assert_eq!(bools(&m), vec![1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1]);
+    // Sinks 1, local 2: a key is visible if it is a sink or less than 2 behind.
+    let m = position_mask(5, 2, 2, &shared, Visibility { window: None, sinks_local: Some((1, 2)) });
+    assert_eq!(bools(&m), vec![1, 0, 1, 0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1]);
+    // Different positions per head: [B, Hkv, G*L, S]; head 1 holds 1, 3, 5, 7.
+    let per_head = Tensor::from_slice(&[0i64, 2, 4, 6, 1, 3, 5, 7]).view([1, 2, 4]);
+    let m = position_mask(5, 2, 2, &per_head, Visibility { window: Some(4), sinks_local: None });
+    assert_eq!(m.size(), vec![1, 2, 4, 4]);
+    assert_eq!(m.kind(), Kind::Bool);
+    // Window 4: q - k < 4. Head 0: q5 sees 2, 4; q6 sees 4, 6. Head 1: q5 sees 3, 5; q6 sees 3, 5.
+    let h0 = [0, 1, 1, 0, 0, 0, 1, 1];
+    let h1 = [0, 1, 1, 0, 0, 1, 1, 0];
+    let want: Vec<i64> = [&h0[..], &h0[..], &h1[..], &h1[..]].concat();
+    assert_eq!(bools(&m), want);
+}
+
+#[test]
+fn attention_at_shared_positions_equals_the_explicit_full_mask() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(12);
+    let (b, s, l) = (2i64, 9i64, 3i64);
+    let q = Tensor::randn([b, HQ as i64, l, D as i64], (Kind::Float, Device::Cpu));
+    let k = Tensor::randn([b, HKV as i64, s, D as i64], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([b, HKV as i64, s, D as i64], (Kind::Float, Device::Cpu));
+    let pos = Tensor::from_slice(&[0i64, 1, 4, 5, 7, 8, 9, 10, 11]).view([1, 1, s]).expand([b, HKV as i64, s], true).contiguous();
+    let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 9, sliding_window: None, scale: 0.5 };
+    let vis = Visibility { window: None, sinks_local: Some((2, 4)) };
+    let got = attend_at_positions(&step, &k, &v, &pos, vis);
+    // The same attention with the mask spelled out per (batch, head, folded query, key).
+    let mut mf = Vec::new();
+    for _ in 0..b * HKV as i64 {
+        for _g in 0..2 {
+            for i in 9..9 + l {
+                for &p in &[0i64, 1, 4, 5, 7, 8, 9, 10, 11] {
+                    mf.push(p <= i && (p < 2 || i - p < 4));
+                }
+            }
+        }
+    }
+    let mask = Tensor::from_slice(&mf).view([b, HKV as i64, 2 * l, s]);
+    let qg = q.reshape([b, HKV as i64, 2 * l, D as i64]);
+    let want = Tensor::scaled_dot_product_attention(&qg, &k, &v, Some(&mask), 0.0, false, 0.5, false).reshape([b, HQ as i64, l, D as i64]);
+    assert!(got.equal(&want), "max diff {}", (&got - &want).abs().max().double_value(&[]));
+}

@@ -1,0 +1,96 @@
+//! `kvbench methods` and `kvbench generate --method` end to end: every expected method is listed
+//! with its parameters, `--detail` explains one, a compressing run reports its method and measured
+//! bytes in `--json`, and a bad `--set` key names the method and the key.
+
+use std::process::{Command, Output};
+
+const EXPECTED: &[&str] = &["full", "random", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv"];
+
+fn kvbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = kvbench(args);
+    assert!(o.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).expect("utf-8 stdout")
+}
+
+#[test]
+fn methods_lists_every_expected_method_with_its_parameters() {
+    let out = ok(&["methods"]);
+    for name in EXPECTED {
+        assert!(out.lines().any(|l| l.split_whitespace().next() == Some(name)), "`kvbench methods` does not list `{name}`:\n{out}");
+    }
+    assert!(out.contains("ratio=4"), "eviction methods list their `ratio` default:\n{out}");
+    let list: serde_json::Value = serde_json::from_str(&ok(&["methods", "--json"])).expect("methods --json is JSON");
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    for name in EXPECTED {
+        assert!(names.contains(name), "`kvbench methods --json` lacks `{name}`: {names:?}");
+    }
+    let snap = list.as_array().unwrap().iter().find(|m| m["name"] == "snapkv").unwrap();
+    let params: Vec<&str> = snap["params"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for p in ["ratio", "tokens", "window", "kernel"] {
+        assert!(params.contains(&p), "snapkv lacks parameter `{p}`: {params:?}");
+    }
+}
+
+#[test]
+fn methods_detail_explains_one_method() {
+    let out = ok(&["methods", "--detail", "snapkv"]);
+    for needle in ["snapkv", "window", "kernel", "ratio", "2404.14469", "parameters:"] {
+        assert!(out.contains(needle), "`methods --detail snapkv` lacks {needle:?}:\n{out}");
+    }
+    let o = kvbench(&["methods", "--detail", "no-such-method"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no-such-method"));
+}
+
+#[test]
+fn generate_with_a_method_reports_bytes_and_ratio() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "3", model.to_str().unwrap()]);
+    let prompt = "the quick brown fox jumps over the lazy dog ".repeat(12);
+    let m = model.to_str().unwrap();
+    let run = |method: &str, set: &[&str]| -> serde_json::Value {
+        let mut args = vec!["generate", "--model", m, "--prompt", &prompt, "--max-new-tokens", "4", "--device", "cpu", "--json", "--method", method];
+        for s in set {
+            args.extend(["--set", s]);
+        }
+        serde_json::from_str(ok(&args).lines().last().unwrap()).expect("generate --json prints JSON")
+    };
+    let full = run("full", &[]);
+    let snap = run("snapkv", &["ratio=4", "window=8"]);
+    assert_eq!(snap["method"], "snapkv");
+    for key in ["kv_bytes_held", "kv_bytes_held_prompt", "compression_ratio", "kv_bytes_full"] {
+        assert!(snap[key].is_number(), "generate --json lacks numeric `{key}`: {snap}");
+    }
+    let held = snap["kv_bytes_held_prompt"].as_f64().unwrap();
+    let full_prompt = full["kv_bytes_held_prompt"].as_f64().unwrap();
+    let prompt_tokens = snap["prompt_tokens"].as_f64().unwrap();
+    // floor(S/4) of S prompt tokens are kept (plus their i64 positions), versus all S.
+    let kept = (prompt_tokens / 4.0).floor();
+    assert!(held < full_prompt * 0.4, "snapkv at ratio 4 holds {held} of {full_prompt} bytes after the prompt");
+    assert!(held >= full_prompt * kept / prompt_tokens, "snapkv holds less than its kept K/V: {held} vs {full_prompt}");
+    let ratio = snap["compression_ratio"].as_f64().unwrap();
+    let measured = snap["kv_bytes_full"].as_f64().unwrap() / snap["kv_bytes_held"].as_f64().unwrap();
+    assert!((ratio - measured).abs() < 1e-9 && ratio > 2.0, "compression_ratio {ratio} is not full/held = {measured}");
+    assert_eq!(full["compression_ratio"].as_f64().unwrap(), 1.0);
+}
+
+#[test]
+fn a_bad_setting_names_the_method_and_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", model.to_str().unwrap()]);
+    let m = model.to_str().unwrap();
+    let o = kvbench(&["generate", "--model", m, "--prompt", "hello", "--device", "cpu", "--method", "snapkv", "--set", "windw=8"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an unknown key must fail");
+    assert!(err.contains("snapkv") && err.contains("windw") && err.contains("window"), "error should name method, key and accepted keys:\n{err}");
+    let o = kvbench(&["generate", "--model", m, "--prompt", "hello", "--device", "cpu", "--method", "snapkv", "--set", "ratio=0.5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "an out-of-range ratio must fail");
+    assert!(err.contains("snapkv") && err.contains("ratio"), "error should name method and key:\n{err}");
+}
