@@ -58,10 +58,7 @@ pub const KNOWN_MODEL_NAMES: &[&str] = &["smollm2-135m", "qwen2.5-0.5b"];
 
 /// kvbench's cache directory: `$KVBENCH_HOME`, else `<user cache dir>/kvbench`.
 pub fn kvbench_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("KVBENCH_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    dirs::cache_dir().unwrap_or_else(|| PathBuf::from(".kvbench")).join("kvbench")
+    kvformats::home::kvbench_home()
 }
 
 /// The files of a model, once resolved.

@@ -8,3 +8,4 @@
 pub mod gguf;
 pub mod tokenizer;
 pub mod chat;
+pub mod home;

@@ -35,8 +35,6 @@ pub enum DataError {
     UnsafeEntry { archive: PathBuf, entry: String, why: String },
     #[error("archive {archive}: {detail}")]
     Archive { archive: PathBuf, detail: String },
-    #[error("no home directory: set KVBENCH_HOME")]
-    NoHome,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
@@ -213,12 +211,10 @@ pub fn spec(name: &str) -> Result<&'static DatasetSpec, DataError> {
     })
 }
 
-/// `$KVBENCH_HOME`, default `~/.cache/kvbench`.
+/// kvbench's cache directory (`kvformats::home`: `$KVBENCH_HOME`, else `<user cache>/kvbench`),
+/// the same place the engine keeps models.
 pub fn kvbench_home() -> Result<PathBuf, DataError> {
-    if let Some(h) = std::env::var_os("KVBENCH_HOME").filter(|h| !h.is_empty()) {
-        return Ok(PathBuf::from(h));
-    }
-    dirs::home_dir().map(|h| h.join(".cache").join("kvbench")).ok_or(DataError::NoHome)
+    Ok(kvformats::home::kvbench_home())
 }
 
 /// The complete data folder of `name` under `home`, or `Missing` telling how to fetch it.

@@ -24,16 +24,9 @@ pub fn python() -> PathBuf {
     python
 }
 
-/// kvbench's cache directory, as `kvcore::sources::kvbench_home` computes it.
+/// kvbench's cache directory (the one rule every crate uses).
 pub fn kvbench_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("KVBENCH_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache"));
-    cache.join("kvbench")
+    kvformats::home::kvbench_home()
 }
 
 /// A model file under `$KVBENCH_HOME/models`, which the test command fetches first.

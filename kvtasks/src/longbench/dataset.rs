@@ -65,11 +65,7 @@ pub struct LongBenchRecord {
 
 /// `$KVBENCH_HOME/data/longbench` (default `~/.cache/kvbench/data/longbench`).
 pub fn default_data_dir() -> PathBuf {
-    let home = std::env::var_os("KVBENCH_HOME")
-        .map(PathBuf::from)
-        .or_else(|| dirs::cache_dir().map(|c| c.join("kvbench")))
-        .unwrap_or_else(|| PathBuf::from(".kvbench"));
-    home.join("data").join("longbench")
+    kvformats::home::kvbench_home().join("data").join("longbench")
 }
 
 /// Where `<subset>[_e].jsonl` lives under `dir`, after checking the subset exists.
