@@ -20,7 +20,7 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
     /// Token ids that end generation.
     pub eos_token_ids: Vec<u32>,
-    /// Whether the tokenizer adds BOS itself (so prompts should be encoded with special tokens).
+    /// Where the model was loaded from.
     pub files: ModelFiles,
     pub settings: RuntimeSettings,
     /// Seconds spent loading.

@@ -4,8 +4,7 @@
 //! `$KVBENCH_HOME/models/<name>/`, verified before use; a partial download is never a cache hit.
 
 use crate::error::{Error, Result};
-use sha2::{Digest, Sha256};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -127,17 +126,7 @@ pub fn resolve_or_fetch(spec: &str, home: &Path) -> Result<ModelFiles> {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    kvformats::home::sha256_file(path).map_err(|e| Error::io(path, e))
 }
 
 /// Downloads (if needed) and verifies a known model or `hf:` reference; returns its files.
@@ -314,20 +303,7 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
         download(optional, false)?;
     }
     if download("model.safetensors.index.json", false)? {
-        let idx = dir.join("model.safetensors.index.json");
-        let text = std::fs::read_to_string(&idx).map_err(|e| Error::io(&idx, e))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::File { file: idx.clone(), problem: e.to_string() })?;
-        let mut shards: Vec<String> = v
-            .get("weight_map")
-            .and_then(|m| m.as_object())
-            .map(|m| m.values().filter_map(|s| s.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        shards.sort();
-        shards.dedup();
-        for s in shards {
-            if s.contains('/') || s.contains("..") {
-                return Err(Error::Config { file: idx, key: "weight_map".into(), problem: format!("shard `{s}` leaves the directory") });
-            }
+        for s in crate::weights::shard_names(&dir.join("model.safetensors.index.json"))? {
             download(&s, true)?;
         }
     } else {

@@ -50,23 +50,7 @@ impl Weights {
     pub fn from_safetensors_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index.exists() {
-            let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| Error::File { file: index.clone(), problem: format!("not valid JSON: {e}") })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
-                file: index.clone(),
-                key: "weight_map".into(),
-                problem: "missing or not an object".into(),
-            })?;
-            let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
-            shards.sort();
-            shards.dedup();
-            for s in &shards {
-                if s.contains('/') || s.contains("..") {
-                    return Err(Error::Config { file: index.clone(), key: "weight_map".into(), problem: format!("shard name `{s}` leaves the directory") });
-                }
-            }
-            shards.into_iter().map(|s| dir.join(s)).collect()
+            shard_names(&index)?.into_iter().map(|s| dir.join(s)).collect()
         } else {
             vec![dir.join("model.safetensors")]
         };
@@ -118,6 +102,26 @@ impl Weights {
         }
         Ok(Weights { tensors, source: gguf.path.clone() })
     }
+}
+
+/// The shard file names a `model.safetensors.index.json` lists (sorted, each once), refusing any
+/// name that would leave the model directory.
+pub fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::File { file: index.into(), problem: format!("not valid JSON: {e}") })?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
+        file: index.into(),
+        key: "weight_map".into(),
+        problem: "missing or not an object".into(),
+    })?;
+    let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
+    shards.sort();
+    shards.dedup();
+    if let Some(s) = shards.iter().find(|s| s.contains('/') || s.contains("..")) {
+        return Err(Error::Config { file: index.into(), key: "weight_map".into(), problem: format!("shard name `{s}` leaves the directory") });
+    }
+    Ok(shards)
 }
 
 /// Reverses llama.cpp's Q/K row permutation: `w.reshape(h, d/2, 2, in).swapaxes(1, 2)`.

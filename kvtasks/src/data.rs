@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use sha2::{Digest, Sha256};
 
 /// Marker file written last into a complete data folder.
 pub const MARKER: &str = ".kvbench-dataset.json";
@@ -283,17 +282,7 @@ fn publish(spec: &DatasetSpec, staging: &Path, data_root: &Path) -> Result<PathB
 
 /// sha256 of a file, lower-case hex.
 pub fn sha256_file(path: &Path) -> Result<String, DataError> {
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    kvformats::home::sha256_file(path).map_err(io(path))
 }
 
 /// Error unless `path` hashes to `expected`.
