@@ -66,6 +66,10 @@ pub struct GenerationOutput {
     pub peak_rss_prefill_bytes: Option<u64>,
     /// Peak RSS during decoding alone (with `measure_decode_rss`).
     pub peak_rss_decode_bytes: Option<u64>,
+    /// Resident set at the end of decoding (with `measure_decode_rss`): what the run holds once
+    /// a method's budget is in force (H2O's decoding peak includes the full prompt cache it
+    /// holds until its first decode step; this shows the memory it then gives back).
+    pub rss_end_bytes: Option<u64>,
 }
 
 impl GenerationOutput {
@@ -232,6 +236,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
     let stored = pos; // every token that went through the model
     let kv_bytes_full = kv_per_token * stored as u64;
     let peak_rss_decode_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
+    let rss_end_bytes = if opts.measure_decode_rss { crate::memory::current_rss_bytes() } else { None };
     Ok(GenerationOutput {
         text,
         generated_tokens: out_ids.len(),
@@ -248,6 +253,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
         kv_bytes_offloaded,
         peak_rss_prefill_bytes,
         peak_rss_decode_bytes,
+        rss_end_bytes,
     })
 }
 

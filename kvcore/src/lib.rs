@@ -6,8 +6,9 @@
 //! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
 //! [`generate`], [`loader`] (files → ready model), [`sources`] (fetching), [`memory`],
 //! [`random_init`] (random-weight models for tests and benchmarks), [`methods`] (token eviction
-//! shared by compression methods), [`registry`] (methods by name), [`plugin_ffi`] (external
-//! plugins), [`pipeline`] (context/question split).
+//! shared by compression methods), [`quant`] and [`quantized`] (quantized K/V storage),
+//! [`registry`] (methods by name), [`plugin_ffi`] (external plugins), [`pipeline`]
+//! (context/question split).
 
 pub mod cache;
 pub mod config;
@@ -20,6 +21,8 @@ pub mod methods;
 pub mod model;
 pub mod pipeline;
 pub mod plugin_ffi;
+pub mod quant;
+pub mod quantized;
 pub mod random_init;
 pub mod registry;
 pub mod rope;

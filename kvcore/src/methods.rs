@@ -10,6 +10,7 @@
 
 use crate::cache::{attend_at_positions, attend_contiguous, attention_probs, contiguous_positions, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
 use crate::error::{Error, Result};
+use crate::quantized::{QuantCache, QuantConfig};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -140,6 +141,9 @@ pub struct EvictionConfig {
     pub streaming: Option<StreamingPrefill>,
     pub layer_budget: Option<LayerBudgetFn>,
     pub gqa: GqaAgg,
+    /// Keep the survivors quantized (`storage = {method = "kivi", ...}`): at `end_prefill`, after
+    /// eviction, the kept tokens move into a [`QuantCache`] that also stores every later token.
+    pub storage: Option<QuantConfig>,
 }
 
 impl EvictionConfig {
@@ -158,6 +162,7 @@ impl EvictionConfig {
             streaming: None,
             layer_budget: None,
             gqa: GqaAgg::Mean,
+            storage: None,
         }
     }
 }
@@ -171,6 +176,17 @@ impl CacheFactory for EvictionFactory {
         &self.0.name
     }
     fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>> {
+        let cfg = &self.0;
+        if let Some(st) = &cfg.storage {
+            let bad = |why: &str| Error::InvalidArgument { what: "storage", value: format!("{} with {}", cfg.name, st.name), expected: why.into() };
+            if cfg.decode_evict {
+                return Err(bad("decode_evict = false: quantized storage keeps every token after prefill (it does not evict while decoding)"));
+            }
+            if cfg.head_adaptive.is_some() {
+                return Err(bad("a method with one budget for all heads (per-head budgets are not stored quantized)"));
+            }
+            QuantCache::new(st, *spec)?;
+        }
         Ok(Box::new(EvictionCache::new(self.0.clone(), layer, *spec)))
     }
 }
@@ -476,6 +492,8 @@ pub struct EvictionCache {
     /// Tokens appended since the last eviction (the cache may exceed its budget by this much).
     since_evict: usize,
     seen: usize,
+    /// The survivors once moved into quantized storage (`storage`).
+    quantized: Option<QuantCache>,
 }
 
 impl EvictionCache {
@@ -498,6 +516,7 @@ impl EvictionCache {
             steps_since_evict: 0,
             since_evict: 0,
             seen: 0,
+            quantized: None,
         };
         c.size_streaming();
         c
@@ -738,6 +757,10 @@ impl LayerCache for EvictionCache {
     fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
         let l = step.q.size()[2] as usize;
         self.seen = step.start_pos + l;
+        if let Some(qc) = &mut self.quantized {
+            self.since_evict += l;
+            return qc.attend(step);
+        }
         // Store the new tokens, then attend over everything kept.
         let out = match &mut self.store {
             Store::Dense(store) => {
@@ -843,10 +866,20 @@ impl LayerCache for EvictionCache {
         if self.needs_queries() == 0 {
             self.queries = None;
         }
+        if let (Some(st), Store::Dense(store)) = (&self.cfg.storage, &mut self.store) {
+            if let Some((k, v)) = store.views() {
+                self.quantized = Some(QuantCache::from_kept(st, self.spec, &k, &v, store.positions().copy())?);
+                store.clear();
+                self.queries = None;
+            }
+        }
         Ok(())
     }
 
     fn stored_tokens(&self) -> usize {
+        if let Some(q) = &self.quantized {
+            return q.stored_tokens();
+        }
         match &self.store {
             Store::Dense(s) => s.len(),
             Store::Ragged(h) => h.iter().map(|x| x.len()).max().unwrap_or(0),
@@ -858,6 +891,9 @@ impl LayerCache for EvictionCache {
     }
 
     fn bytes_allocated(&self) -> u64 {
+        if let Some(q) = &self.quantized {
+            return q.bytes_allocated();
+        }
         let q = self.queries.as_ref().map_or(0, tensor_bytes);
         q + match &self.store {
             Store::Dense(s) => s.bytes_allocated(),
@@ -879,6 +915,9 @@ impl LayerCache for EvictionCache {
     }
 
     fn kept_positions(&self) -> Vec<Vec<i64>> {
+        if let Some(q) = &self.quantized {
+            return q.kept_positions();
+        }
         match &self.store {
             Store::Dense(s) => s.kept_positions(),
             Store::Ragged(h) => h.iter().flat_map(|x| x.kept_positions()).collect(),
@@ -886,6 +925,9 @@ impl LayerCache for EvictionCache {
     }
 
     fn held_tensors(&self) -> Vec<(&'static str, Tensor)> {
+        if let Some(q) = &self.quantized {
+            return q.held_tensors();
+        }
         let mut out = match &self.store {
             Store::Dense(s) => s.held_tensors(),
             Store::Ragged(h) => h.iter().flat_map(|x| x.held_tensors()).collect(),
@@ -915,6 +957,10 @@ impl LayerCache for EvictionCache {
             steps_since_evict: self.steps_since_evict,
             since_evict: self.since_evict,
             seen: self.seen,
+            quantized: match &self.quantized {
+                Some(q) => Some(q.fork_quant()),
+                None => None,
+            },
         }))
     }
 }

@@ -192,6 +192,7 @@ pub fn eviction_params(p: &mut Params, cfg: &mut crate::methods::EvictionConfig,
     cfg.decode_evict = p.bool("decode_evict", decode_default)?;
     cfg.decode_interval = p.int("decode_interval", 1, 1, 1 << 20)?;
     cfg.gqa = p.gqa()?;
+    cfg.storage = crate::quantized::storage_param(&cfg.name, p)?;
     Ok(())
 }
 
@@ -206,6 +207,7 @@ macro_rules! eviction_param_docs {
             $crate::registry::ParamDoc { name: "decode_evict", default: $de, help: "keep the cache at its budget while decoding" },
             $crate::registry::ParamDoc { name: "decode_interval", default: "1", help: "with decode_evict: evict every N decode steps" },
             $crate::registry::ParamDoc { name: "gqa", default: "mean", help: "combine query-head scores per KV head: mean or max" },
+            $crate::registry::ParamDoc { name: "storage", default: "(none)", help: "keep the survivors quantized, e.g. {method = \"kivi\", bits = 2} (kivi, flexgen, int8, int4 and their parameters; needs decode_evict = false)" },
             $( $crate::registry::ParamDoc { name: $n, default: $d, help: $h } ),*
         ]
     };

@@ -20,11 +20,35 @@ use kvplugin_baseline as _;
 use kvplugin_example_external as _;
 use kvplugin_h2o as _;
 use kvplugin_knorm as _;
+use kvplugin_quant as _;
 use kvplugin_snapkv as _;
 use kvplugin_streamingllm as _;
 use kvplugin_tova as _;
 
-const EXPECTED: &[&str] = &["adakv", "example-recent", "full", "h2o", "knorm", "pyramidkv", "random", "snapkv", "streamingllm", "tova"];
+const EXPECTED: &[&str] = &["adakv", "example-recent", "flexgen", "full", "h2o", "int4", "int8", "kivi", "knorm", "pyramidkv", "random", "snapkv", "streamingllm", "tova"];
+
+/// Parameter sets each method runs with; the tiny model has head_dim 16, so quantizers use
+/// groups of 8 and a short KIVI residual (so the 48-token prompt really gets quantized).
+fn cases(name: &str, family: &str) -> Vec<Vec<&'static str>> {
+    match (name, family) {
+        ("full", _) => vec![vec![]],
+        ("kivi", _) => vec![vec!["group_size=8", "residual_length=16"], vec!["bits=4", "group_size=8", "residual_length=8"]],
+        ("flexgen", _) => vec![vec!["group_size=8"], vec!["group_size=8", "fake=true"], vec!["bits=2", "group_size=16"]],
+        (_, "quant") => vec![vec![]],
+        _ => vec![vec![], vec!["ratio=4"], vec!["tokens=10"], vec!["ratio=3", "decode_evict=true", "decode_interval=3"]],
+    }
+}
+
+/// Eviction methods whose survivors can be stored quantized, with the settings that allow it.
+const COMPOSABLE: &[(&str, &[&str])] = &[
+    ("random", &[]),
+    ("snapkv", &[]),
+    ("pyramidkv", &[]),
+    ("knorm", &[]),
+    ("tova", &["decode_evict=false"]),
+    ("streamingllm", &["decode_evict=false"]),
+    ("h2o", &["mode=prefill", "decode_evict=false"]),
+];
 
 fn tiny_model(dir: &std::path::Path) -> LoadedModel {
     let preset = kvcore::random_init::PRESETS.iter().find(|p| p.name == "tiny").copied().unwrap();
@@ -128,11 +152,7 @@ fn every_method_conforms_on_a_tiny_gqa_model() {
     let full = run(&mut lm, "full", &FullCacheFactory, false);
     for m in reg.iter() {
         let name = m.name.as_str();
-        let mut cases: Vec<Vec<&str>> = vec![vec![], vec!["ratio=4"], vec!["tokens=10"], vec!["ratio=3", "decode_evict=true", "decode_interval=3"]];
-        if name == "full" {
-            cases = vec![vec![]];
-        }
-        for case in &cases {
+        for case in &cases(name, &m.family) {
             let label = format!("{name} {case:?}");
             let f = m.build(&settings(case)).unwrap_or_else(|e| panic!("{label}: {e}"));
             let a = run(&mut lm, &label, f.as_ref(), true);
@@ -141,7 +161,7 @@ fn every_method_conforms_on_a_tiny_gqa_model() {
                 assert!(x.equal(y), "{label}: two runs differ");
             }
         }
-        if name != "full" {
+        if name != "full" && m.family != "quant" {
             // ratio = 1 is no compression: logits bit-identical to the full cache at every step.
             let f = m.build(&settings(&["ratio=1"])).unwrap();
             let one = run(&mut lm, &format!("{name} ratio=1"), f.as_ref(), true);
@@ -154,14 +174,41 @@ fn every_method_conforms_on_a_tiny_gqa_model() {
 }
 
 #[test]
+fn eviction_with_quantized_storage_conforms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut lm = tiny_model(tmp.path());
+    let reg = Registry::builtin().unwrap();
+    for (name, extra) in COMPOSABLE {
+        for storage in ["storage={method=\"kivi\", group_size=8, residual_length=8}", "storage={method=\"int4\"}"] {
+            let mut case = vec!["ratio=4", storage];
+            case.extend(extra.iter().copied());
+            let label = format!("{name} {case:?}");
+            let f = reg.build(name, &settings(&case)).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let a = run(&mut lm, &label, f.as_ref(), true);
+            let b = run(&mut lm, &label, reg.build(name, &settings(&case)).unwrap().as_ref(), false);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(x.equal(y), "{label}: two runs differ");
+            }
+            eprintln!("{label}: conforms");
+        }
+    }
+}
+
+#[test]
 fn batch_and_gqa_shapes_at_the_cache_level() {
     let _g = tch::no_grad_guard();
     tch::manual_seed(7);
     let spec = CacheSpec { batch: 2, kv_heads: 2, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: 40, query_heads: 6, num_layers: 2, context_tokens: Some(32) };
     let reg = Registry::builtin().unwrap();
     for m in reg.iter() {
-        for case in [vec!["ratio=1"], vec!["ratio=4"]] {
-            if m.name == "full" && case[0] != "ratio=1" {
+        let quant: Vec<Vec<&str>> = match m.name.as_str() {
+            "kivi" => vec![vec!["group_size=8", "residual_length=8"]],
+            "flexgen" => vec![vec!["group_size=8"]],
+            _ => vec![vec![]],
+        };
+        let eviction = vec![vec!["ratio=1"], vec!["ratio=4"]];
+        for case in if m.family == "quant" { quant } else { eviction } {
+            if m.name == "full" && case.first() != Some(&"ratio=1") {
                 continue;
             }
             let f: Arc<dyn CacheFactory> = if m.name == "full" { Arc::new(FullCacheFactory) } else { m.build(&settings(&case)).unwrap() };
@@ -176,7 +223,7 @@ fn batch_and_gqa_shapes_at_the_cache_level() {
                 let o = c.attend(&step).unwrap();
                 let of = full.attend(&step).unwrap();
                 assert_eq!(o.size(), vec![2, 6, l as i64, 8], "{} {case:?}: output shape", m.name);
-                if case[0] == "ratio=1" {
+                if case.first() == Some(&"ratio=1") {
                     assert!(o.equal(&of), "{} ratio=1: batch-2 output differs from full", m.name);
                 }
                 pos += l;

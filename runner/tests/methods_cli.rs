@@ -1,10 +1,12 @@
 //! `kvbench methods` and `kvbench generate --method` end to end: every expected method is listed
 //! with its parameters, `--detail` explains one, a compressing run reports its method and measured
-//! bytes in `--json`, and a bad `--set` key names the method and the key.
+//! bytes in `--json`, and a bad `--set` key names the method and the key. `--plugin` loads the
+//! example plugin and refuses, with a clear message and exit code 1, a plugin library built for
+//! another kvcore release (`plugins/version-skew`).
 
 use std::process::{Command, Output};
 
-const EXPECTED: &[&str] = &["full", "random", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv"];
+const EXPECTED: &[&str] = &["full", "random", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "kivi", "flexgen", "int8", "int4"];
 
 fn kvbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")
@@ -93,4 +95,42 @@ fn a_bad_setting_names_the_method_and_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "an out-of-range ratio must fail");
     assert!(err.contains("snapkv") && err.contains("ratio"), "error should name method and key:\n{err}");
+}
+
+/// A shared library built by cargo next to this test's executable (a dev-dependency's cdylib).
+fn built_library(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    for dir in [deps.to_path_buf(), deps.parent().unwrap().to_path_buf()] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found next to {}: `cargo test --workspace` builds it", exe.display());
+}
+
+#[test]
+fn plugin_flag_loads_the_example_and_lists_its_method() {
+    let lib = built_library("libkvplugin_example_external.so");
+    let out = ok(&["--plugin", lib.to_str().unwrap(), "methods"]);
+    assert!(out.lines().any(|l| l.contains("example-recent")), "the plugin's method should be listed:\n{out}");
+}
+
+#[test]
+fn a_plugin_built_for_another_kvcore_release_is_refused_clearly() {
+    let lib = built_library("libkvplugin_version_skew.so");
+    for args in [vec!["methods"], vec!["generate", "--prompt", "hi", "--method", "full"]] {
+        let mut all = vec!["--plugin", lib.to_str().unwrap()];
+        all.extend(args.iter().copied());
+        let o = kvbench(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        // Exit code 1 (a handled error), not a signal or a panic's 101.
+        assert_eq!(o.status.code(), Some(1), "{all:?} should fail with exit code 1:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for needle in ["kvcore version", "0.0.1", env!("CARGO_PKG_VERSION"), "rebuild the plugin", "libkvplugin_version_skew.so"] {
+            assert!(err.contains(needle), "the refusal should mention `{needle}`:\n{err}");
+        }
+        assert!(!err.contains("should have refused"), "the host called into the refused plugin:\n{err}");
+    }
 }

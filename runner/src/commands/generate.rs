@@ -114,6 +114,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
             "method_params": &method_params,
             "query_aware": a.query_aware,
             "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
+            "rss_end_bytes": out.rss_end_bytes,
             "peak_rss_bytes": peak,
             "weight_bytes": lm.model.weight_bytes,
             "load_seconds": lm.load_seconds,

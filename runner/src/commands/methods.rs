@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use kvplugin_baseline as _;
 use kvplugin_h2o as _;
 use kvplugin_knorm as _;
+use kvplugin_quant as _;
 use kvplugin_snapkv as _;
 use kvplugin_streamingllm as _;
 use kvplugin_tova as _;
