@@ -264,3 +264,60 @@ pub fn all_logits(lm: &mut LoadedModel, ids: &[u32], factory: &dyn CacheFactory)
     let input = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(lm.settings.device).unsqueeze(0);
     Ok(lm.model.forward(&input, 0, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float))
 }
+
+/// What [`perplexity`] measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PerplexityOutput {
+    /// Tokens prefilled (and compressed at `end_prefill`) before scoring starts.
+    pub prefill_tokens: usize,
+    /// Tokens scored (each predicted from everything before it, through the cache).
+    pub scored_tokens: usize,
+    /// Mean negative log-likelihood (nats per token) and its exponential.
+    pub nll: f64,
+    pub perplexity: f64,
+    /// Bytes the caches hold at the end, and what a full cache of the same tokens holds.
+    pub kv_bytes_held: u64,
+    pub kv_bytes_full: u64,
+    pub seconds: f64,
+}
+
+/// Perplexity of `ids[prefill..]`: the first `prefill` tokens are prefilled (in `chunk`s) and
+/// `end_prefill` runs, then the rest is fed `step` tokens at a time through the method's cache,
+/// so every scored token is predicted by a model attending to the compressed cache.
+pub fn perplexity(lm: &mut LoadedModel, factory: &dyn CacheFactory, ids: &[u32], prefill_len: usize, step: usize, chunk: Option<usize>) -> Result<PerplexityOutput> {
+    let _guard = tch::no_grad_guard();
+    if prefill_len == 0 || prefill_len >= ids.len() {
+        return Err(Error::InvalidArgument { what: "prefill tokens", value: prefill_len.to_string(), expected: format!("between 1 and {} (the text has {} tokens)", ids.len().saturating_sub(1), ids.len()) });
+    }
+    let t0 = std::time::Instant::now();
+    let device = lm.settings.device;
+    let mut caches = new_caches_for(lm, factory, ids.len(), Some(prefill_len))?;
+    let mut last = prefill(lm, &mut caches, &ids[..prefill_len], 0, chunk)?.to_kind(Kind::Float).view([1, -1]);
+    end_prefill(&mut caches)?;
+    let mut nll = 0f64;
+    let mut pos = prefill_len;
+    while pos < ids.len() {
+        let n = step.max(1).min(ids.len() - pos);
+        let part: Vec<i64> = ids[pos..pos + n].iter().map(|&t| t as i64).collect();
+        let input = Tensor::from_slice(&part).to_device(device).unsqueeze(0);
+        let out = lm.model.forward(&input, pos, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float);
+        // Row i predicts ids[pos + i]: the previous step's last row, then this step's first n-1.
+        let rows = Tensor::cat(&[&last, &out.narrow(0, 0, n as i64 - 1)], 0);
+        let targets = Tensor::from_slice(&part).to_device(device).unsqueeze(1);
+        nll -= rows.log_softmax(-1, Kind::Float).gather(1, &targets, false).sum(Kind::Double).double_value(&[]);
+        last = out.narrow(0, n as i64 - 1, 1);
+        pos += n;
+    }
+    let scored = ids.len() - prefill_len;
+    let mean = nll / scored as f64;
+    let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes());
+    Ok(PerplexityOutput {
+        prefill_tokens: prefill_len,
+        scored_tokens: scored,
+        nll: mean,
+        perplexity: mean.exp(),
+        kv_bytes_held: held_bytes(&caches),
+        kv_bytes_full: kv_per_token * ids.len() as u64,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}

@@ -62,6 +62,117 @@ pub enum Command {
     Methods(MethodsArgs),
     /// Score a LongBench predictions file (lines of {"dataset","pred","answers","all_classes"[,"length"]}).
     Score(ScoreArgs),
+    /// Perplexity of a text's tail fed through a method's cache after a long prefill.
+    Perplexity(PerplexityArgs),
+    /// Check an experiment config (and every file it names) without loading a model.
+    Validate(ValidateArgs),
+    /// Run an experiment: every cell of its grid, one JSONL record per sample, resumable.
+    Run(RunArgs),
+    /// Combine the run directories of shards into one.
+    Merge(MergeArgs),
+    /// Write leaderboards (CSV, Markdown, HTML) and example pages from run directories.
+    Report(ReportArgs),
+}
+
+/// `kvbench validate`.
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    /// An experiment file (configs/experiments/...toml).
+    pub config: PathBuf,
+}
+
+/// `kvbench run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// An experiment file (configs/experiments/...toml).
+    pub experiment: PathBuf,
+    /// Output directory (default: runs/<experiment name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Run only shard i of N (0-based, e.g. 0/4): cells are dealt deterministically.
+    #[arg(long, value_name = "i/N")]
+    pub shard: Option<String>,
+    /// Continue a run in --out: finished samples are skipped, a half-written record is dropped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Print the cells and an estimate of the tokens they process, then stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Load the `plugins` the experiment names (plugins are code: they run with your rights).
+    #[arg(long)]
+    pub allow_plugins: bool,
+    /// Record 0 for every wall-clock and memory figure, so two runs' files and reports are
+    /// byte-comparable (used by the resume and shard tests).
+    #[arg(long)]
+    pub zero_measurements: bool,
+    /// Skip the report at the end.
+    #[arg(long)]
+    pub no_report: bool,
+    /// Threads (overrides the experiment's run.threads).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Device (overrides the experiment's run.device): cpu, cuda, cuda:N or auto.
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+/// `kvbench merge`.
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// Run directories of the shards.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// The merged run directory.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// `kvbench report`.
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories (of one experiment, or several to compare).
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Where to write the report (default: <first dir>/report).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Put published numbers beside the run's: `paper` (the paper's LongBench category means).
+    #[arg(long, value_name = "WHAT")]
+    pub compare: Option<String>,
+}
+
+/// `kvbench perplexity`.
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    /// KV-cache compression method (see `kvbench methods`).
+    #[arg(long, default_value = "full")]
+    pub method: String,
+    /// A method parameter, `key=value` (TOML value); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Model: a known name, a GGUF file, a Hugging Face model directory, or hf:org/name.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// The text (default: Paul Graham essays from the `pg_essays` data set, fetched on first use).
+    #[arg(long)]
+    pub text_file: Option<PathBuf>,
+    /// Tokens of the text used in all (the first ones).
+    #[arg(long, default_value_t = 3072)]
+    pub tokens: usize,
+    /// Tokens prefilled (and compressed) before scoring; the remaining `tokens - prefill` are scored.
+    #[arg(long, default_value_t = 2048)]
+    pub prefill: usize,
+    /// Scored tokens fed per forward step (1 = token by token, as decoding does).
+    #[arg(long, default_value_t = 1)]
+    pub step: usize,
+    /// Prefill in chunks of this many tokens.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `kvbench data ...`.

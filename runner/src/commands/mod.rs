@@ -4,7 +4,9 @@ mod data;
 mod generate;
 mod methods;
 mod model;
+mod perplexity;
 mod quickstart;
+mod run;
 mod score;
 mod task;
 
@@ -22,6 +24,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Task(t) => task::run(t),
         Command::Score(s) => score::run(s),
         Command::Methods(m) => methods::run(m, &cli.global.plugins),
+        Command::Perplexity(p) => perplexity::run(p, &cli.global.plugins),
+        Command::Validate(v) => run::validate(v, &cli.global.plugins),
+        Command::Run(r) => run::run(r, &cli.global.plugins),
+        Command::Merge(m) => run::merge(m),
+        Command::Report(r) => run::report(r),
     }
 }
 

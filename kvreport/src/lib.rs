@@ -1,0 +1,99 @@
+//! Run records and reports, without libtorch: what `kvbench run` writes for every sample
+//! ([`record`]), and what `kvbench report` / `kvbench merge` build from run directories
+//! ([`load`], [`merge`], [`leaderboard`], [`html`], [`examples`], [`paper`]).
+
+pub mod examples;
+pub mod format;
+pub mod fsio;
+pub mod html;
+pub mod leaderboard;
+pub mod load;
+pub mod merge;
+pub mod paper;
+pub mod record;
+pub mod svg;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub use leaderboard::{Leaderboard, LeaderboardRow};
+pub use load::{load_runs, Cell, LoadError, LoadWarning, LoadedRuns};
+pub use merge::{merge, MergeError, MergeSummary};
+
+/// Why reports could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing leaderboard.csv: {0}")]
+    Csv(#[from] csv::Error),
+}
+
+/// What `write_reports` produced.
+#[derive(Clone, Debug)]
+pub struct ReportSummary {
+    /// The Markdown leaderboard (the content of leaderboard.md), for the CLI to print.
+    pub leaderboard_markdown: String,
+    /// Every file written, in writing order.
+    pub files: Vec<PathBuf>,
+    /// Things worth telling the user (truncated lines skipped, incomplete cells, ...).
+    pub warnings: Vec<LoadWarning>,
+    pub cells: usize,
+    pub records: usize,
+}
+
+/// The experiment name(s) of the runs, for titles.
+fn experiment_name(loaded: &LoadedRuns) -> String {
+    let mut names: Vec<&str> = loaded.runs.iter().map(|r| r.info.experiment.as_str()).collect();
+    names.sort();
+    names.dedup();
+    names.join(" + ")
+}
+
+/// Reads the run directories (whole runs or shards) and writes into `out` (created if needed),
+/// each file atomically: leaderboard.csv, leaderboard.md, index.html, examples.md,
+/// examples.html, and paper_comparison.md when `compare_paper` is set. Identical cells give
+/// byte-identical files, whether they come from one run, from shards, or from a merge.
+pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> Result<ReportSummary, ReportError> {
+    let loaded = load_runs(run_dirs)?;
+    let infos = loaded.run_infos();
+    let experiment = experiment_name(&loaded);
+    let lb = Leaderboard::build(&loaded.cells);
+    let markdown = lb.to_markdown(&experiment);
+    let csv = lb.to_csv()?;
+    let index = html::index_html(&infos, &loaded.cells, &lb);
+    let groups = examples::collect_examples(&loaded.cells, examples::SAMPLES_PER_TASK);
+    let ex_md = examples::examples_markdown(&groups, &experiment);
+    let ex_html = examples::examples_html(&groups, &infos, &lb);
+
+    fs::create_dir_all(out).map_err(|source| ReportError::Io { path: out.to_path_buf(), source })?;
+    let mut files = Vec::new();
+    let mut write = |name: &str, text: &str| -> Result<(), ReportError> {
+        let path = out.join(name);
+        fsio::write_atomic(&path, text.as_bytes()).map_err(|source| ReportError::Io { path: path.clone(), source })?;
+        files.push(path);
+        Ok(())
+    };
+    write("leaderboard.csv", &csv)?;
+    write("leaderboard.md", &markdown)?;
+    write("index.html", &index)?;
+    write("examples.md", &ex_md)?;
+    write("examples.html", &ex_html)?;
+    if compare_paper {
+        write("paper_comparison.md", &paper::compare_paper(&lb.rows))?;
+    }
+    Ok(ReportSummary {
+        leaderboard_markdown: markdown,
+        files,
+        warnings: loaded.warnings.clone(),
+        cells: loaded.cells.len(),
+        records: loaded.cells.iter().map(|c| c.records.len()).sum(),
+    })
+}

@@ -1,0 +1,128 @@
+//! The on-disk contract of a run directory, shared by the runner (writer) and the reports
+//! (readers). Names here are contracts: scripts and reviewers read these files.
+//!
+//! ```text
+//! RUN_DIR/
+//!   run.json                      RunInfo: provenance of the run (one per run or shard)
+//!   cells/<cell_id>/cell.json     CellInfo: what the cell is (model, method, budget, task)
+//!   cells/<cell_id>/records.jsonl one SampleRecord per line, append-only, fsync'd per sample
+//!   cells/<cell_id>/done          present once every sample of the cell is recorded
+//! ```
+//!
+//! A cell id is a stable hash of everything that determines its results, so shards of one
+//! experiment write disjoint cell directories and merging is a union.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Provenance of one run (or one shard of it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// The experiment's `name`.
+    pub experiment: String,
+    /// sha256 of the experiment config after presets were resolved (canonical TOML).
+    pub config_hash: String,
+    pub kvbench_version: String,
+    /// `git rev-parse HEAD` of the kvbench checkout, or "unknown".
+    pub git_commit: String,
+    pub libtorch_version: String,
+    /// e.g. "cpu (2 threads)", "cuda:0".
+    pub device: String,
+    pub threads: usize,
+    /// `i/N` when sharded, else "0/1".
+    pub shard: String,
+    /// sha256 of each model file used, by model name.
+    pub model_hashes: BTreeMap<String, String>,
+    /// sha256 of each data set used, by name.
+    pub data_hashes: BTreeMap<String, String>,
+}
+
+/// One grid cell: a model × method (with budget) × task.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellInfo {
+    pub id: String,
+    /// Model name as configured (e.g. "smollm2-135m").
+    pub model: String,
+    /// Registered method name (e.g. "kivi").
+    pub method: String,
+    /// Display label of the method preset (e.g. "kivi-2bit", "snapkv").
+    pub method_label: String,
+    /// The method's parameters as given (budget included), as a JSON object.
+    pub method_params: serde_json::Value,
+    /// The paper's N× budget when the method has one (ratio), else None (quantization, full).
+    pub ratio: Option<f64>,
+    /// Task name as `kvbench task` knows it (e.g. "passkey", "ruler/niah_single_1").
+    pub task: String,
+    /// Leaderboard column the task belongs to (e.g. "needle", "ruler", "real-text", a LongBench category).
+    pub category: String,
+    /// Samples in the cell.
+    pub samples: usize,
+    pub seed: u64,
+    /// "chat" or "plain".
+    pub template: String,
+}
+
+/// One sample's result. Scores are in [0, 100].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleRecord {
+    pub cell: String,
+    pub sample_id: String,
+    /// Index of the sample in the cell (records are written in this order).
+    pub index: usize,
+    pub prediction: String,
+    pub answers: Vec<String>,
+    /// The headline score (the task's primary metric), 0–100.
+    pub score: f64,
+    /// Every metric of the task, 0–100, by name.
+    pub scores: BTreeMap<String, f64>,
+    pub input_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_seconds: f64,
+    pub decode_tokens_per_s: f64,
+    /// Bytes the cache holds at the end of the sample.
+    pub kv_bytes_held: u64,
+    /// Bytes attention reads, where different from held (retrieval methods); else equal to held.
+    pub kv_bytes_attended: u64,
+    /// Bytes a full cache of the same tokens would hold.
+    pub kv_bytes_full: u64,
+    /// kv_bytes_full / kv_bytes_held.
+    pub compression_ratio: f64,
+    /// Process peak RSS (CPU) or CUDA allocator peak (GPU), bytes.
+    pub peak_memory_bytes: u64,
+    /// Task facts (context length in tokens or words, needle depth, ...), from the sample.
+    pub metadata: BTreeMap<String, serde_json::Value>,
+}
+
+/// The methods whose rows are the reference ("full cache") in every report.
+pub const FULL_METHOD: &str = "full";
+
+impl CellInfo {
+    /// True for the uncompressed reference cache (method or label `full`).
+    pub fn is_full(&self) -> bool {
+        self.method == FULL_METHOD || self.method_label == FULL_METHOD
+    }
+
+    /// Quantization bits from the method parameters (`bits`, `k_bits` or `nbits`), if any.
+    pub fn quant_bits(&self) -> Option<u32> {
+        ["bits", "k_bits", "nbits"]
+            .iter()
+            .find_map(|k| self.method_params.get(k).and_then(|v| v.as_u64()))
+            .and_then(|b| u32::try_from(b).ok())
+    }
+
+    /// True for the needle-in-a-haystack cells the heatmaps show.
+    pub fn is_needle(&self) -> bool {
+        self.task.starts_with("passkey") || self.task.starts_with("kamradt") || self.category == "needle"
+    }
+}
+
+impl SampleRecord {
+    /// A numeric metadata value (JSON number, or a string holding one).
+    pub fn meta_f64(&self, key: &str) -> Option<f64> {
+        match self.metadata.get(key)? {
+            serde_json::Value::Number(n) => n.as_f64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+}

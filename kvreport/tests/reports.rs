@@ -1,0 +1,243 @@
+//! Leaderboard numbers against hand-computed means, and the content of every written report.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+use kvreport::{load_runs, write_reports, Leaderboard};
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-9 * (1.0 + b.abs())
+}
+
+fn fixture_leaderboard() -> (tempfile::TempDir, Leaderboard) {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let loaded = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(loaded.cells.len(), 14);
+    (dir, Leaderboard::build(&loaded.cells))
+}
+
+#[test]
+fn leaderboard_numbers_equal_hand_computed_means() {
+    let (_d, lb) = fixture_leaderboard();
+    // order: model-b first (by model), full first, then label, then ratio ascending
+    let names: Vec<(String, String)> = lb.rows.iter().map(|r| (r.model.clone(), r.display_name())).collect();
+    let expect = [
+        ("model-b", "full"),
+        ("model-b", "snapkv 4x"),
+        ("tiny-llama", "full"),
+        ("tiny-llama", "kivi-2bit"),
+        ("tiny-llama", "snapkv 2x"),
+        ("tiny-llama", "snapkv 4x"),
+    ];
+    assert_eq!(names, expect.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect::<Vec<_>>());
+    assert_eq!(lb.categories, vec!["single_doc_qa", "code", "needle"]);
+
+    let row = |name: &str| lb.rows.iter().find(|r| r.model == "tiny-llama" && r.display_name() == name).unwrap();
+    let cat = |name: &str, c: &str| row(name).categories[c].mean;
+
+    // needle: mean of 6 samples
+    assert!(close(cat("full", "needle"), 100.0));
+    assert!(close(cat("kivi-2bit", "needle"), 500.0 / 6.0));
+    assert!(close(cat("snapkv 2x", "needle"), 500.0 / 6.0));
+    assert!(close(cat("snapkv 4x", "needle"), 50.0));
+    // single-doc QA (qasper) and code (lcc)
+    assert!(close(cat("full", "single_doc_qa"), 60.0));
+    assert!(close(cat("kivi-2bit", "single_doc_qa"), 170.0 / 3.0));
+    assert!(close(cat("snapkv 2x", "single_doc_qa"), 50.0));
+    assert!(close(cat("snapkv 4x", "single_doc_qa"), 30.0));
+    assert!(close(cat("full", "code"), 60.0));
+    assert!(close(cat("kivi-2bit", "code"), 55.0));
+    assert!(close(cat("snapkv 4x", "code"), 30.0));
+    // average = mean of the three category columns
+    assert!(close(row("full").average.unwrap(), (60.0 + 60.0 + 100.0) / 3.0));
+    assert!(close(row("kivi-2bit").average.unwrap(), (170.0 / 3.0 + 55.0 + 500.0 / 6.0) / 3.0));
+    assert!(close(row("snapkv 4x").average.unwrap(), (30.0 + 30.0 + 50.0) / 3.0));
+
+    // CI: qasper full scores 40, 60, 80: sd 20, n 3
+    let ci = row("full").categories["single_doc_qa"].ci95.unwrap();
+    assert!(close(ci, 1.96 * 20.0 / 3f64.sqrt()));
+    // needle full: all 100 → zero width
+    assert!(close(row("full").categories["needle"].ci95.unwrap(), 0.0));
+
+    // measured figures
+    let inputs: Vec<usize> = PASSKEY_INPUT.iter().chain(QASPER_INPUT.iter()).chain(LCC_INPUT.iter()).copied().collect();
+    let total_in: usize = inputs.iter().sum();
+    assert_eq!(row("full").records, 11);
+    assert!(close(row("full").compression_ratio.unwrap(), 1.0));
+    assert!(close(row("snapkv 4x").compression_ratio.unwrap(), 4.0));
+    assert!(close(row("kivi-2bit").compression_ratio.unwrap(), 5.0));
+    assert!(close(row("full").kv_bytes_held.unwrap(), total_in as f64 * 1000.0 / 11.0));
+    let held4: f64 = inputs.iter().map(|&n| ((n as u64 * 1000) as f64 / 4.0) as u64 as f64).sum::<f64>() / 11.0;
+    assert!(close(row("snapkv 4x").kv_bytes_held.unwrap(), held4));
+    assert_eq!(row("full").peak_memory_bytes.unwrap(), BASE_PEAK + 4000 * 1000);
+    assert!(close(row("full").prefill_tokens_per_s.unwrap(), 1000.0));
+    assert!(close(row("kivi-2bit").prefill_tokens_per_s.unwrap(), 800.0));
+    // the one-token qasper sample (999 tok/s) is left out
+    assert!(close(row("full").decode_tokens_per_s.unwrap(), 20.0));
+    assert!(close(row("snapkv 4x").decode_tokens_per_s.unwrap(), 24.0));
+    assert_eq!(row("snapkv 2x").ratio, Some(2.0));
+    assert_eq!(row("kivi-2bit").quant_bits, Some(2));
+    assert_eq!(row("full").incomplete_cells, 0);
+}
+
+#[test]
+fn csv_parses_back() {
+    let (_d, lb) = fixture_leaderboard();
+    let text = lb.to_csv().unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = r.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "model",
+            "method",
+            "method_label",
+            "ratio",
+            "single_doc_qa",
+            "single_doc_qa_ci95",
+            "code",
+            "code_ci95",
+            "needle",
+            "needle_ci95",
+            "average",
+            "compression_ratio",
+            "kv_bytes_held",
+            "peak_memory_bytes",
+            "prefill_tokens_per_s",
+            "decode_tokens_per_s",
+            "records",
+            "cells",
+            "incomplete_cells"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), lb.rows.len());
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    for (rec, row) in rows.iter().zip(&lb.rows) {
+        assert_eq!(&rec[col("model")], row.model);
+        assert_eq!(&rec[col("method_label")], row.method_label);
+        assert_eq!(rec[col("ratio")].parse::<f64>().ok(), row.ratio);
+        let avg: f64 = rec[col("average")].parse().unwrap();
+        assert!((avg - row.average.unwrap()).abs() < 1e-4);
+        assert!(rec[col("peak_memory_bytes")].parse::<u64>().is_ok());
+    }
+    // model-b has no needle column values: empty fields
+    assert_eq!(&rows[0][col("needle")], "");
+    let snap4 = &rows[5];
+    assert_eq!(&snap4[col("ratio")], "4");
+    assert_eq!(&snap4[col("needle")], "50.0000");
+    assert_eq!(&snap4[col("compression_ratio")], "4.0000");
+}
+
+#[test]
+fn markdown_has_the_papers_layout() {
+    let (_d, lb) = fixture_leaderboard();
+    let md = lb.to_markdown(EXPERIMENT);
+    assert!(md.starts_with("# Leaderboard: fixture-exp\n"));
+    assert!(md.contains("\n## tiny-llama\n") && md.contains("\n## model-b\n"));
+    let cells = |line: &str| line.trim().trim_matches('|').split('|').map(|c| c.trim().to_string()).collect::<Vec<_>>();
+    let headers: Vec<Vec<String>> = md.lines().filter(|l| l.starts_with("| method")).map(cells).collect();
+    assert_eq!(headers.len(), 2);
+    assert_eq!(
+        headers[1],
+        [
+            "method",
+            "budget",
+            "single_doc_qa",
+            "code",
+            "needle",
+            "average",
+            "ratio",
+            "KV held",
+            "peak memory",
+            "prefill tok/s",
+            "decode tok/s"
+        ]
+    );
+    let full = md.lines().filter(|l| l.starts_with("| full")).map(cells).nth(1).unwrap();
+    assert_eq!(full[1], "–");
+    assert_eq!(full[2], format!("60.0 ± {:.1}", 1.96 * 20.0 / 3f64.sqrt()));
+    assert_eq!(full[4], "100.0 ± 0.0");
+    assert_eq!(full[5], "73.3");
+    assert_eq!(full[6], "1.00x");
+    assert!(full[7].ends_with("MiB"), "{}", full[7]);
+    assert_eq!(full[9], "1000.0");
+    assert_eq!(full[10], "20.0");
+    let snap4 = md.lines().filter(|l| l.starts_with("| snapkv")).map(cells).next_back().unwrap();
+    assert_eq!(snap4[1], "4x");
+}
+
+#[test]
+fn reports_are_written_and_html_is_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    write_fixture(&run);
+    let out = dir.path().join("report");
+    let summary = write_reports(&[run], &out, true).unwrap();
+    let names: Vec<String> =
+        summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(
+        names,
+        ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]
+    );
+    assert_eq!(summary.cells, 14);
+    assert_eq!(fs::read_to_string(out.join("leaderboard.md")).unwrap(), summary.leaderboard_markdown);
+    // no temp files left behind
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 6);
+
+    let html = fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    // self-contained: no scripts, no external resources
+    assert!(!html.contains("<script"), "a prediction or page script leaked into index.html");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http") && !html.contains("@import"));
+    // header provenance
+    assert!(html.contains("fixture-exp") && html.contains("deadbeefcafe0123456789") && html.contains("2.13.0"));
+    // the three kinds of chart
+    assert!(html.matches("<svg").count() >= 2 + 4 + 6, "{} svgs", html.matches("<svg").count());
+    assert!(html.contains("Quality vs. compression — tiny-llama"));
+    assert!(html.contains("Decode speed vs. context — tiny-llama"));
+    assert!(html.contains("Peak memory vs. context — tiny-llama"));
+    assert!(html.contains("class=\"chart heat\""));
+    assert!(html.contains("needle depth") && html.contains("context length"));
+    assert!(html.contains(">50%<") && html.contains(">1,024<"));
+    for family in ["full cache", "kivi", "snapkv"] {
+        assert!(html.contains(&format!(">{family}</text>")), "legend entry {family}");
+    }
+
+    let ex_html = fs::read_to_string(out.join("examples.html")).unwrap();
+    assert!(!ex_html.contains("<script"));
+    assert!(ex_html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(ex_html.contains("<mark>7654321.</mark>"));
+    assert!(ex_html.contains("diverges at word 5"));
+
+    let ex_md = fs::read_to_string(out.join("examples.md")).unwrap();
+    assert!(ex_md.contains("The pass key is **7654321.**"));
+    assert!(ex_md.contains("diverges at word 5"));
+    assert!(ex_md.contains("\\<script\\>"));
+    // first three samples of the full cell, for each model and task
+    assert!(ex_md.contains("### Sample L512-D0\n") && ex_md.contains("### Sample L512-D1\n"));
+    assert!(!ex_md.contains("### Sample L1024-D0\n"));
+
+    let paper = fs::read_to_string(out.join("paper_comparison.md")).unwrap();
+    assert!(paper.contains("No (model, method, budget, category) of this run has a published counterpart"));
+}
+
+#[test]
+fn reports_do_not_depend_on_input_order_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    write_fixture(&a);
+    write_fixture(&b);
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    write_reports(std::slice::from_ref(&a), &one, false).unwrap();
+    write_reports(&[b, a], &two, false).unwrap();
+    for f in ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"] {
+        assert!(fs::read(one.join(f)).unwrap() == fs::read(two.join(f)).unwrap(), "{f} differs");
+    }
+}

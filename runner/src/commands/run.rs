@@ -1,0 +1,460 @@
+//! `kvbench validate | run | merge | report`: experiments from TOML configs. `run` expands the grid
+//! into cells (model × method × budget × task, each with a stable id), runs every sample through
+//! the context/question pipeline, and appends one JSONL record per sample (fsync'd), so a killed
+//! run loses at most the sample in flight and `--resume` picks up where it stopped. The file
+//! layout is `kvreport::record`'s; `merge` and `report` are `kvreport`'s.
+
+use super::runtime_settings;
+use super::task::build_samples;
+use crate::cli::{MergeArgs, ReportArgs, RunArgs, RuntimeArgs, TaskArgs, TemplateMode, ValidateArgs};
+use anyhow::{bail, Context, Result};
+use kvconfig::{Cell, Experiment, Template, Truncation};
+use kvcore::generate::{generate, GenerateOptions};
+use kvcore::loader::{load, LoadedModel};
+use kvcore::registry::Registry;
+use kvcore::sources::{kvbench_home, resolve_or_fetch};
+use kvformats::chat::ChatMessage;
+use kvreport::record::{CellInfo, RunInfo, SampleRecord};
+use kvtasks::sample::Sample;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Loads an experiment and checks every method's parameters against the registry; one message
+/// per problem.
+fn load_checked(path: &Path, plugins: &[PathBuf], allow_plugins: bool) -> Result<(Experiment, Registry, Vec<Cell>)> {
+    let exp = kvconfig::load_experiment(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut all_plugins = plugins.to_vec();
+    if !exp.plugins.is_empty() {
+        if !allow_plugins {
+            bail!(
+                "{}: plugins: the experiment loads plugins ({}); plugins are code that runs with your rights, so pass --allow-plugins to load them",
+                path.display(),
+                exp.plugins.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            );
+        }
+        all_plugins.extend(exp.plugins.iter().cloned());
+    }
+    let reg = super::methods::registry(&all_plugins)?;
+    let mut problems = Vec::new();
+    for (i, m) in exp.methods.iter().enumerate() {
+        if let Err(e) = reg.get(&m.method) {
+            problems.push(format!("{}: methods[{i}] ({}): {e}", path.display(), m.label));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    let takes_ratio = |name: &str| reg.get(name).map(|m| m.params.iter().any(|(p, _, _)| p == "ratio")).unwrap_or(false);
+    let cells = kvconfig::cells(&exp, &takes_ratio);
+    let mut seen = std::collections::BTreeSet::new();
+    for c in &cells {
+        let key = (c.method.label.clone(), c.ratio.map(|r| r.to_string()));
+        if !seen.insert(key) {
+            continue;
+        }
+        let params = toml::Table::try_from(&c.method.params)?;
+        if let Err(e) = reg.build(&c.method.method, &params) {
+            problems.push(format!("{}: method `{}`{}: {e}", path.display(), c.method.label, c.ratio.map(|r| format!(" at ratio {r}")).unwrap_or_default()));
+        }
+    }
+    if !problems.is_empty() {
+        bail!("{}", problems.join("\n"));
+    }
+    Ok((exp, reg, cells))
+}
+
+pub fn validate(a: ValidateArgs, plugins: &[PathBuf]) -> Result<()> {
+    let (exp, _reg, cells) = load_checked(&a.config, plugins, true)?;
+    println!(
+        "{}: ok: experiment `{}`, {} model(s), {} method preset(s), {} task(s), {} cell(s)",
+        a.config.display(),
+        exp.name,
+        exp.models.len(),
+        exp.methods.len(),
+        exp.tasks.len(),
+        cells.len()
+    );
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    fsync_dir(dir);
+    Ok(())
+}
+
+/// Complete records already in `file`; a half-written last line (a crash mid-write) is cut off.
+fn resume_records(file: &Path) -> Result<usize> {
+    let Ok(bytes) = std::fs::read(file) else { return Ok(0) };
+    let mut good = 0usize;
+    let mut n = 0usize;
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        if !line.ends_with(b"\n") || serde_json::from_slice::<SampleRecord>(line).is_err() {
+            break;
+        }
+        good += line.len();
+        n += 1;
+    }
+    if good < bytes.len() {
+        tracing::warn!("{}: dropping {} bytes of a half-written record", file.display(), bytes.len() - good);
+        let f = std::fs::OpenOptions::new().write(true).open(file).with_context(|| format!("opening {}", file.display()))?;
+        f.set_len(good as u64)?;
+        f.sync_all()?;
+    }
+    Ok(n)
+}
+
+fn git_commit() -> String {
+    let exe = std::env::current_exe().ok();
+    let root = exe.as_ref().and_then(|e| e.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf));
+    let Some(root) = root else { return "unknown".into() };
+    std::process::Command::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn sha256_path(p: &Path) -> String {
+    if p.is_file() {
+        return kvformats::home::sha256_file(p).unwrap_or_else(|_| "unreadable".into());
+    }
+    // A directory: hash of the sorted (name, file hash) list of its files.
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(p).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect()).unwrap_or_default();
+    entries.sort();
+    let mut h = <sha2::Sha256 as sha2::Digest>::new();
+    for e in entries {
+        let line = format!("{} {}\n", e.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), kvformats::home::sha256_file(&e).unwrap_or_default());
+        sha2::Digest::update(&mut h, line.as_bytes());
+    }
+    hex::encode(sha2::Digest::finalize(h))
+}
+
+/// Task arguments as `kvbench task` would take them, from a task config.
+fn task_args(cell: &Cell, model: &str) -> TaskArgs {
+    let t = &cell.task_config;
+    TaskArgs {
+        task: t.task.clone(),
+        model: model.to_string(),
+        lengths: t.lengths.clone(),
+        steps: t.steps,
+        depths: t.depths.unwrap_or(5),
+        trials: t.trials.unwrap_or(1),
+        digits: t.digits.unwrap_or(7),
+        samples: t.samples.unwrap_or(10),
+        seed: cell.seed,
+        limit: t.limit,
+        max_new_tokens: t.max_new_tokens,
+        template: TemplateMode::Auto,
+        out: None,
+        runtime: RuntimeArgs { device: "cpu".into(), dtype: None, kv_dtype: None, threads: None },
+    }
+}
+
+/// A deterministic subset: the `fraction` of samples whose seeded hash of their id is smallest,
+/// in their original order.
+fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
+    let keep = ((samples.len() as f64 * fraction).ceil() as usize).clamp(1, samples.len().max(1));
+    let mut keyed: Vec<(String, usize)> = samples.iter().enumerate().map(|(i, s)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{}", s.id).as_bytes())), i)).collect();
+    keyed.sort();
+    let mut chosen: Vec<usize> = keyed.into_iter().take(keep).map(|(_, i)| i).collect();
+    chosen.sort_unstable();
+    let mut out = Vec::new();
+    let mut it = samples.into_iter().enumerate();
+    for c in chosen {
+        for (i, s) in it.by_ref() {
+            if i == c {
+                out.push(s);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Context and question token ids of a sample (question empty when it has none), truncated in
+/// the middle of the context to `limit` input tokens.
+fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, truncation: Truncation) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut text = if chat {
+        let tpl = lm.chat_template.as_ref().context("this model has no chat template")?;
+        tpl.render(&[ChatMessage { role: "user".into(), content: s.prompt() }], true)?
+    } else {
+        s.prompt()
+    };
+    if let Some(p) = &s.answer_prefix {
+        text.push_str(p);
+    }
+    let cut = if s.question.trim().is_empty() { None } else { text.rfind(s.question.as_str()) };
+    let tok = |t: &str, special: bool| -> Result<Vec<u32>> { Ok(lm.tokenizer.encode(t, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()) };
+    let (mut ctx, q) = match cut {
+        Some(c) => (tok(&text[..c], !chat)?, tok(&text[c..], false)?),
+        None => (tok(&text, !chat)?, vec![]),
+    };
+    if ctx.len() + q.len() > limit {
+        if truncation == Truncation::Error {
+            bail!("sample {} has {} input tokens, over the limit of {limit} (truncation = \"error\")", s.id, ctx.len() + q.len());
+        }
+        let room = limit.checked_sub(q.len()).filter(|&r| r >= 2).with_context(|| format!("sample {}: the question alone ({} tokens) does not fit {limit}", s.id, q.len()))?;
+        let head = room / 2;
+        let tail = room - head;
+        let mut cutv = ctx[..head].to_vec();
+        cutv.extend_from_slice(&ctx[ctx.len() - tail..]);
+        ctx = cutv;
+    }
+    Ok((ctx, q))
+}
+
+fn primary_score(scores: &BTreeMap<&'static str, f64>) -> f64 {
+    scores.get("exact_match").or_else(|| scores.values().next()).copied().unwrap_or(0.0) * 100.0
+}
+
+pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
+    let (exp, reg, cells) = load_checked(&a.experiment, plugins, a.allow_plugins)?;
+    let cells = match &a.shard {
+        Some(s) => {
+            let (i, n) = kvconfig::parse_shard(s).map_err(anyhow::Error::msg)?;
+            kvconfig::shard(cells, i, n)
+        }
+        None => cells,
+    };
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&exp.name));
+    if a.dry_run {
+        println!("experiment `{}`: {} cell(s){}", exp.name, cells.len(), a.shard.as_deref().map(|s| format!(" in shard {s}")).unwrap_or_default());
+        let mut tokens = 0usize;
+        for c in &cells {
+            let t = &c.task_config;
+            let per = if t.lengths.is_empty() { 2048 } else { t.lengths.iter().sum::<usize>() };
+            let n = match t.task.as_str() {
+                "passkey" => t.depths.unwrap_or(5) * t.steps.unwrap_or(t.lengths.len().max(2)) * t.trials.unwrap_or(1),
+                "kamradt" => t.depths.unwrap_or(5) * t.lengths.len().max(1),
+                _ => t.samples.unwrap_or(10) * t.lengths.len().max(1),
+            };
+            let n = t.limit.map_or(n, |l| l.min(n));
+            // Mean configured length per sample (passkey lengths are words: about 1.3 tokens each).
+            let mean = per / t.lengths.len().max(1);
+            tokens += n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
+            println!(
+                "  {}  {:<14} {:<22} {:<6} {:<24} ~{} samples",
+                c.id,
+                c.model,
+                c.method.label,
+                c.ratio.map(|r| format!("{r}x")).unwrap_or_else(|| "-".into()),
+                c.task,
+                n
+            );
+        }
+        println!("estimated input: ~{tokens} tokens in all (an estimate from the configured lengths and sample counts)");
+        return Ok(());
+    }
+    if out.join("run.json").exists() && !a.resume {
+        bail!("{} already holds a run; pass --resume to continue it, or choose another --out", out.display());
+    }
+    std::fs::create_dir_all(out.join("cells")).with_context(|| format!("creating {}", out.display()))?;
+
+    let threads_arg = a.threads.or(exp.run.threads);
+    let device = a.device.clone().or_else(|| exp.run.device.clone()).unwrap_or_else(|| "auto".into());
+    let mut by_model: BTreeMap<String, Vec<Cell>> = BTreeMap::new();
+    for c in cells {
+        by_model.entry(c.model.clone()).or_default().push(c);
+    }
+    let mut info = RunInfo {
+        experiment: exp.name.clone(),
+        config_hash: exp.hash(),
+        kvbench_version: env!("CARGO_PKG_VERSION").to_string(),
+        git_commit: git_commit(),
+        libtorch_version: kvcore::plugin_ffi::Handshake::host().libtorch_version,
+        device: String::new(),
+        threads: 0,
+        shard: a.shard.clone().unwrap_or_else(|| "0/1".into()),
+        model_hashes: BTreeMap::new(),
+        data_hashes: BTreeMap::new(),
+    };
+    for d in kvtasks::data::known_datasets() {
+        if kvtasks::data::data_dir(d.name).is_ok() {
+            // The pinned sha256 of each package the data set is built from (verified at fetch).
+            let pins: Vec<String> = d.artifacts.iter().map(|a| format!("{}=={}:{}", a.package, a.version, a.sha256)).collect();
+            info.data_hashes.insert(d.name.to_string(), pins.join(" "));
+        }
+    }
+
+    let mp = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> ");
+    let mut total_done = 0usize;
+    for (model_name, model_cells) in &by_model {
+        let mc = &model_cells[0].model_config;
+        let rt = RuntimeArgs { device: device.clone(), dtype: mc.dtype.clone(), kv_dtype: mc.kv_dtype.clone(), threads: threads_arg };
+        let (settings, threads) = runtime_settings(&rt)?;
+        let files = resolve_or_fetch(&mc.source, &kvbench_home()).with_context(|| format!("model `{model_name}` (source {})", mc.source))?;
+        let mut lm = load(&files, settings).with_context(|| format!("loading model `{model_name}` from {}", files.path().display()))?;
+        info.device = kvcore::device::describe(settings.device);
+        info.threads = threads;
+        info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
+        write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
+        let max_pos = lm.model.config.max_position_embeddings;
+
+        // Samples per task, built once per model (the tokenizer sizes them).
+        let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+        for c in model_cells {
+            if samples.contains_key(&c.task) {
+                continue;
+            }
+            let mut s = build_samples(&task_args(c, model_name), &lm).with_context(|| format!("building the samples of task `{}`", c.task))?;
+            if let Some(f) = c.task_config.fraction {
+                s = select_fraction(s, f, c.seed);
+            }
+            if s.is_empty() {
+                bail!("task `{}` produced no samples", c.task);
+            }
+            samples.insert(c.task.clone(), s);
+        }
+        let overall = mp.add(indicatif::ProgressBar::new(model_cells.iter().map(|c| samples[&c.task].len() as u64).sum()));
+        overall.set_style(style.clone());
+        overall.set_prefix(format!("{model_name} (all cells)"));
+        for c in model_cells {
+            let ss = &samples[&c.task];
+            let dir = out.join("cells").join(&c.id);
+            let chat_ok = mc.chat_template && lm.chat_template.is_some();
+            let template = match c.task_config.template.unwrap_or(Template::Auto) {
+                Template::Chat => "chat",
+                Template::Plain => "plain",
+                Template::Auto => {
+                    if chat_ok && ss[0].scoring != kvtasks::sample::ScoringKind::Passkey {
+                        "chat"
+                    } else {
+                        "plain"
+                    }
+                }
+            };
+            let cell_info = CellInfo {
+                id: c.id.clone(),
+                model: c.model.clone(),
+                method: c.method.method.clone(),
+                method_label: c.method.label.clone(),
+                method_params: serde_json::to_value(&c.method.params)?,
+                ratio: c.ratio,
+                task: c.task.clone(),
+                category: c.task_config.category(),
+                samples: ss.len(),
+                seed: c.seed,
+                template: template.into(),
+            };
+            let cell_json = serde_json::to_string_pretty(&cell_info)? + "\n";
+            if dir.join("done").exists() {
+                overall.inc(ss.len() as u64);
+                total_done += ss.len();
+                continue;
+            }
+            write_atomic(&dir.join("cell.json"), cell_json.as_bytes())?;
+            let records = dir.join("records.jsonl");
+            let start = resume_records(&records)?;
+            let params = toml::Table::try_from(&c.method.params)?;
+            let factory = reg.build(&c.method.method, &params)?;
+            let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
+            bar.set_position(start as u64);
+            overall.inc(start as u64);
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&records).with_context(|| format!("opening {}", records.display()))?;
+            for (i, s) in ss.iter().enumerate().skip(start) {
+                let max_new = c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens);
+                let limit = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(max_pos);
+                let (ctx, q) = encode_sample(&lm, s, template == "chat", limit, c.task_config.truncation.unwrap_or(Truncation::Middle))
+                    .with_context(|| format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task))?;
+                let opts = GenerateOptions { max_new_tokens: max_new, prefill_chunk: exp.run.prefill_chunk, ..Default::default() };
+                kvcore::memory::reset_peak_rss();
+                let g = if q.is_empty() {
+                    generate(&mut lm, &ctx, &opts, factory.as_ref())?
+                } else {
+                    let popts = kvcore::pipeline::PipelineOptions { query_aware: c.query_aware };
+                    kvcore::pipeline::answer(&mut lm, &ctx, std::slice::from_ref(&q), &opts, popts, factory.as_ref())?.remove(0)
+                };
+                let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
+                let scores = kvtasks::sample::score(s.scoring, &g.text, &s.answers).map_err(|e| anyhow::anyhow!("scoring sample {}: {e}", s.id))?;
+                let z = a.zero_measurements;
+                let rec = SampleRecord {
+                    cell: c.id.clone(),
+                    sample_id: s.id.clone(),
+                    index: i,
+                    prediction: g.text.clone(),
+                    answers: s.answers.clone(),
+                    score: primary_score(&scores),
+                    scores: scores.iter().map(|(k, v)| (k.to_string(), v * 100.0)).collect(),
+                    input_tokens: ctx.len() + q.len(),
+                    generated_tokens: g.generated_tokens,
+                    prefill_seconds: if z { 0.0 } else { g.prefill_seconds },
+                    decode_tokens_per_s: if z { 0.0 } else { g.decode_tokens_per_s() },
+                    kv_bytes_held: g.kv_bytes_held,
+                    kv_bytes_attended: g.kv_bytes_held,
+                    kv_bytes_full: g.kv_bytes_full,
+                    compression_ratio: g.compression_ratio(),
+                    peak_memory_bytes: if z { 0 } else { peak },
+                    metadata: s.metadata.clone(),
+                };
+                let mut line = serde_json::to_string(&rec)?;
+                line.push('\n');
+                file.write_all(line.as_bytes()).with_context(|| format!("writing {}", records.display()))?;
+                file.sync_data().with_context(|| format!("syncing {}", records.display()))?;
+                bar.inc(1);
+                overall.inc(1);
+                total_done += 1;
+            }
+            write_atomic(&dir.join("done"), b"")?;
+            bar.finish_and_clear();
+        }
+        overall.finish_and_clear();
+    }
+    eprintln!("{} sample(s) recorded in {}", total_done, out.display());
+    if !a.no_report {
+        let report_dir = out.join("report");
+        let summary = kvreport::write_reports(std::slice::from_ref(&out), &report_dir, false).map_err(|e| anyhow::anyhow!("writing the report: {e}"))?;
+        println!("{}", summary.leaderboard_markdown);
+        println!("HTML report: {}", report_dir.join("index.html").display());
+    }
+    Ok(())
+}
+
+pub fn merge(a: MergeArgs) -> Result<()> {
+    kvreport::merge::merge(&a.dirs, &a.out).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("merged {} run director{} into {}", a.dirs.len(), if a.dirs.len() == 1 { "y" } else { "ies" }, a.out.display());
+    Ok(())
+}
+
+pub fn report(a: ReportArgs) -> Result<()> {
+    let compare = match a.compare.as_deref() {
+        None => false,
+        Some("paper") => true,
+        Some(other) => bail!("--compare {other}: expected `paper`"),
+    };
+    let out = a.out.clone().unwrap_or_else(|| a.dirs[0].join("report"));
+    let summary = kvreport::write_reports(&a.dirs, &out, compare).map_err(|e| anyhow::anyhow!("{e}"))?;
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!("{}", summary.leaderboard_markdown);
+    if compare {
+        let p = out.join("paper_comparison.md");
+        println!("{}", std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?);
+    }
+    println!("HTML report: {}", out.join("index.html").display());
+    Ok(())
+}

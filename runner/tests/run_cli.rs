@@ -1,0 +1,129 @@
+//! `kvbench validate | run | merge | report` end to end on a tiny random model: a run writes
+//! one record per sample and a report; two shards merged give byte-identical reports to one run;
+//! a run killed with SIGKILL midway and resumed gives the same report as an uninterrupted run;
+//! config errors name file and key; `--dry-run` lists the cells.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn kvbench(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = kvbench(args);
+    assert!(o.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A config tree with a tiny random model, a small passkey task and three methods.
+fn config_tree(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny");
+    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "5", model.to_str().unwrap()]);
+    let files = [
+        ("models/tiny.toml", format!("source = \"{}\"\nchat_template = true\n", model.display())),
+        ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\n".to_string()),
+        ("methods/kivi-small.toml", "method = \"kivi\"\nlabel = \"kivi-2bit\"\n[params]\nbits = 2\ngroup_size = 8\nresidual_length = 16\n".to_string()),
+        ("experiments/t.toml", "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"full\", \"snapkv\", \"kivi-small\"]\nratios = [2, 4]\n[run]\nthreads = 1\ndevice = \"cpu\"\n".to_string()),
+    ];
+    for (rel, text) in files {
+        let p = dir.join("configs").join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    dir.join("configs/experiments/t.toml")
+}
+
+const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"];
+
+fn report_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    REPORT_FILES.iter().map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display())))).collect()
+}
+
+fn records_in(run: &Path) -> usize {
+    let Ok(cells) = std::fs::read_dir(run.join("cells")) else { return 0 };
+    cells.filter_map(|c| c.ok()).map(|c| std::fs::read_to_string(c.path().join("records.jsonl")).map(|t| t.lines().count()).unwrap_or(0)).sum()
+}
+
+#[test]
+fn run_shards_merge_and_resume_give_identical_reports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path());
+    let e = exp.to_str().unwrap();
+    let out = ok(&["validate", e]);
+    assert!(out.contains("ok") && out.contains("4 cell(s)"), "{out}");
+    let dry = ok(&["run", e, "--dry-run"]);
+    assert!(dry.contains("4 cell(s)") && dry.contains("snapkv") && dry.contains("kivi-2bit"), "{dry}");
+
+    // One uninterrupted run.
+    let single = tmp.path().join("single");
+    let printed = ok(&["run", e, "--out", single.to_str().unwrap(), "--zero-measurements"]);
+    assert!(printed.contains("snapkv") && printed.contains("index.html"), "the run should print the leaderboard and the page:\n{printed}");
+    let total = records_in(&single);
+    assert_eq!(total, 4 * 9, "4 cells (full, snapkv 2x and 4x, kivi) x 9 passkey samples");
+    let line = std::fs::read_dir(single.join("cells")).unwrap().next().unwrap().unwrap().path().join("records.jsonl");
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(line).unwrap().lines().next().unwrap()).unwrap();
+    for key in ["prediction", "score", "input_tokens", "generated_tokens", "prefill_seconds", "decode_tokens_per_s", "kv_bytes_held", "kv_bytes_attended", "compression_ratio", "peak_memory_bytes"] {
+        assert!(first.get(key).is_some(), "record lacks `{key}`: {first}");
+    }
+    let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("run.json")).unwrap()).unwrap();
+    for key in ["git_commit", "kvbench_version", "config_hash", "model_hashes", "libtorch_version", "device", "threads"] {
+        assert!(run_json.get(key).is_some(), "run.json lacks `{key}`");
+    }
+    let reference = report_bytes(&single.join("report"));
+
+    // A rerun into the same directory without --resume is refused.
+    let o = kvbench(&["run", e, "--out", single.to_str().unwrap()]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--resume"));
+
+    // Two shards, merged.
+    let (s0, s1, merged) = (tmp.path().join("s0"), tmp.path().join("s1"), tmp.path().join("merged"));
+    ok(&["run", e, "--out", s0.to_str().unwrap(), "--shard", "0/2", "--zero-measurements", "--no-report"]);
+    ok(&["run", e, "--out", s1.to_str().unwrap(), "--shard", "1/2", "--zero-measurements", "--no-report"]);
+    assert_eq!(records_in(&s0) + records_in(&s1), total);
+    assert!(records_in(&s0) > 0 && records_in(&s1) > 0, "both shards get cells");
+    ok(&["merge", s0.to_str().unwrap(), s1.to_str().unwrap(), "--out", merged.to_str().unwrap()]);
+    ok(&["report", merged.to_str().unwrap(), "--out", merged.join("report").to_str().unwrap()]);
+    for ((name, a), (_, b)) in reference.iter().zip(report_bytes(&merged.join("report"))) {
+        assert!(*a == b, "{name}: the merged shards' report differs from the single run's");
+    }
+
+    // SIGKILL midway, then --resume.
+    let killed = tmp.path().join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["run", e, "--out", killed.to_str().unwrap(), "--zero-measurements", "--no-report"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while records_in(&killed) < 1 && t0.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap(); // SIGKILL
+    let status = child.wait().unwrap();
+    let at_kill = records_in(&killed);
+    assert!(!status.success() && at_kill < total, "the run should be killed midway ({at_kill} of {total} records, {status})");
+    ok(&["run", e, "--out", killed.to_str().unwrap(), "--zero-measurements", "--resume"]);
+    assert_eq!(records_in(&killed), total);
+    for ((name, a), (_, b)) in reference.iter().zip(report_bytes(&killed.join("report"))) {
+        assert!(*a == b, "{name}: the resumed run's report differs from the uninterrupted run's");
+    }
+}
+
+#[test]
+fn run_config_errors_name_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path());
+    std::fs::write(&exp, "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"snapkv\", \"nosuch\"]\n[[method]]\nname = \"snapkv\"\nmethod = \"snapkv\"\nparams = { windw = 3 }\n").unwrap();
+    let o = kvbench(&["validate", exp.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("t.toml") && err.contains("methods[1]") && err.contains("nosuch"), "{err}");
+    std::fs::write(&exp, "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"snapkv\"]\n[[method]]\nname = \"snapkv\"\nmethod = \"snapkv\"\nparams = { windw = 3 }\n").unwrap();
+    let o = kvbench(&["run", exp.to_str().unwrap(), "--dry-run"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("t.toml") && err.contains("snapkv") && err.contains("windw"), "{err}");
+}
