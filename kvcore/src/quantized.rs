@@ -18,9 +18,10 @@
 //!   channels, llama.cpp q8_0-like); prefill attends to exact K/V, everything is quantized at the
 //!   end of prefill, and each decoded token is quantized before it is attended to.
 //!
-//! Decoding attends block by block: each block of at most [`DECODE_BLOCK`] quantized tokens is
-//! decoded (one `index_select` of a 256-entry code table, one fused multiply-add), used, and
-//! dropped, so no step builds a dequantized copy of the whole cache. Multi-token steps (prefill
+//! Decoding attends block by block over at most [`DECODE_BLOCK`] quantized tokens at a time: the
+//! block's codes become values with one `index_select` of a 256-entry table, and the scales and
+//! minimums are folded into the small operands (`(q ⊙ s)·c + q·m` for keys, `(p ⊙ s)·c + p·m`
+//! for values), so no step builds a dequantized copy of the cache, not even of a block. Multi-token steps (prefill
 //! chunks of `flexgen`, an appended question) decode the cache once for that step and use the
 //! masked SDPA path. Held bytes count codes, scales, minimums, residuals and kept positions.
 
@@ -297,6 +298,23 @@ impl QStore {
             }
         }
     }
+    /// Tokens `[start, start + n)` as code values (offset removed) with their group parameters,
+    /// all f32, without applying them: `[B, H, n/G, D, G]` for the per-channel layout,
+    /// `[B, H, n, D/g, g]` per token; scale and min `[.., groups, 1]`-shaped to broadcast.
+    fn raw(&self, start: usize, n: usize, table: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
+        let u = self.unit();
+        let (s, c) = ((start / u) as i64, (n / u) as i64);
+        let codes = self.codes.narrow(s, c).expect("non-empty store");
+        let mut shape = codes.size();
+        let last = shape.pop().unwrap_or(0) * self.q.per_byte() as i64;
+        let g = self.q.group as i64;
+        shape.extend([last / g, g]);
+        let vals = table.index_select(0, &codes.to_kind(Kind::Int).flatten(0, -1)).reshape(shape.as_slice());
+        let scale = self.scale.narrow(s, c).expect("non-empty store").to_kind(Kind::Float).unsqueeze(-1);
+        let min = self.min.narrow(s, c).map(|m| m.to_kind(Kind::Float).unsqueeze(-1));
+        (vals, scale, min)
+    }
+
     fn held(&self) -> Vec<(&'static str, Tensor)> {
         let mut v = Vec::new();
         if let Some(t) = self.codes.view() {
@@ -464,6 +482,70 @@ impl QuantCache {
         (Tensor::cat(&ks, 2), Tensor::cat(&vs, 2))
     }
 
+    /// Logits `[B, H, Gq, n]` of queries `qf` (`[B, H, Gq, D]`, f32) against quantized keys
+    /// `[start, start + n)`, with scales and minimums folded into the small operand: no decoded
+    /// copy of the keys is made, only their code values.
+    fn key_logits(&self, qf: &Tensor, start: usize, n: usize) -> Tensor {
+        let (vals, scale, min) = self.kq.raw(start, n, &self.k_table);
+        let (b, h, gq, d) = qf.size4().expect("[B, H, Gq, D]");
+        match self.kq.layout {
+            KeyLayout::PerChannel => {
+                // vals [B,H,ng,D,1,G] -> [B,H,ng,D,G]; scale/min [B,H,ng,D,1,1] -> [B,H,ng,1,D].
+                let sz = vals.size();
+                let (ng, g) = (sz[2], sz[5]);
+                let vals = vals.reshape([b, h, ng, d, g]);
+                let s = scale.reshape([b, h, ng, 1, d]);
+                let q = qf.unsqueeze(2); // [B,H,1,Gq,D]
+                let mut l = (&q * &s).matmul(&vals); // [B,H,ng,Gq,G]
+                if let Some(m) = min {
+                    let bias = (&q * m.reshape([b, h, ng, 1, d])).sum_dim_intlist(-1, true, Kind::Float); // [B,H,ng,Gq,1]
+                    l += bias;
+                }
+                l.permute([0, 1, 3, 2, 4]).reshape([b, h, gq, ng * g])
+            }
+            KeyLayout::PerToken => {
+                // vals [B,H,n,ng,g]; per channel group c: (q_c · v_c) * s_c + (Σ q_c) * m_c.
+                let sz = vals.size();
+                let (ng, g) = (sz[3], sz[4]);
+                let qg = qf.reshape([b, h, gq, ng, g]);
+                let mut total: Option<Tensor> = None;
+                for c in 0..ng {
+                    let v = vals.select(3, c); // [B,H,n,g]
+                    let qc = qg.select(3, c); // [B,H,Gq,g]
+                    let sc = scale.select(3, c).reshape([b, h, 1, -1]); // [B,H,1,n]
+                    let mut l = qc.matmul(&v.transpose(-1, -2)) * sc;
+                    if let Some(m) = &min {
+                        l += qc.sum_dim_intlist(-1, true, Kind::Float) * m.select(3, c).reshape([b, h, 1, -1]);
+                    }
+                    total = Some(match total {
+                        Some(t) => t + l,
+                        None => l,
+                    });
+                }
+                total.expect("at least one channel group")
+            }
+        }
+    }
+
+    /// `p · V` (`p`: `[B, H, Gq, n]`) for quantized values `[start, start + n)` (per token, in
+    /// channel groups), folding scales into `p` and minimums into a rank-one term.
+    fn value_out(&self, p: &Tensor, start: usize, n: usize) -> Tensor {
+        let (vals, scale, min) = self.vq.raw(start, n, &self.v_table); // [B,H,n,ng,g], [B,H,n,ng,1]
+        let sz = vals.size();
+        let (b, h, ng) = (sz[0], sz[1], sz[3]);
+        let mut parts = Vec::new();
+        for c in 0..ng {
+            let v = vals.select(3, c); // [B,H,n,g]
+            let sc = scale.select(3, c).reshape([b, h, 1, -1]);
+            let mut o = (p * sc).matmul(&v); // [B,H,Gq,g]
+            if let Some(m) = &min {
+                o += p.matmul(&m.select(3, c).reshape([b, h, -1, 1])); // [B,H,Gq,1]
+            }
+            parts.push(o);
+        }
+        Tensor::cat(&parts, -1)
+    }
+
     /// One query token over quantized blocks and residuals, block by block.
     fn attend_one(&self, step: &AttentionStep<'_>) -> Tensor {
         let q = step.q;
@@ -476,8 +558,7 @@ impl QuantCache {
         let mut s = 0;
         while s < self.kq.tokens {
             let n = block.min(self.kq.tokens - s);
-            let k = self.kq.decode(s, n, &self.k_table, Kind::Float);
-            logits.push(qf.matmul(&k.transpose(-1, -2)));
+            logits.push(self.key_logits(&qf, s, n));
             s += n;
         }
         if let Some(r) = &self.k_res {
@@ -495,8 +576,7 @@ impl QuantCache {
         };
         while s < self.vq.tokens {
             let n = block.min(self.vq.tokens - s);
-            let v = self.vq.decode(s, n, &self.v_table, Kind::Float);
-            add(&mut out, p.narrow(-1, s as i64, n as i64).matmul(&v));
+            add(&mut out, self.value_out(&p.narrow(-1, s as i64, n as i64), s, n));
             s += n;
         }
         if let Some(r) = &self.v_res {

@@ -260,3 +260,53 @@ fn eviction_composes_with_quantized_storage() {
     let err = bad.layer_cache(0, &s).err().expect("h2o's decode eviction cannot store quantized").to_string();
     assert!(err.contains("decode_evict"), "{err}");
 }
+
+#[test]
+fn per_token_caches_attend_to_exactly_what_they_hold() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(18);
+    for cfg in [QuantConfig::flexgen(4, 32, false), QuantConfig::flexgen(2, 16, false), QuantConfig::symmetric(8, 0), QuantConfig::symmetric(4, 0)] {
+        let s = spec(2, 64, DType::F32, 140);
+        let mut c = QuantCache::new(&cfg, s).unwrap();
+        let q = Tensor::randn([1, 6, 100, 64], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([1, 2, 100, 64], (Kind::Float, Device::Cpu)) * 2.0;
+        let v = Tensor::randn([1, 2, 100, 64], (Kind::Float, Device::Cpu));
+        let _ = c.attend(&AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 0, sliding_window: None, scale: 0.125 }).unwrap();
+        c.end_prefill().unwrap();
+        for step in 0..20 {
+            let q = Tensor::randn([1, 6, 1, 64], (Kind::Float, Device::Cpu));
+            let k = Tensor::randn([1, 2, 1, 64], (Kind::Float, Device::Cpu));
+            let v = Tensor::randn([1, 2, 1, 64], (Kind::Float, Device::Cpu));
+            let out = c.attend(&AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 100 + step, sliding_window: None, scale: 0.125 }).unwrap();
+            // No residual: the new token is stored quantized before it is attended to.
+            let (kd, vd) = c.decoded();
+            let expect = reference_attention(&q, &kd, &vd, 0.125);
+            let d = (&out - &expect).abs().max().double_value(&[]);
+            assert!(d < 1e-5, "{} step {step}: attention differs from the reference over the decoded cache by {d}", cfg.name);
+            assert_eq!(c.quantized_positions().0.len(), 101 + step);
+        }
+    }
+}
+
+/// Time per decode step of each quantized cache at 4,096 tokens (SmolLM2's KV shape), one layer.
+/// A measurement aid, not a pass/fail check: `cargo test --release --test quant -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn decode_step_time_per_layer() {
+    let _g = tch::no_grad_guard();
+    for cfg in [QuantConfig::kivi(4, 32, 128), QuantConfig::kivi(2, 32, 128), QuantConfig::flexgen(4, 32, false), QuantConfig::symmetric(8, 0)] {
+        let s = spec(3, 64, DType::F32, 4200);
+        let mut c = QuantCache::new(&cfg, s).unwrap();
+        let k = Tensor::randn([1, 3, 4096, 64], (Kind::Float, Device::Cpu));
+        let q = Tensor::randn([1, 9, 4096, 64], (Kind::Float, Device::Cpu));
+        let _ = c.attend(&AttentionStep { layer: 0, q: &q, k: &k, v: &k, start_pos: 0, sliding_window: None, scale: 0.125 }).unwrap();
+        c.end_prefill().unwrap();
+        let q1 = Tensor::randn([1, 9, 1, 64], (Kind::Float, Device::Cpu));
+        let k1 = Tensor::randn([1, 3, 1, 64], (Kind::Float, Device::Cpu));
+        let t0 = std::time::Instant::now();
+        for i in 0..50 {
+            let _ = c.attend(&AttentionStep { layer: 0, q: &q1, k: &k1, v: &k1, start_pos: 4096 + i, sliding_window: None, scale: 0.125 }).unwrap();
+        }
+        eprintln!("{}: {:.3} ms per decode step per layer", cfg.name, t0.elapsed().as_secs_f64() * 1000.0 / 50.0);
+    }
+}

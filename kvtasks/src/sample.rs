@@ -54,6 +54,26 @@ pub enum ScoringKind {
     LongbenchCount,
     /// LongBench `code_sim_score`.
     LongbenchCodeSim,
+    /// A LongBench v1 subset scored as `eval.py`'s `scorer` does: the prediction is cut to its
+    /// first line if `first_line_only` (trec, triviaqa, samsum, lsht), then the best
+    /// `metric(prediction, gt, all_classes)` over the answers. Keyed by the metric's Python
+    /// function name (`qa_f1_score`, ...). Serialised as
+    /// `{"longbench":{"metric":"qa_f1","first_line_only":false}}`. `classification_score` needs
+    /// the sample's `all_classes`: score with [`Sample::score`] or [`score_with_classes`].
+    Longbench {
+        metric: crate::longbench::metrics::Metric,
+        first_line_only: bool,
+    },
+}
+
+impl ScoringKind {
+    /// The scoring of a LongBench v1 subset (its `eval.py` metric and first-line rule).
+    pub fn longbench(subset: &crate::longbench::prompts::Subset) -> ScoringKind {
+        ScoringKind::Longbench {
+            metric: subset.metric,
+            first_line_only: subset.first_line_only,
+        }
+    }
 }
 
 /// A generated task instance. Prompt = `prefix_instruction + context + question`; for RULER tasks
@@ -84,6 +104,31 @@ impl Sample {
         s.push_str(&self.context);
         s.push_str(&self.question);
         s
+    }
+
+    /// `metadata["all_classes"]` as a list of strings (LongBench trec/lsht samples); `None` if
+    /// absent, null or not a list of strings.
+    pub fn all_classes(&self) -> Option<Vec<String>> {
+        self.metadata
+            .get("all_classes")?
+            .as_array()?
+            .iter()
+            .map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Scores of `pred` for this sample: [`score_with_classes`] with the sample's scoring, answers
+    /// and `all_classes`. Use this rather than [`score`] for LongBench samples.
+    pub fn score(
+        &self,
+        pred: &str,
+    ) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
+        score_with_classes(
+            self.scoring,
+            pred,
+            &self.answers,
+            self.all_classes().as_deref(),
+        )
     }
 }
 
@@ -173,10 +218,23 @@ pub fn key_phrase_match(pred: &str, phrases: &[String]) -> f64 {
 
 /// Scores of one prediction, by metric name, each in [0, 1]. The LongBench kinds call
 /// `crate::longbench::metrics` and, like LongBench's scorer, take the best over the answers.
+/// Same as [`score_with_classes`] without `all_classes`, so a [`ScoringKind::Longbench`] kind
+/// with `classification_score` fails with [`MissingClasses`](crate::longbench::MetricError):
+/// use [`Sample::score`] for LongBench samples.
 pub fn score(
     kind: ScoringKind,
     pred: &str,
     answers: &[String],
+) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
+    score_with_classes(kind, pred, answers, None)
+}
+
+/// [`score`] with LongBench's `all_classes` (used by `classification_score` only).
+pub fn score_with_classes(
+    kind: ScoringKind,
+    pred: &str,
+    answers: &[String],
+    all_classes: Option<&[String]>,
 ) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
     use crate::longbench::metrics as lb;
     let best = |f: &dyn Fn(&str) -> Result<f64, lb::MetricError>| -> Result<f64, lb::MetricError> {
@@ -210,6 +268,16 @@ pub fn score(
         }
         ScoringKind::LongbenchCodeSim => {
             m.insert("code_sim_score", best(&|a| Ok(lb::code_sim_score(pred, a)))?);
+        }
+        ScoringKind::Longbench { metric, first_line_only } => {
+            let s = crate::longbench::score::score_with_metric(
+                metric,
+                first_line_only,
+                pred,
+                answers,
+                all_classes,
+            )?;
+            m.insert(metric.function_name(), s);
         }
     }
     Ok(m)

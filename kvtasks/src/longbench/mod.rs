@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod prompts;
 pub mod pytext;
 pub mod rouge;
+pub mod samples;
 pub mod score;
 
 mod pyunicode;
@@ -21,5 +22,9 @@ pub use metrics::{Metric, MetricError};
 pub use prompts::{
     build_request, subset, truncate_middle, Category, GenerationRequest, PromptTokenizer, Subset,
     AVERAGE_15, PAPER_DATASETS, SUBSETS,
+};
+pub use samples::{
+    category_of, longbench_samples, sample_from_record, split_prompt, task_name, PromptParts,
+    OTHER_CATEGORY,
 };
 pub use score::{score_predictions_file, ScoreError, ScoreReport};

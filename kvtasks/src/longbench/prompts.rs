@@ -482,12 +482,17 @@ pub fn build_request(
 /// otherwise. Applied at scoring time, as `eval.py` does.
 pub fn postprocess_prediction<'a>(subset: &Subset, prediction: &'a str) -> &'a str {
     if subset.first_line_only {
-        prediction
-            .trim_start_matches('\n')
-            .split('\n')
-            .next()
-            .unwrap_or("")
+        first_line(prediction)
     } else {
         prediction
     }
+}
+
+/// `prediction.lstrip('\n').split('\n')[0]`: `eval.py`'s cut for trec, triviaqa, samsum, lsht.
+pub fn first_line(prediction: &str) -> &str {
+    prediction
+        .trim_start_matches('\n')
+        .split('\n')
+        .next()
+        .unwrap_or("")
 }

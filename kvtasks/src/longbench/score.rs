@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::metrics::MetricError;
-use super::prompts::{postprocess_prediction, subset, Category, Subset, AVERAGE_15, SUBSETS};
+use super::metrics::{Metric, MetricError};
+use super::prompts::{first_line, subset, Category, Subset, AVERAGE_15, SUBSETS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
@@ -53,10 +53,34 @@ pub fn score_sample(
     answers: &[String],
     all_classes: Option<&[String]>,
 ) -> Result<f64, MetricError> {
-    let prediction = postprocess_prediction(subset, prediction);
+    score_with_metric(
+        subset.metric,
+        subset.first_line_only,
+        prediction,
+        answers,
+        all_classes,
+    )
+}
+
+/// [`score_sample`] given the subset's metric and first-line rule instead of the subset (what a
+/// [`crate::sample::ScoringKind::Longbench`] carries): the prediction is cut with
+/// [`first_line`] if `first_line_only`, then the best `metric(prediction, gt, all_classes)`
+/// over the answers, starting from 0.0 as `scorer` does.
+pub fn score_with_metric(
+    metric: Metric,
+    first_line_only: bool,
+    prediction: &str,
+    answers: &[String],
+    all_classes: Option<&[String]>,
+) -> Result<f64, MetricError> {
+    let prediction = if first_line_only {
+        first_line(prediction)
+    } else {
+        prediction
+    };
     let mut score = 0.0f64;
     for gt in answers {
-        let s = subset.metric.score(prediction, gt, all_classes)?;
+        let s = metric.score(prediction, gt, all_classes)?;
         if s > score {
             score = s;
         }

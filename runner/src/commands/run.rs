@@ -237,7 +237,19 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         }
         None => cells,
     };
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&exp.name));
+    // Without --out: runs/<name>, or the next free runs/<name>-N when that holds a finished
+    // run and --resume is not given (so the README command can be run twice).
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => {
+            let base = PathBuf::from("runs").join(&exp.name);
+            if a.resume || !base.join("run.json").exists() {
+                base
+            } else {
+                (2..).map(|n| PathBuf::from("runs").join(format!("{}-{n}", exp.name))).find(|p| !p.join("run.json").exists()).unwrap_or(base)
+            }
+        }
+    };
     if a.dry_run {
         println!("experiment `{}`: {} cell(s){}", exp.name, cells.len(), a.shard.as_deref().map(|s| format!(" in shard {s}")).unwrap_or_default());
         let mut tokens = 0usize;
