@@ -6,13 +6,16 @@
 #  3. perplexity of tokens 2,049..3,072 of the Paul Graham essays fed token by token after a
 #     2,048-token prefill (`kvbench perplexity`), f32 cache.
 # Prints Markdown tables. Usage: scripts/measure_quant.sh PROMPT_FILE_OF_ABOUT_4096_TOKENS
+# SECTIONS="bytes speed ppl" (default all) picks tables; run it on an otherwise idle machine.
 set -euo pipefail
 prompt=${1:?a prompt file of about 4,096 tokens}
 kvbench="$(dirname "$0")/../target/release/kvbench"
+sections=${SECTIONS:-bytes speed ppl}
 methods=("full" "kivi bits=2" "kivi bits=4" "flexgen bits=4" "flexgen bits=4 fake=true" "int8" "int4" "snapkv ratio=4 storage={method=\"kivi\",bits=2}")
 args_of() { local m=$1 name=${1%% *}; echo "--method $name"; [ "$m" != "$name" ] && for kv in ${m#* }; do echo "--set $kv"; done; true; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(' '.join(str(d[k]) for k in sys.argv[1:]))" "$@"; }
 
+if [[ $sections == *bytes* ]]; then
 echo "### Held KV bytes after the prompt"
 echo
 echo "| method | prompt tokens | ratio vs bf16 full | ratio vs f32 full |"
@@ -23,6 +26,8 @@ for m in "${methods[@]}"; do
   read -r r32 < <("$kvbench" generate --device cpu --threads 2 --kv-dtype f32 --prompt-file "$prompt" --max-new-tokens 1 ${a[@]} --json 2>/dev/null | json compression_ratio_prompt)
   printf '| %s | %s | %.3f | %.3f |\n' "$m" "$n" "$r16" "$r32"
 done
+fi
+if [[ $sections == *speed* ]]; then
 echo
 echo "### Decode speed at that context (f32, 32 new tokens, median of 3)"
 echo
@@ -40,6 +45,8 @@ for m in "${methods[@]}"; do
   [ -z "$full_speed" ] && full_speed=$d
   printf '| %s | %.2f | %.2f | %.0f |\n' "$m" "$d" "$(python3 -c "print($d/$full_speed)")" "$p"
 done
+fi
+if [[ $sections == *ppl* ]]; then
 echo
 echo "### Perplexity (PG essays, 1,024 tokens scored one by one after a 2,048-token prefill, f32 cache)"
 echo
@@ -52,3 +59,4 @@ for m in "${methods[@]}"; do
   [ -z "$full_ppl" ] && full_ppl=$ppl
   printf '| %s | %.4f | %+.2f%% | %.3f |\n' "$m" "$ppl" "$(python3 -c "print(100*($ppl/$full_ppl-1))")" "$(python3 -c "print($held/$fullb)")"
 done
+fi

@@ -140,6 +140,8 @@ impl TaskConfig {
         let t = self.task.as_str();
         if t == "passkey" || t == "kamradt" {
             "needle".into()
+        } else if let Some(s) = t.strip_prefix("longbench/").or_else(|| t.strip_prefix("longbench_e/")) {
+            kvtasks::longbench::category_of(s).into()
         } else if t.starts_with("ruler/") {
             "ruler".into()
         } else {
@@ -319,9 +321,10 @@ fn check_task(file: &Path, t: &TaskConfig, out: &mut Vec<ConfigError>) {
         || t.task == "kamradt"
         || t.task == "code"
         || t.task.strip_prefix("ruler/").is_some_and(|r| !r.is_empty())
+        || ["longbench/", "longbench_e/"].iter().any(|p| t.task.strip_prefix(p).is_some_and(|s| kvtasks::longbench::prompts::subset(s).is_some()))
         || ["retrieval/", "count/"].iter().any(|p| t.task.strip_prefix(p).is_some_and(|c| ["sotu", "moby_dick", "kjv"].contains(&c)));
     if !known {
-        out.push(err(file, "task", format!("unknown task \"{}\": expected passkey, kamradt, ruler/<name>, retrieval/<sotu|moby_dick|kjv>, count/<sotu|moby_dick|kjv> or code", t.task)));
+        out.push(err(file, "task", format!("unknown task \"{}\": expected passkey, kamradt, ruler/<name>, retrieval/<sotu|moby_dick|kjv>, count/<sotu|moby_dick|kjv>, code or longbench/<subset>", t.task)));
     }
     if t.lengths.contains(&0) {
         out.push(err(file, "lengths", "expected positive lengths, got 0"));

@@ -127,3 +127,23 @@ fn run_config_errors_name_file_and_key() {
     assert!(!o.status.success());
     assert!(err.contains("t.toml") && err.contains("snapkv") && err.contains("windw"), "{err}");
 }
+
+#[test]
+fn every_config_in_the_repository_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs/experiments");
+    let mut stack = vec![root];
+    let mut n = 0;
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "toml") {
+                let out = ok(&["validate", p.to_str().unwrap()]);
+                assert!(out.contains(": ok:"), "{out}");
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 5, "expected the quickstart and the paper's experiments, found {n}");
+}

@@ -350,7 +350,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 Template::Chat => "chat",
                 Template::Plain => "plain",
                 Template::Auto => {
-                    if chat_ok && ss[0].scoring != kvtasks::sample::ScoringKind::Passkey {
+                    let sample_wants_chat = ss[0].metadata.get("chat_template").and_then(|v| v.as_bool()).unwrap_or(true);
+                    if chat_ok && sample_wants_chat && ss[0].scoring != kvtasks::sample::ScoringKind::Passkey {
                         "chat"
                     } else {
                         "plain"
@@ -401,7 +402,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                     kvcore::pipeline::answer(&mut lm, &ctx, std::slice::from_ref(&q), &opts, popts, factory.as_ref())?.remove(0)
                 };
                 let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
-                let scores = kvtasks::sample::score(s.scoring, &g.text, &s.answers).map_err(|e| anyhow::anyhow!("scoring sample {}: {e}", s.id))?;
+                let scores = s.score(&g.text).map_err(|e| anyhow::anyhow!("scoring sample {}: {e}", s.id))?;
                 let z = a.zero_measurements;
                 let rec = SampleRecord {
                     cell: c.id.clone(),

@@ -15,7 +15,7 @@ use kvformats::chat::ChatMessage;
 use kvtasks::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
 use kvtasks::realtext::{code_completion_samples, passage_count_samples, passage_retrieval_samples, CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig};
 use kvtasks::ruler::{ruler_samples, RulerConfig, RulerResources, RulerTask};
-use kvtasks::sample::{score, Sample, TextTokenizer};
+use kvtasks::sample::{Sample, TextTokenizer};
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -103,8 +103,12 @@ pub fn build_samples(a: &TaskArgs, lm: &LoadedModel) -> Result<Vec<Sample>> {
         for len in parse_lengths(a, &[2048]) {
             samples.extend(code_completion_samples(&repo, &CodeConfig { target_tokens: len, num_samples: a.samples, seed: a.seed }, &tok)?);
         }
+    } else if let Some(sub) = name.strip_prefix("longbench/").or_else(|| name.strip_prefix("longbench_e/")) {
+        // Official LongBench records (`kvbench data fetch longbench`), prompts and metrics.
+        let e = name.starts_with("longbench_e/");
+        samples = kvtasks::longbench::longbench_samples(&kvtasks::longbench::dataset::default_data_dir(), sub, e, a.limit)?;
     } else {
-        bail!("unknown task `{name}` (expected passkey, kamradt, ruler/<name>, retrieval/<corpus>, count/<corpus> or code)");
+        bail!("unknown task `{name}` (expected passkey, kamradt, ruler/<name>, retrieval/<corpus>, count/<corpus>, code or longbench/<subset>)");
     }
     if let Some(n) = a.limit {
         samples.truncate(n);
@@ -117,7 +121,11 @@ fn sample_ids(lm: &LoadedModel, s: &Sample, mode: TemplateMode) -> Result<Vec<u3
     let chat = match mode {
         TemplateMode::Chat => true,
         TemplateMode::Plain => false,
-        TemplateMode::Auto => s.scoring != kvtasks::sample::ScoringKind::Passkey && lm.chat_template.is_some(),
+        TemplateMode::Auto => {
+            // LongBench subsets carry the official pipeline's choice (few-shot and code run plain).
+            let wants = s.metadata.get("chat_template").and_then(|v| v.as_bool()).unwrap_or(true);
+            s.scoring != kvtasks::sample::ScoringKind::Passkey && lm.chat_template.is_some() && wants
+        }
     };
     let text = if chat {
         let tpl = lm.chat_template.as_ref().context("this model has no chat template")?;
@@ -160,7 +168,7 @@ fn eval(a: TaskArgs) -> Result<()> {
         }
         let opts = GenerateOptions { max_new_tokens: max_new, ..Default::default() };
         let g = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
-        let scores = score(s.scoring, &g.text, &s.answers)?;
+        let scores = s.score(&g.text)?;
         for (k, v) in &scores {
             sums.entry(k).or_default().push(*v);
         }
