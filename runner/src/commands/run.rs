@@ -171,6 +171,26 @@ fn task_args(cell: &Cell, model: &str) -> TaskArgs {
     }
 }
 
+/// The offline data sets a task is built from (fetched on first use, sha256-checked).
+fn datasets_for(task: &str) -> Vec<&'static str> {
+    if task == "passkey" || task == "kamradt" {
+        vec!["pg_essays"]
+    } else if task.starts_with("ruler/") {
+        vec!["pg_essays", "wonderwords"]
+    } else if task == "code" {
+        vec!["gguf_py"]
+    } else if let Some(c) = task.strip_prefix("retrieval/").or_else(|| task.strip_prefix("count/")) {
+        match c {
+            "sotu" => vec!["sotu"],
+            "moby_dick" => vec!["moby_dick"],
+            "kjv" => vec!["kjv"],
+            _ => vec![],
+        }
+    } else {
+        vec![]
+    }
+}
+
 /// A deterministic subset: the `fraction` of samples whose seeded hash of their id is smallest,
 /// in their original order.
 fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
@@ -329,6 +349,12 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         for c in model_cells {
             if samples.contains_key(&c.task) {
                 continue;
+            }
+            for d in datasets_for(&c.task_config.task) {
+                if kvtasks::data::data_dir(d).is_err() {
+                    eprintln!("fetching data set `{d}` (first use)...");
+                    kvtasks::data::fetch(d, &kvtasks::data::kvbench_home()?).with_context(|| format!("fetching data set `{d}` for task `{}`", c.task))?;
+                }
             }
             let mut s = build_samples(&task_args(c, model_name), &lm).with_context(|| format!("building the samples of task `{}`", c.task))?;
             if let Some(f) = c.task_config.fraction {
