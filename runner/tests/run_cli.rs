@@ -147,3 +147,15 @@ fn every_config_in_the_repository_validates() {
     }
     assert!(n >= 5, "expected the quickstart and the paper's experiments, found {n}");
 }
+
+#[test]
+fn report_compare_paper_prints_the_side_by_side_table() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("kvreport/tests/fixtures/paper_shaped");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = ok(&["report", fixture.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(), "--compare", "paper"]);
+    // The fixture reproduces the paper's numbers except h2o 4x on code (50.00 vs 53.01).
+    assert!(out.contains("paper") && out.contains("53.01") && out.contains("-3.01"), "side-by-side table expected:\n{out}");
+    assert!(tmp.path().join("paper_comparison.md").is_file());
+    let o = kvbench(&["report", fixture.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(), "--compare", "blog"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("expected `paper`"));
+}
