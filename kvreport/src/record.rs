@@ -23,7 +23,8 @@ pub struct RunInfo {
     /// sha256 of the experiment config after presets were resolved (canonical TOML).
     pub config_hash: String,
     pub kvbench_version: String,
-    /// `git rev-parse HEAD` of the kvbench checkout, or "unknown".
+    /// `git rev-parse HEAD` of the kvbench checkout (with `+dirty` when tracked files have
+    /// uncommitted changes), or "unknown".
     pub git_commit: String,
     pub libtorch_version: String,
     /// e.g. "cpu (2 threads)", "cuda:0".

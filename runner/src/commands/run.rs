@@ -124,15 +124,18 @@ fn git_commit() -> String {
     let exe = std::env::current_exe().ok();
     let root = exe.as_ref().and_then(|e| e.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf));
     let Some(root) = root else { return "unknown".into() };
-    std::process::Command::new("git")
+    let head = std::process::Command::new("git")
         .arg("-C")
         .arg(&root)
         .args(["rev-parse", "HEAD"])
         .output()
         .ok()
         .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let Some(head) = head else { return "unknown".into() };
+    // Uncommitted changes to tracked files make the commit alone an incomplete description.
+    let dirty = std::process::Command::new("git").arg("-C").arg(&root).args(["diff", "--quiet", "HEAD", "--"]).status().is_ok_and(|s| s.code() == Some(1));
+    if dirty { format!("{head}+dirty") } else { head }
 }
 
 fn sha256_path(p: &Path) -> String {
