@@ -301,21 +301,7 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<LoadedRuns, LoadError> {
         runs.push(run);
         warnings.extend(w);
         for cell in cells {
-            match by_id.get_mut(&cell.info.id) {
-                None => {
-                    by_id.insert(cell.info.id.clone(), cell);
-                }
-                Some(existing) => {
-                    if existing.info != cell.info || existing.records != cell.records {
-                        return Err(LoadError::ConflictingCell {
-                            id: cell.info.id,
-                            first: existing.dir.clone(),
-                            second: cell.dir,
-                        });
-                    }
-                    existing.done |= cell.done;
-                }
-            }
+            union_cell(&mut by_id, cell)?;
         }
     }
     let cells: Vec<Cell> = by_id.into_values().collect();
@@ -338,4 +324,23 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<LoadedRuns, LoadError> {
         }
     }
     Ok(LoadedRuns { runs, cells, warnings })
+}
+
+/// Adds `cell` to `cells` by id. A cell seen before must be identical (info and records); of two
+/// identical copies the one carrying the `done` marker is kept.
+pub fn union_cell(cells: &mut BTreeMap<String, Cell>, cell: Cell) -> Result<(), LoadError> {
+    match cells.get_mut(&cell.info.id) {
+        None => {
+            cells.insert(cell.info.id.clone(), cell);
+        }
+        Some(existing) => {
+            if existing.info != cell.info || existing.records != cell.records {
+                return Err(LoadError::ConflictingCell { id: cell.info.id, first: existing.dir.clone(), second: cell.dir });
+            }
+            if !existing.done && cell.done {
+                *existing = cell;
+            }
+        }
+    }
+    Ok(())
 }

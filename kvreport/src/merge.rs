@@ -9,7 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::fsio::write_atomic;
-use crate::load::{load_run, read_record_lines, Cell, LoadError, LoadWarning, LoadedRun};
+use crate::load::{load_run, read_record_lines, union_cell, Cell, LoadError, LoadWarning, LoadedRun};
 use crate::record::RunInfo;
 
 /// Why shards could not be merged.
@@ -155,25 +155,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary, MergeError>
     let mut cells: BTreeMap<String, Cell> = BTreeMap::new();
     for (run, shard_cells) in loaded {
         for cell in shard_cells {
-            match cells.get_mut(&cell.info.id) {
-                None => {
-                    cells.insert(cell.info.id.clone(), cell);
-                }
-                Some(existing) => {
-                    if existing.info != cell.info || existing.records != cell.records {
-                        return Err(LoadError::ConflictingCell {
-                            id: cell.info.id,
-                            first: existing.dir.clone(),
-                            second: cell.dir,
-                        }
-                        .into());
-                    }
-                    if !existing.done && cell.done {
-                        // Take the copy that carries the done marker.
-                        *existing = cell;
-                    }
-                }
-            }
+            union_cell(&mut cells, cell)?;
         }
         runs.push(run);
     }

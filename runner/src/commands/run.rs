@@ -53,8 +53,7 @@ fn load_checked(path: &Path, plugins: &[PathBuf], allow_plugins: bool) -> Result
         if !seen.insert(key) {
             continue;
         }
-        let params = toml::Table::try_from(&c.method.params)?;
-        if let Err(e) = reg.build(&c.method.method, &params) {
+        if let Err(e) = reg.build(&c.method.method, &c.method.params) {
             problems.push(format!("{}: method `{}`{}: {e}", path.display(), c.method.label, c.ratio.map(|r| format!(" at ratio {r}")).unwrap_or_default()));
         }
     }
@@ -78,25 +77,12 @@ pub fn validate(a: ValidateArgs, plugins: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
-fn fsync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+/// Writes `bytes` to `path` atomically (kvreport's temp file, fsync, rename), creating the
+/// directory first.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
-    {
-        let mut f = std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-        f.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    fsync_dir(dir);
-    Ok(())
+    kvreport::fsio::write_atomic(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Complete records already in `file`; a half-written last line (a crash mid-write) is cut off.
@@ -409,8 +395,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
             write_atomic(&dir.join("cell.json"), cell_json.as_bytes())?;
             let records = dir.join("records.jsonl");
             let start = resume_records(&records)?;
-            let params = toml::Table::try_from(&c.method.params)?;
-            let factory = reg.build(&c.method.method, &params)?;
+            let factory = reg.build(&c.method.method, &c.method.params)?;
             let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
             bar.set_style(style.clone());
             bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
