@@ -70,6 +70,12 @@ pub trait LayerCache: Send {
     fn stored_tokens(&self) -> usize;
     /// Bytes of cache content really held on the device (codes, scales, indices included).
     fn bytes_held(&self) -> u64;
+    /// KV bytes the latest attention step read. Retrieval caches (InfLLM, Quest) hold more than
+    /// they attend to (blocks kept in a separate store, pages not selected); for every other
+    /// cache this is `bytes_held`.
+    fn bytes_attended(&self) -> u64 {
+        self.bytes_held()
+    }
     /// Bytes allocated, including spare capacity; never less than `bytes_held`.
     fn bytes_allocated(&self) -> u64 {
         self.bytes_held()

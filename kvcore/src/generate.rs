@@ -52,7 +52,10 @@ pub struct GenerationOutput {
     pub prefill_seconds: f64,
     /// Seconds spent on the tokens after the first.
     pub decode_seconds: f64,
+    /// KV bytes held at the end, everything the caches keep (a retrieval cache's block store too).
     pub kv_bytes_held: u64,
+    /// KV bytes the last decoding step attended to (less than `kv_bytes_held` for retrieval caches).
+    pub kv_bytes_attended: u64,
     pub kv_bytes_allocated: u64,
     /// Bytes a full cache in the same storage dtype would hold for the same tokens.
     pub kv_bytes_full: u64,
@@ -231,6 +234,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
         text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
     }
     let kv_bytes_held = held_bytes(caches);
+    let kv_bytes_attended = caches.iter().map(|c| c.bytes_attended()).sum();
     let kv_bytes_allocated = caches.iter().map(|c| c.bytes_allocated()).sum();
     let kv_bytes_offloaded = caches.iter().map(|c| c.bytes_offloaded()).sum();
     let stored = pos; // every token that went through the model
@@ -246,6 +250,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
         prefill_seconds,
         decode_seconds: (total - prefill_seconds).max(0.0),
         kv_bytes_held,
+        kv_bytes_attended,
         kv_bytes_allocated,
         kv_bytes_full,
         kv_bytes_held_prompt,

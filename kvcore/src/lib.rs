@@ -7,7 +7,7 @@
 //! [`generate`], [`loader`] (files → ready model), [`sources`] (fetching), [`memory`],
 //! [`random_init`] (random-weight models for tests and benchmarks), [`methods`] (token eviction
 //! shared by compression methods), [`quant`] and [`quantized`] (quantized K/V storage),
-//! [`registry`] (methods by name), [`plugin_ffi`] (external plugins), [`pipeline`]
+//! [`registry`] (methods by name), [`prompt`] (text-level prompt compressors), [`plugin_ffi`] (external plugins), [`pipeline`]
 //! (context/question split).
 
 pub mod cache;
@@ -21,6 +21,7 @@ pub mod methods;
 pub mod model;
 pub mod pipeline;
 pub mod plugin_ffi;
+pub mod prompt;
 pub mod quant;
 pub mod quantized;
 pub mod random_init;

@@ -245,6 +245,7 @@ pub struct MethodInfo {
 #[derive(Clone)]
 enum Builder {
     Builtin(&'static MethodRegistration),
+    Prompt(&'static crate::prompt::PromptRegistration),
     External(Arc<crate::plugin_ffi::ExternalMethod>),
 }
 
@@ -255,12 +256,28 @@ impl std::fmt::Debug for MethodInfo {
 }
 
 impl MethodInfo {
-    /// Builds the method's cache factory.
+    /// Builds the method's cache factory. A prompt compressor runs with the full cache (its
+    /// parameters are checked here all the same).
     pub fn build(&self, params: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
         match &self.builder {
             Builder::Builtin(r) => (r.build)(params),
+            Builder::Prompt(r) => {
+                (r.build)(params)?;
+                Ok(Arc::new(crate::cache::FullCacheFactory))
+            }
             Builder::External(e) => e.build(params),
         }
+    }
+    /// The method's prompt compressor, if it is one (`None` for cache methods).
+    pub fn build_prompt(&self, params: &toml::Table) -> Result<Option<Arc<dyn crate::prompt::PromptCompressor>>, MethodError> {
+        match &self.builder {
+            Builder::Prompt(r) => (r.build)(params).map(Some),
+            _ => Ok(None),
+        }
+    }
+    /// Whether the method compresses the prompt text rather than the cache.
+    pub fn is_prompt(&self) -> bool {
+        matches!(&self.builder, Builder::Prompt(_))
     }
     /// Whether the method can be wrapped as a scorer.
     pub fn is_scorer(&self) -> bool {
@@ -287,6 +304,17 @@ impl Registry {
                 params: reg.params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
                 origin: "built-in".into(),
                 builder: Builder::Builtin(reg),
+            })?;
+        }
+        for reg in inventory::iter::<crate::prompt::PromptRegistration> {
+            r.insert(MethodInfo {
+                name: reg.name.to_string(),
+                family: reg.family.to_string(),
+                summary: reg.summary.to_string(),
+                detail: reg.detail.to_string(),
+                params: reg.params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
+                origin: "built-in".into(),
+                builder: Builder::Prompt(reg),
             })?;
         }
         Ok(r)
@@ -343,6 +371,11 @@ impl Registry {
     /// Builds method `name` with `params`.
     pub fn build(&self, name: &str, params: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
         self.get(name)?.build(params)
+    }
+
+    /// The prompt compressor of method `name`, if it is one.
+    pub fn build_prompt(&self, name: &str, params: &toml::Table) -> Result<Option<Arc<dyn crate::prompt::PromptCompressor>>, MethodError> {
+        self.get(name)?.build_prompt(params)
     }
 }
 
