@@ -326,3 +326,36 @@ pub fn perplexity(lm: &mut LoadedModel, factory: &dyn CacheFactory, ids: &[u32],
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
+
+/// Self-information `-ln p(ids[i] | ids[..i])` of every token after the first (entry `i - 1` is
+/// token `i`'s), under the full cache, computed `chunk` tokens at a time so the logits of a long
+/// text never exist all at once (8,192 positions × a 49K vocabulary would be 1.6 GB).
+pub fn token_surprisal(lm: &mut LoadedModel, ids: &[u32], chunk: usize) -> Result<Vec<f32>> {
+    let _guard = tch::no_grad_guard();
+    if ids.len() < 2 {
+        return Ok(Vec::new());
+    }
+    let device = lm.settings.device;
+    let mut caches = new_caches_for(lm, &crate::cache::FullCacheFactory, ids.len(), Some(ids.len()))?;
+    let mut out = Vec::with_capacity(ids.len() - 1);
+    let mut last: Option<Tensor> = None;
+    let mut pos = 0;
+    for part in ids.chunks(chunk.max(1)) {
+        let part: Vec<i64> = part.iter().map(|&t| t as i64).collect();
+        let n = part.len() as i64;
+        let input = Tensor::from_slice(&part).to_device(device).unsqueeze(0);
+        let logits = lm.model.forward(&input, pos, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float);
+        // Row j predicts part[j]: the previous chunk's last row, then this chunk's first n-1 rows.
+        let (rows, targets) = match &last {
+            Some(prev) => (Tensor::cat(&[prev, &logits.narrow(0, 0, n - 1)], 0), Tensor::from_slice(&part)),
+            None => (logits.narrow(0, 0, n - 1), Tensor::from_slice(&part[1..])),
+        };
+        if targets.numel() > 0 {
+            let lp = rows.log_softmax(-1, Kind::Float).gather(1, &targets.to_device(device).unsqueeze(1), false).neg().view([-1]);
+            out.extend(Vec::<f32>::try_from(&lp.to_device(tch::Device::Cpu))?);
+        }
+        last = Some(logits.narrow(0, n - 1, 1));
+        pos += part.len();
+    }
+    Ok(out)
+}
