@@ -21,11 +21,12 @@ use kvplugin_example_external as _;
 use kvplugin_h2o as _;
 use kvplugin_knorm as _;
 use kvplugin_quant as _;
+use kvplugin_retrieval as _;
 use kvplugin_snapkv as _;
 use kvplugin_streamingllm as _;
 use kvplugin_tova as _;
 
-const EXPECTED: &[&str] = &["adakv", "example-recent", "flexgen", "full", "h2o", "int4", "int8", "kivi", "knorm", "pyramidkv", "random", "snapkv", "streamingllm", "tova"];
+const EXPECTED: &[&str] = &["adakv", "example-recent", "flexgen", "full", "h2o", "infllm", "int4", "int8", "kivi", "knorm", "pyramidkv", "quest", "random", "snapkv", "streamingllm", "tova"];
 
 /// Parameter sets each method runs with; the tiny model has head_dim 16, so quantizers use
 /// groups of 8 and a short KIVI residual (so the 48-token prompt really gets quantized).
@@ -35,6 +36,14 @@ fn cases(name: &str, family: &str) -> Vec<Vec<&'static str>> {
         ("kivi", _) => vec![vec!["group_size=8", "residual_length=16"], vec!["bits=4", "group_size=8", "residual_length=8"]],
         ("flexgen", _) => vec![vec!["group_size=8"], vec!["group_size=8", "fake=true"], vec!["bits=2", "group_size=16"]],
         (_, "quant") => vec![vec![]],
+        // Retrieval caches hold every token and attend to a budget; small blocks/pages so the
+        // 48-token prompt forms blocks, retrieves among them and selects pages.
+        ("infllm", _) => vec![
+            vec![],
+            vec!["ratio=4", "block_size=4", "n_init=2", "n_local=8", "topk=2", "repr_topk=2", "exc_block_size=4"],
+            vec!["tokens=24", "block_size=4", "min_local=4", "exc_block_size=8", "shared_blocks=false"],
+        ],
+        ("quest", _) => vec![vec![], vec!["ratio=4", "page_size=4", "skip_layers=0"], vec!["tokens=10", "page_size=2", "skip_layers=1", "gqa=mean"]],
         _ => vec![vec![], vec!["ratio=4"], vec!["tokens=10"], vec!["ratio=3", "decode_evict=true", "decode_interval=3"]],
     }
 }

@@ -127,6 +127,8 @@ fn rich_cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
                         compression_ratio: full as f64 / held as f64,
                         peak_memory_bytes: (params * 4.0) as u64 + 300 * 1024 * 1024 + held + input as u64 * 40_000,
                         metadata: meta,
+                        original_input_tokens: None,
+                        prompt_compression_seconds: None,
                     });
                 }
                 out.push((

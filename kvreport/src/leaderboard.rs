@@ -42,6 +42,8 @@ pub struct LeaderboardRow {
     pub compression_ratio: Option<f64>,
     /// Mean bytes held by the cache at the end of a sample.
     pub kv_bytes_held: Option<f64>,
+    /// Mean bytes the last attention step read (below `kv_bytes_held` for retrieval methods).
+    pub kv_bytes_attended: Option<f64>,
     /// Largest peak memory of any record.
     pub peak_memory_bytes: Option<u64>,
     /// Σ input tokens / Σ prefill seconds.
@@ -174,6 +176,7 @@ fn build_row(cells: &[&Cell]) -> LeaderboardRow {
         tasks,
         compression_ratio: mean(records.iter().map(|r| r.compression_ratio)),
         kv_bytes_held: mean(records.iter().map(|r| r.kv_bytes_held as f64)),
+        kv_bytes_attended: mean(records.iter().map(|r| r.kv_bytes_attended as f64)),
         peak_memory_bytes: records.iter().map(|r| r.peak_memory_bytes).max(),
         prefill_tokens_per_s: (prefill_seconds > 0.0).then(|| input_tokens / prefill_seconds),
         decode_tokens_per_s: mean(records.iter().filter(|r| r.generated_tokens > 1).map(|r| r.decode_tokens_per_s)),
@@ -247,6 +250,8 @@ impl Leaderboard {
                 "records",
                 "cells",
                 "incomplete_cells",
+                // Appended after the original columns, so readers that index by position still work.
+                "kv_bytes_attended",
             ]
             .iter()
             .map(|s| s.to_string()),
@@ -273,6 +278,7 @@ impl Leaderboard {
             rec.push(r.records.to_string());
             rec.push(r.cells.to_string());
             rec.push(r.incomplete_cells.to_string());
+            rec.push(fixed_opt(r.kv_bytes_attended, 1, ""));
             w.write_record(&rec)?;
         }
         let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
@@ -289,7 +295,9 @@ impl Leaderboard {
              half-width over its samples (1.96·sd/√n). *average* is the mean of the row's category \
              columns. Measured figures are over all the row's samples: *ratio* (full-cache bytes / \
              held bytes) and *KV held* are means, *peak memory* is the maximum, *prefill* is Σ input \
-             tokens / Σ prefill seconds, *decode* the mean tokens/s of samples generating more than one token.\n",
+             tokens / Σ prefill seconds, *decode* the mean tokens/s of samples generating more than one token. \
+             *KV attended* (shown when a method attends to less than it holds, as retrieval methods do) is \
+             the mean of what the last decoding step read.\n",
         );
         if self.rows.is_empty() {
             out.push_str("\nNo results yet.\n");
@@ -298,13 +306,15 @@ impl Leaderboard {
         for model in self.models() {
             out.push_str(&format!("\n## {}\n\n", md_escape(&model)));
             let cats = self.categories_of(&model);
+            let attended_differs = self.rows.iter().any(|r| r.model == model && r.kv_bytes_attended != r.kv_bytes_held);
             let mut header: Vec<String> = vec!["method".into(), "budget".into()];
             header.extend(cats.iter().map(|c| md_escape(c)));
-            header.extend(
-                ["average", "ratio", "KV held", "peak memory", "prefill tok/s", "decode tok/s"]
-                    .iter()
-                    .map(|s| s.to_string()),
-            );
+            let mut figures = vec!["average", "ratio", "KV held"];
+            if attended_differs {
+                figures.push("KV attended");
+            }
+            figures.extend(["peak memory", "prefill tok/s", "decode tok/s"]);
+            header.extend(figures.iter().map(|s| s.to_string()));
             let mut table: Vec<Vec<String>> = Vec::new();
             for r in self.rows.iter().filter(|r| r.model == model) {
                 let mut name = md_escape(&r.method_label);
@@ -325,6 +335,9 @@ impl Leaderboard {
                 row.push(fixed_opt(r.average, 1, "–"));
                 row.push(r.compression_ratio.map(|v| format!("{}x", fixed(v, 2))).unwrap_or_else(|| "–".into()));
                 row.push(r.kv_bytes_held.map(human_bytes).unwrap_or_else(|| "–".into()));
+                if attended_differs {
+                    row.push(r.kv_bytes_attended.map(human_bytes).unwrap_or_else(|| "–".into()));
+                }
                 row.push(r.peak_memory_bytes.map(|v| human_bytes(v as f64)).unwrap_or_else(|| "–".into()));
                 row.push(fixed_opt(r.prefill_tokens_per_s, 1, "–"));
                 row.push(fixed_opt(r.decode_tokens_per_s, 1, "–"));

@@ -92,6 +92,12 @@ pub struct SampleRecord {
     pub peak_memory_bytes: u64,
     /// Task facts (context length in tokens or words, needle depth, ...), from the sample.
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Prompt compressors only: input tokens before compression (`input_tokens` is after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_input_tokens: Option<usize>,
+    /// Prompt compressors only: seconds spent compressing (included in `prefill_seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_compression_seconds: Option<f64>,
 }
 
 /// The methods whose rows are the reference ("full cache") in every report.

@@ -111,7 +111,7 @@ fn csv_parses_back() {
             "decode_tokens_per_s",
             "records",
             "cells",
-            "incomplete_cells"
+            "incomplete_cells", "kv_bytes_attended"
         ]
     );
     let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
@@ -239,5 +239,45 @@ fn reports_do_not_depend_on_input_order_or_duplicates() {
     write_reports(&[b, a], &two, false).unwrap();
     for f in ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"] {
         assert!(fs::read(one.join(f)).unwrap() == fs::read(two.join(f)).unwrap(), "{f} differs");
+    }
+}
+
+#[test]
+fn attended_bytes_get_their_own_column_where_they_differ_from_held() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let mut loaded = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    // A retrieval-like method on tiny-llama: it attends to a quarter of what it holds.
+    let mut expected = Vec::new();
+    for c in loaded.cells.iter_mut().filter(|c| c.info.model == "tiny-llama" && c.info.method_label == "snapkv" && c.info.ratio == Some(4.0)) {
+        for r in &mut c.records {
+            r.kv_bytes_attended = r.kv_bytes_held / 4;
+            expected.push(r.kv_bytes_attended as f64);
+        }
+    }
+    assert!(!expected.is_empty());
+    let mean = expected.iter().sum::<f64>() / expected.len() as f64;
+    let lb = Leaderboard::build(&loaded.cells);
+    let row = lb.rows.iter().find(|r| r.model == "tiny-llama" && r.display_name() == "snapkv 4x").unwrap();
+    assert!(close(row.kv_bytes_attended.unwrap(), mean));
+    assert!(row.kv_bytes_attended < row.kv_bytes_held);
+    let md = lb.to_markdown(EXPERIMENT);
+    let headers: Vec<&str> = md.lines().filter(|l| l.starts_with("| method")).collect();
+    // model-b's table (first) has no such column; tiny-llama's has it, after KV held.
+    assert!(!headers[0].contains("KV attended"), "{}", headers[0]);
+    assert!(headers[1].contains("| KV held | KV attended | peak memory |") || headers[1].contains("KV held") && headers[1].contains("KV attended"), "{}", headers[1]);
+    let csv = lb.to_csv().unwrap();
+    let mut rdr = csv::Reader::from_reader(csv.as_bytes());
+    let h = rdr.headers().unwrap().clone();
+    let col = h.iter().position(|x| x == "kv_bytes_attended").expect("kv_bytes_attended column");
+    let held_col = h.iter().position(|x| x == "kv_bytes_held").unwrap();
+    for rec in rdr.records() {
+        let rec = rec.unwrap();
+        let (a, b): (f64, f64) = (rec[col].parse().unwrap(), rec[held_col].parse().unwrap());
+        if &rec[0] == "tiny-llama" && &rec[2] == "snapkv" && &rec[3] == "4" {
+            assert!((a - mean).abs() < 0.1);
+        } else {
+            assert_eq!(a, b, "{rec:?}");
+        }
     }
 }

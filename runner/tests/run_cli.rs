@@ -159,3 +159,44 @@ fn report_compare_paper_prints_the_side_by_side_table() {
     let o = kvbench(&["report", fixture.to_str().unwrap(), "--out", tmp.path().to_str().unwrap(), "--compare", "blog"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("expected `paper`"));
 }
+
+#[test]
+fn a_prompt_compressor_runs_with_the_full_cache_on_the_shorter_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path());
+    let model = tmp.path().join("tiny");
+    // The scorer is the tiny model itself, so the test needs no real model.
+    let text = format!(
+        "name = \"pc\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"sc\"]\nratios = [4]\n[[method]]\nname = \"sc\"\nmethod = \"selective-context\"\n[method.params]\nscorer = \"{}\"\n[run]\nthreads = 1\ndevice = \"cpu\"\n",
+        model.display()
+    );
+    let pc = exp.with_file_name("pc.toml");
+    std::fs::write(&pc, text).unwrap();
+    let out = tmp.path().join("pc-run");
+    ok(&["run", pc.to_str().unwrap(), "--out", out.to_str().unwrap(), "--no-report"]);
+    let cells: Vec<_> = std::fs::read_dir(out.join("cells")).unwrap().map(|c| c.unwrap().path()).collect();
+    assert_eq!(cells.len(), 1);
+    let records = std::fs::read_to_string(cells[0].join("records.jsonl")).unwrap();
+    let mut n = 0;
+    for line in records.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        let input = r["input_tokens"].as_u64().unwrap();
+        let original = r["original_input_tokens"].as_u64().expect("original_input_tokens recorded");
+        // The whole passkey input is compressed to about a quarter (the tiny model shares SmolLM2's tokenizer).
+        assert!(input * 3 < original, "{input} of {original} tokens kept");
+        // Full-cache bytes are those of the original prompt: the difference is (original - input) tokens.
+        let (full, held) = (r["kv_bytes_full"].as_u64().unwrap(), r["kv_bytes_held"].as_u64().unwrap());
+        let per_token = (full - held) / (original - input);
+        assert_eq!((full - held) % (original - input), 0);
+        assert_eq!(held % per_token, 0);
+        let held_tokens = held / per_token;
+        let generated = r["generated_tokens"].as_u64().unwrap();
+        assert!(held_tokens >= input && held_tokens <= input + generated, "{held_tokens} tokens held for {input} + {generated}");
+        let ratio = r["compression_ratio"].as_f64().unwrap();
+        assert!((ratio - full as f64 / held as f64).abs() < 1e-9 && ratio > 1.0, "measured ratio {ratio}");
+        assert_eq!(r["kv_bytes_held"], r["kv_bytes_attended"]);
+        assert!(r["prompt_compression_seconds"].as_f64().unwrap() > 0.0);
+        n += 1;
+    }
+    assert_eq!(n, 9); // 3 steps × 3 depths
+}

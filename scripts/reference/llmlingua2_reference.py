@@ -60,18 +60,21 @@ Meeting notes: attendance, budget, library, traffic, parks, bridge, adjournment 
 Alice wrote the minutes; Bob checked the numbers; Carol read them aloud to the audience.
 """
 
-# Five texts: plain prose, punctuation-heavy, newlines, repeated punctuation (drop_consecutive),
-# and one long enough to need several 512-token chunks.
+# The texts: plain prose, punctuation-heavy, newlines, repeated punctuation (drop_consecutive),
+# one long enough to need several 512-token chunks, and NO_END.
 LONG = " ".join(
     f"Item {i}: the {w} report was discussed, and members agreed to revisit it next week."
     for i, w in zip(range(120), ["budget", "library", "traffic", "parks", "bridge", "school"] * 20)
 )
+# More than 512 tokens with no chunk-end token: chunks are cut at 511 tokens and re-tokenized.
+NO_END = ", ".join(f"alpha{i % 7} beta{i % 5} gamma" for i in range(160))
 TEXTS = [
     "The committee met on Tuesday to review the budget for the coming year and agreed to study the traffic near the school before the winter.",
     "Questions? Yes! How much will the bridge cost, and who pays: the city, the state, or both? The engineer said: four million dollars.",
     "Meeting notes\nattendance: seven members\nbudget: approved\n\nlibrary: opens in October\nparks: two hundred trees planted\n",
     "Wait... really?! Yes!!! The motion carried,,, seven to two.... Then, then, the chair spoke. Adjourned!!\n\n\nEnd.",
     LONG,
+    NO_END,
 ]
 
 

@@ -118,6 +118,8 @@ fn record(
         compression_ratio: full as f64 / held as f64,
         peak_memory_bytes: BASE_PEAK + held,
         metadata,
+        original_input_tokens: None,
+        prompt_compression_seconds: None,
     }
 }
 

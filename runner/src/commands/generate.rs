@@ -58,6 +58,12 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
         (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading --prompt-file {}", f.display()))?,
         (None, None) => bail!("give --prompt or --prompt-file"),
     };
+    // A prompt compressor shortens the text (the context, when questions are given) first.
+    let compressed = match reg.build_prompt(&a.method, &method_params)? {
+        Some(c) => Some(c.compress(&text).with_context(|| format!("compressing the prompt with {}", a.method))?),
+        None => None,
+    };
+    let text = compressed.as_ref().map(|c| c.text.clone()).unwrap_or(text);
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
     let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
     tracing::info!("loaded {} in {:.1}s", files.path().display(), lm.load_seconds);
@@ -103,6 +109,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
             "decode_seconds": out.decode_seconds,
             "decode_tokens_per_s": out.decode_tokens_per_s(),
             "kv_bytes_held": out.kv_bytes_held,
+            "kv_bytes_attended": out.kv_bytes_attended,
             "kv_bytes_allocated": out.kv_bytes_allocated,
             "kv_bytes_full": out.kv_bytes_full,
             "kv_bytes_held_prompt": out.kv_bytes_held_prompt,
@@ -110,6 +117,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
             "kv_bytes_offloaded": out.kv_bytes_offloaded,
             "compression_ratio": out.compression_ratio(),
             "compression_ratio_prompt": if out.kv_bytes_held_prompt > 0 { out.kv_bytes_full_prompt as f64 / out.kv_bytes_held_prompt as f64 } else { 0.0 },
+            "prompt_compression": &compressed.as_ref().map(|c| json!({"original_tokens": c.original_tokens, "compressed_tokens": c.compressed_tokens, "seconds": c.seconds})),
             "method": &a.method,
             "method_params": &method_params,
             "query_aware": a.query_aware,
@@ -129,8 +137,12 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     } else {
         println!("{}", out.text);
         if a.stats {
+            if let Some(c) = &compressed {
+                eprintln!("prompt compressed by {}: {} -> {} tokens ({:.2}x) in {:.2}s", a.method, c.original_tokens, c.compressed_tokens, c.ratio(), c.seconds);
+            }
+            let attended = if out.kv_bytes_attended != out.kv_bytes_held { format!(" ({} attended)", human_bytes(out.kv_bytes_attended)) } else { String::new() };
             eprintln!(
-                "prompt {} tokens, prefill {:.2}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; KV {} held / {} full; peak RSS {}",
+                "prompt {} tokens, prefill {:.2}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; KV {} held{attended} / {} full; peak RSS {}",
                 out.prompt_tokens,
                 out.prefill_seconds,
                 out.prefill_tokens_per_s(),

@@ -233,6 +233,25 @@ fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, truncat
     Ok((ctx, q))
 }
 
+/// The sample a prompt compressor leaves, and the seconds it took: the whole input for the
+/// passkey task (as the paper runs LLMLingua-2 there), else only the context (LongBench's
+/// `context` field; instruction and question stay intact).
+fn compress_sample(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sample) -> Result<(Sample, f64)> {
+    let mut out = s.clone();
+    let c = if s.scoring == kvtasks::sample::ScoringKind::Passkey {
+        let c = comp.compress(&s.prompt())?;
+        out.prefix_instruction = None;
+        out.question = String::new();
+        out.context = c.text.clone();
+        c
+    } else {
+        let c = comp.compress(&s.context)?;
+        out.context = c.text.clone();
+        c
+    };
+    Ok((out, c.seconds))
+}
+
 fn primary_score(scores: &BTreeMap<&'static str, f64>) -> f64 {
     scores.get("exact_match").or_else(|| scores.values().next()).copied().unwrap_or(0.0) * 100.0
 }
@@ -396,6 +415,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
             let records = dir.join("records.jsonl");
             let start = resume_records(&records)?;
             let factory = reg.build(&c.method.method, &c.method.params)?;
+            let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
+            let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()) as u64;
             let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
             bar.set_style(style.clone());
             bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
@@ -405,8 +426,18 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
             for (i, s) in ss.iter().enumerate().skip(start) {
                 let max_new = c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens);
                 let limit = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(max_pos);
-                let (ctx, q) = encode_sample(&lm, s, template == "chat", limit, c.task_config.truncation.unwrap_or(Truncation::Middle))
-                    .with_context(|| format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task))?;
+                let truncation = c.task_config.truncation.unwrap_or(Truncation::Middle);
+                let where_ = || format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
+                let (ctx, q) = encode_sample(&lm, s, template == "chat", limit, truncation).with_context(where_)?;
+                // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
+                let (ctx, q, compression) = match &compressor {
+                    None => (ctx, q, None),
+                    Some(comp) => {
+                        let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(where_)?;
+                        let (cctx, cq) = encode_sample(&lm, &shorter, template == "chat", limit, truncation).with_context(where_)?;
+                        (cctx, cq, Some((ctx.len() + q.len(), seconds)))
+                    }
+                };
                 let opts = GenerateOptions { max_new_tokens: max_new, prefill_chunk: exp.run.prefill_chunk, ..Default::default() };
                 kvcore::memory::reset_peak_rss();
                 let g = if q.is_empty() {
@@ -416,6 +447,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                     kvcore::pipeline::answer(&mut lm, &ctx, std::slice::from_ref(&q), &opts, popts, factory.as_ref())?.remove(0)
                 };
                 let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
+                // Full-cache bytes of the uncompressed prompt, for prompt compressors.
+                let kv_bytes_full = g.kv_bytes_full + compression.map_or(0, |(orig, _)| kv_per_token * orig.saturating_sub(ctx.len() + q.len()) as u64);
                 let scores = s.score(&g.text).map_err(|e| anyhow::anyhow!("scoring sample {}: {e}", s.id))?;
                 let z = a.zero_measurements;
                 let rec = SampleRecord {
@@ -428,14 +461,16 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                     scores: scores.iter().map(|(k, v)| (k.to_string(), v * 100.0)).collect(),
                     input_tokens: ctx.len() + q.len(),
                     generated_tokens: g.generated_tokens,
-                    prefill_seconds: if z { 0.0 } else { g.prefill_seconds },
+                    prefill_seconds: if z { 0.0 } else { g.prefill_seconds + compression.map_or(0.0, |(_, secs)| secs) },
                     decode_tokens_per_s: if z { 0.0 } else { g.decode_tokens_per_s() },
                     kv_bytes_held: g.kv_bytes_held,
-                    kv_bytes_attended: g.kv_bytes_held,
-                    kv_bytes_full: g.kv_bytes_full,
-                    compression_ratio: g.compression_ratio(),
+                    kv_bytes_attended: g.kv_bytes_attended,
+                    kv_bytes_full,
+                    compression_ratio: if g.kv_bytes_held > 0 { kv_bytes_full as f64 / g.kv_bytes_held as f64 } else { 0.0 },
                     peak_memory_bytes: if z { 0 } else { peak },
                     metadata: s.metadata.clone(),
+                    original_input_tokens: compression.map(|(orig, _)| orig),
+                    prompt_compression_seconds: compression.map(|(_, secs)| if z { 0.0 } else { secs }),
                 };
                 let mut line = serde_json::to_string(&rec)?;
                 line.push('\n');
