@@ -62,6 +62,20 @@ pub struct ModelConfig {
     /// Wrap prompts in the model's chat template where the task uses one.
     #[serde(default = "yes")]
     pub chat_template: bool,
+    /// RoPE base override (replaces the checkpoint's `rope_theta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta: Option<f64>,
+    /// Multiplies the checkpoint's RoPE base (the paper's `rope_theta_factor`, 32 for its
+    /// Llama-3 passkey runs: 500000 → 1.6e7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_theta_factor: Option<f64>,
+    /// Linear RoPE position scaling factor (positions divided by it), replacing the checkpoint's scaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_linear_factor: Option<f64>,
+    /// Context length the model may be run at (replaces `max_position_embeddings`; with a RoPE
+    /// override this is how far the run goes, e.g. 32000 for the paper's Llama-3 passkey runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_position_embeddings: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -313,6 +327,19 @@ fn check_model(file: &Path, m: &ModelConfig, out: &mut Vec<ConfigError>) {
     }
     if m.context_limit == Some(0) {
         out.push(err(file, "context_limit", "expected a positive number of tokens, got 0"));
+    }
+    for (key, v) in [("rope_theta", m.rope_theta), ("rope_theta_factor", m.rope_theta_factor), ("rope_linear_factor", m.rope_linear_factor)] {
+        if let Some(x) = v {
+            if !(x.is_finite() && x > 0.0) {
+                out.push(err(file, key, format!("expected a positive number, got {x}")));
+            }
+        }
+    }
+    if m.rope_theta.is_some() && m.rope_theta_factor.is_some() {
+        out.push(err(file, "rope_theta_factor", "expected either rope_theta or rope_theta_factor, not both"));
+    }
+    if m.max_position_embeddings == Some(0) {
+        out.push(err(file, "max_position_embeddings", "expected a positive number of tokens, got 0"));
     }
 }
 

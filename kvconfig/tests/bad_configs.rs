@@ -74,6 +74,8 @@ fn bad_configs_give_one_clear_message_each() {
         ("missing plugin", vec![("experiments/x.toml", exp("plugins = [\"libnope.so\"]\n"))], "experiments/x.toml", "plugins[0]: no such plugin file"),
         ("bad model dtype", vec![("models/m.toml", format!("{MODEL}dtype = \"fp8\"\n"))], "models/m.toml", "dtype: expected one of f32, bf16, f16, got \"fp8\""),
         ("unknown model key", vec![("models/m.toml", format!("{MODEL}revison = \"main\"\n"))], "models/m.toml", "unknown field `revison`"),
+        ("rope base and factor both", vec![("models/m.toml", format!("{MODEL}rope_theta = 1e6\nrope_theta_factor = 32\n"))], "models/m.toml", "rope_theta_factor: expected either rope_theta or rope_theta_factor, not both"),
+        ("negative rope factor", vec![("models/m.toml", format!("{MODEL}rope_linear_factor = -8\n"))], "models/m.toml", "rope_linear_factor: expected a positive number, got -8"),
         ("context limit wrong type", vec![("models/m.toml", MODEL.replace("8192", "\"8k\""))], "models/m.toml", "context_limit"),
         ("unknown task name", vec![("tasks/needle.toml", TASK.replace("passkey", "passkee"))], "tasks/needle.toml", "task: unknown task \"passkee\""),
         ("zero length", vec![("tasks/needle.toml", TASK.replace("[512, 1024]", "[0, 1024]"))], "tasks/needle.toml", "lengths: expected positive lengths"),

@@ -27,8 +27,45 @@ pub struct LoadedModel {
     pub load_seconds: f64,
 }
 
+/// Changes to a checkpoint's configuration applied before the model is built (a model config's
+/// RoPE and context overrides; the paper stretches Llama-3's RoPE base 32× for its passkey runs).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConfigOverrides {
+    /// Replaces `rope_theta`.
+    pub rope_theta: Option<f64>,
+    /// Multiplies `rope_theta` (after `rope_theta`, if both are given).
+    pub rope_theta_factor: Option<f64>,
+    /// Replaces the RoPE scaling with linear scaling by this factor.
+    pub rope_linear_factor: Option<f64>,
+    /// Replaces `max_position_embeddings`.
+    pub max_position_embeddings: Option<usize>,
+}
+
+impl ConfigOverrides {
+    /// Applies the overrides to `config`.
+    pub fn apply(&self, config: &mut ModelConfig) {
+        if let Some(t) = self.rope_theta {
+            config.rope_theta = t;
+        }
+        if let Some(f) = self.rope_theta_factor {
+            config.rope_theta *= f;
+        }
+        if let Some(f) = self.rope_linear_factor {
+            config.rope_scaling = crate::config::RopeScaling::Linear { factor: f };
+        }
+        if let Some(n) = self.max_position_embeddings {
+            config.max_position_embeddings = n;
+        }
+    }
+}
+
 /// Loads the model at `files` with the given device and dtypes.
 pub fn load(files: &ModelFiles, settings: RuntimeSettings) -> Result<LoadedModel> {
+    load_with(files, settings, &ConfigOverrides::default())
+}
+
+/// [`load`] with configuration overrides.
+pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &ConfigOverrides) -> Result<LoadedModel> {
     let _guard = tch::no_grad_guard();
     let t0 = std::time::Instant::now();
     let kind = settings.dtype.kind();
@@ -71,6 +108,8 @@ pub fn load(files: &ModelFiles, settings: RuntimeSettings) -> Result<LoadedModel
             }
         }
     }
+    let mut config = config;
+    overrides.apply(&mut config);
     let model = Model::new(config, weights, kind, settings.device)?;
     Ok(LoadedModel {
         model,

@@ -80,7 +80,11 @@ fn llmlingua2_keeps_the_words_llmlingua_keeps() {
             labels.len()
         );
         chunked |= c.chunks.len() > 1;
-        assert_eq!(c.labels, labels, "ratio {ratio} text {i}: kept words differ");
+        if c.labels != labels {
+            let diff: Vec<usize> = (0..labels.len()).filter(|&k| c.labels.get(k) != labels.get(k)).collect();
+            let k = diff[0];
+            panic!("ratio {ratio} text {i}: {} of {} word labels differ; first at word {k} ({:?}): kvbench {:?}, llmlingua {}", diff.len(), labels.len(), words[k], c.labels.get(k), labels[k]);
+        }
         assert_eq!(c.text, r["compressed_prompt"].as_str().unwrap(), "ratio {ratio} text {i}: compressed text differs");
         assert!(kept > 0 && kept < labels.len(), "ratio {ratio} text {i}: nothing was dropped or nothing kept");
         assert_eq!(lingua.count_tokens(&texts[i]).unwrap() as u64, r["origin_tokens"].as_u64().unwrap(), "text {i}: origin tokens");

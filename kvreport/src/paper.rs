@@ -13,7 +13,7 @@
 //!
 //! | paper | kvbench model names |
 //! |---|---|
-//! | `llama3-8b-instruct` | `llama3-8b-instruct`, `llama-3-8b-instruct`, `Meta-Llama-3-8B-Instruct` |
+//! | `llama3-8b-instruct` | `llama3-8b-instruct`, `llama-3-8b-instruct`, `Meta-Llama-3-8B-Instruct`, `llama-3-8b-instruct-rope32x` (the paper's passkey variant) |
 //! | `mistral-7b-instruct-v0.2` | `mistral-7b-instruct-v0.2`, `Mistral-7B-Instruct-v0.2` |
 //! | `longchat-7b-v1.5-32k` | `longchat-7b-v1.5-32k` |
 //! | `mamba-2.8b`, `mamba-chat-2.8b`, `rwkv-5-world-7b`, `recurrentgemma-{2b,9b}-it` | the same names |
@@ -81,7 +81,7 @@ fn norm(s: &str) -> String {
 }
 
 const MODELS: &[(&str, &[&str])] = &[
-    ("llama3-8b-instruct", &["llama38binstruct", "metallama38binstruct"]),
+    ("llama3-8b-instruct", &["llama38binstruct", "metallama38binstruct", "llama38binstructrope32x"]),
     ("mistral-7b-instruct-v0.2", &["mistral7binstructv02"]),
     ("longchat-7b-v1.5-32k", &["longchat7bv1532k", "longchatv157b32k"]),
     ("mamba-2.8b", &["mamba28b", "mamba28bhf"]),

@@ -242,9 +242,13 @@ impl Lingua2 {
         }
         // Force tokens the tokenizer does not keep as one token are swapped for placeholders.
         let mut token_map: Vec<(String, String)> = Vec::new();
+        // (a dict in llmlingua: a repeated force token keeps its first place and its last placeholder)
         for (i, t) in s.force_tokens.iter().enumerate() {
-            if self.tokenize(t)?.0.len() != 1 && !token_map.iter().any(|(o, _)| o == t) {
-                token_map.push((t.clone(), self.added_tokens[i].clone()));
+            if self.tokenize(t)?.0.len() != 1 {
+                match token_map.iter_mut().find(|(o, _)| o == t) {
+                    Some(entry) => entry.1 = self.added_tokens[i].clone(),
+                    None => token_map.push((t.clone(), self.added_tokens[i].clone())),
+                }
             }
         }
         let mut chunk_end: HashSet<String> = s.chunk_end_tokens.iter().cloned().collect();

@@ -205,7 +205,11 @@ impl InfLlmCache {
             let s = scores.view([b, hkv, hq / hkv, nb]).mean_dim(2, false, Kind::Float);
             s.topk(topk, -1, true, false).1
         };
-        Some(ids.sort(-1, false).0)
+        let ids = ids.sort(-1, false).0;
+        if std::env::var_os("INFLLM_DEBUG").is_some() && q.size()[2] <= 16 {
+            eprintln!("DEBUG nb={nb} L={} ids={:?}", q.size()[2], Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap_or_default());
+        }
+        Some(ids)
     }
 
     /// Attention of one query chunk (at most `exc_block_size` queries) at `pos0`.

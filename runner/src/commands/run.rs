@@ -10,7 +10,7 @@ use crate::cli::{MergeArgs, ReportArgs, RunArgs, RuntimeArgs, TaskArgs, Template
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Experiment, Template, Truncation};
 use kvcore::generate::{generate, GenerateOptions};
-use kvcore::loader::{load, LoadedModel};
+use kvcore::loader::LoadedModel;
 use kvcore::registry::Registry;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvformats::chat::ChatMessage;
@@ -345,7 +345,13 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         let rt = RuntimeArgs { device: device.clone(), dtype: mc.dtype.clone(), kv_dtype: mc.kv_dtype.clone(), threads: threads_arg };
         let (settings, threads) = runtime_settings(&rt)?;
         let files = resolve_or_fetch(&mc.source, &kvbench_home()).with_context(|| format!("model `{model_name}` (source {})", mc.source))?;
-        let mut lm = load(&files, settings).with_context(|| format!("loading model `{model_name}` from {}", files.path().display()))?;
+        let overrides = kvcore::loader::ConfigOverrides {
+            rope_theta: mc.rope_theta,
+            rope_theta_factor: mc.rope_theta_factor,
+            rope_linear_factor: mc.rope_linear_factor,
+            max_position_embeddings: mc.max_position_embeddings,
+        };
+        let mut lm = kvcore::loader::load_with(&files, settings, &overrides).with_context(|| format!("loading model `{model_name}` from {}", files.path().display()))?;
         info.device = kvcore::device::describe(settings.device);
         info.threads = threads;
         info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
