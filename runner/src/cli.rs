@@ -64,6 +64,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Perplexity of a text's tail fed through a method's cache after a long prefill.
     Perplexity(PerplexityArgs),
+    /// Speed and memory per method and context length, beside this machine's ceilings.
+    Bench(BenchArgs),
     /// Check an experiment config (and every file it names) without loading a model.
     Validate(ValidateArgs),
     /// Run an experiment: every cell of its grid, one JSONL record per sample, resumable.
@@ -72,6 +74,9 @@ pub enum Command {
     Merge(MergeArgs),
     /// Write leaderboards (CSV, Markdown, HTML) and example pages from run directories.
     Report(ReportArgs),
+    /// Write (and with --submit, sbatch) a Slurm job array running an experiment's shards, plus a
+    /// dependent job that merges them and writes the report.
+    Slurm(SlurmArgs),
 }
 
 /// `kvbench validate`.
@@ -127,6 +132,46 @@ pub struct MergeArgs {
     pub out: PathBuf,
 }
 
+/// `kvbench slurm`.
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    /// An experiment file (configs/experiments/...toml).
+    pub experiment: PathBuf,
+    /// Number of shards, one array task each.
+    #[arg(long)]
+    pub shards: usize,
+    /// Slurm partition (default: the cluster's default partition).
+    #[arg(long)]
+    pub partition: Option<String>,
+    /// GPUs per array task.
+    #[arg(long)]
+    pub gpus_per_task: Option<u32>,
+    /// CPUs per array task (each shard then runs with that many threads).
+    #[arg(long)]
+    pub cpus_per_task: Option<u32>,
+    /// Time limit per array task, in Slurm's format (e.g. 4:00:00 or 1-00:00:00).
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Run at most K array tasks at once (`--array=0-(N-1)%K`).
+    #[arg(long, value_name = "K")]
+    pub max_parallel: Option<usize>,
+    /// Output directory: shard-<i>/ per task, merged/, report/, slurm/ (default: runs/<experiment name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Slurm job name (default: kvbench-<experiment name>).
+    #[arg(long)]
+    pub job_name: Option<String>,
+    /// Pass --allow-plugins to the shard runs (the experiment loads plugins).
+    #[arg(long)]
+    pub allow_plugins: bool,
+    /// Pass --zero-measurements to the shard runs (byte-comparable reports, for tests).
+    #[arg(long)]
+    pub zero_measurements: bool,
+    /// Submit with sbatch (the array, then the merge job depending on it) and print the job ids.
+    #[arg(long)]
+    pub submit: bool,
+}
+
 /// `kvbench report`.
 #[derive(Args, Debug)]
 pub struct ReportArgs {
@@ -139,6 +184,45 @@ pub struct ReportArgs {
     /// Put published numbers beside the run's: `paper` (the paper's LongBench category means).
     #[arg(long, value_name = "WHAT")]
     pub compare: Option<String>,
+}
+
+/// `kvbench bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model: a known name, a GGUF file, a Hugging Face model directory, or hf:org/name.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// Methods, comma-separated, each `name` or `name(key=value key=value)`, e.g.
+    /// `full,snapkv(ratio=8),kivi(bits=4)`.
+    #[arg(long, default_value = "full")]
+    pub methods: String,
+    /// Context lengths in tokens (a prompt cut from the Paul Graham essays).
+    #[arg(long, value_delimiter = ',', default_value = "1024,4096")]
+    pub contexts: Vec<usize>,
+    /// Tokens generated per run (forced: end-of-sequence does not stop early).
+    #[arg(long, default_value_t = 64)]
+    pub new_tokens: usize,
+    /// Measured runs per (method, context); the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Unmeasured runs before the repeats.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Prefill in chunks of this many tokens.
+    #[arg(long)]
+    pub prefill_chunk: Option<usize>,
+    /// Measure this machine's copy bandwidth and matmul rate (the ceilings) and save them to
+    /// $KVBENCH_HOME/calibration.json; nothing else runs.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Directory for bench.csv and bench.json (default runs/bench).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// `kvbench perplexity`.

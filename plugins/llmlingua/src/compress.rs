@@ -3,6 +3,10 @@
 //! `[NEWi]` placeholders, the text is cut into chunks of at most 510 tokens that end at a chunk-end
 //! token, the classifier's keep-probabilities are averaged from tokens to words, consecutive
 //! repeated force tokens are dropped, and words above a percentile threshold are kept.
+//!
+//! One deviation: llmlingua counts GPT-3.5 tokens (tiktoken cl100k_base) to weigh each word in
+//! the threshold and to report token counts; that encoding is not available offline, so both use
+//! the compressor's own tokenizer here ([`Lingua2::count_tokens`]).
 
 use crate::xlmr::XlmrTokenClassifier;
 use kvcore::error::{Error, Result};

@@ -1,5 +1,6 @@
 //! Command implementations, one module per command; `run` dispatches.
 
+mod bench;
 mod data;
 mod generate;
 mod methods;
@@ -8,6 +9,7 @@ mod perplexity;
 mod quickstart;
 mod run;
 mod score;
+mod slurm;
 mod task;
 
 use crate::cli::{Cli, Command, RuntimeArgs};
@@ -25,10 +27,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Score(s) => score::run(s),
         Command::Methods(m) => methods::run(m, &cli.global.plugins),
         Command::Perplexity(p) => perplexity::run(p, &cli.global.plugins),
+        Command::Bench(b) => bench::run(b, &cli.global.plugins),
         Command::Validate(v) => run::validate(v, &cli.global.plugins),
         Command::Run(r) => run::run(r, &cli.global.plugins),
         Command::Merge(m) => run::merge(m),
         Command::Report(r) => run::report(r),
+        Command::Slurm(s) => slurm::run(s, &cli.global.plugins),
     }
 }
 
