@@ -16,3 +16,12 @@ if [[ "$(id -u)" == 0 ]] && grep -q "not fetched" <<<"$data_state"; then
 fi
 target/release/kvbench data fetch
 cargo test --release --workspace --no-fail-fast "$@"
+# The real-cluster Slurm test (opt-in, as root: it installs and starts a one-node Slurm;
+# .ci/run sets KVBENCH_TEST_SLURM=1).
+if [[ "${KVBENCH_TEST_SLURM:-}" == 1 ]]; then
+  if [[ "$(id -u)" == 0 ]]; then
+    KVBENCH_BIN="$root/target/release/kvbench" scripts/test_slurm.sh
+  else
+    echo "warning: KVBENCH_TEST_SLURM=1 but not root: skipping scripts/test_slurm.sh" >&2
+  fi
+fi

@@ -138,7 +138,7 @@ impl Plan<'_> {
         let a = self.args;
         let n = a.shards;
         let mut s = String::from("#!/bin/bash\n");
-        s.push_str(&format!("# Written by `kvbench slurm`: array task i runs shard i/{n} of {} into shard-i/.\n", self.experiment.display()));
+        s.push_str(&format!("# Written by `kvbench slurm`: array task i runs shard i/{n} of $experiment into $out/shard-i.\n"));
         s.push_str(&format!("#SBATCH --job-name={}\n", sbatch_quote(self.job_name, "--job-name")?));
         let limit = a.max_parallel.map(|k| format!("%{k}")).unwrap_or_default();
         s.push_str(&format!("#SBATCH --array=0-{}{limit}\n", n - 1));
@@ -177,8 +177,7 @@ impl Plan<'_> {
         let n = self.args.shards;
         let mut s = String::from("#!/bin/bash\n");
         s.push_str(&format!(
-            "# Written by `kvbench slurm`: merges the {n} shard(s) of {} into merged/ and writes report/.\n# Submit with --dependency=afterok:<array job id>.\n",
-            self.experiment.display()
+            "# Written by `kvbench slurm`: merges the {n} shard(s) in $out into $out/merged and writes $out/report.\n# Submit with --dependency=afterok:<array job id>.\n"
         ));
         s.push_str(&format!("#SBATCH --job-name={}\n", sbatch_quote(&format!("{}-merge", self.job_name), "--job-name")?));
         s.push_str("#SBATCH --ntasks=1\n");
