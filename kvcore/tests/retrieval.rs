@@ -80,7 +80,7 @@ fn infllm_retrieves_the_block_of_a_planted_key() {
     }
     // A decode query along e0 retrieves block 2.
     let qd = planted.view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous();
-    let ids = c.select_blocks(&qd).unwrap();
+    let ids = c.select_blocks(&qd, 41).unwrap();
     assert_eq!(Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap(), vec![2, 2]);
     let kd = Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu)) * 0.1;
     let vd = Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu));
@@ -204,4 +204,36 @@ fn quest_selects_the_page_of_a_planted_key() {
     let g = c.fork().expect("quest forks");
     assert_eq!(g.bytes_held(), c.bytes_held());
     assert_eq!(c.kept_positions(), vec![(0..33).collect::<Vec<i64>>(); 2]);
+}
+
+/// With `rope_theta`, retrieval compares un-rotated keys: RoPE's rotation round-trips, and a
+/// planted block among post-RoPE keys is retrieved by a post-RoPE query far from it.
+#[test]
+fn infllm_rope_theta_scores_without_positions() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(6);
+    let theta = 10_000.0;
+    let x = Tensor::randn([1, 2, 50, D], (Kind::Float, Device::Cpu));
+    let pos = Tensor::arange(50, (Kind::Int64, Device::Cpu));
+    let there = kvplugin_retrieval::infllm::rotate(&x, &pos, theta);
+    assert!((&there - &x).abs().max().double_value(&[]) > 0.1, "rotation must move the vectors");
+    let back = kvplugin_retrieval::infllm::rotate(&there, &pos.neg(), theta);
+    assert!(back.allclose(&x, 1e-4, 1e-4, false), "un-rotation restores the raw vectors");
+
+    let mut cfg = InfLlmConfig::new(Budget::Ratio(4.0));
+    (cfg.block_size, cfg.repr_topk, cfg.exc_block_size, cfg.n_init, cfg.n_local, cfg.topk) = (4, 4, 4, Some(1), Some(6), Some(1));
+    cfg.rope_theta = Some(theta);
+    let mut c = InfLlmCache::new(Arc::new(cfg), spec(81));
+    // Raw keys: noise, block 2 (positions 9..13) all along e0; then RoPE at their positions.
+    let raw = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
+    raw.narrow(2, 9, 4).copy_(&basis(0, 3.0).view([1, 1, 1, D]));
+    let k = kvplugin_retrieval::infllm::rotate(&raw, &Tensor::arange(81, (Kind::Int64, Device::Cpu)), theta);
+    let v = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu));
+    let q = Tensor::randn([1, 4, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
+    let _prefill = c.attend(&step(&q, &k, &v, 0)).unwrap();
+    assert!(c.num_blocks() >= 15);
+    // A raw e0 query at position 81 (72 tokens after the block), rotated like the model would.
+    let qd = kvplugin_retrieval::infllm::rotate(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &Tensor::from_slice(&[81i64]), theta);
+    let ids = c.select_blocks(&qd, 81).unwrap();
+    assert_eq!(Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap(), vec![2, 2]);
 }

@@ -29,6 +29,10 @@ pub struct InfLlmConfig {
     pub n_local: Option<usize>,
     /// Retrieve the same blocks for every head of a layer (InfLLM) instead of per KV head.
     pub shared_blocks: bool,
+    /// The model's RoPE base: when set, retrieval scores are position-free as in InfLLM
+    /// (representative keys un-rotated to position 0, queries rotated to distance `n_local`);
+    /// when unset, keys and queries are compared with their absolute positions.
+    pub rope_theta: Option<f64>,
 }
 
 /// The resolved budget split for one context length.
@@ -71,6 +75,7 @@ impl InfLlmConfig {
             topk: None,
             n_local: None,
             shared_blocks: true,
+            rope_theta: None,
         }
     }
 
@@ -101,6 +106,20 @@ impl InfLlmConfig {
             _ => self.budget_tokens(context) >= context && self.n_local.is_none() && self.topk.is_none(),
         }
     }
+}
+
+/// Rotates `x` (`[..., n, D]`, f32, Hugging Face `rotate_half` layout) by RoPE angles for the
+/// position shifts `shift` (`[n]`): un-rotates keys with `-pos`, moves queries by any offset.
+pub fn rotate(x: &Tensor, shift: &Tensor, theta: f64) -> Tensor {
+    let d = *x.size().last().expect("a last dimension");
+    let half = d / 2;
+    let dev = x.device();
+    let inv = (Tensor::arange(half, (Kind::Double, dev)) * (-2.0 * theta.ln() / d as f64)).exp();
+    let ang = shift.to_kind(Kind::Double).unsqueeze(1) * inv.unsqueeze(0); // [n, D/2]
+    let ang = Tensor::cat(&[&ang, &ang], 1);
+    let (cos, sin) = (ang.cos().to_kind(Kind::Float), ang.sin().to_kind(Kind::Float));
+    let rot_half = Tensor::cat(&[&x.narrow(-1, half, half).neg(), &x.narrow(-1, 0, half)], -1);
+    x * cos + rot_half * sin
 }
 
 /// Builds [`InfLlmCache`]s.
@@ -180,10 +199,11 @@ impl InfLlmCache {
         self.first_pos.unwrap_or(0) + self.init.len()
     }
 
-    /// Blocks most similar to the chunk queries `q` (`[B, Hq, L, D]`): the mean query per head
-    /// dotted with each block's representative key, averaged over all heads (`shared_blocks`)
-    /// or over each KV head's query group; returns block ids `[B, Hkv, k]`, ascending.
-    pub fn select_blocks(&self, q: &Tensor) -> Option<Tensor> {
+    /// Blocks most similar to the chunk queries `q` (`[B, Hq, L, D]`, at positions from
+    /// `pos0`): the mean query per head dotted with each block's representative key, averaged
+    /// over all heads (`shared_blocks`) or over each KV head's query group; returns block ids
+    /// `[B, Hkv, k]`, ascending.
+    pub fn select_blocks(&self, q: &Tensor, pos0: usize) -> Option<Tensor> {
         let nb = self.num_blocks() as i64;
         let topk = self.knobs.topk as i64;
         if nb == 0 || topk == 0 {
@@ -195,7 +215,14 @@ impl InfLlmCache {
             return Some(Tensor::arange(nb, (Kind::Int64, dev)).view([1, 1, nb]).expand([b, hkv, nb], false));
         }
         let repr = self.repr.as_ref()?.to_kind(Kind::Float);
-        let qm = q.to_kind(Kind::Float).mean_dim(2, false, Kind::Float); // [B, Hq, D]
+        let mut qf = q.to_kind(Kind::Float);
+        if let Some(theta) = self.cfg.rope_theta {
+            // Move every query to distance n_local from the position-0 representative keys.
+            let l = q.size()[2];
+            let shift = Tensor::arange_start(pos0 as i64, pos0 as i64 + l, (Kind::Int64, dev)).neg() + self.knobs.n_local as i64;
+            qf = rotate(&qf, &shift, theta);
+        }
+        let qm = qf.mean_dim(2, false, Kind::Float); // [B, Hq, D]
         let scores = repr.matmul(&qm.unsqueeze(-1)).squeeze_dim(-1); // [B, Hq, nb]
         let ids = if self.cfg.shared_blocks {
             let s = scores.mean_dim(1, false, Kind::Float); // [B, nb]
@@ -205,11 +232,7 @@ impl InfLlmCache {
             let s = scores.view([b, hkv, hq / hkv, nb]).mean_dim(2, false, Kind::Float);
             s.topk(topk, -1, true, false).1
         };
-        let ids = ids.sort(-1, false).0;
-        if std::env::var_os("INFLLM_DEBUG").is_some() && q.size()[2] <= 16 {
-            eprintln!("DEBUG nb={nb} L={} ids={:?}", q.size()[2], Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap_or_default());
-        }
-        Some(ids)
+        Some(ids.sort(-1, false).0)
     }
 
     /// Attention of one query chunk (at most `exc_block_size` queries) at `pos0`.
@@ -241,7 +264,7 @@ impl InfLlmCache {
         }
 
         // 2. Retrieve blocks for this chunk (from blocks formed before it).
-        let selected = self.select_blocks(q);
+        let selected = self.select_blocks(q, pos0);
 
         // 3. Gather init + retrieved + resident keys with their positions.
         let mut ks = Vec::new();
@@ -317,7 +340,12 @@ impl InfLlmCache {
         let bv = lv.narrow(2, 0, m);
         let r = self.cfg.repr_topk.min(bs) as i64;
         let top = score.narrow(2, 0, m).view([b, hq, nb, bs as i64]).topk(r, -1, true, false).1; // [B, Hq, nb, r]
-        let kq = bk.to_kind(Kind::Float).view([b, hkv, 1, nb, bs as i64, d]).expand([b, hkv, group, nb, bs as i64, d], false).reshape([b, hq, nb, bs as i64, d]);
+        let mut bkf = bk.to_kind(Kind::Float);
+        if let Some(theta) = self.cfg.rope_theta {
+            let shift = Tensor::arange_start(self.local_start as i64, self.local_start as i64 + m, (Kind::Int64, lk.device())).neg();
+            bkf = rotate(&bkf, &shift, theta);
+        }
+        let kq = bkf.view([b, hkv, 1, nb, bs as i64, d]).expand([b, hkv, group, nb, bs as i64, d], false).reshape([b, hq, nb, bs as i64, d]);
         let rep = kq.gather(3, &top.unsqueeze(-1).expand([b, hq, nb, r, d], false), false).mean_dim(3, false, Kind::Float).to_kind(self.spec.kv_dtype.kind());
         self.repr = Some(match &self.repr {
             Some(old) => Tensor::cat(&[old, &rep], 2),
@@ -480,6 +508,8 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     cfg.topk = p.opt_int("topk", 0, usize::MAX >> 1)?;
     cfg.n_local = p.opt_int("n_local", 1, usize::MAX >> 1)?;
     cfg.shared_blocks = p.bool("shared_blocks", true)?;
+    let theta = p.float("rope_theta", 0.0, 0.0, 1e12)?;
+    cfg.rope_theta = (theta > 0.0).then_some(theta);
     p.finish()?;
     Ok(Arc::new(InfLlmFactory(Arc::new(cfg))))
 }
@@ -498,6 +528,7 @@ const PARAMS: &[ParamDoc] = &[
     ParamDoc { name: "topk", default: "(from budget)", help: "override: blocks retrieved per chunk" },
     ParamDoc { name: "n_local", default: "(from budget)", help: "override: local window in tokens" },
     ParamDoc { name: "shared_blocks", default: "true", help: "retrieve the same blocks for all heads of a layer (InfLLM); false: per KV head" },
+    ParamDoc { name: "rope_theta", default: "0 (unset)", help: "the model's RoPE base (e.g. 100000 for SmolLM2): retrieval compares un-rotated keys with queries at distance n_local, position-free as InfLLM; unset: absolute-position scores (favour recent blocks)" },
 ];
 
 inventory::submit! {
@@ -516,7 +547,9 @@ inventory::submit! {
                  window). Decoding retrieves per step (each step is a one-query chunk, as in InfLLM). Blocks live in host \
                  memory on GPU runs (bytes_offloaded); bytes_held counts everything (tokens, representative keys, scores), \
                  bytes_attended the KV of the latest chunk. Deviations: keys keep their absolute RoPE positions (InfLLM \
-                 re-indexes positions: local tokens by distance, retrieved blocks at a fixed offset); no GPU block LRU cache \
+                 re-indexes positions: local tokens by distance, retrieved blocks at a fixed offset), so retrieval scores \
+                 compare post-RoPE keys and queries and favour recent blocks unless rope_theta is given (then \
+                 representative keys are un-rotated and queries placed at distance n_local, as InfLLM); no GPU block LRU cache \
                  (retrieved blocks are gathered from the store every chunk); attention is computed in f32. ratio = 1 is the \
                  full cache.",
         params: PARAMS,
