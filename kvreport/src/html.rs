@@ -263,19 +263,26 @@ fn leaderboard_tables(lb: &Leaderboard, palette: &Palette) -> String {
         let cats = lb.categories_of(&model);
         let rows: Vec<&LeaderboardRow> = lb.rows.iter().filter(|r| r.model == model).collect();
         let full = rows.iter().find(|r| r.is_full()).copied();
+        let attended_differs = rows.iter().any(|r| r.kv_bytes_attended != r.kv_bytes_held);
+        let cost_cols: &[&str] = if attended_differs {
+            &["ratio", "KV held", "KV attended", "peak memory", "prefill tok/s", "decode tok/s"]
+        } else {
+            &["ratio", "KV held", "peak memory", "prefill tok/s", "decode tok/s"]
+        };
         o.push_str(&format!("<h3>{}</h3>", html_escape(&model)));
         o.push_str("<div class=\"tablewrap\"><table class=\"lb\"><thead>");
         o.push_str(&format!(
             "<tr class=\"group\"><th colspan=\"2\"></th><th colspan=\"{}\" class=\"sep\">score (0–100), mean ± 95% CI</th>\
-             <th colspan=\"5\" class=\"sep\">measured cost</th></tr>",
-            cats.len() + 1
+             <th colspan=\"{}\" class=\"sep\">measured cost</th></tr>",
+            cats.len() + 1,
+            cost_cols.len()
         ));
         o.push_str("<tr><th>method</th><th class=\"num\">budget</th>");
         for (i, c) in cats.iter().enumerate() {
             o.push_str(&format!("<th class=\"num{}\">{}</th>", if i == 0 { " sep" } else { "" }, html_escape(c)));
         }
         o.push_str(&format!("<th class=\"num{}\">average</th>", if cats.is_empty() { " sep" } else { "" }));
-        for (i, h) in ["ratio", "KV held", "peak memory", "prefill tok/s", "decode tok/s"].iter().enumerate() {
+        for (i, h) in cost_cols.iter().enumerate() {
             o.push_str(&format!("<th class=\"num{}\">{}</th>", if i == 0 { " sep" } else { "" }, h));
         }
         o.push_str("</tr></thead><tbody>");
@@ -324,12 +331,22 @@ fn leaderboard_tables(lb: &Leaderboard, palette: &Palette) -> String {
                 avg_style,
                 r.average.map(|v| fixed(v, 1)).unwrap_or_else(|| "–".into())
             ));
+            let attended = if attended_differs {
+                format!(
+                    "<td class=\"num\" title=\"{}\">{}</td>",
+                    r.kv_bytes_attended.map(|v| format!("{} bytes read by the last decoding step", fixed(v, 0))).unwrap_or_default(),
+                    r.kv_bytes_attended.map(human_bytes).unwrap_or_else(|| "–".into())
+                )
+            } else {
+                String::new()
+            };
             o.push_str(&format!(
-                "<td class=\"num sep\">{}</td><td class=\"num\" title=\"{}\">{}</td><td class=\"num\" title=\"{}\">{}</td>\
+                "<td class=\"num sep\">{}</td><td class=\"num\" title=\"{}\">{}</td>{}<td class=\"num\" title=\"{}\">{}</td>\
                  <td class=\"num\">{}</td><td class=\"num\">{}</td>",
                 r.compression_ratio.map(|v| format!("{}×", fixed(v, 2))).unwrap_or_else(|| "–".into()),
                 r.kv_bytes_held.map(|v| format!("{} bytes", fixed(v, 0))).unwrap_or_default(),
                 r.kv_bytes_held.map(human_bytes).unwrap_or_else(|| "–".into()),
+                attended,
                 r.peak_memory_bytes.map(|v| format!("{v} bytes")).unwrap_or_default(),
                 r.peak_memory_bytes.map(|v| human_bytes(v as f64)).unwrap_or_else(|| "–".into()),
                 r.prefill_tokens_per_s.map(|v| fixed(v, 1)).unwrap_or_else(|| "–".into()),
@@ -717,7 +734,8 @@ pub fn index_html(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard) -> String 
          (± the 95% confidence half-width over its samples); <b>average</b> is the mean of the row's categories. \
          Cells are tinted green or red by their difference from the full cache. Measured cost is over all the row's \
          samples: ratio = full-cache bytes / held bytes (mean), KV held (mean), peak memory (max), prefill = Σ input \
-         tokens / Σ prefill seconds, decode = mean tokens/s of samples generating more than one token.</p>",
+         tokens / Σ prefill seconds, decode = mean tokens/s of samples generating more than one token. KV attended \
+         (where a method reads less than it holds, as retrieval methods do) is what the last decoding step read (mean).</p>",
     );
     if lb.rows.is_empty() {
         b.push_str("<p class=\"note\">No results yet.</p>");
