@@ -21,26 +21,49 @@ pub enum Logits {
     All,
 }
 
+/// Projection weights are stored transposed, `[in, out]` contiguous, and applied as `x @ W`:
+/// for one decoded token that matrix-vector product runs about 2x faster in libtorch (MKL) than
+/// `linear` on the `[out, in]` layout (measured on 2 cores: 0.13 vs 0.28 ms for SmolLM2's fused
+/// gate/up, 5.3 vs 10.1 ms for its LM head), and prefill is no slower.
 struct Layer {
     input_norm: Tensor,
     post_norm: Tensor,
-    /// q, k and v projections fused into one matrix `[(Hq + 2 Hkv) D, hidden]`.
+    /// q, k and v projections fused and transposed: `[hidden, (Hq + 2 Hkv) D]`.
     wqkv: Tensor,
     bqkv: Option<Tensor>,
+    /// `[Hq D, hidden]`.
     wo: Tensor,
     bo: Option<Tensor>,
-    /// gate and up projections fused: `[2 I, hidden]`.
+    /// gate and up projections fused and transposed: `[hidden, 2 I]`.
     w_gate_up: Tensor,
+    /// `[I, hidden]`.
     w_down: Tensor,
+}
+
+/// `x @ w_t (+ b)` with `w_t` in `[in, out]` layout.
+fn project(x: &Tensor, w_t: &Tensor, b: Option<&Tensor>) -> Tensor {
+    let y = x.matmul(w_t);
+    match b {
+        Some(b) => y + b,
+        None => y,
+    }
+}
+
+/// A `[out, in]` weight as the contiguous `[in, out]` matrix `project` wants.
+fn transposed(t: Tensor, kind: Kind) -> Tensor {
+    t.to_kind(kind).transpose(0, 1).contiguous()
 }
 
 /// A loaded decoder.
 pub struct Model {
     pub config: ModelConfig,
-    embed: Tensor,
+    /// Token embeddings `[vocab, hidden]`; `None` when tied to the LM head, whose transposed
+    /// matrix then serves lookups too (one copy of the table in memory).
+    embed: Option<Tensor>,
     layers: Vec<Layer>,
     norm: Tensor,
-    lm_head: Tensor,
+    /// The LM head, transposed: `[hidden, vocab]`.
+    lm_head_t: Tensor,
     rope: RotaryEmbedding,
     pub kind: Kind,
     pub device: Device,
@@ -69,7 +92,6 @@ impl Model {
 
         w.check_shape("model.embed_tokens.weight", &[c.vocab_size as i64, h])?;
         let embed = w.take("model.embed_tokens.weight")?.to_kind(kind);
-        count(&embed);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -87,7 +109,7 @@ impl Model {
             let q = w.take(&format!("{p}.self_attn.q_proj.weight"))?;
             let k = w.take(&format!("{p}.self_attn.k_proj.weight"))?;
             let v = w.take(&format!("{p}.self_attn.v_proj.weight"))?;
-            let wqkv = Tensor::cat(&[q, k, v], 0).to_kind(kind);
+            let wqkv = transposed(Tensor::cat(&[q, k, v], 0), kind);
             let bqkv = if c.qkv_bias {
                 let qb = w.take(&format!("{p}.self_attn.q_proj.bias"))?;
                 let kb = w.take(&format!("{p}.self_attn.k_proj.bias"))?;
@@ -104,10 +126,10 @@ impl Model {
                 post_norm: vec_kind(w.take(&format!("{p}.post_attention_layernorm.weight"))?),
                 wqkv,
                 bqkv,
-                wo: w.take(&format!("{p}.self_attn.o_proj.weight"))?.to_kind(kind),
+                wo: transposed(w.take(&format!("{p}.self_attn.o_proj.weight"))?, kind),
                 bo,
-                w_gate_up: Tensor::cat(&[gate, up], 0).to_kind(kind),
-                w_down: w.take(&format!("{p}.mlp.down_proj.weight"))?.to_kind(kind),
+                w_gate_up: transposed(Tensor::cat(&[gate, up], 0), kind),
+                w_down: transposed(w.take(&format!("{p}.mlp.down_proj.weight"))?, kind),
             };
             for t in [&layer.wqkv, &layer.wo, &layer.w_gate_up, &layer.w_down, &layer.input_norm, &layer.post_norm] {
                 count(t);
@@ -115,18 +137,23 @@ impl Model {
             layers.push(layer);
         }
         let norm = vec_kind(w.take("model.norm.weight")?);
-        let lm_head = match w.take_opt("lm_head.weight") {
+        let (embed, lm_head_t) = match w.take_opt("lm_head.weight") {
             Some(t) if !config.tie_word_embeddings => {
-                let t = t.to_kind(kind);
+                let t = transposed(t, kind);
+                count(&embed);
                 count(&t);
-                t
+                (Some(embed), t)
             }
-            _ if config.tie_word_embeddings => embed.shallow_clone(),
+            _ if config.tie_word_embeddings => {
+                let t = embed.transpose(0, 1).contiguous();
+                count(&t);
+                (None, t)
+            }
             _ => return Err(Error::MissingTensor { file: w.source.clone(), tensor: "lm_head.weight".into() }),
         };
         let freq_factors = w.take_opt("rope_freqs");
         let rope = RotaryEmbedding::new(&config, kind, device, freq_factors.as_ref(), config.max_position_embeddings.min(8192));
-        Ok(Model { config, embed, layers, norm, lm_head, rope, kind, device, weight_bytes })
+        Ok(Model { config, embed, layers, norm, lm_head_t, rope, kind, device, weight_bytes })
     }
 
     /// Runs `input_ids` (`[B, L]`, int64) whose first token sits at absolute position `start_pos`,
@@ -141,10 +168,13 @@ impl Model {
         let eps = c.rms_norm_eps;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
         let (cos, sin) = self.rope.table(start_pos, l as usize);
-        let mut x = Tensor::embedding(&self.embed, input_ids, -1, false, false);
+        let mut x = match &self.embed {
+            Some(e) => Tensor::embedding(e, input_ids, -1, false, false),
+            None => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]),
+        };
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let hn = rms_norm(&x, &layer.input_norm, eps);
-            let qkv = hn.linear(&layer.wqkv, layer.bqkv.as_ref()).view([b, l, hq + 2 * hkv, d]).transpose(1, 2);
+            let qkv = project(&hn, &layer.wqkv, layer.bqkv.as_ref()).view([b, l, hq + 2 * hkv, d]).transpose(1, 2);
             let q = apply_rotary(&qkv.narrow(1, 0, hq), &cos, &sin);
             let k = apply_rotary(&qkv.narrow(1, hq, hkv), &cos, &sin);
             let v = qkv.narrow(1, hq + hkv, hkv);
@@ -159,19 +189,19 @@ impl Model {
             };
             let attn = cache.attend(&step)?;
             let attn = attn.transpose(1, 2).reshape([b, l, hq * d]);
-            x = x + attn.linear(&layer.wo, layer.bo.as_ref());
+            x = x + project(&attn, &layer.wo, layer.bo.as_ref());
             let hn = rms_norm(&x, &layer.post_norm, eps);
-            let gate_up = hn.linear::<Tensor>(&layer.w_gate_up, None);
+            let gate_up = project(&hn, &layer.w_gate_up, None);
             let inter = c.intermediate_size as i64;
             let act = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
-            x = x + act.linear::<Tensor>(&layer.w_down, None);
+            x = x + project(&act, &layer.w_down, None);
         }
         let x = match logits {
             Logits::Last => x.narrow(1, l - 1, 1),
             Logits::All => x,
         };
         let x = rms_norm(&x, &self.norm, eps);
-        let out = x.linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float);
+        let out = x.matmul(&self.lm_head_t).to_kind(Kind::Float);
         Ok(match logits {
             Logits::Last => out.squeeze_dim(1),
             Logits::All => out,
