@@ -301,7 +301,7 @@ impl QStore {
     /// Tokens `[start, start + n)` as code values (offset removed) with their group parameters,
     /// all f32, without applying them: `[B, H, n/G, D, G]` for the per-channel layout,
     /// `[B, H, n, D/g, g]` per token; scale and min `[.., groups, 1]`-shaped to broadcast.
-    fn raw(&self, start: usize, n: usize, table: &Tensor) -> (Tensor, Tensor, Option<Tensor>) {
+    fn raw(&self, start: usize, n: usize) -> (Tensor, Tensor, Option<Tensor>) {
         let u = self.unit();
         let (s, c) = ((start / u) as i64, (n / u) as i64);
         let codes = self.codes.narrow(s, c).expect("non-empty store");
@@ -309,7 +309,7 @@ impl QStore {
         let last = shape.pop().unwrap_or(0) * self.q.per_byte() as i64;
         let g = self.q.group as i64;
         shape.extend([last / g, g]);
-        let vals = table.index_select(0, &codes.to_kind(Kind::Int).flatten(0, -1)).reshape(shape.as_slice());
+        let vals = self.q.unpack_values(&codes).reshape(shape.as_slice());
         let scale = self.scale.narrow(s, c).expect("non-empty store").to_kind(Kind::Float).unsqueeze(-1);
         let min = self.min.narrow(s, c).map(|m| m.to_kind(Kind::Float).unsqueeze(-1));
         (vals, scale, min)
@@ -486,7 +486,7 @@ impl QuantCache {
     /// `[start, start + n)`, with scales and minimums folded into the small operand: no decoded
     /// copy of the keys is made, only their code values.
     fn key_logits(&self, qf: &Tensor, start: usize, n: usize) -> Tensor {
-        let (vals, scale, min) = self.kq.raw(start, n, &self.k_table);
+        let (vals, scale, min) = self.kq.raw(start, n);
         let (b, h, gq, d) = qf.size4().expect("[B, H, Gq, D]");
         match self.kq.layout {
             KeyLayout::PerChannel => {
@@ -530,7 +530,7 @@ impl QuantCache {
     /// `p · V` (`p`: `[B, H, Gq, n]`) for quantized values `[start, start + n)` (per token, in
     /// channel groups), folding scales into `p` and minimums into a rank-one term.
     fn value_out(&self, p: &Tensor, start: usize, n: usize) -> Tensor {
-        let (vals, scale, min) = self.vq.raw(start, n, &self.v_table); // [B,H,n,ng,g], [B,H,n,ng,1]
+        let (vals, scale, min) = self.vq.raw(start, n); // [B,H,n,ng,g], [B,H,n,ng,1]
         let sz = vals.size();
         let (b, h, ng) = (sz[0], sz[1], sz[3]);
         let mut parts = Vec::new();
