@@ -692,6 +692,11 @@ fn tasks_table(cells: &[Cell]) -> String {
 
 /// The whole index.html.
 pub fn index_html(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard) -> String {
+    index_html_with(runs, cells, lb, "")
+}
+
+/// [`index_html`] with an extra section (HTML) after the speed charts, e.g. `kvbench bench` results.
+pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra: &str) -> String {
     let palette = Palette::new(&lb.rows);
     let experiment = distinct(runs, |r| r.experiment.clone());
     let nav = [
@@ -769,6 +774,7 @@ pub fn index_html(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard) -> String 
         b.push_str("</div>");
     }
 
+    b.push_str(extra);
     b.push_str("<h2 id=\"tasks\">Tasks</h2>");
     b.push_str(&tasks_table(cells));
     b.push_str(&format!(

@@ -2,6 +2,7 @@
 //! ([`record`]), and what `kvbench report` / `kvbench merge` build from run directories
 //! ([`load`], [`merge`], [`leaderboard`], [`html`], [`examples`], [`paper`]).
 
+pub mod bench;
 pub mod examples;
 pub mod format;
 pub mod fsio;
@@ -34,6 +35,8 @@ pub enum ReportError {
     },
     #[error("writing leaderboard.csv: {0}")]
     Csv(#[from] csv::Error),
+    #[error(transparent)]
+    Bench(#[from] bench::BenchError),
 }
 
 /// What `write_reports` produced.
@@ -62,13 +65,23 @@ fn experiment_name(loaded: &LoadedRuns) -> String {
 /// examples.html, and paper_comparison.md when `compare_paper` is set. Identical cells give
 /// byte-identical files, whether they come from one run, from shards, or from a merge.
 pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> Result<ReportSummary, ReportError> {
+    write_reports_with_bench(run_dirs, out, compare_paper, &[])
+}
+
+/// [`write_reports`], with a speed-and-memory section drawn from `kvbench bench` files
+/// (`bench.json` files or directories holding one) in `index.html`.
+pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper: bool, bench_files: &[PathBuf]) -> Result<ReportSummary, ReportError> {
+    let mut bench_rows = Vec::new();
+    for b in bench_files {
+        bench_rows.extend(bench::load_bench(b)?);
+    }
     let loaded = load_runs(run_dirs)?;
     let infos = loaded.run_infos();
     let experiment = experiment_name(&loaded);
     let lb = Leaderboard::build(&loaded.cells);
     let markdown = lb.to_markdown(&experiment);
     let csv = lb.to_csv()?;
-    let index = html::index_html(&infos, &loaded.cells, &lb);
+    let index = html::index_html_with(&infos, &loaded.cells, &lb, &bench::bench_section(&bench_rows));
     let groups = examples::collect_examples(&loaded.cells, examples::SAMPLES_PER_TASK);
     let ex_md = examples::examples_markdown(&groups, &experiment);
     let ex_html = examples::examples_html(&groups, &infos, &lb);

@@ -281,3 +281,32 @@ fn attended_bytes_get_their_own_column_where_they_differ_from_held() {
         }
     }
 }
+
+#[test]
+fn bench_files_add_a_speed_section_to_the_page() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let bench_dir = dir.path().join("bench");
+    fs::create_dir_all(&bench_dir).unwrap();
+    let row = |label: &str, ctx: usize, decode: f64| {
+        serde_json::json!({"model": "tiny-llama", "method": label, "label": label, "context_tokens": ctx, "new_tokens": 8, "repeats": 3,
+            "prefill_tokens_per_s": 500.0, "ttft_seconds": ctx as f64 / 500.0, "decode_tokens_per_s": decode, "kv_bytes_held": 1u64 << 20,
+            "kv_bytes_attended": 1u64 << 20, "kv_bytes_full": 1u64 << 20, "peak_rss_bytes": 1u64 << 30, "prefill_ceiling_tokens_per_s": 900.0,
+            "decode_ceiling_tokens_per_s": 40.0, "prefill_pct_of_ceiling": 55.0, "decode_pct_of_ceiling": decode / 40.0 * 100.0,
+            "threads": 2, "device": "cpu (2 threads)", "dtype": "f32"})
+    };
+    let file = serde_json::json!({"calibration": {}, "rows": [row("full", 1024, 24.0), row("full", 4096, 19.0), row("snapkv(ratio=8)", 1024, 21.0)]});
+    fs::write(bench_dir.join("bench.json"), file.to_string()).unwrap();
+    let out = dir.path().join("report");
+    kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, &[bench_dir.clone()]).unwrap();
+    let html = fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("id=\"bench\""), "no bench section");
+    assert!(html.contains("Decode speed — tiny-llama") && html.contains("full ceiling (estimate)"));
+    assert!(html.contains("snapkv(ratio=8)") && html.contains(">24.00<"), "bench table missing");
+    // Without bench files there is no such section; a file that is not a bench file is an error naming it.
+    write_reports(&[dir.path().to_path_buf()], &out, false).unwrap();
+    assert!(!fs::read_to_string(out.join("index.html")).unwrap().contains("id=\"bench\""));
+    fs::write(bench_dir.join("bench.json"), "{\"rows\": 3}").unwrap();
+    let err = kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, &[bench_dir.clone()]).unwrap_err().to_string();
+    assert!(err.contains("bench.json") && err.contains("not a kvbench bench file"), "{err}");
+}

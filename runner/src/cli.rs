@@ -184,6 +184,10 @@ pub struct ReportArgs {
     /// Put published numbers beside the run's: `paper` (the paper's LongBench category means).
     #[arg(long, value_name = "WHAT")]
     pub compare: Option<String>,
+    /// Add a speed-and-memory section drawn from `kvbench bench` output (a bench.json or the
+    /// directory holding it); repeatable.
+    #[arg(long = "bench", value_name = "PATH")]
+    pub bench: Vec<PathBuf>,
 }
 
 /// `kvbench bench`.

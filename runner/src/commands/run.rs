@@ -514,7 +514,7 @@ pub fn report(a: ReportArgs) -> Result<()> {
         Some(other) => bail!("--compare {other}: expected `paper`"),
     };
     let out = a.out.clone().unwrap_or_else(|| a.dirs[0].join("report"));
-    let summary = kvreport::write_reports(&a.dirs, &out, compare).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = kvreport::write_reports_with_bench(&a.dirs, &out, compare, &a.bench).map_err(|e| anyhow::anyhow!("{e}"))?;
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }
