@@ -295,27 +295,20 @@ impl Registry {
     /// The in-tree methods linked into this binary (fails if a name is registered twice).
     pub fn builtin() -> Result<Self, MethodError> {
         let mut r = Registry::default();
+        let builtin = |name: &str, family: &str, summary: &str, detail: &str, params: &[ParamDoc], builder: Builder| MethodInfo {
+            name: name.to_string(),
+            family: family.to_string(),
+            summary: summary.to_string(),
+            detail: detail.to_string(),
+            params: params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
+            origin: "built-in".into(),
+            builder,
+        };
         for reg in inventory::iter::<MethodRegistration> {
-            r.insert(MethodInfo {
-                name: reg.name.to_string(),
-                family: reg.family.to_string(),
-                summary: reg.summary.to_string(),
-                detail: reg.detail.to_string(),
-                params: reg.params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
-                origin: "built-in".into(),
-                builder: Builder::Builtin(reg),
-            })?;
+            r.insert(builtin(reg.name, reg.family, reg.summary, reg.detail, reg.params, Builder::Builtin(reg)))?;
         }
         for reg in inventory::iter::<crate::prompt::PromptRegistration> {
-            r.insert(MethodInfo {
-                name: reg.name.to_string(),
-                family: reg.family.to_string(),
-                summary: reg.summary.to_string(),
-                detail: reg.detail.to_string(),
-                params: reg.params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
-                origin: "built-in".into(),
-                builder: Builder::Prompt(reg),
-            })?;
+            r.insert(builtin(reg.name, reg.family, reg.summary, reg.detail, reg.params, Builder::Prompt(reg)))?;
         }
         Ok(r)
     }

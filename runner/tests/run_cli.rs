@@ -3,39 +3,12 @@
 //! a run killed with SIGKILL midway and resumed gives the same report as an uninterrupted run;
 //! config errors name file and key; `--dry-run` lists the cells.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
+
+use common::{config_tree, kvbench, ok, REPORT_FILES};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn kvbench(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = kvbench(args);
-    assert!(o.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A config tree with a tiny random model, a small passkey task and three methods.
-fn config_tree(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny");
-    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "5", model.to_str().unwrap()]);
-    let files = [
-        ("models/tiny.toml", format!("source = \"{}\"\nchat_template = true\n", model.display())),
-        ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\n".to_string()),
-        ("methods/kivi-small.toml", "method = \"kivi\"\nlabel = \"kivi-2bit\"\n[params]\nbits = 2\ngroup_size = 8\nresidual_length = 16\n".to_string()),
-        ("experiments/t.toml", "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"full\", \"snapkv\", \"kivi-small\"]\nratios = [2, 4]\n[run]\nthreads = 1\ndevice = \"cpu\"\n".to_string()),
-    ];
-    for (rel, text) in files {
-        let p = dir.join("configs").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir.join("configs/experiments/t.toml")
-}
-
-const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"];
 
 fn report_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
     REPORT_FILES.iter().map(|f| (f.to_string(), std::fs::read(dir.join(f)).unwrap_or_else(|e| panic!("{}: {e}", dir.join(f).display())))).collect()
@@ -49,7 +22,7 @@ fn records_in(run: &Path) -> usize {
 #[test]
 fn run_shards_merge_and_resume_give_identical_reports() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = config_tree(tmp.path());
+    let exp = config_tree(tmp.path(), &["full", "snapkv", "kivi-small"]);
     let e = exp.to_str().unwrap();
     let out = ok(&["validate", e]);
     assert!(out.contains("ok") && out.contains("4 cell(s)"), "{out}");
@@ -115,7 +88,7 @@ fn run_shards_merge_and_resume_give_identical_reports() {
 #[test]
 fn run_config_errors_name_file_and_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = config_tree(tmp.path());
+    let exp = config_tree(tmp.path(), &["full", "snapkv", "kivi-small"]);
     std::fs::write(&exp, "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"snapkv\", \"nosuch\"]\n[[method]]\nname = \"snapkv\"\nmethod = \"snapkv\"\nparams = { windw = 3 }\n").unwrap();
     let o = kvbench(&["validate", exp.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -163,7 +136,7 @@ fn report_compare_paper_prints_the_side_by_side_table() {
 #[test]
 fn a_prompt_compressor_runs_with_the_full_cache_on_the_shorter_prompt() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = config_tree(tmp.path());
+    let exp = config_tree(tmp.path(), &["full", "snapkv", "kivi-small"]);
     let model = tmp.path().join("tiny");
     // The scorer is the tiny model itself, so the test needs no real model.
     let text = format!(

@@ -4,37 +4,11 @@
 //! report must equal a single run's; bad arguments and a missing `sbatch` fail clearly.
 //! scripts/test_slurm.sh submits the same scripts to a real one-node Slurm cluster.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{config_tree, kvbench_in, ok, REPORT_FILES};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn kvbench_in(cwd: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvbench")).current_dir(cwd).args(args).output().expect("run kvbench")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = kvbench_in(Path::new("."), args);
-    assert!(o.status.success(), "{args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// A config tree (as in run_cli.rs) with a tiny random model, a small passkey task and three cells.
-fn config_tree(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny");
-    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "5", model.to_str().unwrap()]);
-    let files = [
-        ("models/tiny.toml", format!("source = \"{}\"\nchat_template = true\n", model.display())),
-        ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\n".to_string()),
-        ("experiments/t.toml", "name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [\"full\", \"snapkv\"]\nratios = [2, 4]\n[run]\nthreads = 1\ndevice = \"cpu\"\n".to_string()),
-    ];
-    for (rel, text) in files {
-        let p = dir.join("configs").join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir.join("configs/experiments/t.toml")
-}
-
-const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"];
 
 /// Runs a written script with bash and the given Slurm variables, as a batch job would.
 fn run_script(script: &Path, env: &[(&str, &str)]) -> Output {
@@ -58,7 +32,7 @@ fn slurm_writes_array_and_merge_scripts_that_run_the_shards() {
     let tmp = tempfile::tempdir().unwrap();
     let base = tmp.path().join("with space");
     std::fs::create_dir_all(&base).unwrap();
-    let exp = config_tree(&base);
+    let exp = config_tree(&base, &["full", "snapkv"]);
     let e = exp.to_str().unwrap();
     let out = base.join("it's out");
     let o = out.to_str().unwrap();
@@ -154,7 +128,7 @@ fn o_str(p: &Path) -> &str {
 #[test]
 fn slurm_rejects_bad_arguments_before_writing_anything() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = config_tree(tmp.path());
+    let exp = config_tree(tmp.path(), &["full", "snapkv"]);
     let out = tmp.path().join("out");
     let o = kvbench_in(tmp.path(), &["slurm", exp.to_str().unwrap(), "--shards", "0", "--out", o_str(&out)]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -172,7 +146,7 @@ fn slurm_rejects_bad_arguments_before_writing_anything() {
 #[test]
 fn slurm_submit_without_sbatch_fails_clearly() {
     let tmp = tempfile::tempdir().unwrap();
-    let exp = config_tree(tmp.path());
+    let exp = config_tree(tmp.path(), &["full", "snapkv"]);
     let empty = tmp.path().join("empty-bin");
     std::fs::create_dir(&empty).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_kvbench"))
