@@ -17,6 +17,7 @@ pub mod error;
 pub mod generate;
 pub mod loader;
 pub mod memory;
+pub mod memory_guard;
 pub mod methods;
 pub mod model;
 pub mod pipeline;

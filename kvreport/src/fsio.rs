@@ -37,6 +37,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes temp files that a writer killed mid-write left in `dir` (only names
+/// [`write_atomic`] makes: `.<name>.tmp-<pid>-<n>`); call it where one writer owns the directory.
+/// Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<usize> {
+    let mut n = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') && name.contains(".tmp-") && e.file_type()?.is_file() {
+            fs::remove_file(e.path())?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// True when `name` is one of our temp files (readers skip them).
 pub fn is_temp_name(name: &str) -> bool {
     name.starts_with('.')
@@ -55,5 +77,18 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn stale_temps_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join(".index.html.tmp-123-0"), b"half").unwrap();
+        fs::write(dir.path().join("index.html"), b"whole").unwrap();
+        fs::write(dir.path().join(".hidden"), b"user's").unwrap();
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 1);
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        assert_eq!(names, [".hidden", "index.html"]);
+        assert_eq!(remove_stale_temps(&dir.path().join("absent")).unwrap(), 0);
     }
 }

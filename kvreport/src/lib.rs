@@ -87,6 +87,8 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     let ex_html = examples::examples_html(&groups, &infos, &lb);
 
     fs::create_dir_all(out).map_err(|source| ReportError::Io { path: out.to_path_buf(), source })?;
+    // A writer killed mid-write leaves a temp file; this directory is ours, so clear them.
+    fsio::remove_stale_temps(out).map_err(|source| ReportError::Io { path: out.to_path_buf(), source })?;
     let mut files = Vec::new();
     let mut write = |name: &str, text: &str| -> Result<(), ReportError> {
         let path = out.join(name);

@@ -41,6 +41,23 @@ pub struct RuntimeArgs {
     /// CPU threads for libtorch (default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, or libtorch's).
     #[arg(long)]
     pub threads: Option<usize>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
+}
+
+/// The memory guard: before loading a model, kvbench estimates weights + the full KV cache at the
+/// requested context (+ activations and a runtime allowance) and refuses when that exceeds the
+/// device's free memory.
+#[derive(Args, Debug, Clone, Default)]
+pub struct GuardArgs {
+    /// Run even when the memory guard estimates the model and its full KV cache at the requested
+    /// context do not fit in free memory.
+    #[arg(long)]
+    pub force: bool,
+    /// Memory kvbench may use (e.g. 8GiB), besides the device's free memory; the guard refuses
+    /// work estimated to need more.
+    #[arg(long, value_name = "SIZE", env = "KVBENCH_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +136,8 @@ pub struct RunArgs {
     /// Device (overrides the experiment's run.device): cpu, cuda, cuda:N or auto.
     #[arg(long)]
     pub device: Option<String>,
+    #[command(flatten)]
+    pub guard: GuardArgs,
 }
 
 /// `kvbench merge`.

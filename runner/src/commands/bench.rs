@@ -12,7 +12,7 @@ use super::runtime_settings;
 use crate::cli::BenchArgs;
 use anyhow::{bail, Context, Result};
 use kvcore::generate::{generate, GenerateOptions};
-use kvcore::loader::{load, LoadedModel};
+use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -250,7 +250,8 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
         }
     };
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-    let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
+    let longest = contexts.iter().copied().max().unwrap_or(0) + a.new_tokens;
+    let mut lm = super::load_guarded(&files, settings, &Default::default(), longest, &a.runtime.guard)?;
     let max_pos = lm.model.config.max_position_embeddings;
     for &c in &contexts {
         if c + a.new_tokens > max_pos {

@@ -6,7 +6,7 @@ use crate::cli::GenerateArgs;
 use anyhow::{bail, Context, Result};
 use kvcore::cache::FullCacheFactory;
 use kvcore::generate::{all_logits, generate, GenerateOptions};
-use kvcore::loader::{load, LoadedModel};
+use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvformats::chat::ChatMessage;
 use serde_json::json;
@@ -65,7 +65,9 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     };
     let text = compressed.as_ref().map(|c| c.text.clone()).unwrap_or(text);
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-    let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
+    // The prompt's tokens are not known before the tokenizer loads; its length in bytes bounds them.
+    let context = text.len().saturating_add(a.max_new_tokens).saturating_add(64);
+    let mut lm = super::load_guarded(&files, settings, &Default::default(), context, &a.runtime.guard)?;
     tracing::info!("loaded {} in {:.1}s", files.path().display(), lm.load_seconds);
     let (ids, questions) = if a.question.is_empty() {
         (encode_prompt(&lm, &text, a.chat, a.system.as_deref(), a.max_new_tokens, a.truncate)?, vec![])

@@ -12,7 +12,7 @@ mod score;
 mod slurm;
 mod task;
 
-use crate::cli::{Cli, Command, RuntimeArgs};
+use crate::cli::{Cli, Command, GuardArgs, RuntimeArgs};
 use anyhow::{Context, Result};
 use kvcore::device::{configure_threads, DType, DeviceSpec, RuntimeSettings};
 
@@ -43,4 +43,21 @@ pub fn runtime_settings(a: &RuntimeArgs) -> Result<(RuntimeSettings, usize)> {
     let kv: Option<DType> = a.kv_dtype.as_deref().map(str::parse).transpose().context("--kv-dtype")?;
     let threads = configure_threads(a.threads);
     Ok((RuntimeSettings::resolve(device, dtype, kv)?, threads))
+}
+
+/// Loads a model after the memory guard has checked that its weights and full KV cache at
+/// `context_tokens` (clamped to the model's context) fit (`--force` overrides a refusal).
+pub fn load_guarded(
+    files: &kvcore::sources::ModelFiles,
+    settings: RuntimeSettings,
+    overrides: &kvcore::loader::ConfigOverrides,
+    context_tokens: usize,
+    guard: &GuardArgs,
+) -> Result<kvcore::loader::LoadedModel> {
+    use kvcore::memory_guard as mg;
+    let what = format!("loading model {} on {}", files.path().display(), kvcore::device::describe(settings.device));
+    let estimate = mg::estimate_model(files, &settings, overrides, context_tokens).with_context(|| format!("reading {}", files.path().display()))?;
+    let limit = mg::limit_from(guard.memory_limit.as_deref())?;
+    mg::check(&what, &estimate, mg::available(settings.device, limit).as_ref(), guard.force)?;
+    kvcore::loader::load_with(files, settings, overrides).with_context(|| format!("loading model {}", files.path().display()))
 }

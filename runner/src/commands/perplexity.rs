@@ -6,7 +6,6 @@ use super::runtime_settings;
 use crate::cli::PerplexityArgs;
 use anyhow::{bail, Context, Result};
 use kvcore::generate::perplexity;
-use kvcore::loader::load;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use serde_json::json;
 
@@ -27,7 +26,7 @@ pub fn run(a: PerplexityArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
         }
     };
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-    let mut lm = load(&files, settings).with_context(|| format!("loading model {}", files.path().display()))?;
+    let mut lm = super::load_guarded(&files, settings, &Default::default(), a.tokens, &a.runtime.guard)?;
     let enc = lm.tokenizer.encode(text.as_str(), true).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let ids = enc.get_ids();
     if ids.len() < a.tokens {

@@ -6,10 +6,9 @@
 use super::generate::{encode_prompt, human_bytes};
 use super::runtime_settings;
 use crate::cli::QuickstartArgs;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kvcore::cache::FullCacheFactory;
 use kvcore::generate::{generate, GenerateOptions};
-use kvcore::loader::load;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvtasks::needle::{passkey_samples, Essays, PasskeyConfig};
 use kvtasks::sample::score;
@@ -19,7 +18,7 @@ const PROMPTS: &[&str] = &["What is the capital of France?", "Name three primary
 pub fn run(a: QuickstartArgs) -> Result<()> {
     let (settings, threads) = runtime_settings(&a.runtime)?;
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-    let mut lm = load(&files, settings).with_context(|| format!("loading {}", files.path().display()))?;
+    let mut lm = super::load_guarded(&files, settings, &Default::default(), usize::MAX, &a.runtime.guard)?;
     println!(
         "model {} ({} layers, {} KV heads) on {}, {} compute, {} cache, {threads} threads; loaded in {:.1}s\n",
         files.path().display(),

@@ -156,7 +156,7 @@ fn task_args(cell: &Cell, model: &str) -> TaskArgs {
         max_new_tokens: t.max_new_tokens,
         template: TemplateMode::Auto,
         out: None,
-        runtime: RuntimeArgs { device: "cpu".into(), dtype: None, kv_dtype: None, threads: None },
+        runtime: RuntimeArgs { device: "cpu".into(), dtype: None, kv_dtype: None, threads: None, guard: Default::default() },
     }
 }
 
@@ -252,6 +252,17 @@ fn compress_sample(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sample) -> R
     Ok((out, c.seconds))
 }
 
+/// An upper bound on the context (input + generated tokens) a cell asks for, known before the
+/// model loads, for the memory guard: the configured limits, else twice the task's longest
+/// configured length (passkey lengths are words, about 1.3 tokens each, plus the template), else
+/// unbounded (the guard clamps to the model's context).
+fn cell_context_bound(c: &Cell) -> usize {
+    let t = &c.task_config;
+    let configured = t.lengths.iter().max().map(|&l| l.saturating_mul(2));
+    let input = [c.model_config.context_limit, t.max_input_tokens, configured].into_iter().flatten().min().unwrap_or(usize::MAX);
+    input.saturating_add(t.max_new_tokens.unwrap_or(128))
+}
+
 fn primary_score(scores: &BTreeMap<&'static str, f64>) -> f64 {
     scores.get("exact_match").or_else(|| scores.values().next()).copied().unwrap_or(0.0) * 100.0
 }
@@ -310,6 +321,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         bail!("{} already holds a run; pass --resume to continue it, or choose another --out", out.display());
     }
     std::fs::create_dir_all(out.join("cells")).with_context(|| format!("creating {}", out.display()))?;
+    // Temp files of atomic writes a killed run left behind (readers skip them; this tidies up).
+    kvreport::fsio::remove_stale_temps(&out).with_context(|| format!("cleaning {}", out.display()))?;
 
     let threads_arg = a.threads.or(exp.run.threads);
     let device = a.device.clone().or_else(|| exp.run.device.clone()).unwrap_or_else(|| "auto".into());
@@ -342,7 +355,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     let mut total_done = 0usize;
     for (model_name, model_cells) in &by_model {
         let mc = &model_cells[0].model_config;
-        let rt = RuntimeArgs { device: device.clone(), dtype: mc.dtype.clone(), kv_dtype: mc.kv_dtype.clone(), threads: threads_arg };
+        let rt = RuntimeArgs { device: device.clone(), dtype: mc.dtype.clone(), kv_dtype: mc.kv_dtype.clone(), threads: threads_arg, guard: a.guard.clone() };
         let (settings, threads) = runtime_settings(&rt)?;
         let files = resolve_or_fetch(&mc.source, &kvbench_home()).with_context(|| format!("model `{model_name}` (source {})", mc.source))?;
         let overrides = kvcore::loader::ConfigOverrides {
@@ -351,7 +364,9 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
             rope_linear_factor: mc.rope_linear_factor,
             max_position_embeddings: mc.max_position_embeddings,
         };
-        let mut lm = kvcore::loader::load_with(&files, settings, &overrides).with_context(|| format!("loading model `{model_name}` from {}", files.path().display()))?;
+        // The memory guard: the largest context any of this model's cells asks for.
+        let longest = model_cells.iter().map(cell_context_bound).max().unwrap_or(usize::MAX);
+        let mut lm = super::load_guarded(&files, settings, &overrides, longest, &a.guard).with_context(|| format!("model `{model_name}`"))?;
         info.device = kvcore::device::describe(settings.device);
         info.threads = threads;
         info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
@@ -417,9 +432,22 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 total_done += ss.len();
                 continue;
             }
+            kvreport::fsio::remove_stale_temps(&dir).with_context(|| format!("cleaning {}", dir.display()))?;
             write_atomic(&dir.join("cell.json"), cell_json.as_bytes())?;
             let records = dir.join("records.jsonl");
             let start = resume_records(&records)?;
+            // The memory guard, per cell: the full KV cache and activations at the longest input
+            // this cell can give (its samples' text in bytes bounds their tokens) with the model
+            // already loaded.
+            {
+                let max_new = ss.iter().map(|s| c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)).max().unwrap_or(0);
+                let longest_text = ss.iter().map(|s| s.prompt().len() + s.answer_prefix.as_ref().map_or(0, String::len) + 64).max().unwrap_or(0);
+                let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)].into_iter().flatten().min().unwrap_or(max_pos);
+                let estimate = kvcore::memory_guard::MemoryEstimate::for_context(&lm.model.config, &lm.settings, input + max_new);
+                let limit = kvcore::memory_guard::limit_from(a.guard.memory_limit.as_deref())?;
+                let what = format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
+                kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, limit).as_ref(), a.guard.force)?;
+            }
             let factory = reg.build(&c.method.method, &c.method.params)?;
             let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
             let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()) as u64;

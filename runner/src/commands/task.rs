@@ -9,7 +9,7 @@ use crate::cli::{TaskArgs, TaskCommand, TemplateMode};
 use anyhow::{bail, Context, Result};
 use kvcore::cache::FullCacheFactory;
 use kvcore::generate::{generate, GenerateOptions};
-use kvcore::loader::{load, LoadedModel};
+use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvformats::chat::ChatMessage;
 use kvtasks::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
@@ -37,7 +37,7 @@ pub fn run(cmd: TaskCommand) -> Result<()> {
         TaskCommand::Dump(a) => {
             let (settings, _) = runtime_settings(&a.runtime)?;
             let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-            let lm = load(&files, settings)?;
+            let lm = super::load_guarded(&files, settings, &Default::default(), usize::MAX, &a.runtime.guard)?;
             let samples = build_samples(&a, &lm)?;
             print!("{}", kvtasks::sample::to_jsonl(&samples)?);
             Ok(())
@@ -148,7 +148,7 @@ fn sample_ids(lm: &LoadedModel, s: &Sample, mode: TemplateMode) -> Result<Vec<u3
 fn eval(a: TaskArgs) -> Result<()> {
     let (settings, threads) = runtime_settings(&a.runtime)?;
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
-    let mut lm = load(&files, settings).with_context(|| format!("loading {}", files.path().display()))?;
+    let mut lm = super::load_guarded(&files, settings, &Default::default(), usize::MAX, &a.runtime.guard)?;
     let samples = build_samples(&a, &lm)?;
     if samples.is_empty() {
         bail!("task `{}` produced no samples with these settings", a.task);
