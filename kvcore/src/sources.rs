@@ -266,16 +266,99 @@ fn hf_get(url: &str) -> Result<ureq::Response> {
     req.call().map_err(|e| Error::Download { what: url.into(), problem: e.to_string() })
 }
 
-/// Downloads a Hugging Face model repository's inference files into the cache. Each file goes
-/// to a temporary name first; the directory is marked complete only when all are in place.
+/// What the hub says a file of a repository revision is: its size and hash (sha256 for LFS
+/// files; the git blob sha1 for the others).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HubFile {
+    pub size: Option<u64>,
+    pub sha256: Option<String>,
+    pub git_sha1: Option<String>,
+}
+
+/// The files of a repository revision with their hashes, from the hub's API
+/// (`/api/models/<repo>/revision/<revision>?blobs=true`, what `huggingface_hub`'s
+/// `model_info(files_metadata=True)` reads).
+pub fn hub_listing(r: &HfRef, endpoint: &str) -> Result<std::collections::HashMap<String, HubFile>> {
+    let url = format!("{}/api/models/{}/revision/{}?blobs=true", endpoint.trim_end_matches('/'), r.repo, r.revision);
+    let text = hf_get(&url)?.into_string().map_err(|e| Error::Download { what: url.clone(), problem: e.to_string() })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Download { what: url.clone(), problem: format!("the file listing is not JSON: {e}") })?;
+    let siblings = v.get("siblings").and_then(|s| s.as_array()).ok_or_else(|| Error::Download { what: url.clone(), problem: "the file listing has no `siblings` array".into() })?;
+    let mut out = std::collections::HashMap::new();
+    for s in siblings {
+        let Some(name) = s.get("rfilename").and_then(|n| n.as_str()) else { continue };
+        let lfs = s.get("lfs");
+        out.insert(
+            name.to_string(),
+            HubFile {
+                size: s.get("size").and_then(|x| x.as_u64()).or_else(|| lfs.and_then(|l| l.get("size")).and_then(|x| x.as_u64())),
+                sha256: lfs.and_then(|l| l.get("sha256")).and_then(|x| x.as_str()).map(str::to_ascii_lowercase),
+                git_sha1: s.get("blobId").and_then(|x| x.as_str()).map(str::to_ascii_lowercase),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// The git blob id of a file's content: sha1 of `blob <len>\0<content>`.
+fn git_blob_sha1(path: &Path) -> Result<String> {
+    use sha1::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks a downloaded file against the hub's listing: size, then sha256 (LFS) or the git blob
+/// sha1; a file the hub gives no hash for is refused.
+fn verify_hub_file(path: &Path, name: &str, expected: Option<&HubFile>) -> Result<()> {
+    let Some(e) = expected else {
+        return Err(Error::Download { what: name.into(), problem: "the hub's file listing does not list it, so it cannot be verified".into() });
+    };
+    let len = std::fs::metadata(path).map_err(|err| Error::io(path, err))?.len();
+    if let Some(size) = e.size {
+        if size != len {
+            return Err(Error::Download { what: name.into(), problem: format!("got {len} bytes, the hub lists {size}") });
+        }
+    }
+    if let Some(want) = &e.sha256 {
+        let got = sha256_file(path)?;
+        return if &got == want { Ok(()) } else { Err(Error::HashMismatch { file: path.into(), expected: want.clone(), actual: got }) };
+    }
+    if let Some(want) = &e.git_sha1 {
+        let got = git_blob_sha1(path)?;
+        return if &got == want { Ok(()) } else { Err(Error::HashMismatch { file: path.into(), expected: format!("git blob {want}"), actual: format!("git blob {got}") }) };
+    }
+    Err(Error::Download { what: name.into(), problem: "the hub lists no hash for it (neither lfs.sha256 nor blobId), so it cannot be verified".into() })
+}
+
+/// Downloads a Hugging Face model repository's inference files into the cache. Every file is
+/// checked against the hash the hub's file listing gives (sha256 for LFS files, the git blob
+/// sha1 for small ones) under a temporary name, and renamed into place only when it matches; the
+/// directory is marked complete (with each file's sha256) only when all are in place, so a
+/// partial or corrupt download is never a cache hit.
 pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
     let dir = r.cache_dir(home);
     if dir.join(".complete").is_file() {
         return Ok(dir);
     }
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let listing = hub_listing(r, endpoint)?;
     let base = format!("{}/{}/resolve/{}", endpoint.trim_end_matches('/'), r.repo, r.revision);
+    let fetched = std::cell::RefCell::new(Vec::<(String, String)>::new());
     let download = |name: &str, required: bool| -> Result<bool> {
+        if !required && !listing.contains_key(name) {
+            return Ok(false);
+        }
         let url = format!("{base}/{name}");
         let resp = match hf_get(&url) {
             Ok(r) => r,
@@ -294,7 +377,14 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
             }
         }
         f.sync_all().map_err(|e| Error::io(&partial, e))?;
+        drop(f);
+        if let Err(e) = verify_hub_file(&partial, name, listing.get(name)) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+        let sha = sha256_file(&partial)?;
         std::fs::rename(&partial, &dest).map_err(|e| Error::io(&dest, e))?;
+        fetched.borrow_mut().push((name.to_string(), sha));
         Ok(true)
     };
     download("config.json", true)?;
@@ -310,7 +400,9 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
         download("model.safetensors", true)?;
     }
     let marker = dir.join(".complete");
-    std::fs::write(&marker, b"").map_err(|e| Error::io(&marker, e))?;
+    let hashes: serde_json::Map<String, serde_json::Value> = fetched.into_inner().into_iter().map(|(n, s)| (n, serde_json::Value::String(s))).collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "revision": r.revision, "sha256": hashes })).unwrap_or_default();
+    std::fs::write(&marker, text).map_err(|e| Error::io(&marker, e))?;
     Ok(dir)
 }
 

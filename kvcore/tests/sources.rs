@@ -29,7 +29,8 @@ fn serve(root: PathBuf) -> String {
                     break;
                 }
             }
-            let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+            let path = request.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/');
+            let path = path.split('?').next().unwrap_or("").to_string();
             let file = root.join(&path);
             match std::fs::read(&file) {
                 Ok(body) if !path.contains("..") => {
@@ -43,6 +44,35 @@ fn serve(root: PathBuf) -> String {
         }
     });
     format!("http://{addr}")
+}
+
+/// Output of a command-line tool (an independent reference for the hashes).
+fn tool(cmd: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(o.status.success(), "{cmd} {args:?} failed");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Writes the hub's file listing for `repo@rev` (served at `api/models/<repo>/revision/<rev>`)
+/// from the files in `files_dir`: safetensors as LFS files (sha256), the rest as git blobs
+/// (sha1), hashed by `sha256sum` and `git hash-object`.
+fn write_listing(hub: &Path, repo: &str, rev: &str, files_dir: &Path) {
+    let mut siblings = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(files_dir).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for p in names {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let size = std::fs::metadata(&p).unwrap().len();
+        let s = p.to_str().unwrap();
+        if name.ends_with(".safetensors") {
+            siblings.push(serde_json::json!({"rfilename": name, "size": size, "blobId": "0000000000000000000000000000000000000000", "lfs": {"sha256": tool("sha256sum", &[s]), "size": size, "pointerSize": 134}}));
+        } else {
+            siblings.push(serde_json::json!({"rfilename": name, "size": size, "blobId": tool("git", &["hash-object", s])}));
+        }
+    }
+    let listing = hub.join("api/models").join(repo).join("revision").join(rev);
+    std::fs::create_dir_all(listing.parent().unwrap()).unwrap();
+    std::fs::write(listing, serde_json::json!({"id": repo, "sha": "0123", "siblings": siblings}).to_string()).unwrap();
 }
 
 fn tiny(dir: &Path) {
@@ -62,6 +92,7 @@ fn hf_download_from_a_local_hub_is_complete_and_loads() {
     let hub = tempfile::tempdir().unwrap();
     let repo = hub.path().join("acme/tiny-qwen/resolve/v1");
     tiny(&repo);
+    write_listing(hub.path(), "acme/tiny-qwen", "v1", &repo);
     let endpoint = serve(hub.path().to_path_buf());
     let home = tempfile::tempdir().unwrap();
     let r = HfRef::parse("acme/tiny-qwen@v1").unwrap();
@@ -78,13 +109,52 @@ fn hf_download_from_a_local_hub_is_complete_and_loads() {
 }
 
 #[test]
+fn hf_download_that_does_not_match_the_hubs_hashes_is_never_a_cache_hit() {
+    let hub = tempfile::tempdir().unwrap();
+    let repo = hub.path().join("acme/tiny-qwen/resolve/v1");
+    tiny(&repo);
+    write_listing(hub.path(), "acme/tiny-qwen", "v1", &repo);
+    // The served weights change after the listing was made (a corrupt mirror, a bad proxy):
+    // same size, one byte different.
+    let weights = repo.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&weights, &bytes).unwrap();
+    let endpoint = serve(hub.path().to_path_buf());
+    let home = tempfile::tempdir().unwrap();
+    let r = HfRef::parse("acme/tiny-qwen@v1").unwrap();
+    let err = fetch_hf(&r, home.path(), &endpoint).unwrap_err().to_string();
+    assert!(err.contains("model.safetensors") && err.contains("sha256"), "{err}");
+    let dir = r.cache_dir(home.path());
+    assert!(!dir.join("model.safetensors").exists() && !dir.join(".model.safetensors.partial").exists(), "the bad file must not stay");
+    assert!(resolve("hf:acme/tiny-qwen@v1", home.path()).is_err(), "a failed download is not a cache hit");
+
+    // A small file that differs from its git blob id is refused the same way.
+    let hub2 = tempfile::tempdir().unwrap();
+    let repo2 = hub2.path().join("acme/tiny-qwen/resolve/v1");
+    tiny(&repo2);
+    write_listing(hub2.path(), "acme/tiny-qwen", "v1", &repo2);
+    // Same size, still valid JSON: one whitespace byte changed.
+    let mut cfg = std::fs::read(repo2.join("config.json")).unwrap();
+    let ws = cfg.iter().position(|&c| c == b'\n' || c == b' ').expect("config.json has whitespace");
+    cfg[ws] = if cfg[ws] == b' ' { b'\t' } else { b' ' };
+    std::fs::write(repo2.join("config.json"), &cfg).unwrap();
+    let endpoint2 = serve(hub2.path().to_path_buf());
+    let home2 = tempfile::tempdir().unwrap();
+    let err = fetch_hf(&r, home2.path(), &endpoint2).unwrap_err().to_string();
+    assert!(err.contains("config.json") && err.contains("git blob"), "{err}");
+    assert!(resolve("hf:acme/tiny-qwen@v1", home2.path()).is_err());
+}
+
+#[test]
 fn hf_download_of_a_missing_repo_fails_and_leaves_no_cache_hit() {
     let hub = tempfile::tempdir().unwrap();
     let endpoint = serve(hub.path().to_path_buf());
     let home = tempfile::tempdir().unwrap();
     let r = HfRef::parse("acme/absent").unwrap();
     let err = fetch_hf(&r, home.path(), &endpoint).unwrap_err().to_string();
-    assert!(err.contains("config.json"), "{err}");
+    assert!(err.contains("acme/absent"), "{err}");
     assert!(resolve("hf:acme/absent", home.path()).is_err());
 }
 

@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use kvtasks::longbench::dataset::{data_zip_url, subset_path, DATA_ZIP_PATH, HF_ENDPOINT_ENV};
+use kvtasks::longbench::dataset::{data_zip_url, subset_path, DATA_ZIP_PATH, HF_ENDPOINT_ENV, LISTING_PATH};
 use kvtasks::longbench::{fetch_longbench, fetch_longbench_from, load_subset, DataError};
 
 fn fixture_dir() -> PathBuf {
@@ -43,8 +43,31 @@ fn fixture_zip() -> Vec<u8> {
     buf.into_inner()
 }
 
+/// The hub's file listing for a data.zip with `sha256`.
+fn listing(sha256: &str) -> Vec<u8> {
+    serde_json::json!({"id": "THUDM/LongBench", "siblings": [{"rfilename": "data.zip", "lfs": {"sha256": sha256, "size": 1}}, {"rfilename": "README.md", "blobId": "abc"}]}).to_string().into_bytes()
+}
+
+/// `sha256sum`'s hash of `bytes` (an independent reference).
+fn sha256sum(bytes: &[u8]) -> String {
+    let f = tempfile::NamedTempFile::new().expect("tmp");
+    std::fs::write(f.path(), bytes).expect("write");
+    let o = std::process::Command::new("sha256sum").arg(f.path()).output().expect("sha256sum");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().expect("hash").to_string()
+}
+
+/// Serve `body` for `GET /<path>` and the hub listing `listing_body` for `GET /<LISTING_PATH>?...`
+/// (404 otherwise) to `requests` connections; returns the base URL.
+fn serve_with_listing(path: &'static str, body: Vec<u8>, listing_body: Vec<u8>, requests: usize) -> String {
+    serve_paths(vec![(format!("GET /{path} "), body), (format!("GET /{LISTING_PATH}?"), listing_body)], requests)
+}
+
 /// Serve `body` for `GET /<path>` (404 otherwise) to `requests` connections; returns the base URL.
 fn serve(path: &'static str, body: Vec<u8>, requests: usize) -> String {
+    serve_paths(vec![(format!("GET /{path} "), body)], requests)
+}
+
+fn serve_paths(routes: Vec<(String, Vec<u8>)>, requests: usize) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -59,8 +82,7 @@ fn serve(path: &'static str, body: Vec<u8>, requests: usize) -> String {
                     break;
                 }
             }
-            let wanted = format!("GET /{path} ");
-            let response = if request_line.starts_with(&wanted) {
+            let response = if let Some((_, body)) = routes.iter().find(|(prefix, _)| request_line.starts_with(prefix.as_str())) {
                 let mut r = format!(
                     "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                     body.len()
@@ -121,7 +143,8 @@ fn missing_and_bad_files_say_what_to_do() {
 
 #[test]
 fn fetches_and_unpacks_over_http() {
-    let base = serve(DATA_ZIP_PATH, fixture_zip(), 2);
+    let zip = fixture_zip();
+    let base = serve_with_listing(DATA_ZIP_PATH, zip.clone(), listing(&sha256sum(&zip)), 4);
     let dir = tempfile::tempdir().expect("tempdir");
     let summary =
         fetch_longbench_from(&format!("{base}/{DATA_ZIP_PATH}"), dir.path()).expect("fetch");
@@ -148,6 +171,27 @@ fn fetches_and_unpacks_over_http() {
     let err = fetch_longbench_from(&format!("{base}/missing.zip"), dir.path()).expect_err("404");
     assert!(matches!(err, DataError::Download { .. }), "{err}");
     assert!(err.to_string().contains("missing.zip"), "{err}");
+}
+
+#[test]
+fn a_download_that_does_not_match_the_hubs_sha256_is_never_used() {
+    let zip = fixture_zip();
+    let mut bad = zip.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    // The hub lists the good archive; the server (a corrupt mirror) sends a damaged one.
+    let base = serve_with_listing(DATA_ZIP_PATH, bad, listing(&sha256sum(&zip)), 4);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = fetch_longbench_from(&format!("{base}/{DATA_ZIP_PATH}"), dir.path()).expect_err("bad hash");
+    assert!(err.to_string().contains("sha256") && err.to_string().contains("not used"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("dir").map(|e| e.expect("entry").file_name()).collect();
+    assert!(left.is_empty(), "nothing may stay behind: {left:?}");
+    assert!(load_subset(dir.path(), "trec", false).is_err());
+
+    // No listing at all: the download cannot be verified, so it is refused.
+    let base = serve(DATA_ZIP_PATH, zip, 2);
+    let err = fetch_longbench_from(&format!("{base}/{DATA_ZIP_PATH}"), dir.path()).expect_err("no listing");
+    assert!(err.to_string().contains("cannot verify"), "{err}");
 }
 
 #[test]

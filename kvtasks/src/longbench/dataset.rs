@@ -17,6 +17,8 @@ pub const HF_ENDPOINT_ENV: &str = "KVBENCH_HF_ENDPOINT";
 pub const DEFAULT_HF_ENDPOINT: &str = "https://huggingface.co";
 /// Path of the archive under the endpoint.
 pub const DATA_ZIP_PATH: &str = "datasets/THUDM/LongBench/resolve/main/data.zip";
+/// Path (under the endpoint) of the hub's file listing of the data set, with each file's sha256.
+pub const LISTING_PATH: &str = "api/datasets/THUDM/LongBench/revision/main";
 /// Refuse archive entries larger than this (the largest official file is a few hundred MB).
 const MAX_ENTRY_BYTES: u64 = 4 << 30;
 
@@ -172,6 +174,14 @@ pub fn fetch_longbench_from(url: &str, dir: &Path) -> Result<FetchSummary, DataE
         std::io::copy(&mut reader, &mut out).map_err(|e| download_err(e.to_string()))?;
         out.flush().map_err(io_err(&part))?;
     }
+    // A download from the hub (or a mirror) is checked against the sha256 the hub's file listing
+    // gives for data.zip before it is used; a `file://` copy is the user's own file.
+    if !url.starts_with("file://") {
+        if let Err(e) = verify_against_listing(url, &part) {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    }
     std::fs::rename(&part, &zip_path).map_err(io_err(&zip_path))?;
     let files = unpack_jsonl(&zip_path, dir)?;
     Ok(FetchSummary {
@@ -179,6 +189,36 @@ pub fn fetch_longbench_from(url: &str, dir: &Path) -> Result<FetchSummary, DataE
         dir: dir.to_path_buf(),
         files,
     })
+}
+
+/// Checks `file` (downloaded from `url`, which ends with [`DATA_ZIP_PATH`]) against the sha256 of
+/// `data.zip` in the hub's listing at the same endpoint.
+fn verify_against_listing(url: &str, file: &Path) -> Result<(), DataError> {
+    let err = |message: String| DataError::Download { url: url.to_string(), message };
+    let base = url.strip_suffix(DATA_ZIP_PATH).ok_or_else(|| err(format!("cannot verify: the URL does not end with {DATA_ZIP_PATH}, so the hub's file listing is unknown")))?;
+    let listing_url = format!("{base}{LISTING_PATH}?blobs=true");
+    let mut req = ureq::get(&listing_url);
+    if let Ok(token) = std::env::var("HF_TOKEN") {
+        req = req.set("Authorization", &format!("Bearer {token}"));
+    }
+    let text = req
+        .call()
+        .map_err(|e| err(format!("cannot verify: the hub's file listing {listing_url}: {e}")))?
+        .into_string()
+        .map_err(|e| err(format!("cannot verify: reading {listing_url}: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("cannot verify: {listing_url} is not JSON: {e}")))?;
+    let expected = v
+        .get("siblings")
+        .and_then(|s| s.as_array())
+        .and_then(|s| s.iter().find(|f| f.get("rfilename").and_then(|n| n.as_str()) == Some("data.zip")))
+        .and_then(|f| f.get("lfs")?.get("sha256")?.as_str())
+        .map(str::to_ascii_lowercase)
+        .ok_or_else(|| err(format!("cannot verify: {listing_url} gives no lfs.sha256 for data.zip")))?;
+    let actual = kvformats::home::sha256_file(file).map_err(|source| DataError::Io { path: file.to_path_buf(), source })?;
+    if actual != expected {
+        return Err(err(format!("sha256 of the download is {actual}, the hub lists {expected}; the file was not used")));
+    }
+    Ok(())
 }
 
 /// Extract every `*.jsonl` entry of the archive (any folder inside it) into `dir` by file name.
