@@ -197,3 +197,57 @@ fn fetch_all_into_kvbench_home() {
         eprintln!("{} -> {}", d.name, dir.display());
     }
 }
+
+/// A Debian package (`ar` archive: debian-binary, control.tar, data.tar) written by hand, so a
+/// hostile data.tar goes in verbatim.
+fn deb_with(data_tar: &[u8]) -> Vec<u8> {
+    let control = tar_with(&[("./control", b"Package: evil\nVersion: 1\nArchitecture: all\nMaintainer: x <x@example.org>\nDescription: x\n")], &[]);
+    let mut out = b"!<arch>\n".to_vec();
+    for (name, body) in [("debian-binary", &b"2.0\n"[..]), ("control.tar", &control[..]), ("data.tar", data_tar)] {
+        out.extend_from_slice(format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n", 0, 0, 0, "100644", body.len()).as_bytes());
+        out.extend_from_slice(body);
+        if body.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn deb_extraction_rejects_escaping_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    // A well-formed package unpacks.
+    let good = dir.path().join("good.deb");
+    std::fs::write(&good, deb_with(&tar_with(&[("./usr/share/doc/x/words.txt", b"alpha")], &[]))).unwrap();
+    let out = dir.path().join("out");
+    assert_eq!(data::extract_deb(&good, &out).unwrap(), 1);
+    assert_eq!(std::fs::read_to_string(out.join("usr/share/doc/x/words.txt")).unwrap(), "alpha");
+    // Entries that leave the target, or links out of it, are refused and nothing lands outside.
+    let cases = [
+        tar_with(&[("./../../evil.txt", b"x")], &[]),
+        tar_with(&[("/tmp/kvbench-evil-abs.txt", b"x")], &[]),
+        tar_with(&[], &[("./usr/share/link", "/etc/passwd", false)]),
+        tar_with(&[], &[("./usr/share/up", "../../../../outside", false)]),
+    ];
+    for (i, tar) in cases.iter().enumerate() {
+        let bad = dir.path().join(format!("bad{i}.deb"));
+        std::fs::write(&bad, deb_with(tar)).unwrap();
+        let out = dir.path().join(format!("sub/out{i}"));
+        let err = data::extract_deb(&bad, &out).expect_err(&format!("case {i} must be rejected"));
+        assert!(matches!(err, DataError::UnsafeEntry { .. }), "case {i}: {err}");
+        assert!(!dir.path().join("evil.txt").exists() && !Path::new("/tmp/kvbench-evil-abs.txt").exists());
+    }
+}
+
+#[test]
+fn zip_symlink_entries_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("link.whl");
+    {
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&bad).unwrap());
+        z.add_symlink("pkg/assets/passwd", "/etc/passwd", zip::write::SimpleFileOptions::default()).unwrap();
+        z.finish().unwrap();
+    }
+    let err = data::extract_zip(&bad, "pkg/assets/", "", &dir.path().join("out")).expect_err("symlink");
+    assert!(matches!(err, DataError::UnsafeEntry { .. }), "{err}");
+}
