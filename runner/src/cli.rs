@@ -101,6 +101,10 @@ pub enum Command {
 pub struct ValidateArgs {
     /// An experiment file (configs/experiments/...toml).
     pub config: PathBuf,
+    /// Load the `plugins` the experiment names to check their methods (plugins are code: they
+    /// run with your rights).
+    #[arg(long)]
+    pub allow_plugins: bool,
 }
 
 /// `kvbench run`.

@@ -211,3 +211,24 @@ fn the_memory_guard_refuses_what_cannot_fit_and_force_overrides_it() {
     let o = kvbench(&["generate", "--model", m, "--prompt", "x", "--memory-limit", "lots"]);
     assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("lots"), "a bad size is named");
 }
+
+#[test]
+fn plugins_named_by_a_config_are_loaded_only_with_allow_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full"]);
+    // A "plugin" that is not a library: loading it would fail with a loader error, so the
+    // refusal below proves kvbench never tried.
+    std::fs::write(tmp.path().join("configs/experiments/evil.so"), b"not a library").unwrap();
+    let text = std::fs::read_to_string(&exp).unwrap().replace("[run]", "plugins = [\"evil.so\"]\n[run]");
+    std::fs::write(&exp, text).unwrap();
+    let e = exp.to_str().unwrap();
+    let out = tmp.path().join("r");
+    for args in [vec!["validate", e], vec!["run", e, "--out", out.to_str().unwrap()], vec!["slurm", e, "--shards", "2", "--out", out.to_str().unwrap()]] {
+        let o = kvbench(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("--allow-plugins") && err.contains("evil.so"), "{args:?}: {err}");
+        assert!(!err.contains("cannot load"), "{args:?} tried to load the plugin: {err}");
+    }
+    let o = kvbench(&["validate", e, "--allow-plugins"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("cannot load"), "with --allow-plugins the plugin is loaded");
+}

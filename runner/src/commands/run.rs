@@ -64,7 +64,7 @@ fn load_checked(path: &Path, plugins: &[PathBuf], allow_plugins: bool) -> Result
 }
 
 pub fn validate(a: ValidateArgs, plugins: &[PathBuf]) -> Result<()> {
-    let (exp, _reg, cells) = load_checked(&a.config, plugins, true)?;
+    let (exp, _reg, cells) = load_checked(&a.config, plugins, a.allow_plugins)?;
     println!(
         "{}: ok: experiment `{}`, {} model(s), {} method preset(s), {} task(s), {} cell(s)",
         a.config.display(),

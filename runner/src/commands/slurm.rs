@@ -27,7 +27,7 @@ pub fn run(a: SlurmArgs, plugins: &[PathBuf]) -> Result<()> {
         bail!("--cpus-per-task 0: need at least one CPU per task");
     }
     // The same checks as `kvbench validate`: every file and method of the experiment.
-    super::run::validate(ValidateArgs { config: a.experiment.clone() }, plugins)?;
+    super::run::validate(ValidateArgs { config: a.experiment.clone(), allow_plugins: a.allow_plugins }, plugins)?;
     let exp = kvconfig::load_experiment(&a.experiment).map_err(|e| anyhow::anyhow!("{e}"))?;
     if !exp.plugins.is_empty() && !a.allow_plugins {
         bail!(
