@@ -29,6 +29,7 @@ pub mod random_init;
 pub mod registry;
 pub mod rope;
 pub mod sources;
+pub mod ssm;
 pub mod weights;
 
 pub use error::{Error, Result};
