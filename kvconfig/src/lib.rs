@@ -272,7 +272,13 @@ fn sha256_hex(s: &str) -> String {
 
 /// Line and column (1-based) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    // The offset comes from the TOML parser: clamp it to the text and to a character boundary
+    // rather than trust it (0 is always a boundary, so the loop ends).
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = text.get(..end).unwrap_or_default();
     let line = before.matches('\n').count() + 1;
     let col = before.rfind('\n').map_or(before.len(), |i| before.len() - i - 1) + 1;
     (line, col)
@@ -379,10 +385,31 @@ fn merge_params(base: &toml::Table, over: &toml::Table) -> toml::Table {
     out
 }
 
+/// The problems of a model config (`file` names it in messages), each once.
+pub fn validate_model(file: &Path, m: &ModelConfig) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    check_model(file, m, &mut out);
+    out
+}
+
+/// The problems of a task config (`file` names it in messages), each once.
+pub fn validate_task(file: &Path, t: &TaskConfig) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    check_task(file, t, &mut out);
+    out
+}
+
 /// Loads an experiment and every file it names; all problems are returned together.
 pub fn load_experiment(path: &Path) -> Result<Experiment, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors(vec![err(path, "(file)", format!("cannot read: {e}"))]))?;
+    parse_experiment(path, &text)
+}
+
+/// [`load_experiment`] with the experiment file's `text` given (the models, tasks, methods and
+/// plugins it names are still read from the config tree around `path`).
+pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErrors> {
     let mut errors = Vec::new();
-    let exp: ExperimentFile = read_toml(path).map_err(|e| ConfigErrors(vec![e]))?;
+    let exp: ExperimentFile = parse_toml(path, text).map_err(|e| ConfigErrors(vec![e]))?;
     let root = config_root(path);
     if !valid_name(&exp.name) {
         errors.push(err(path, "name", format!("expected a name of letters, digits, '-', '_' or '.', got \"{}\"", exp.name)));
@@ -576,4 +603,19 @@ pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
 pub fn shard(mut cells: Vec<Cell>, i: usize, n: usize) -> Vec<Cell> {
     cells.sort_by(|a, b| (&a.model, &a.id).cmp(&(&b.model, &b.id)));
     cells.into_iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, c)| c).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_col;
+
+    #[test]
+    fn line_col_tolerates_any_offset() {
+        let text = "a = 1\nb = \"é\"\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        let e = text.find('é').unwrap();
+        assert_eq!(line_col(text, e + 1), line_col(text, e), "inside a character: its start");
+        assert_eq!(line_col(text, usize::MAX), line_col(text, text.len()));
+    }
 }

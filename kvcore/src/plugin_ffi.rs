@@ -12,6 +12,7 @@ use crate::cache::{AttentionStep, CacheFactory, CacheSpec, LayerCache};
 use crate::device::DType;
 use crate::error::{Error, Result};
 use crate::registry::{MethodError, MethodRegistration};
+use kvformats::plugin_header::{self, HandshakeError};
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -400,12 +401,17 @@ pub struct ExternalMethod {
     vt: &'static KvPluginVTable,
 }
 
-fn c_str(p: *const c_char) -> String {
+/// The bytes of a C string the plugin returned (None for null), without the NUL.
+fn c_bytes<'a>(p: *const c_char) -> Option<&'a [u8]> {
     if p.is_null() {
-        return String::new();
+        return None;
     }
     // SAFETY: the plugin returns NUL-terminated strings that live as long as the library.
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
+fn c_str(p: *const c_char) -> String {
+    plugin_header::c_text(c_bytes(p)).into_owned()
 }
 
 fn plugin_error(vt: &KvPluginVTable, what: &str) -> Error {
@@ -413,9 +419,19 @@ fn plugin_error(vt: &KvPluginVTable, what: &str) -> Error {
 }
 
 /// Opens `path`, checks the handshake against `host`, and lists its methods. The library is
-/// never unloaded (unloading libraries that use libtorch is unsound).
+/// never unloaded (unloading libraries that use libtorch is unsound). The checks and the parsing
+/// of the method strings are `kvformats::plugin_header`'s (fuzzed there); this reads the C table.
 pub fn load(path: &Path, host: &Handshake) -> std::result::Result<Vec<ExternalMethod>, MethodError> {
     let perr = |problem: String| MethodError::Plugin { path: path.to_path_buf(), problem };
+    let herr = |e: HandshakeError| match e {
+        HandshakeError::Incompatible { field, plugin, host } => MethodError::Incompatible { path: path.to_path_buf(), field, plugin, host },
+        HandshakeError::Malformed(problem) => perr(problem),
+    };
+    let expected = plugin_header::Expected {
+        abi_version: host.abi_version,
+        kvcore_version: &host.kvcore_version,
+        libtorch_version: &host.libtorch_version,
+    };
     if !path.is_file() {
         return Err(perr("no such file".into()));
     }
@@ -432,33 +448,18 @@ pub fn load(path: &Path, host: &Handshake) -> std::result::Result<Vec<ExternalMe
         }
         // SAFETY: abi_version is the first field of every ABI version's table.
         let abi = unsafe { *(p as *const u32) };
-        if abi != host.abi_version {
-            return Err(MethodError::Incompatible { path: path.to_path_buf(), field: "plugin ABI version", plugin: abi.to_string(), host: host.abi_version.to_string() });
-        }
+        plugin_header::check_abi(abi, &expected).map_err(herr)?;
         // SAFETY: same ABI version, so the layout is this one; the library is leaked below.
         unsafe { &*p }
     };
-    let kv = c_str(vt.header.kvcore_version);
-    if kv != host.kvcore_version {
-        return Err(MethodError::Incompatible { path: path.to_path_buf(), field: "kvcore version", plugin: kv, host: host.kvcore_version.clone() });
-    }
-    let lt = c_str(vt.header.libtorch_version);
-    if lt != host.libtorch_version {
-        return Err(MethodError::Incompatible { path: path.to_path_buf(), field: "libtorch version", plugin: lt, host: host.libtorch_version.clone() });
-    }
+    let h = &vt.header;
+    plugin_header::check_versions(c_bytes(h.kvcore_version), c_bytes(h.libtorch_version), h.n_methods, &expected).map_err(herr)?;
     std::mem::forget(lib);
     let mut methods = Vec::new();
-    for i in 0..vt.header.n_methods {
-        let field = |f: u32| c_str((vt.method_info)(i, f));
-        let params = field(4)
-            .lines()
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let mut it = l.splitn(3, '\t');
-                (it.next().unwrap_or("").to_string(), it.next().unwrap_or("").to_string(), it.next().unwrap_or("").to_string())
-            })
-            .collect();
-        methods.push(ExternalMethod { name: field(0), family: field(1), summary: field(2), detail: field(3), params, index: i, vt });
+    for i in 0..h.n_methods {
+        let fields = [0, 1, 2, 3, 4].map(|f| c_bytes((vt.method_info)(i, f)));
+        let m = plugin_header::method_info(i, fields).map_err(herr)?;
+        methods.push(ExternalMethod { name: m.name, family: m.family, summary: m.summary, detail: m.detail, params: m.params, index: i, vt });
     }
     Ok(methods)
 }

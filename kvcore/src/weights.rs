@@ -6,6 +6,7 @@
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 use kvformats::gguf::GgufFile;
+use kvformats::safetensors_header::{read_header, shard_names_from_json, Dtype};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -105,23 +106,16 @@ impl Weights {
 }
 
 /// The shard file names a `model.safetensors.index.json` lists (sorted, each once), refusing any
-/// name that would leave the model directory.
+/// name that would leave the model directory (read by `kvformats::safetensors_header`).
 pub fn shard_names(index: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::File { file: index.into(), problem: format!("not valid JSON: {e}") })?;
-    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Config {
-        file: index.into(),
-        key: "weight_map".into(),
-        problem: "missing or not an object".into(),
-    })?;
-    let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
-    shards.sort();
-    shards.dedup();
-    if let Some(s) = shards.iter().find(|s| s.contains('/') || s.contains("..")) {
-        return Err(Error::Config { file: index.into(), key: "weight_map".into(), problem: format!("shard name `{s}` leaves the directory") });
-    }
-    Ok(shards)
+    shard_names_from_json(&text, &index.display().to_string()).map_err(|e| {
+        if e.key == "(file)" {
+            Error::File { file: index.into(), problem: e.problem }
+        } else {
+            Error::Config { file: index.into(), key: e.key, problem: e.problem }
+        }
+    })
 }
 
 /// Reverses llama.cpp's Q/K row permutation: `w.reshape(h, d/2, 2, in).swapaxes(1, 2)`.
@@ -169,27 +163,35 @@ fn load_safetensors_file(path: &Path, kind: Kind, device: Device, out: &mut Hash
     // SAFETY: the mapping is read-only and lives only for this function; a concurrent writer
     // truncating the file is outside what a benchmark can defend against.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {e}") })?;
-    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    names.sort();
-    for name in names {
-        let view = st.tensor(&name).map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.to_string() })?;
-        let src_kind = match view.dtype() {
-            safetensors::Dtype::F32 => Kind::Float,
-            safetensors::Dtype::F16 => Kind::Half,
-            safetensors::Dtype::BF16 => Kind::BFloat16,
-            safetensors::Dtype::F64 => Kind::Double,
-            safetensors::Dtype::I64 => Kind::Int64,
-            safetensors::Dtype::I32 => Kind::Int,
-            safetensors::Dtype::U8 => Kind::Uint8,
-            safetensors::Dtype::BOOL => Kind::Bool,
+    let label = path.display().to_string();
+    // Every dtype, shape and offset is checked against the file here, before any tensor is built.
+    let header = read_header(&mmap, &label)
+        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {}: {}", e.key, e.problem) })?;
+    for entry in &header.tensors {
+        let name = entry.name.clone();
+        let src_kind = match entry.dtype {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::BOOL => Kind::Bool,
             other => {
                 return Err(Error::Tensor { file: path.into(), tensor: name, problem: format!("unsupported dtype {other:?}") })
             }
         };
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        let t = Tensor::f_from_data_size(view.data(), &shape, src_kind)
+        let shape: Vec<i64> = entry
+            .shape
+            .iter()
+            .map(|&d| i64::try_from(d))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| Error::Tensor { file: path.into(), tensor: name.clone(), problem: format!("shape {:?} does not fit in i64", entry.shape) })?;
+        let data = header
+            .tensor_data(&mmap, entry, &label)
+            .map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.problem })?;
+        let t = Tensor::f_from_data_size(data, &shape, src_kind)
             .map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.to_string() })?;
         let t = if t.is_floating_point() && t.dim() >= 2 { t.to_kind(kind) } else { t };
         out.insert(name, t.to_device(device));

@@ -6,6 +6,8 @@
 //! memory before checking sizes against the file.
 
 pub mod gguf;
+pub mod safetensors_header;
+pub mod plugin_header;
 pub mod tokenizer;
 pub mod chat;
 pub mod home;

@@ -137,6 +137,18 @@ pub(crate) struct RecordLine {
 /// A sample recorded twice identically is kept once (with a warning).
 pub(crate) fn read_record_lines(path: &Path, cell_id: &str) -> Result<(Vec<RecordLine>, Vec<LoadWarning>), LoadError> {
     let bytes = fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    parse_record_lines(&bytes, path, cell_id)
+}
+
+/// The records of a records.jsonl held in `bytes` (read from `path`, named in errors) for cell
+/// `cell_id`, in file order, with the warnings; the same rules as reading the file.
+pub fn parse_records(bytes: &[u8], path: &Path, cell_id: &str) -> Result<(Vec<SampleRecord>, Vec<LoadWarning>), LoadError> {
+    let (lines, warnings) = parse_record_lines(bytes, path, cell_id)?;
+    Ok((lines.into_iter().map(|l| l.record).collect(), warnings))
+}
+
+/// [`read_record_lines`] on bytes already read.
+pub(crate) fn parse_record_lines(bytes: &[u8], path: &Path, cell_id: &str) -> Result<(Vec<RecordLine>, Vec<LoadWarning>), LoadError> {
     let ends_with_newline = bytes.last() == Some(&b'\n');
     let mut segments: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
     if ends_with_newline || bytes.is_empty() {
@@ -209,8 +221,33 @@ pub(crate) fn read_record_lines(path: &Path, cell_id: &str) -> Result<(Vec<Recor
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError> {
-    let text = fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| LoadError::Json { path: path.to_path_buf(), source })
+    let bytes = fs::read(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })?;
+    parse_json(&bytes, path)
+}
+
+/// A JSON file's bytes (read from `path`) as `T`; invalid UTF-8 is reported as reading the file
+/// as text would.
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, LoadError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| LoadError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
+    })?;
+    serde_json::from_str(text).map_err(|source| LoadError::Json { path: path.to_path_buf(), source })
+}
+
+/// A `run.json` held in `bytes` (read from `path`).
+pub fn parse_run_info(bytes: &[u8], path: &Path) -> Result<RunInfo, LoadError> {
+    parse_json(bytes, path)
+}
+
+/// A `cell.json` held in `bytes` (read from `path`, whose directory name must be the cell id).
+pub fn parse_cell_info(bytes: &[u8], path: &Path) -> Result<CellInfo, LoadError> {
+    let info: CellInfo = parse_json(bytes, path)?;
+    let dir_name = path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if info.id != dir_name {
+        return Err(LoadError::CellIdMismatch { path: path.to_path_buf(), found: info.id, dir: dir_name });
+    }
+    Ok(info)
 }
 
 /// Reads `run.json` of a run directory.
@@ -226,7 +263,6 @@ pub fn read_run_info(dir: &Path) -> Result<RunInfo, LoadError> {
 fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>, LoadError> {
     let info_path = dir.join("cell.json");
     let records_path = dir.join("records.jsonl");
-    let dir_name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !info_path.is_file() {
         if records_path.exists() {
             return Err(LoadError::MissingCellInfo(dir.to_path_buf()));
@@ -238,10 +274,8 @@ fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>
         });
         return Ok(None);
     }
-    let info: CellInfo = read_json(&info_path)?;
-    if info.id != dir_name {
-        return Err(LoadError::CellIdMismatch { path: info_path, found: info.id, dir: dir_name });
-    }
+    let info_bytes = fs::read(&info_path).map_err(|source| LoadError::Io { path: info_path.clone(), source })?;
+    let info = parse_cell_info(&info_bytes, &info_path)?;
     let mut records: Vec<SampleRecord> = if records_path.is_file() {
         let (lines, w) = read_record_lines(&records_path, &info.id)?;
         warnings.extend(w);
