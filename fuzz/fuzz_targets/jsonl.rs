@@ -1,6 +1,8 @@
 //! Fuzzes the run-directory readers of the reports: each input is read as a records.jsonl (for
 //! the cell id its first line names), a cell.json and a run.json; records and cell info that
-//! both parse are then built into a leaderboard, as `kvbench report` does.
+//! both parse are then built into a leaderboard, as `kvbench report` does. Each line is also read
+//! as a LongBench predictions line (`kvbench score`'s input) and, when it parses, scored with its
+//! subset's official metric.
 #![no_main]
 
 use kvreport::load::{parse_cell_info, parse_records, parse_run_info, Cell};
@@ -20,6 +22,13 @@ fn first_cell_id(data: &[u8]) -> String {
 }
 
 fuzz_target!(|data: &[u8]| {
+    for (i, line) in String::from_utf8_lossy(data).lines().enumerate() {
+        if let Ok(p) = kvtasks::longbench::score::parse_prediction_line(line, i % 2 == 1) {
+            if let Some(subset) = kvtasks::longbench::prompts::subset(&p.dataset) {
+                let _ = kvtasks::longbench::score::score_sample(subset, &p.pred, &p.answers, p.all_classes.as_deref());
+            }
+        }
+    }
     let id = first_cell_id(data);
     let dir = PathBuf::from("run/cells").join(&id);
     let records = parse_records(data, &dir.join("records.jsonl"), &id);
