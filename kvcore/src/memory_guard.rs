@@ -142,8 +142,9 @@ fn safetensors_elements(path: &Path) -> Result<u64> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map of a model file that is not modified while in use (as in weights.rs).
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {e}") })?;
-    Ok(meta.tensors().values().map(|t| t.shape.iter().fold(1u64, |a, &d| a.saturating_mul(d as u64))).fold(0u64, u64::saturating_add))
+    let header = kvformats::safetensors_header::read_header(&mmap, &path.display().to_string())
+        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {}: {}", e.key, e.problem) })?;
+    Ok(header.tensors.iter().map(|t| t.n_elements()).fold(0u64, u64::saturating_add))
 }
 
 /// The estimate for loading the model at `files` and running it at `context_tokens`.

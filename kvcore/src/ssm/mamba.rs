@@ -286,31 +286,34 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(names.into_iter().map(|n| dir.join(n)).collect())
 }
 
-/// Reads every tensor of one safetensors file (via the `safetensors` crate), converting floating
-/// tensors to `kind` on `device`.
+/// Reads every tensor of one safetensors file (with `kvformats::safetensors_header`, the reader
+/// the engine's loader uses), converting floating tensors to `kind` on `device`.
 fn read_safetensors(path: &Path, kind: Kind, device: Device, out: &mut HashMap<String, Tensor>) -> Result<()> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only mapping used only inside this function; every tensor is copied out.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {e}") })?;
-    for (name, view) in st.iter() {
-        use safetensors::Dtype as D;
+    let label = path.display().to_string();
+    let header = kvformats::safetensors_header::read_header(&mmap, &label)
+        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {}: {}", e.key, e.problem) })?;
+    for entry in &header.tensors {
+        use kvformats::safetensors_header::Dtype as D;
+        let name = entry.name.as_str();
         let bad = |problem: String| Error::Tensor { file: path.into(), tensor: name.into(), problem };
-        let src = match view.dtype() {
+        let src = match entry.dtype {
             D::F32 => Kind::Float,
             D::F16 => Kind::Half,
             D::BF16 => Kind::BFloat16,
             D::F64 => Kind::Double,
             other => return Err(bad(format!("unsupported dtype {other:?} (expected a float type)"))),
         };
-        let shape = view
-            .shape()
+        let shape = entry
+            .shape
             .iter()
             .map(|&d| i64::try_from(d))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| bad(format!("shape {:?} does not fit in i64", view.shape())))?;
-        let t = Tensor::f_from_data_size(view.data(), &shape, src).map_err(|e| bad(e.to_string()))?;
+            .map_err(|_| bad(format!("shape {:?} does not fit in i64", entry.shape)))?;
+        let data = header.tensor_data(&mmap, entry, &label).map_err(|e| bad(e.problem))?;
+        let t = Tensor::f_from_data_size(data, &shape, src).map_err(|e| bad(e.to_string()))?;
         out.insert(name.to_string(), t.to_kind(kind).to_device(device));
     }
     Ok(())
