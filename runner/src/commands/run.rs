@@ -325,6 +325,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     kvreport::fsio::remove_stale_temps(&out).with_context(|| format!("cleaning {}", out.display()))?;
 
     let threads_arg = a.threads.or(exp.run.threads);
+    // The user's memory cap for the guard, parsed once (a bad size fails before any work).
+    let memory_limit = kvcore::memory_guard::limit_from(a.guard.memory_limit.as_deref())?;
     let device = a.device.clone().or_else(|| exp.run.device.clone()).unwrap_or_else(|| "auto".into());
     let mut by_model: BTreeMap<String, Vec<Cell>> = BTreeMap::new();
     for c in cells {
@@ -444,9 +446,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 let longest_text = ss.iter().map(|s| s.prompt().len() + s.answer_prefix.as_ref().map_or(0, String::len) + 64).max().unwrap_or(0);
                 let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)].into_iter().flatten().min().unwrap_or(max_pos);
                 let estimate = kvcore::memory_guard::MemoryEstimate::for_context(&lm.model.config, &lm.settings, input + max_new);
-                let limit = kvcore::memory_guard::limit_from(a.guard.memory_limit.as_deref())?;
                 let what = format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
-                kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, limit).as_ref(), a.guard.force)?;
+                kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, memory_limit).as_ref(), a.guard.force)?;
             }
             let factory = reg.build(&c.method.method, &c.method.params)?;
             let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
