@@ -21,10 +21,12 @@
 //! recursive doubling in `log2(block)` whole-block tensor ops ([`ScanMode::Doubling`]). Parity
 //! with transformers is checked in `kvcore/tests/mamba_parity.rs`.
 
+use super::tensor_map::TensorMap;
+use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 /// The shapes and switches of a Mamba model, from a Hugging Face `config.json`.
@@ -222,103 +224,6 @@ pub struct MambaModel {
     pub scan_block: usize,
 }
 
-/// Name → tensor map read from safetensors, with the directory for error messages.
-struct TensorMap {
-    map: HashMap<String, Tensor>,
-    source: PathBuf,
-}
-
-impl TensorMap {
-    fn take(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
-        let t = self.map.remove(name).ok_or_else(|| Error::MissingTensor { file: self.source.clone(), tensor: name.into() })?;
-        check_shape(&t, &self.source, name, shape)?;
-        Ok(t)
-    }
-}
-
-fn check_shape(t: &Tensor, file: &Path, name: &str, shape: &[i64]) -> Result<()> {
-    if t.size() != shape {
-        return Err(Error::Tensor {
-            file: file.to_path_buf(),
-            tensor: name.into(),
-            problem: format!("shape {:?}, expected {:?}", t.size(), shape),
-        });
-    }
-    Ok(())
-}
-
-/// The safetensors files of a Hugging Face directory: the shards named by
-/// `model.safetensors.index.json` when present, else `model.safetensors`.
-fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let index = dir.join("model.safetensors.index.json");
-    if !index.exists() {
-        return Ok(vec![dir.join("model.safetensors")]);
-    }
-    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-        file: index.clone(),
-        key: "(file)".into(),
-        problem: format!("not valid JSON: {e}"),
-    })?;
-    let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config {
-        file: index.clone(),
-        key: "weight_map".into(),
-        problem: "missing or not an object".into(),
-    })?;
-    let mut names: Vec<&str> = Vec::new();
-    for (tensor, f) in map {
-        let f = f.as_str().ok_or_else(|| Error::Config {
-            file: index.clone(),
-            key: format!("weight_map.{tensor}"),
-            problem: format!("expected a file name, found {f}"),
-        })?;
-        if f.contains('/') || f.contains('\\') || f == ".." {
-            return Err(Error::Config {
-                file: index.clone(),
-                key: format!("weight_map.{tensor}"),
-                problem: format!("shard `{f}` is not a plain file name in the model directory"),
-            });
-        }
-        names.push(f);
-    }
-    names.sort_unstable();
-    names.dedup();
-    Ok(names.into_iter().map(|n| dir.join(n)).collect())
-}
-
-/// Reads every tensor of one safetensors file (with `kvformats::safetensors_header`, the reader
-/// the engine's loader uses), converting floating tensors to `kind` on `device`.
-fn read_safetensors(path: &Path, kind: Kind, device: Device, out: &mut HashMap<String, Tensor>) -> Result<()> {
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: read-only mapping used only inside this function; every tensor is copied out.
-    let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let label = path.display().to_string();
-    let header = kvformats::safetensors_header::read_header(&mmap, &label)
-        .map_err(|e| Error::File { file: path.into(), problem: format!("not a valid safetensors file: {}: {}", e.key, e.problem) })?;
-    for entry in &header.tensors {
-        use kvformats::safetensors_header::Dtype as D;
-        let name = entry.name.as_str();
-        let bad = |problem: String| Error::Tensor { file: path.into(), tensor: name.into(), problem };
-        let src = match entry.dtype {
-            D::F32 => Kind::Float,
-            D::F16 => Kind::Half,
-            D::BF16 => Kind::BFloat16,
-            D::F64 => Kind::Double,
-            other => return Err(bad(format!("unsupported dtype {other:?} (expected a float type)"))),
-        };
-        let shape = entry
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| bad(format!("shape {:?} does not fit in i64", entry.shape)))?;
-        let data = header.tensor_data(&mmap, entry, &label).map_err(|e| bad(e.problem))?;
-        let t = Tensor::f_from_data_size(data, &shape, src).map_err(|e| bad(e.to_string()))?;
-        out.insert(name.to_string(), t.to_kind(kind).to_device(device));
-    }
-    Ok(())
-}
-
 fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
     // As transformers: the input in the weight dtype, normalised in f32, back to the weight dtype.
     let kind = weight.kind();
@@ -409,17 +314,10 @@ impl MambaModel {
     /// shards listed in `model.safetensors.index.json`), weights converted to `kind` on `device`.
     pub fn load(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let config = MambaConfig::from_file(&dir.join("config.json"))?;
-        let mut map = HashMap::new();
-        for f in safetensors_files(dir)? {
-            read_safetensors(&f, kind, device, &mut map)?;
-        }
+        let mut w = TensorMap::load_dir(dir, kind, device)?;
         // Some conversions name the table `embedding` (transformers renames it on load too).
-        if !map.contains_key("backbone.embeddings.weight") {
-            if let Some(t) = map.remove("backbone.embedding.weight") {
-                map.insert("backbone.embeddings.weight".into(), t);
-            }
-        }
-        Self::from_tensors(config, TensorMap { map, source: dir.to_path_buf() }, kind, device)
+        w.rename("backbone.embedding.weight", "backbone.embeddings.weight");
+        Self::from_tensors(config, w, kind, device)
     }
 
     /// A model with random weights in the usual Mamba initialisation ranges, for benchmarks and
@@ -468,7 +366,7 @@ impl MambaModel {
             }
         }
         let map = map.into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
-        Self::from_tensors(config, TensorMap { map, source: PathBuf::from("(random weights)") }, kind, device)
+        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
     }
 
     fn from_tensors(config: MambaConfig, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {
@@ -520,18 +418,14 @@ impl MambaModel {
         count(&norm_f);
         let lm_head = if c.tie_word_embeddings {
             // transformers ties the head to the embeddings, ignoring any stored `lm_head.weight`.
-            w.map.remove("lm_head.weight");
+            w.remove("lm_head.weight");
             embeddings.shallow_clone()
         } else {
             let t = w.take("lm_head.weight", &[v, h])?;
             count(&t);
             t
         };
-        if !w.map.is_empty() {
-            let mut left: Vec<&str> = w.map.keys().map(String::as_str).collect();
-            left.sort_unstable();
-            tracing::warn!("{}: {} tensors not used by Mamba: {}", w.source.display(), left.len(), left.join(", "));
-        }
+        w.warn_unused("Mamba");
         Ok(MambaModel {
             config,
             embeddings,
@@ -565,18 +459,7 @@ impl MambaModel {
     }
 
     fn ids_tensor(&self, ids: &[u32]) -> Result<Tensor> {
-        if ids.is_empty() {
-            return Err(Error::InvalidArgument { what: "token ids", value: "[]".into(), expected: "at least one token".into() });
-        }
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::InvalidArgument {
-                what: "token id",
-                value: bad.to_string(),
-                expected: format!("below the vocabulary size {}", self.config.vocab_size),
-            });
-        }
-        let v: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
-        Ok(Tensor::from_slice(&v).to_device(self.device).unsqueeze(0))
+        super::ids_tensor(ids, self.config.vocab_size, self.device)
     }
 
     /// Runs `ids` (`[B, T]`) through the model from `state`, advancing it; returns the final
@@ -657,6 +540,61 @@ impl MambaModel {
             }
             logits = self.forward_step(next, &mut state)?;
         }
+    }
+}
+
+impl RecurrentLm for MambaModel {
+    fn family(&self) -> &'static str {
+        "mamba"
+    }
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+    fn num_layers(&self) -> usize {
+        self.config.num_hidden_layers
+    }
+    fn weight_bytes(&self) -> u64 {
+        self.weight_bytes as u64
+    }
+    fn kind(&self) -> Kind {
+        self.kind
+    }
+    fn device(&self) -> Device {
+        self.device
+    }
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.config.eos_token_ids.clone()
+    }
+
+    /// Per layer the conv window, then per layer the SSM state.
+    fn new_state(&self) -> Result<RecurrentState> {
+        let s = MambaModel::new_state(self, 1);
+        let mut tensors = s.conv;
+        tensors.extend(s.ssm);
+        Ok(RecurrentState { tensors, tokens: s.tokens })
+    }
+
+    fn forward(&self, ids: &[u32], state: &mut RecurrentState, all_positions: bool) -> Result<Tensor> {
+        let n = self.config.num_hidden_layers;
+        if state.tensors.len() != 2 * n {
+            return Err(Error::InvalidArgument { what: "Mamba state", value: format!("{} tensors", state.tensors.len()), expected: format!("{} (from new_state)", 2 * n) });
+        }
+        let input = self.ids_tensor(ids)?;
+        let mut conv = std::mem::take(&mut state.tensors);
+        let ssm = conv.split_off(n);
+        let mut ms = MambaState { conv, ssm, tokens: state.tokens };
+        let hidden = self.run(&input, &mut ms);
+        state.tensors = ms.conv;
+        state.tensors.extend(ms.ssm);
+        state.tokens = ms.tokens;
+        let h = hidden?;
+        let _g = tch::no_grad_guard();
+        let h = if all_positions { h } else { h.narrow(1, h.size()[1] - 1, 1) };
+        Ok(self.logits(&h).squeeze_dim(0))
+    }
+
+    fn state_bytes(&self) -> u64 {
+        MambaModel::state_bytes(self, 1) as u64
     }
 }
 
