@@ -50,6 +50,8 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Method(#[from] crate::registry::MethodError),
+    #[error("not supported: {0}")]
+    Unsupported(String),
     #[error("{0}")]
     Other(String),
 }

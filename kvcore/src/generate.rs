@@ -4,7 +4,8 @@
 
 use crate::cache::{CacheFactory, CacheSpec, LayerCache};
 use crate::error::{Error, Result};
-use crate::loader::LoadedModel;
+use crate::loader::{Decoder, LoadedModel};
+use crate::ssm::RecurrentState;
 use crate::model::Logits;
 use tch::{Kind, Tensor};
 
@@ -91,6 +92,58 @@ impl GenerationOutput {
     }
 }
 
+/// What a sequence carries from one forward call to the next: the per-layer caches of a cache
+/// method (transformers) or a recurrent model's fixed-size state.
+pub enum SequenceState {
+    Caches(Vec<Box<dyn LayerCache>>),
+    Recurrent(RecurrentState),
+}
+
+impl SequenceState {
+    /// Calls every layer's `end_prefill` hook (a recurrent state has none).
+    pub fn end_prefill(&mut self) -> Result<()> {
+        match self {
+            SequenceState::Caches(c) => end_prefill(c),
+            SequenceState::Recurrent(_) => Ok(()),
+        }
+    }
+    /// Bytes held: the caches' (a retrieval cache's block store too), or the recurrent state's.
+    pub fn bytes_held(&self) -> u64 {
+        match self {
+            SequenceState::Caches(c) => held_bytes(c),
+            SequenceState::Recurrent(s) => s.bytes(),
+        }
+    }
+    /// Bytes the last step attended to (the whole state for a recurrent model).
+    pub fn bytes_attended(&self) -> u64 {
+        match self {
+            SequenceState::Caches(c) => c.iter().map(|c| c.bytes_attended()).sum(),
+            SequenceState::Recurrent(s) => s.bytes(),
+        }
+    }
+    /// Bytes allocated (capacity included).
+    pub fn bytes_allocated(&self) -> u64 {
+        match self {
+            SequenceState::Caches(c) => c.iter().map(|c| c.bytes_allocated()).sum(),
+            SequenceState::Recurrent(s) => s.bytes(),
+        }
+    }
+    /// Bytes offloaded to host memory.
+    pub fn bytes_offloaded(&self) -> u64 {
+        match self {
+            SequenceState::Caches(c) => c.iter().map(|c| c.bytes_offloaded()).sum(),
+            SequenceState::Recurrent(_) => 0,
+        }
+    }
+    /// An independent copy, if every part can be copied.
+    pub fn fork(&self) -> Option<SequenceState> {
+        match self {
+            SequenceState::Caches(c) => c.iter().map(|c| c.fork()).collect::<Option<Vec<_>>>().map(SequenceState::Caches),
+            SequenceState::Recurrent(s) => Some(SequenceState::Recurrent(s.deep_clone())),
+        }
+    }
+}
+
 /// Fresh per-layer caches of `factory` for a model.
 pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize) -> Result<Vec<Box<dyn LayerCache>>> {
     new_caches_for(lm, factory, expected_tokens, None)
@@ -98,7 +151,7 @@ pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens:
 
 /// Fresh per-layer caches, telling the method how many context tokens prefill will bring.
 pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize, context_tokens: Option<usize>) -> Result<Vec<Box<dyn LayerCache>>> {
-    let c = &lm.model.config;
+    let c = &lm.transformer(&format!("cache method `{}`", factory.name()))?.config;
     let spec = CacheSpec {
         batch: 1,
         kv_heads: c.num_key_value_heads,
@@ -113,22 +166,66 @@ pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tok
     (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec)).collect()
 }
 
-fn argmax(logits: &Tensor) -> Result<u32> {
-    Ok(logits.argmax(-1, false).int64_value(&[0]) as u32)
+/// A fresh sequence for `lm` with the method of `factory`: its caches for a transformer; for a
+/// recurrent model, which has no KV cache to compress, an empty state (only `full` applies).
+pub fn new_sequence(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize, context_tokens: Option<usize>) -> Result<SequenceState> {
+    match lm.recurrent() {
+        None => Ok(SequenceState::Caches(new_caches_for(lm, factory, expected_tokens, context_tokens)?)),
+        Some(r) => {
+            if factory.name() != "full" {
+                return Err(Error::Unsupported(format!(
+                    "method `{}` compresses a KV cache; {} is a {} model with a fixed-size recurrent state: use method `full`",
+                    factory.name(),
+                    lm.files.path().display(),
+                    r.family()
+                )));
+            }
+            Ok(SequenceState::Recurrent(r.new_state()?))
+        }
+    }
 }
 
-/// Runs `ids` through the model in chunks starting at `pos`; returns the last position's logits.
-pub fn prefill(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], ids: &[u32], pos: usize, chunk: Option<usize>) -> Result<Tensor> {
-    let ids: Vec<i64> = ids.iter().map(|&t| t as i64).collect();
+fn argmax(logits: &Tensor) -> Result<u32> {
+    Ok(logits.view([-1]).argmax(-1, false).int64_value(&[]) as u32)
+}
+
+/// Runs `ids` through the model on top of `seq` (whose tokens end at `pos`), in chunks of `chunk`
+/// tokens; returns the logits of every position (`[T, vocab]`, f32) with `all_positions`, else
+/// of the last position only (`[1, vocab]`, the model's dtype).
+pub fn forward_sequence(lm: &mut LoadedModel, seq: &mut SequenceState, ids: &[u32], pos: usize, chunk: Option<usize>, all_positions: bool) -> Result<Tensor> {
+    if ids.is_empty() {
+        return Err(Error::InvalidArgument { what: "token ids", value: "[]".into(), expected: "at least one token".into() });
+    }
+    let device = lm.settings.device;
     let chunk = chunk.unwrap_or(ids.len()).max(1);
-    let mut logits = Tensor::new();
+    let mut parts = Vec::new();
     let mut pos = pos;
     for part in ids.chunks(chunk) {
-        let input = Tensor::from_slice(part).to_device(lm.settings.device).unsqueeze(0);
-        logits = lm.model.forward(&input, pos, caches, Logits::Last)?;
+        let out = match (&mut lm.decoder, &mut *seq) {
+            (Decoder::Transformer(m), SequenceState::Caches(caches)) => {
+                let input = Tensor::from_slice(&part.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(device).unsqueeze(0);
+                let which = if all_positions { Logits::All } else { Logits::Last };
+                let l = m.forward(&input, pos, caches, which)?;
+                if all_positions { l.squeeze_dim(0).to_kind(Kind::Float) } else { l }
+            }
+            (Decoder::Recurrent(r), SequenceState::Recurrent(state)) => r.forward(part, state, all_positions)?,
+            _ => return Err(Error::Other("internal: a sequence state of the wrong kind for this model".into())),
+        };
+        parts.push(out);
         pos += part.len();
     }
-    Ok(logits)
+    Ok(if all_positions && parts.len() > 1 { Tensor::cat(&parts, 0) } else { parts.pop().expect("at least one chunk") })
+}
+
+/// Runs `ids` through a transformer's `caches` in chunks starting at `pos`; returns the last
+/// position's logits.
+pub fn prefill(lm: &mut LoadedModel, caches: &mut Vec<Box<dyn LayerCache>>, ids: &[u32], pos: usize, chunk: Option<usize>) -> Result<Tensor> {
+    let mut seq = SequenceState::Caches(std::mem::take(caches));
+    let out = forward_sequence(lm, &mut seq, ids, pos, chunk, false);
+    if let SequenceState::Caches(c) = seq {
+        *caches = c;
+    }
+    out
 }
 
 /// Calls every layer's `end_prefill` hook (where most methods compress the context).
@@ -142,30 +239,47 @@ pub fn held_bytes(caches: &[Box<dyn LayerCache>]) -> u64 {
 }
 
 /// Generates greedily from `prompt_ids` with the caches of `factory`: the whole prompt is the
-/// context (prefilled, then `end_prefill`), then decoding.
+/// context (prefilled, then `end_prefill`), then decoding. A recurrent model runs with its state
+/// (method `full` only).
 pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions, factory: &dyn CacheFactory) -> Result<GenerationOutput> {
     let _guard = tch::no_grad_guard();
     if prompt_ids.is_empty() {
         return Err(Error::InvalidArgument { what: "prompt", value: String::new(), expected: "at least one token".into() });
     }
     let t0 = std::time::Instant::now();
-    let mut caches = new_caches_for(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(prompt_ids.len()))?;
-    let logits = prefill(lm, &mut caches, prompt_ids, 0, opts.prefill_chunk)?;
-    end_prefill(&mut caches)?;
-    decode(lm, &mut caches, logits, prompt_ids.len(), opts, t0)
+    let mut seq = new_sequence(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(prompt_ids.len()))?;
+    let logits = forward_sequence(lm, &mut seq, prompt_ids, 0, opts.prefill_chunk, false)?;
+    seq.end_prefill()?;
+    decode(lm, &mut seq, logits, prompt_ids.len(), opts, t0)
 }
 
-/// Greedy decoding from `logits` (the last prompt position's) with caches already holding
-/// `pos` tokens; `t0` is when the prompt started (for the prefill time).
-pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logits: Tensor, mut pos: usize, opts: &GenerateOptions, t0: std::time::Instant) -> Result<GenerationOutput> {
+/// Bytes a full cache holds per token (a recurrent model: 0, its state does not grow).
+fn full_bytes_per_token(lm: &LoadedModel) -> u64 {
+    match &lm.decoder {
+        Decoder::Transformer(m) => m.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()),
+        Decoder::Recurrent(_) => 0,
+    }
+}
+
+/// What an uncompressed run would hold after `tokens` tokens: a full KV cache, or (recurrent) the
+/// same fixed-size state `seq` holds.
+fn full_bytes(lm: &LoadedModel, seq: &SequenceState, tokens: usize) -> u64 {
+    match seq {
+        SequenceState::Recurrent(s) => s.bytes(),
+        SequenceState::Caches(_) => full_bytes_per_token(lm) * tokens as u64,
+    }
+}
+
+/// Greedy decoding from `logits` (the last prompt position's) with `seq` already holding `pos`
+/// tokens; `t0` is when the prompt started (for the prefill time).
+pub fn decode(lm: &mut LoadedModel, seq: &mut SequenceState, mut logits: Tensor, mut pos: usize, opts: &GenerateOptions, t0: std::time::Instant) -> Result<GenerationOutput> {
     let _guard = tch::no_grad_guard();
     let device = lm.settings.device;
     let prompt_tokens = pos;
     let mut stop_ids = lm.eos_token_ids.clone();
     stop_ids.extend(&opts.extra_stop_token_ids);
-    let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes());
-    let kv_bytes_held_prompt = held_bytes(caches);
-    let kv_bytes_full_prompt = kv_per_token * pos as u64;
+    let kv_bytes_held_prompt = seq.bytes_held();
+    let kv_bytes_full_prompt = full_bytes(lm, seq, pos);
     let peak_rss_prefill_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
     if opts.measure_decode_rss {
         // Return the memory freed by compression to the OS first, so decoding's peak is its own.
@@ -187,9 +301,10 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
     };
     let suppress = |logits: &mut Tensor, generated: usize| {
         if generated < opts.min_new_tokens {
+            let vocab = logits.size().last().copied().unwrap_or(0);
             for &id in &stop_ids {
-                if (id as i64) < logits.size()[1] {
-                    let _ = logits.narrow(1, id as i64, 1).fill_(f64::NEG_INFINITY);
+                if (id as i64) < vocab {
+                    let _ = logits.narrow(-1, id as i64, 1).fill_(f64::NEG_INFINITY);
                 }
             }
         }
@@ -221,8 +336,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
         if out_ids.len() >= opts.max_new_tokens {
             break;
         }
-        let input = Tensor::from_slice(&[next as i64]).to_device(device).unsqueeze(0);
-        logits = lm.model.forward(&input, pos, caches, Logits::Last)?;
+        logits = forward_sequence(lm, seq, &[next], pos, None, false)?;
         pos += 1;
     }
     sync();
@@ -233,12 +347,7 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
     if stop_reason != StopReason::StopString {
         text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
     }
-    let kv_bytes_held = held_bytes(caches);
-    let kv_bytes_attended = caches.iter().map(|c| c.bytes_attended()).sum();
-    let kv_bytes_allocated = caches.iter().map(|c| c.bytes_allocated()).sum();
-    let kv_bytes_offloaded = caches.iter().map(|c| c.bytes_offloaded()).sum();
     let stored = pos; // every token that went through the model
-    let kv_bytes_full = kv_per_token * stored as u64;
     let peak_rss_decode_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
     let rss_end_bytes = if opts.measure_decode_rss { crate::memory::current_rss_bytes() } else { None };
     Ok(GenerationOutput {
@@ -249,13 +358,13 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
         stop_reason,
         prefill_seconds,
         decode_seconds: (total - prefill_seconds).max(0.0),
-        kv_bytes_held,
-        kv_bytes_attended,
-        kv_bytes_allocated,
-        kv_bytes_full,
+        kv_bytes_held: seq.bytes_held(),
+        kv_bytes_attended: seq.bytes_attended(),
+        kv_bytes_allocated: seq.bytes_allocated(),
+        kv_bytes_full: full_bytes(lm, seq, stored),
         kv_bytes_held_prompt,
         kv_bytes_full_prompt,
-        kv_bytes_offloaded,
+        kv_bytes_offloaded: seq.bytes_offloaded(),
         peak_rss_prefill_bytes,
         peak_rss_decode_bytes,
         rss_end_bytes,
@@ -265,9 +374,8 @@ pub fn decode(lm: &mut LoadedModel, caches: &mut [Box<dyn LayerCache>], mut logi
 /// Logits of every position of `ids` (for parity checks and `--dump-logits --all-positions`).
 pub fn all_logits(lm: &mut LoadedModel, ids: &[u32], factory: &dyn CacheFactory) -> Result<Tensor> {
     let _guard = tch::no_grad_guard();
-    let mut caches = new_caches(lm, factory, ids.len())?;
-    let input = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(lm.settings.device).unsqueeze(0);
-    Ok(lm.model.forward(&input, 0, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float))
+    let mut seq = new_sequence(lm, factory, ids.len(), None)?;
+    forward_sequence(lm, &mut seq, ids, 0, None, true)
 }
 
 /// What [`perplexity`] measured.
@@ -296,16 +404,15 @@ pub fn perplexity(lm: &mut LoadedModel, factory: &dyn CacheFactory, ids: &[u32],
     }
     let t0 = std::time::Instant::now();
     let device = lm.settings.device;
-    let mut caches = new_caches_for(lm, factory, ids.len(), Some(prefill_len))?;
-    let mut last = prefill(lm, &mut caches, &ids[..prefill_len], 0, chunk)?.to_kind(Kind::Float).view([1, -1]);
-    end_prefill(&mut caches)?;
+    let mut seq = new_sequence(lm, factory, ids.len(), Some(prefill_len))?;
+    let mut last = forward_sequence(lm, &mut seq, &ids[..prefill_len], 0, chunk, false)?.to_kind(Kind::Float).view([1, -1]);
+    seq.end_prefill()?;
     let mut nll = 0f64;
     let mut pos = prefill_len;
     while pos < ids.len() {
         let n = step.max(1).min(ids.len() - pos);
         let part: Vec<i64> = ids[pos..pos + n].iter().map(|&t| t as i64).collect();
-        let input = Tensor::from_slice(&part).to_device(device).unsqueeze(0);
-        let out = lm.model.forward(&input, pos, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float);
+        let out = forward_sequence(lm, &mut seq, &ids[pos..pos + n], pos, None, true)?;
         // Row i predicts ids[pos + i]: the previous step's last row, then this step's first n-1.
         let rows = Tensor::cat(&[&last, &out.narrow(0, 0, n as i64 - 1)], 0);
         let targets = Tensor::from_slice(&part).to_device(device).unsqueeze(1);
@@ -315,14 +422,13 @@ pub fn perplexity(lm: &mut LoadedModel, factory: &dyn CacheFactory, ids: &[u32],
     }
     let scored = ids.len() - prefill_len;
     let mean = nll / scored as f64;
-    let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes());
     Ok(PerplexityOutput {
         prefill_tokens: prefill_len,
         scored_tokens: scored,
         nll: mean,
         perplexity: mean.exp(),
-        kv_bytes_held: held_bytes(&caches),
-        kv_bytes_full: kv_per_token * ids.len() as u64,
+        kv_bytes_held: seq.bytes_held(),
+        kv_bytes_full: full_bytes(lm, &seq, ids.len()),
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
@@ -336,15 +442,15 @@ pub fn token_surprisal(lm: &mut LoadedModel, ids: &[u32], chunk: usize) -> Resul
         return Ok(Vec::new());
     }
     let device = lm.settings.device;
-    let mut caches = new_caches_for(lm, &crate::cache::FullCacheFactory, ids.len(), Some(ids.len()))?;
+    let mut seq = new_sequence(lm, &crate::cache::FullCacheFactory, ids.len(), Some(ids.len()))?;
     let mut out = Vec::with_capacity(ids.len() - 1);
     let mut last: Option<Tensor> = None;
     let mut pos = 0;
     for part in ids.chunks(chunk.max(1)) {
         let part: Vec<i64> = part.iter().map(|&t| t as i64).collect();
         let n = part.len() as i64;
-        let input = Tensor::from_slice(&part).to_device(device).unsqueeze(0);
-        let logits = lm.model.forward(&input, pos, &mut caches, Logits::All)?.squeeze_dim(0).to_kind(Kind::Float);
+        let ids_part: Vec<u32> = part.iter().map(|&t| t as u32).collect();
+        let logits = forward_sequence(lm, &mut seq, &ids_part, pos, None, true)?;
         // Row j predicts part[j]: the previous chunk's last row, then this chunk's first n-1 rows.
         let (rows, targets) = match &last {
             Some(prev) => (Tensor::cat(&[prev, &logits.narrow(0, 0, n - 1)], 0), Tensor::from_slice(&part)),

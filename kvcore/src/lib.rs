@@ -4,7 +4,8 @@
 //!
 //! Map: [`device`] (settings), [`config`] (model shapes), [`weights`] (files → tensors),
 //! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
-//! [`generate`], [`loader`] (files → ready model), [`sources`] (fetching), [`memory`],
+//! [`generate`], [`loader`] (files → ready model: a transformer or a linear-time [`ssm`] model),
+//! [`lm_tokenizer`], [`sources`] (fetching), [`memory`],
 //! [`random_init`] (random-weight models for tests and benchmarks), [`methods`] (token eviction
 //! shared by compression methods), [`quant`] and [`quantized`] (quantized K/V storage),
 //! [`registry`] (methods by name), [`prompt`] (text-level prompt compressors), [`plugin_ffi`] (external plugins), [`pipeline`]
@@ -15,6 +16,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod generate;
+pub mod lm_tokenizer;
 pub mod loader;
 pub mod memory;
 pub mod memory_guard;

@@ -4,19 +4,28 @@
 use crate::config::ModelConfig;
 use crate::device::RuntimeSettings;
 use crate::error::{Error, Result};
+use crate::lm_tokenizer::LmTokenizer;
 use crate::model::Model;
+use crate::ssm::RecurrentLm;
 use crate::sources::ModelFiles;
 use crate::weights::Weights;
 use kvformats::chat::ChatTemplate;
 use kvformats::gguf::GgufFile;
 use kvformats::tokenizer::{build_tokenizer, load_tokenizer_file, GgufTokenizerSpec};
 use std::path::Path;
-use tokenizers::Tokenizer;
+
+/// The network of a loaded model.
+pub enum Decoder {
+    /// A transformer with a KV cache (Llama family), which cache methods apply to.
+    Transformer(Model),
+    /// A linear-time model with a fixed-size recurrent state (Mamba, RWKV, ...).
+    Recurrent(Box<dyn RecurrentLm>),
+}
 
 /// A model ready to run.
 pub struct LoadedModel {
-    pub model: Model,
-    pub tokenizer: Tokenizer,
+    pub decoder: Decoder,
+    pub tokenizer: LmTokenizer,
     pub chat_template: Option<ChatTemplate>,
     /// Token ids that end generation.
     pub eos_token_ids: Vec<u32>,
@@ -25,6 +34,73 @@ pub struct LoadedModel {
     pub settings: RuntimeSettings,
     /// Seconds spent loading.
     pub load_seconds: f64,
+}
+
+impl LoadedModel {
+    /// The transformer, or an error naming `what` needs one (a recurrent model has no KV cache).
+    pub fn transformer(&self, what: &str) -> Result<&Model> {
+        match &self.decoder {
+            Decoder::Transformer(m) => Ok(m),
+            Decoder::Recurrent(r) => Err(Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", self.files.path().display(), r.family()))),
+        }
+    }
+
+    /// [`transformer`](Self::transformer), mutably.
+    pub fn transformer_mut(&mut self, what: &str) -> Result<&mut Model> {
+        let path = self.files.path().to_path_buf();
+        match &mut self.decoder {
+            Decoder::Transformer(m) => Ok(m),
+            Decoder::Recurrent(r) => Err(Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", path.display(), r.family()))),
+        }
+    }
+
+    /// The recurrent model, if this is one.
+    pub fn recurrent(&self) -> Option<&dyn RecurrentLm> {
+        match &self.decoder {
+            Decoder::Recurrent(r) => Some(r.as_ref()),
+            Decoder::Transformer(_) => None,
+        }
+    }
+
+    /// The architecture's name: `llama`, `qwen2`, `mistral` or a recurrent family (`mamba`, ...).
+    pub fn architecture(&self) -> &str {
+        match &self.decoder {
+            Decoder::Transformer(m) => m.config.architecture.name(),
+            Decoder::Recurrent(r) => r.family(),
+        }
+    }
+
+    /// The longest context the model's config allows (None: a recurrent model with no limit).
+    pub fn max_context(&self) -> Option<usize> {
+        match &self.decoder {
+            Decoder::Transformer(m) => Some(m.config.max_position_embeddings),
+            Decoder::Recurrent(r) => r.max_context(),
+        }
+    }
+
+    /// Bytes of the weights in memory.
+    pub fn weight_bytes(&self) -> u64 {
+        match &self.decoder {
+            Decoder::Transformer(m) => m.weight_bytes,
+            Decoder::Recurrent(r) => r.weight_bytes(),
+        }
+    }
+
+    /// Bytes a full KV cache holds per token in the cache dtype (0 for a recurrent model).
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        match &self.decoder {
+            Decoder::Transformer(m) => m.config.kv_bytes_per_token(self.settings.kv_dtype.size_in_bytes()),
+            Decoder::Recurrent(_) => 0,
+        }
+    }
+
+    /// Number of layers.
+    pub fn num_layers(&self) -> usize {
+        match &self.decoder {
+            Decoder::Transformer(m) => m.config.num_hidden_layers,
+            Decoder::Recurrent(r) => r.num_layers(),
+        }
+    }
 }
 
 /// Changes to a checkpoint's configuration applied before the model is built (a model config's
@@ -74,7 +150,8 @@ pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &Conf
             let gguf = GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&gguf)?;
             let spec = GgufTokenizerSpec::from_gguf(&gguf).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-            let tokenizer = build_tokenizer(&spec).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+            let tokenizer: LmTokenizer = build_tokenizer(&spec).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?
+                .into();
             let token_str = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize).cloned());
             let chat = match &spec.chat_template {
                 Some(src) => Some(
@@ -86,10 +163,13 @@ pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &Conf
             let weights = Weights::from_gguf(&gguf, &config, kind, settings.device)?;
             (config, weights, tokenizer, chat)
         }
+        ModelFiles::HfDir(dir) if crate::ssm::detect_family(dir)?.is_some() => {
+            return load_recurrent(dir, files, settings, t0);
+        }
         ModelFiles::HfDir(dir) => {
             let config = ModelConfig::from_hf_config(&dir.join("config.json"))?;
             let tok_path = dir.join("tokenizer.json");
-            let tokenizer = load_tokenizer_file(&tok_path).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+            let tokenizer: LmTokenizer = load_tokenizer_file(&tok_path).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?.into();
             let chat = load_hf_chat_template(dir)?;
             let mut config = config;
             if let Some(ids) = generation_config_eos(dir) {
@@ -112,10 +192,29 @@ pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &Conf
     overrides.apply(&mut config);
     let model = Model::new(config, weights, kind, settings.device)?;
     Ok(LoadedModel {
-        model,
+        decoder: Decoder::Transformer(model),
         tokenizer,
         chat_template,
         eos_token_ids: eos,
+        files: files.clone(),
+        settings,
+        load_seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Loads a linear-time model directory: weights by [`crate::ssm::load_dir`], the tokenizer from
+/// `tokenizer.json`, chat template and EOS ids as for transformers.
+fn load_recurrent(dir: &Path, files: &ModelFiles, settings: RuntimeSettings, t0: std::time::Instant) -> Result<LoadedModel> {
+    let model = crate::ssm::load_dir(dir, settings.dtype.kind(), settings.device)?;
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer: LmTokenizer = load_tokenizer_file(&tok_path).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?.into();
+    let chat_template = load_hf_chat_template(dir)?;
+    let eos_token_ids = generation_config_eos(dir).unwrap_or_else(|| model.eos_token_ids());
+    Ok(LoadedModel {
+        decoder: Decoder::Recurrent(model),
+        tokenizer,
+        chat_template,
+        eos_token_ids,
         files: files.clone(),
         settings,
         load_seconds: t0.elapsed().as_secs_f64(),

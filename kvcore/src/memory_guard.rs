@@ -65,6 +65,31 @@ impl MemoryEstimate {
     }
 }
 
+/// Activation bytes per token of a recurrent model's prefill with residual width `hidden`: the
+/// projections, convolution, gates and scan inputs of a layer (about 24 × hidden, kept in f32).
+/// An allowance from Mamba's shapes (in/out projections 2 × 2 × hidden, conv, dt, gate and output
+/// at 2 × hidden each), not a measurement.
+fn recurrent_activation_bytes_per_token(hidden: usize) -> u64 {
+    24 * hidden as u64 * 4
+}
+
+impl MemoryEstimate {
+    /// What a cell on the loaded `lm` needs at `context_tokens` beyond its weights: the full KV
+    /// cache and activations, or for a recurrent model its fixed state and activations.
+    pub fn for_loaded(lm: &crate::loader::LoadedModel, context_tokens: usize) -> MemoryEstimate {
+        match &lm.decoder {
+            crate::loader::Decoder::Transformer(m) => MemoryEstimate::for_context(&m.config, &lm.settings, context_tokens),
+            crate::loader::Decoder::Recurrent(r) => MemoryEstimate {
+                weights_bytes: 0,
+                kv_cache_bytes: r.state_bytes(),
+                activation_bytes: recurrent_activation_bytes_per_token(r.hidden_size()).saturating_mul(context_tokens as u64),
+                runtime_bytes: 0,
+                context_tokens,
+            },
+        }
+    }
+}
+
 impl fmt::Display for MemoryEstimate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
@@ -149,10 +174,51 @@ fn safetensors_elements(path: &Path) -> Result<u64> {
 
 /// The estimate for loading the model at `files` and running it at `context_tokens`.
 pub fn estimate_model(files: &ModelFiles, settings: &RuntimeSettings, overrides: &ConfigOverrides, context_tokens: usize) -> Result<MemoryEstimate> {
+    if let ModelFiles::HfDir(dir) = files {
+        if crate::ssm::detect_family(dir)?.is_some() {
+            return estimate_recurrent(dir, settings, context_tokens);
+        }
+    }
     let (mut config, weights) = config_and_weight_bytes(files, settings)?;
     overrides.apply(&mut config);
     let context_tokens = context_tokens.min(config.max_position_embeddings.max(1));
     Ok(MemoryEstimate { weights_bytes: weights, runtime_bytes: RUNTIME_ALLOWANCE_BYTES, ..MemoryEstimate::for_context(&config, settings, context_tokens) })
+}
+
+/// A recurrent model before loading: its weights (safetensors headers, else the size of its
+/// `.pth` files, in the compute dtype where the headers say) and activations at `context_tokens`
+/// from `config.json`'s `hidden_size` (the state itself is small and counted per cell).
+fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: usize) -> Result<MemoryEstimate> {
+    let elem = settings.dtype.size_in_bytes() as u64;
+    let mut weights = 0u64;
+    let mut hidden = 0usize;
+    let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries {
+        let path = entry.map_err(|e| Error::io(dir, e))?.path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => weights = weights.saturating_add(safetensors_elements(&path)?.saturating_mul(elem)),
+            // A pickled checkpoint's header is not read here: its size stands for the weights
+            // (exact for f32 checkpoints loaded as f32, an overestimate when loading as bf16).
+            Some("pth") => weights = weights.saturating_add(std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len()),
+            _ => {}
+        }
+    }
+    let cfg = dir.join("config.json");
+    if cfg.is_file() {
+        let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            hidden = v.get("hidden_size").or_else(|| v.get("d_model")).and_then(|h| h.as_u64()).unwrap_or(0) as usize;
+        }
+    }
+    // Without a config (RWKV), a 4096-wide stream bounds the models this machine class runs.
+    let hidden = if hidden == 0 { 4096 } else { hidden };
+    Ok(MemoryEstimate {
+        weights_bytes: weights,
+        kv_cache_bytes: 0,
+        activation_bytes: recurrent_activation_bytes_per_token(hidden).saturating_mul(context_tokens as u64),
+        runtime_bytes: RUNTIME_ALLOWANCE_BYTES,
+        context_tokens,
+    })
 }
 
 /// How much memory a run may use now on `device`, and where that figure comes from.

@@ -4,9 +4,9 @@
 //! keep; with `query_aware = true` context and question are compressed together. "Compress once,
 //! ask many": several questions reuse one compressed context (each question works on a copy).
 
-use crate::cache::{CacheFactory, LayerCache};
+use crate::cache::CacheFactory;
 use crate::error::{Error, Result};
-use crate::generate::{decode, end_prefill, new_caches_for, prefill, GenerateOptions, GenerationOutput};
+use crate::generate::{decode, forward_sequence, new_sequence, GenerateOptions, GenerationOutput, SequenceState};
 use crate::loader::LoadedModel;
 
 /// How the pipeline treats the question.
@@ -42,32 +42,33 @@ pub fn answer(
             let t0 = std::time::Instant::now();
             let mut ids = context.to_vec();
             ids.extend_from_slice(q);
-            let mut caches = new_caches_for(lm, factory, expected, Some(ids.len()))?;
-            let logits = prefill(lm, &mut caches, &ids, 0, opts.prefill_chunk)?;
-            end_prefill(&mut caches)?;
-            outs.push(decode(lm, &mut caches, logits, ids.len(), opts, t0)?);
+            let mut seq = new_sequence(lm, factory, expected, Some(ids.len()))?;
+            let logits = forward_sequence(lm, &mut seq, &ids, 0, opts.prefill_chunk, false)?;
+            seq.end_prefill()?;
+            outs.push(decode(lm, &mut seq, logits, ids.len(), opts, t0)?);
         }
         return Ok(outs);
     }
     // Compress the context once.
     let t0 = std::time::Instant::now();
-    let mut base = new_caches_for(lm, factory, expected, Some(context.len()))?;
-    let mut context_logits = Some(prefill(lm, &mut base, context, 0, opts.prefill_chunk)?);
-    end_prefill(&mut base)?;
+    let mut base = Some(new_sequence(lm, factory, expected, Some(context.len()))?);
+    let mut context_logits = Some(forward_sequence(lm, base.as_mut().expect("just set"), context, 0, opts.prefill_chunk, false)?);
+    base.as_mut().expect("just set").end_prefill()?;
     let context_seconds = t0.elapsed();
     for (i, q) in questions.iter().enumerate() {
         let t0 = std::time::Instant::now() - if i == 0 { context_seconds } else { std::time::Duration::ZERO };
         let last = i + 1 == questions.len();
-        let mut caches: Vec<Box<dyn LayerCache>> = if last {
-            std::mem::take(&mut base)
+        let base_ref = base.as_ref().expect("taken only for the last question");
+        let mut seq: SequenceState = if last {
+            base.take().expect("taken only for the last question")
         } else {
-            match base.iter().map(|c| c.fork()).collect::<Option<Vec<_>>>() {
+            match base_ref.fork() {
                 Some(c) => c,
                 None => {
                     // The method cannot copy its state: rebuild the compressed context.
-                    let mut c = new_caches_for(lm, factory, expected, Some(context.len()))?;
-                    let _ = prefill(lm, &mut c, context, 0, opts.prefill_chunk)?;
-                    end_prefill(&mut c)?;
+                    let mut c = new_sequence(lm, factory, expected, Some(context.len()))?;
+                    let _ = forward_sequence(lm, &mut c, context, 0, opts.prefill_chunk, false)?;
+                    c.end_prefill()?;
                     c
                 }
             }
@@ -75,9 +76,9 @@ pub fn answer(
         let logits = if q.is_empty() {
             context_logits.take().ok_or_else(|| Error::InvalidArgument { what: "question", value: String::new(), expected: "non-empty questions after the first".into() })?
         } else {
-            prefill(lm, &mut caches, q, context.len(), opts.prefill_chunk)?
+            forward_sequence(lm, &mut seq, q, context.len(), opts.prefill_chunk, false)?
         };
-        outs.push(decode(lm, &mut caches, logits, context.len() + q.len(), opts, t0)?);
+        outs.push(decode(lm, &mut seq, logits, context.len() + q.len(), opts, t0)?);
     }
     Ok(outs)
 }

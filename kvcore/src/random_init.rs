@@ -52,21 +52,8 @@ pub struct InitOptions {
 /// Writes a random-weight model into `out_dir`.
 pub fn write_random_model(opts: &InitOptions, out_dir: &Path) -> Result<()> {
     let _guard = tch::no_grad_guard();
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    let gguf = GgufFile::open(&opts.tokenizer_gguf)?;
-    let spec = GgufTokenizerSpec::from_gguf(&gguf).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let spec = write_tokenizer_files(&opts.tokenizer_gguf, out_dir)?;
     let vocab = spec.tokens.len();
-    let tok_json = tokenizer_json(&spec).map_err(|e| Error::Tokenizer(e.to_string()))?;
-    let tok_path = out_dir.join("tokenizer.json");
-    std::fs::write(&tok_path, tok_json).map_err(|e| Error::io(&tok_path, e))?;
-    let name_of = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize).cloned());
-    let tok_cfg = json!({
-        "bos_token": name_of(spec.bos_token_id),
-        "eos_token": name_of(spec.eos_token_id),
-        "chat_template": spec.chat_template,
-        "add_bos_token": spec.add_bos_token,
-    });
-    write_json(&out_dir.join("tokenizer_config.json"), &tok_cfg)?;
 
     let p = opts.preset;
     let model_type = opts.arch.name();
@@ -94,7 +81,6 @@ pub fn write_random_model(opts: &InitOptions, out_dir: &Path) -> Result<()> {
         cfg["sliding_window"] = json!(opts.sliding_window.unwrap_or((p.max_positions / 4).max(16)));
     }
     write_json(&out_dir.join("config.json"), &cfg)?;
-    write_json(&out_dir.join("generation_config.json"), &json!({"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}))?;
 
     tch::manual_seed(opts.seed);
     let randn = |shape: &[usize]| {
@@ -125,6 +111,67 @@ pub fn write_random_model(opts: &InitOptions, out_dir: &Path) -> Result<()> {
     if opts.arch != Architecture::Llama {
         named.push(("lm_head.weight".into(), randn(&[vocab, h])));
     }
+    let path = out_dir.join("model.safetensors");
+    let partial = out_dir.join(".model.safetensors.partial");
+    Tensor::write_safetensors(&named, &partial)?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(())
+}
+
+/// Writes the tokenizer, tokenizer config (chat template) and generation config taken from the
+/// GGUF at `gguf_path` into `out_dir` (created if needed); returns the GGUF's tokenizer.
+fn write_tokenizer_files(gguf_path: &Path, out_dir: &Path) -> Result<GgufTokenizerSpec> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let gguf = GgufFile::open(gguf_path)?;
+    let spec = GgufTokenizerSpec::from_gguf(&gguf).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let tok_json = tokenizer_json(&spec).map_err(|e| Error::Tokenizer(e.to_string()))?;
+    let tok_path = out_dir.join("tokenizer.json");
+    std::fs::write(&tok_path, tok_json).map_err(|e| Error::io(&tok_path, e))?;
+    let name_of = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize).cloned());
+    let tok_cfg = json!({
+        "bos_token": name_of(spec.bos_token_id),
+        "eos_token": name_of(spec.eos_token_id),
+        "chat_template": spec.chat_template,
+        "add_bos_token": spec.add_bos_token,
+    });
+    write_json(&out_dir.join("tokenizer_config.json"), &tok_cfg)?;
+    write_json(&out_dir.join("generation_config.json"), &json!({"bos_token_id": spec.bos_token_id, "eos_token_id": spec.eos_token_id}))?;
+    Ok(spec)
+}
+
+/// Shapes of random Mamba models `kvbench model init --arch mamba --preset` knows: `tiny` for
+/// tests, `mamba-130m` (state-spaces/mamba-130m's shape) for speed benchmarks.
+pub const MAMBA_PRESETS: &[&str] = &["tiny", "mamba-130m"];
+
+/// Writes a random-weight Mamba (v1) model in Hugging Face `MambaForCausalLM` layout into
+/// `out_dir`, with the tokenizer and chat template of `tokenizer_gguf` (weights stored in `dtype`).
+pub fn write_random_mamba(preset: &str, seed: i64, dtype: Kind, tokenizer_gguf: &Path, out_dir: &Path) -> Result<()> {
+    use crate::ssm::mamba::{MambaConfig, MambaModel};
+    let _guard = tch::no_grad_guard();
+    let (hidden, layers) = match preset {
+        "tiny" => (64, 2),
+        "mamba-130m" => (768, 24),
+        other => return Err(Error::InvalidArgument { what: "Mamba preset", value: other.into(), expected: MAMBA_PRESETS.join(", ") }),
+    };
+    let spec = write_tokenizer_files(tokenizer_gguf, out_dir)?;
+    let config = MambaConfig {
+        vocab_size: spec.tokens.len(),
+        hidden_size: hidden,
+        intermediate_size: 2 * hidden,
+        state_size: 16,
+        num_hidden_layers: layers,
+        conv_kernel: 4,
+        time_step_rank: hidden.div_ceil(16),
+        layer_norm_epsilon: 1e-5,
+        use_bias: false,
+        use_conv_bias: true,
+        residual_in_fp32: true,
+        tie_word_embeddings: true,
+        eos_token_ids: spec.eos_token_id.into_iter().collect(),
+    };
+    write_json(&out_dir.join("config.json"), &config.to_hf_json())?;
+    let mut named: Vec<(String, Tensor)> = MambaModel::random_tensors(&config, seed, Device::Cpu).into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = out_dir.join("model.safetensors");
     let partial = out_dir.join(".model.safetensors.partial");
     Tensor::write_safetensors(&named, &partial)?;

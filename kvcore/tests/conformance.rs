@@ -111,7 +111,7 @@ fn run(lm: &mut LoadedModel, name: &str, f: &dyn CacheFactory, check: bool) -> V
     let mut pos = 0;
     for chunk in prompt.chunks(16) {
         let x = Tensor::from_slice(chunk).unsqueeze(0);
-        let l = lm.model.forward(&x, pos, &mut caches, Logits::All).unwrap();
+        let l = lm.transformer_mut("test").unwrap().forward(&x, pos, &mut caches, Logits::All).unwrap();
         pos += chunk.len();
         out.push(l);
         if check {
@@ -125,7 +125,7 @@ fn run(lm: &mut LoadedModel, name: &str, f: &dyn CacheFactory, check: bool) -> V
     let mut next = out.last().unwrap().get(0).get(-1).argmax(-1, false).int64_value(&[]);
     for step in 0..12 {
         let x = Tensor::from_slice(&[next]).unsqueeze(0);
-        let l = lm.model.forward(&x, pos, &mut caches, Logits::Last).unwrap();
+        let l = lm.transformer_mut("test").unwrap().forward(&x, pos, &mut caches, Logits::Last).unwrap();
         pos += 1;
         next = l.argmax(-1, false).int64_value(&[0]);
         out.push(l);
@@ -156,7 +156,7 @@ fn every_expected_method_is_registered() {
 fn every_method_conforms_on_a_tiny_gqa_model() {
     let tmp = tempfile::tempdir().unwrap();
     let mut lm = tiny_model(tmp.path());
-    assert!(lm.model.config.num_attention_heads > lm.model.config.num_key_value_heads, "the tiny model must use GQA");
+    assert!(lm.transformer("test").unwrap().config.num_attention_heads > lm.transformer("test").unwrap().config.num_key_value_heads, "the tiny model must use GQA");
     let reg = Registry::builtin().unwrap();
     let full = run(&mut lm, "full", &FullCacheFactory, false);
     for m in reg.iter() {

@@ -8,6 +8,7 @@ mod common;
 
 use common::*;
 use kvcore::ssm::mamba::{MambaConfig, MambaModel, ScanMode};
+use kvcore::ssm::{self, RecurrentLm};
 use std::path::Path;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -89,6 +90,20 @@ fn mamba_matches_transformers() {
         assert_eq!(got, want, "{case}: greedy continuation differs from transformers");
         m.scan_mode = ScanMode::Doubling;
         assert_eq!(m.greedy(&ids, 32).unwrap(), want, "{case}: greedy (doubling scan) differs");
+        m.scan_mode = ScanMode::Sequential;
+
+        // (6) the same through the `RecurrentLm` trait the engine uses (generate, run).
+        let lm: &dyn RecurrentLm = &m;
+        assert_eq!(ssm::greedy(lm, &ids, 32).unwrap(), want, "{case}: greedy through RecurrentLm differs");
+        let mut st = lm.new_state().unwrap();
+        let all = lm.forward(&ids[..40], &mut st, true).unwrap();
+        let last = lm.forward(&ids[40..], &mut st, false).unwrap();
+        assert_eq!(all.size(), [40, c.vocab_size as i64]);
+        assert_eq!(last.size(), [1, c.vocab_size as i64]);
+        let d = max_abs_diff(&all, &reference.narrow(0, 0, 40)).max(max_abs_diff(&last.view([-1]), &reference.get(63)));
+        assert!(d <= 1e-4, "{case}: RecurrentLm::forward differs from transformers by {d}");
+        assert_eq!((st.tokens, st.bytes()), (64, expected as u64));
+        assert_eq!(lm.state_bytes(), expected as u64);
     }
 }
 

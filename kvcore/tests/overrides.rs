@@ -41,13 +41,13 @@ fn overrides_equal_an_edited_config() {
     let ids: Vec<u32> = (0..40).map(|i| (i * 53 + 7) % 900 + 3).collect();
     let files = ModelFiles::HfDir(dir.clone());
     let base = load(&files, settings()).unwrap();
-    let theta = base.model.config.rope_theta;
+    let theta = base.transformer("test").unwrap().config.rope_theta;
     let mut base = base;
     let plain = kvcore::generate::all_logits(&mut base, &ids, &FullCacheFactory).unwrap();
     let overrides = ConfigOverrides { rope_theta_factor: Some(32.0), rope_linear_factor: Some(4.0), max_position_embeddings: Some(12345), ..Default::default() };
     let mut over = load_with(&files, settings(), &overrides).unwrap();
-    assert_eq!(over.model.config.rope_theta, theta * 32.0);
-    assert_eq!(over.model.config.max_position_embeddings, 12345);
+    assert_eq!(over.transformer("test").unwrap().config.rope_theta, theta * 32.0);
+    assert_eq!(over.transformer("test").unwrap().config.max_position_embeddings, 12345);
     let stretched = kvcore::generate::all_logits(&mut over, &ids, &FullCacheFactory).unwrap();
     assert!(common::max_abs_diff(&plain, &stretched) > 1e-4, "the RoPE override changed nothing");
     // The same change written into config.json.
@@ -61,6 +61,6 @@ fn overrides_equal_an_edited_config() {
     assert_eq!(common::max_abs_diff(&reference, &stretched), 0.0);
     // rope_theta replaces the base.
     let mut set = load_with(&files, settings(), &ConfigOverrides { rope_theta: Some(777.0), ..Default::default() }).unwrap();
-    assert_eq!(set.model.config.rope_theta, 777.0);
+    assert_eq!(set.transformer("test").unwrap().config.rope_theta, 777.0);
     let _ = kvcore::generate::all_logits(&mut set, &ids, &FullCacheFactory).unwrap();
 }

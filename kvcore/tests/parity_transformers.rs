@@ -43,12 +43,12 @@ fn tiny_random_models_match_transformers_at_1e4() {
         let mut worst = 0f64;
         let mut pos = 0;
         for chunk in ids[..40].chunks(16) {
-            let l = lm.model.forward(&as_tensor(chunk), pos, &mut caches, Logits::All).unwrap().squeeze_dim(0);
+            let l = lm.transformer_mut("test").unwrap().forward(&as_tensor(chunk), pos, &mut caches, Logits::All).unwrap().squeeze_dim(0);
             worst = worst.max(max_abs_diff(&l, &reference.narrow(0, pos as i64, chunk.len() as i64)));
             pos += chunk.len();
         }
         for &t in &ids[40..] {
-            let l = lm.model.forward(&as_tensor(&[t]), pos, &mut caches, Logits::Last).unwrap().squeeze_dim(0);
+            let l = lm.transformer_mut("test").unwrap().forward(&as_tensor(&[t]), pos, &mut caches, Logits::Last).unwrap().squeeze_dim(0);
             worst = worst.max(max_abs_diff(&l, &reference.get(pos as i64)));
             pos += 1;
         }

@@ -105,7 +105,7 @@ fn hf_download_from_a_local_hub_is_complete_and_loads() {
     assert!(list_cached(home.path()).iter().any(|m| m.name == "hf:acme/tiny-qwen@v1"));
     let settings = RuntimeSettings { device: tch::Device::Cpu, dtype: DType::F32, kv_dtype: DType::F32 };
     let lm = kvcore::loader::load(&ModelFiles::HfDir(dir), settings).unwrap();
-    assert_eq!(lm.model.config.architecture, Architecture::Qwen2);
+    assert_eq!(lm.transformer("test").unwrap().config.architecture, Architecture::Qwen2);
 }
 
 #[test]

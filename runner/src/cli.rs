@@ -470,10 +470,11 @@ pub enum ModelCommand {
 /// `kvbench model init`.
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Architecture: llama, mistral or qwen2.
+    /// Architecture: llama, mistral, qwen2, or mamba (a linear-time Mamba v1 model).
     #[arg(long)]
     pub arch: String,
-    /// Shape: tiny, smollm2-135m, qwen2.5-0.5b, llama2-7b, llama3-8b, mistral-7b.
+    /// Shape: tiny, smollm2-135m, qwen2.5-0.5b, llama2-7b, llama3-8b, mistral-7b; for mamba:
+    /// tiny or mamba-130m.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Fill the weights with seeded random values (the only mode; required for clarity).

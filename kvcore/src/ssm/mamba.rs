@@ -57,6 +57,28 @@ pub struct MambaConfig {
 }
 
 impl MambaConfig {
+    /// The `config.json` a Hugging Face `MambaForCausalLM` checkpoint of this shape carries.
+    pub fn to_hf_json(&self) -> Value {
+        serde_json::json!({
+            "architectures": ["MambaForCausalLM"],
+            "model_type": "mamba",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "state_size": self.state_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "conv_kernel": self.conv_kernel,
+            "time_step_rank": self.time_step_rank,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "use_bias": self.use_bias,
+            "use_conv_bias": self.use_conv_bias,
+            "residual_in_fp32": self.residual_in_fp32,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "eos_token_id": self.eos_token_ids,
+        })
+    }
+
     /// Reads `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -323,9 +345,16 @@ impl MambaModel {
     /// A model with random weights in the usual Mamba initialisation ranges, for benchmarks and
     /// tests that need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: MambaConfig, seed: i64, kind: Kind, device: Device) -> Result<Self> {
+        let map = Self::random_tensors(&config, seed, device).into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
+        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+    }
+
+    /// The named f32 tensors of a random model in the Hugging Face layout (what [`random`](Self::random)
+    /// builds the model from, and what `kvbench model init --arch mamba` saves).
+    pub fn random_tensors(config: &MambaConfig, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
         tch::manual_seed(seed);
-        let c = &config;
+        let c = config;
         let (v, h, i, n, k, r) = (
             c.vocab_size as i64,
             c.hidden_size as i64,
@@ -365,8 +394,7 @@ impl MambaModel {
                 put("mixer.out_proj.bias", Tensor::zeros([h], opts));
             }
         }
-        let map = map.into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
-        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+        map
     }
 
     fn from_tensors(config: MambaConfig, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {
@@ -552,6 +580,9 @@ impl RecurrentLm for MambaModel {
     }
     fn num_layers(&self) -> usize {
         self.config.num_hidden_layers
+    }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
     }
     fn weight_bytes(&self) -> u64 {
         self.weight_bytes as u64

@@ -40,6 +40,8 @@ pub trait RecurrentLm: Send {
     fn family(&self) -> &'static str;
     fn vocab_size(&self) -> usize;
     fn num_layers(&self) -> usize;
+    /// Width of the residual stream (sizes the memory guard's activation estimate).
+    fn hidden_size(&self) -> usize;
     /// Bytes of the weights as held in memory.
     fn weight_bytes(&self) -> u64;
     /// The dtype of the weights.

@@ -252,7 +252,7 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
     let longest = contexts.iter().copied().max().unwrap_or(0) + a.new_tokens;
     let mut lm = super::load_guarded(&files, settings, &Default::default(), longest, &a.runtime.guard)?;
-    let max_pos = lm.model.config.max_position_embeddings;
+    let max_pos = lm.transformer("kvbench bench (it compares cache methods)")?.config.max_position_embeddings;
     for &c in &contexts {
         if c + a.new_tokens > max_pos {
             bail!("--contexts {c}: with --new-tokens {} this needs {} positions, but the model has {max_pos}", a.new_tokens, c + a.new_tokens);
@@ -260,8 +260,8 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     }
     let longest = *contexts.iter().max().unwrap_or(&0);
     let all_ids = prompt_ids(&lm, longest)?;
-    let kv_per_token = lm.model.config.kv_bytes_per_token(settings.kv_dtype.size_in_bytes());
-    let weight_bytes = lm.model.weight_bytes as f64;
+    let kv_per_token = lm.kv_bytes_per_token();
+    let weight_bytes = lm.weight_bytes() as f64;
     let mut rows = Vec::new();
     let total = (methods.len() * contexts.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
@@ -298,7 +298,7 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
             let g = last.context("no repeat ran")?;
             let prefill = median(pre);
             let decode = median(dec);
-            let prefill_ceiling = cal.matmul_flops_per_s / prefill_flops_per_token(&lm.model.config, ids.len());
+            let prefill_ceiling = cal.matmul_flops_per_s / prefill_flops_per_token(&lm.transformer("kvbench bench")?.config, ids.len());
             let decode_ceiling = cal.copy_bytes_per_s / (weight_bytes + g.kv_bytes_attended as f64);
             rows.push(BenchRow {
                 model: a.model.clone(),

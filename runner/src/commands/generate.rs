@@ -29,7 +29,7 @@ pub fn encode_prompt(lm: &LoadedModel, text: &str, chat: bool, system: Option<&s
     // A rendered chat already carries its special tokens; plain prompts get the tokenizer's own.
     let enc = lm.tokenizer.encode(prompt, !chat).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     let mut ids = enc.get_ids().to_vec();
-    let ctx = lm.model.config.max_position_embeddings;
+    let ctx = lm.max_context().unwrap_or(usize::MAX);
     if ids.len() + reserve > ctx {
         if !truncate {
             return Err(kvcore::Error::PromptTooLong { prompt_tokens: ids.len(), context: ctx, reserved: reserve }.into());
@@ -126,7 +126,8 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
             "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
             "rss_end_bytes": out.rss_end_bytes,
             "peak_rss_bytes": peak,
-            "weight_bytes": lm.model.weight_bytes,
+            "weight_bytes": lm.weight_bytes(),
+            "architecture": lm.architecture(),
             "load_seconds": lm.load_seconds,
             "model": files.path(),
             "device": kvcore::device::describe(settings.device),
@@ -185,7 +186,7 @@ fn split_context_questions(lm: &LoadedModel, context: &str, a: &GenerateArgs) ->
                 bail!("--question: the context tokenises differently for different questions");
             }
         }
-        let ctx = lm.model.config.max_position_embeddings;
+        let ctx = lm.max_context().unwrap_or(usize::MAX);
         if c.len() + qi.len() + a.max_new_tokens > ctx {
             return Err(kvcore::Error::PromptTooLong { prompt_tokens: c.len() + qi.len(), context: ctx, reserved: a.max_new_tokens }.into());
         }

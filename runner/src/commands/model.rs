@@ -4,7 +4,7 @@ use crate::cli::{InitArgs, ModelCommand};
 use anyhow::{bail, Context, Result};
 use kvcore::config::Architecture;
 use kvcore::device::DType;
-use kvcore::random_init::{write_random_model, InitOptions, PRESETS};
+use kvcore::random_init::{write_random_mamba, write_random_model, InitOptions, MAMBA_PRESETS, PRESETS};
 use kvcore::sources::{cached_path, fetch, known_model, kvbench_home, list_cached, KNOWN_MODELS};
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
@@ -35,17 +35,35 @@ pub fn run(cmd: ModelCommand) -> Result<()> {
 }
 
 fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
-    let arch = Architecture::from_name(&a.arch)
-        .filter(|_| ["llama", "mistral", "qwen2"].contains(&a.arch.as_str()))
-        .with_context(|| format!("--arch `{}`: expected llama, mistral or qwen2", a.arch))?;
-    let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
-        format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
-    })?;
     if !a.random {
         bail!("only --random initialisation is supported");
     }
     let dtype: DType = a.dtype.parse()?;
-    let tokenizer_gguf = match a.tokenizer_gguf {
+    if a.arch == "mamba" {
+        if !MAMBA_PRESETS.contains(&a.preset.as_str()) {
+            bail!("--preset `{}`: expected one of {} for --arch mamba", a.preset, MAMBA_PRESETS.join(", "));
+        }
+        let tokenizer_gguf = tokenizer_gguf_or_default(a.tokenizer_gguf, home)?;
+        write_random_mamba(&a.preset, a.seed, dtype.kind(), &tokenizer_gguf, &a.out_dir)?;
+        println!("wrote a random mamba {} model to {}", a.preset, a.out_dir.display());
+        return Ok(());
+    }
+    let arch = Architecture::from_name(&a.arch)
+        .filter(|_| ["llama", "mistral", "qwen2"].contains(&a.arch.as_str()))
+        .with_context(|| format!("--arch `{}`: expected llama, mistral, qwen2 or mamba", a.arch))?;
+    let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
+        format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
+    })?;
+    let tokenizer_gguf = tokenizer_gguf_or_default(a.tokenizer_gguf, home)?;
+    let opts = InitOptions { arch, preset, seed: a.seed, dtype: dtype.kind(), tokenizer_gguf, sliding_window: a.sliding_window };
+    write_random_model(&opts, &a.out_dir)?;
+    println!("wrote a random {} {} model to {}", a.arch, preset.name, a.out_dir.display());
+    Ok(())
+}
+
+/// `--tokenizer-gguf`, else the cached SmolLM2 GGUF (fetched if needed).
+fn tokenizer_gguf_or_default(given: Option<std::path::PathBuf>, home: &std::path::Path) -> Result<std::path::PathBuf> {
+    Ok(match given {
         Some(p) => p,
         None => {
             let m = known_model("smollm2-135m").expect("smollm2-135m is a known model");
@@ -55,9 +73,5 @@ fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
             }
             p
         }
-    };
-    let opts = InitOptions { arch, preset, seed: a.seed, dtype: dtype.kind(), tokenizer_gguf, sliding_window: a.sliding_window };
-    write_random_model(&opts, &a.out_dir)?;
-    println!("wrote a random {} {} model to {}", a.arch, preset.name, a.out_dir.display());
-    Ok(())
+    })
 }

@@ -32,8 +32,8 @@ pub fn run(a: PerplexityArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     if ids.len() < a.tokens {
         bail!("the text has {} tokens; --tokens {} asks for more", ids.len(), a.tokens);
     }
-    if a.tokens > lm.model.config.max_position_embeddings {
-        bail!("--tokens {} exceeds the model's context of {}", a.tokens, lm.model.config.max_position_embeddings);
+    if let Some(ctx) = lm.max_context().filter(|&c| a.tokens > c) {
+        bail!("--tokens {} exceeds the model's context of {ctx}", a.tokens);
     }
     let out = perplexity(&mut lm, factory.as_ref(), &ids[..a.tokens], a.prefill, a.step, a.prefill_chunk)?;
     let ratio = if out.kv_bytes_held > 0 { out.kv_bytes_full as f64 / out.kv_bytes_held as f64 } else { 0.0 };

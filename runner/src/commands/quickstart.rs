@@ -19,11 +19,13 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     let (settings, threads) = runtime_settings(&a.runtime)?;
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
     let mut lm = super::load_guarded(&files, settings, &Default::default(), usize::MAX, &a.runtime.guard)?;
+    let shape = match &lm.decoder {
+        kvcore::loader::Decoder::Transformer(m) => format!("{} layers, {} KV heads", m.config.num_hidden_layers, m.config.num_key_value_heads),
+        kvcore::loader::Decoder::Recurrent(r) => format!("{}, {} layers, {} recurrent state", r.family(), r.num_layers(), human_bytes(r.state_bytes())),
+    };
     println!(
-        "model {} ({} layers, {} KV heads) on {}, {} compute, {} cache, {threads} threads; loaded in {:.1}s\n",
+        "model {} ({shape}) on {}, {} compute, {} cache, {threads} threads; loaded in {:.1}s\n",
         files.path().display(),
-        lm.model.config.num_hidden_layers,
-        lm.model.config.num_key_value_heads,
         kvcore::device::describe(settings.device),
         settings.dtype.name(),
         settings.kv_dtype.name(),

@@ -373,11 +373,31 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         info.threads = threads;
         info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
         write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;
-        let max_pos = lm.model.config.max_position_embeddings;
+        let max_pos = lm.max_context().unwrap_or(usize::MAX);
+        // A linear-time model has no KV cache: only the full run and text-level prompt
+        // compressors apply to it; its cells with cache methods are skipped, said once each.
+        let model_cells: Vec<&Cell> = match lm.recurrent() {
+            None => model_cells.iter().collect(),
+            Some(r) => {
+                let mut kept = Vec::new();
+                for c in model_cells {
+                    let is_prompt = reg.get(&c.method.method).map(|m| m.is_prompt()).unwrap_or(false);
+                    if c.method.method == "full" || is_prompt {
+                        kept.push(c);
+                    } else {
+                        eprintln!(
+                            "skipping cell {} ({} / {} / {}): `{model_name}` is a {} model with a fixed-size recurrent state, and method `{}` compresses a KV cache",
+                            c.id, c.model, c.method.label, c.task, r.family(), c.method.method
+                        );
+                    }
+                }
+                kept
+            }
+        };
 
         // Samples per task, built once per model (the tokenizer sizes them).
         let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-        for c in model_cells {
+        for c in &model_cells {
             if samples.contains_key(&c.task) {
                 continue;
             }
@@ -445,13 +465,13 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 let max_new = ss.iter().map(|s| c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)).max().unwrap_or(0);
                 let longest_text = ss.iter().map(|s| s.prompt().len() + s.answer_prefix.as_ref().map_or(0, String::len) + 64).max().unwrap_or(0);
                 let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)].into_iter().flatten().min().unwrap_or(max_pos);
-                let estimate = kvcore::memory_guard::MemoryEstimate::for_context(&lm.model.config, &lm.settings, input + max_new);
+                let estimate = kvcore::memory_guard::MemoryEstimate::for_loaded(&lm, input.saturating_add(max_new));
                 let what = format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
                 kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, memory_limit).as_ref(), a.guard.force)?;
             }
             let factory = reg.build(&c.method.method, &c.method.params)?;
             let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
-            let kv_per_token = lm.model.config.kv_bytes_per_token(lm.settings.kv_dtype.size_in_bytes()) as u64;
+            let kv_per_token = lm.kv_bytes_per_token();
             let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
             bar.set_style(style.clone());
             bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));

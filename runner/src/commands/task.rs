@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 /// The engine's tokenizer seen through the task generators' abstraction.
-pub struct EngineTokenizer<'a>(pub &'a tokenizers::Tokenizer);
+pub struct EngineTokenizer<'a>(pub &'a kvcore::lm_tokenizer::LmTokenizer);
 
 impl TextTokenizer for EngineTokenizer<'_> {
     fn encode(&self, text: &str) -> Vec<u32> {
@@ -161,7 +161,7 @@ fn eval(a: TaskArgs) -> Result<()> {
     let mut sums: BTreeMap<&'static str, Vec<f64>> = BTreeMap::new();
     for (i, s) in samples.iter().enumerate() {
         let ids = sample_ids(&lm, s, a.template)?;
-        let ctx = lm.model.config.max_position_embeddings;
+        let ctx = lm.max_context().unwrap_or(usize::MAX);
         let max_new = a.max_new_tokens.unwrap_or(s.max_new_tokens);
         if ids.len() + max_new > ctx {
             bail!("sample {} has {} tokens; with {max_new} to generate it exceeds the model's {ctx}-token context", s.id, ids.len());

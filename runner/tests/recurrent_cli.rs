@@ -1,0 +1,80 @@
+//! Linear-time models through the same commands as transformers: `kvbench model init --arch
+//! mamba`, `kvbench generate` (state bytes where KV bytes are, constant in the prompt length; cache
+//! methods refused with a message), and `kvbench run` of an experiment that mixes a transformer and
+//! a Mamba model (the Mamba model's cache-method cells are skipped, its full cells recorded with
+//! its fixed state size, and both appear in the leaderboard).
+
+mod common;
+
+use common::{config_tree, kvbench, ok};
+use std::path::Path;
+
+fn generate_json(model: &Path, prompt: &str) -> serde_json::Value {
+    let out = ok(&["generate", "--model", model.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "6", "--json", "--threads", "1"]);
+    serde_json::from_str(out.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn mamba_generates_with_constant_state_and_refuses_cache_methods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("mamba");
+    ok(&["model", "init", "--arch", "mamba", "--preset", "tiny", "--random", "--seed", "4", model.to_str().unwrap()]);
+
+    // tiny: 2 layers, d_inner 128, conv 4 (f32) + SSM state 16 (f32) per channel.
+    let state = 2 * 128 * (4 + 16) * 4;
+    let short = generate_json(&model, "The cat sat");
+    let long = generate_json(&model, &"The cat sat on the mat and looked around. ".repeat(60));
+    assert_eq!(short["architecture"], "mamba");
+    assert!(long["prompt_tokens"].as_u64().unwrap() > 20 * short["prompt_tokens"].as_u64().unwrap());
+    for v in [&short, &long] {
+        for key in ["kv_bytes_held", "kv_bytes_full", "kv_bytes_held_prompt", "kv_bytes_attended"] {
+            assert_eq!(v[key].as_u64(), Some(state), "{key} must be the fixed state size: {v}");
+        }
+        assert_eq!(v["generated_tokens"].as_u64(), Some(6));
+    }
+
+    let o = kvbench(&["generate", "--model", model.to_str().unwrap(), "--prompt", "hello", "--method", "snapkv", "--threads", "1"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("snapkv") && err.contains("recurrent") && err.contains("`full`"), "{err}");
+}
+
+#[test]
+fn run_mixes_transformer_and_mamba_cells() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full", "snapkv"]);
+    let mamba = tmp.path().join("mamba");
+    ok(&["model", "init", "--arch", "mamba", "--preset", "tiny", "--random", "--seed", "4", mamba.to_str().unwrap()]);
+    let configs = tmp.path().join("configs");
+    std::fs::write(configs.join("models/mamba.toml"), format!("source = \"{}\"\nchat_template = false\n", mamba.display())).unwrap();
+    let text = std::fs::read_to_string(&exp).unwrap().replace("models = [\"tiny\"]", "models = [\"tiny\", \"mamba\"]");
+    std::fs::write(&exp, text).unwrap();
+
+    let out = tmp.path().join("run");
+    let o = kvbench(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--zero-measurements"]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("skipping cell").count(), 2, "mamba's snapkv 2x and 4x cells are skipped, said once each:\n{stderr}");
+    assert!(stderr.contains("mamba model with a fixed-size recurrent state"), "{stderr}");
+
+    let mut mamba_records = Vec::new();
+    let mut cells = 0;
+    for cell in std::fs::read_dir(out.join("cells")).unwrap() {
+        let dir = cell.unwrap().path();
+        cells += 1;
+        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cell.json")).unwrap()).unwrap();
+        if info["model"] == "mamba" {
+            assert_eq!(info["method"], "full");
+            for line in std::fs::read_to_string(dir.join("records.jsonl")).unwrap().lines() {
+                mamba_records.push(serde_json::from_str::<serde_json::Value>(line).unwrap());
+            }
+        }
+    }
+    assert_eq!(cells, 4, "tiny: full, snapkv 2x, snapkv 4x; mamba: full");
+    assert_eq!(mamba_records.len(), 9, "9 passkey samples");
+    let lengths: std::collections::BTreeSet<u64> = mamba_records.iter().map(|r| r["input_tokens"].as_u64().unwrap()).collect();
+    assert!(lengths.len() > 1, "samples of several lengths: {lengths:?}");
+    for r in &mamba_records {
+        assert_eq!(r["kv_bytes_held"].as_u64(), Some(2 * 128 * (4 + 16) * 4), "the state, whatever the input length: {r}");
+    }
+    assert!(stdout.contains("mamba"), "the leaderboard lists the Mamba model:\n{stdout}");
+}
