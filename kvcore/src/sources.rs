@@ -52,6 +52,17 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     },
 ];
 
+/// The RWKV World tokenizer's vocabulary, shipped inside BlinkDL's `rwkv` wheel on PyPI: placed
+/// next to every RWKV `.pth` fetched from the hub (the hub repositories hold the weights only).
+pub const RWKV_WORLD_VOCAB: KnownModel = KnownModel {
+    name: "rwkv-world-vocab",
+    description: "RWKV World tokenizer vocabulary rwkv_vocab_v20230424.txt, from PyPI rwkv==0.8.32",
+    wheels: &[("rwkv", "0.8.32", "rwkv/rwkv_vocab_v20230424.txt")],
+    file_name: "rwkv_vocab_v20230424.txt",
+    sha256: "8324476023347dec2964625ccb2075c864d250a9c6d9a74f36daba628de8c008",
+    size: 1_159_262,
+};
+
 /// Names of the known models, for messages.
 pub const KNOWN_MODEL_NAMES: &[&str] = &["smollm2-135m", "qwen2.5-0.5b"];
 
@@ -108,7 +119,7 @@ pub fn resolve(spec: &str, home: &Path) -> Result<ModelFiles> {
         return Ok(ModelFiles::Gguf(p.to_path_buf()));
     }
     if p.is_dir() {
-        if p.join("config.json").is_file() {
+        if p.join("config.json").is_file() || crate::ssm::detect_family(p)?.is_some() {
             return Ok(ModelFiles::HfDir(p.to_path_buf()));
         }
         return Err(Error::File { file: p.into(), problem: "directory has no config.json (expected a Hugging Face model directory)".into() });
@@ -226,16 +237,29 @@ impl Drop for TempDir {
     }
 }
 
-/// `org/name[@revision]` on the Hugging Face hub.
+/// `org/name[@revision][:file]` on the Hugging Face hub: a whole model repository, or one file
+/// of it (an RWKV `.pth` among the many a repository holds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HfRef {
     pub repo: String,
     pub revision: String,
+    /// One file of the repository (a path inside it), instead of the inference files.
+    pub file: Option<String>,
 }
 
 impl HfRef {
-    /// Parses `org/name[@revision]` (revision defaults to `main`).
+    /// Parses `org/name[@revision][:file]` (revision defaults to `main`).
     pub fn parse(s: &str) -> Result<Self> {
+        let (s, file) = match s.split_once(':') {
+            Some((r, f)) => (r, Some(f)),
+            None => (s, None),
+        };
+        let file_ok = |f: &str| {
+            !f.is_empty() && f != "." && f != ".." && f.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        };
+        if let Some(f) = file.filter(|f| !file_ok(f)) {
+            return Err(Error::InvalidArgument { what: "model file", value: f.into(), expected: "a file at the top of the repository (letters, digits, `-_.`)".into() });
+        }
         let (repo, revision) = match s.split_once('@') {
             Some((r, rev)) => (r, rev),
             None => (s, "main"),
@@ -245,11 +269,15 @@ impl HfRef {
         if parts.len() != 2 || !parts.iter().all(|p| ok_part(p)) || !ok_part(revision) {
             return Err(Error::InvalidArgument { what: "model", value: format!("hf:{s}"), expected: "hf:org/name or hf:org/name@revision".into() });
         }
-        Ok(HfRef { repo: repo.into(), revision: revision.into() })
+        Ok(HfRef { repo: repo.into(), revision: revision.into(), file: file.map(str::to_string) })
     }
-    /// Where the download lives in the cache.
+    /// Where the download lives in the cache (a single file gets a directory of its own).
     pub fn cache_dir(&self, home: &Path) -> PathBuf {
-        home.join("models").join("hf").join(self.repo.replace('/', "--")).join(&self.revision)
+        let dir = home.join("models").join("hf").join(self.repo.replace('/', "--")).join(&self.revision);
+        match &self.file {
+            Some(f) => dir.join("files").join(f),
+            None => dir,
+        }
     }
 }
 
@@ -387,6 +415,28 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
         fetched.borrow_mut().push((name.to_string(), sha));
         Ok(true)
     };
+    if let Some(file) = &r.file {
+        // One file (an RWKV checkpoint): it alone, plus the World vocabulary for a `.pth`.
+        download(file, true)?;
+        if file.ends_with(".pth") {
+            let vocab = fetch_known(&RWKV_WORLD_VOCAB, home)?;
+            let dest = dir.join(RWKV_WORLD_VOCAB.file_name);
+            std::fs::copy(&vocab, &dest).map_err(|e| Error::io(&dest, e))?;
+            fetched.borrow_mut().push((RWKV_WORLD_VOCAB.file_name.to_string(), RWKV_WORLD_VOCAB.sha256.to_string()));
+        }
+    } else {
+        fetch_repo_files(&download, &dir)?;
+    }
+    let marker = dir.join(".complete");
+    let hashes: serde_json::Map<String, serde_json::Value> = fetched.into_inner().into_iter().map(|(n, s)| (n, serde_json::Value::String(s))).collect();
+    let text = serde_json::to_string_pretty(&serde_json::json!({ "revision": r.revision, "sha256": hashes })).unwrap_or_default();
+    std::fs::write(&marker, text).map_err(|e| Error::io(&marker, e))?;
+    Ok(dir)
+}
+
+/// The inference files of a whole model repository: config, tokenizer, optional configs and
+/// templates, and the safetensors (sharded or not); `download(name, required)` fetches one.
+fn fetch_repo_files(download: &dyn Fn(&str, bool) -> Result<bool>, dir: &Path) -> Result<()> {
     download("config.json", true)?;
     download("tokenizer.json", true)?;
     for optional in ["tokenizer_config.json", "generation_config.json", "chat_template.jinja"] {
@@ -399,11 +449,7 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
     } else {
         download("model.safetensors", true)?;
     }
-    let marker = dir.join(".complete");
-    let hashes: serde_json::Map<String, serde_json::Value> = fetched.into_inner().into_iter().map(|(n, s)| (n, serde_json::Value::String(s))).collect();
-    let text = serde_json::to_string_pretty(&serde_json::json!({ "revision": r.revision, "sha256": hashes })).unwrap_or_default();
-    std::fs::write(&marker, text).map_err(|e| Error::io(&marker, e))?;
-    Ok(dir)
+    Ok(())
 }
 
 /// One cached model, for `kvbench model list`.

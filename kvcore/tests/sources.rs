@@ -6,7 +6,7 @@ mod common;
 use kvcore::config::Architecture;
 use kvcore::device::{DType, RuntimeSettings};
 use kvcore::random_init::{write_random_model, InitOptions, PRESETS};
-use kvcore::sources::{fetch_hf, list_cached, resolve, HfRef, ModelFiles};
+use kvcore::sources::{fetch_hf, list_cached, resolve, HfRef, ModelFiles, RWKV_WORLD_VOCAB};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -159,9 +159,43 @@ fn hf_download_of_a_missing_repo_fails_and_leaves_no_cache_hit() {
 }
 
 #[test]
+fn hf_single_pth_file_download_gets_the_world_vocabulary() {
+    let hub = tempfile::tempdir().unwrap();
+    let repo = hub.path().join("acme/rwkv/resolve/main");
+    std::fs::create_dir_all(&repo).unwrap();
+    // The fetch checks bytes against the listing; what they are is the loader's business.
+    std::fs::write(repo.join("RWKV-x.pth"), b"not really a checkpoint").unwrap();
+    std::fs::write(repo.join("other.pth"), vec![7u8; 1000]).unwrap();
+    write_listing(hub.path(), "acme/rwkv", "main", &repo);
+    let endpoint = serve(hub.path().to_path_buf());
+    let home = tempfile::tempdir().unwrap();
+    // The vocabulary comes from the pinned rwkv wheel; seed the cache from the reference package
+    // so the test stays offline (fetch_known checks its sha256 either way).
+    let vocab_src = common::python().parent().unwrap().parent().unwrap().join("lib/python3.11/site-packages/rwkv/rwkv_vocab_v20230424.txt");
+    let cached = kvcore::sources::cached_path(home.path(), &RWKV_WORLD_VOCAB);
+    std::fs::create_dir_all(cached.parent().unwrap()).unwrap();
+    std::fs::copy(&vocab_src, &cached).unwrap_or_else(|e| panic!("{}: {e} (scripts/bootstrap.sh --test installs rwkv)", vocab_src.display()));
+
+    let r = HfRef::parse("acme/rwkv:RWKV-x.pth").unwrap();
+    assert_eq!(r.file.as_deref(), Some("RWKV-x.pth"));
+    let dir = fetch_hf(&r, home.path(), &endpoint).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, [".complete", "RWKV-x.pth", "rwkv_vocab_v20230424.txt"], "only the named file and the vocabulary");
+    assert_eq!(std::fs::read(dir.join("rwkv_vocab_v20230424.txt")).unwrap(), std::fs::read(&vocab_src).unwrap());
+    assert_eq!(resolve("hf:acme/rwkv:RWKV-x.pth", home.path()).unwrap(), ModelFiles::HfDir(dir.clone()));
+    assert!(resolve("hf:acme/rwkv:other.pth", home.path()).is_err(), "another file of the repository is not cached");
+
+    // A file the listing does not know is refused.
+    let err = fetch_hf(&HfRef::parse("acme/rwkv:absent.pth").unwrap(), home.path(), &endpoint).unwrap_err().to_string();
+    assert!(err.contains("absent.pth"), "{err}");
+}
+
+#[test]
 fn hf_references_are_validated() {
     assert_eq!(HfRef::parse("org/name").unwrap().revision, "main");
-    for bad in ["org", "org/name/extra", "../x/y", "org/..", "org/name@", "org/na me"] {
+    assert_eq!(HfRef::parse("org/name@v2:w.pth").unwrap(), HfRef { repo: "org/name".into(), revision: "v2".into(), file: Some("w.pth".into()) });
+    for bad in ["org", "org/name/extra", "../x/y", "org/..", "org/name@", "org/na me", "org/name:", "org/name:../x.pth", "org/name:a/b.pth"] {
         assert!(HfRef::parse(bad).is_err(), "{bad} should be rejected");
     }
 }
