@@ -226,3 +226,28 @@ fn recurrent_gemma_scaling_timings() {
         }
     }
 }
+
+/// bf16 weights (f32 RG-LRU gates and f32 softmax inside) follow the f32 model closely, across
+/// a window wrap and through decode steps.
+#[test]
+fn bf16_weights_follow_f32() {
+    let json = r#"{"model_type":"recurrent_gemma","vocab_size":300,"hidden_size":64,"intermediate_size":192,"num_hidden_layers":3,"num_attention_heads":4,"num_key_value_heads":1,"attention_window_size":8}"#;
+    let c = RecurrentGemmaConfig::from_json_str(json, Path::new("(test)")).unwrap();
+    let ids: Vec<u32> = (0..24u32).map(|i| (i * 37 + 5) % 300).collect();
+    let run = |kind: Kind| {
+        let m = RecurrentGemmaModel::random(c.clone(), 5, kind, Device::Cpu).unwrap();
+        let mut state = m.new_state().unwrap();
+        let mut rows = vec![m.forward(&ids[..20], &mut state, true).unwrap()];
+        for &t in &ids[20..] {
+            rows.push(m.forward(&[t], &mut state, true).unwrap());
+        }
+        assert_eq!(state.bytes(), m.state_bytes());
+        Tensor::cat(&rows, 0)
+    };
+    let (f32_logits, bf16_logits) = (run(Kind::Float), run(Kind::BFloat16));
+    assert_eq!(bf16_logits.kind(), Kind::Float);
+    let d = max_abs_diff(&f32_logits, &bf16_logits);
+    let scale = f32_logits.abs().max().double_value(&[]);
+    eprintln!("bf16 vs f32: max |logit diff| {d:.3e} (max |logit| {scale:.3e})");
+    assert!(d <= 0.05 * scale, "bf16 logits differ from f32 by {d} (max |logit| {scale})");
+}
