@@ -3,9 +3,10 @@
 //! compression is measured against (issue 9). Every family implements [`RecurrentLm`], which is
 //! what the loader, generation and the runner use; [`load_dir`] picks the family from the files.
 //!
-//! Families: [`mamba`] (Mamba v1).
+//! Families: [`mamba`] (Mamba v1), [`recurrent_gemma`] (RecurrentGemma / Griffin).
 
 pub mod mamba;
+pub mod recurrent_gemma;
 pub mod tensor_map;
 
 use crate::error::{Error, Result};
@@ -108,6 +109,7 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     if cfg.is_file() {
         return Ok(match hf_model_type(&cfg)?.as_deref() {
             Some("mamba") => Some("mamba"),
+            Some("recurrent_gemma") => Some("recurrent_gemma"),
             _ => None,
         });
     }
@@ -118,6 +120,7 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
 pub fn load_dir(dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn RecurrentLm>> {
     match detect_family(dir)? {
         Some("mamba") => Ok(Box::new(mamba::MambaModel::load(dir, kind, device)?)),
+        Some("recurrent_gemma") => Ok(Box::new(recurrent_gemma::RecurrentGemmaModel::load(dir, kind, device)?)),
         _ => Err(Error::File { file: dir.into(), problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba`)".into() }),
     }
 }
