@@ -730,6 +730,9 @@ impl RecurrentLm for RecurrentGemmaModel {
     fn num_layers(&self) -> usize {
         self.config.num_hidden_layers
     }
+    fn hidden_size(&self) -> usize {
+        self.config.hidden_size
+    }
     fn weight_bytes(&self) -> u64 {
         self.weight_bytes as u64
     }
