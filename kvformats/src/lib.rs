@@ -11,3 +11,4 @@ pub mod plugin_header;
 pub mod tokenizer;
 pub mod chat;
 pub mod home;
+pub mod world_tokenizer;
