@@ -395,7 +395,9 @@ impl RwkvModel {
                 put(p(&format!("{ln}.bias")), Tensor::zeros([e], opts));
             }
             // Decay exponents from -6 (slow) to -1 (fast) across channels.
-            put(p("att.time_decay"), (Tensor::linspace(-6.0, -1.0, a, opts) + normal(&[a], 0.1)).view([hh, n]));
+            let decay = Tensor::linspace(-6.0, -1.0, a, opts) + normal(&[a], 0.1);
+            // Stored as the trainers do: [H, N] in v5.2, [1, 1, A] in v6.
+            put(p("att.time_decay"), if c.version == RwkvVersion::V5 { decay.view([hh, n]) } else { decay.view([1, 1, a]) });
             put(p("att.time_faaaa"), normal(&[hh, n], 0.1) + 0.5);
             match c.version {
                 RwkvVersion::V5 => {
