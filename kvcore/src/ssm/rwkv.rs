@@ -181,9 +181,9 @@ struct Layer {
     output: Tensor,
     /// Group norm weight and bias, f32 `[A]`.
     ln_x: (Tensor, Tensor),
-    /// Feed-forward token-shift mixes for k and r: v5 `(mix, 1 - mix)`, v6 `(maa, unused)`.
-    ffn_mix_k: (Tensor, Tensor),
-    ffn_mix_r: (Tensor, Tensor),
+    /// Feed-forward token-shift mixes for k and r: v5 `(mix, Some(1 - mix))`, v6 `(maa, None)`.
+    ffn_mix_k: (Tensor, Option<Tensor>),
+    ffn_mix_r: (Tensor, Option<Tensor>),
     ffn_key: Tensor,
     ffn_receptance: Tensor,
     ffn_value: Tensor,
@@ -268,11 +268,11 @@ impl Layer {
         // Channel mixing.
         let xx = layer_norm(&x, &self.ln2);
         let prev = token_shift(&xx, ffn_shift);
-        let (kx, rx) = match cfg.version {
-            RwkvVersion::V5 => (&xx * &self.ffn_mix_k.0 + &prev * &self.ffn_mix_k.1, &xx * &self.ffn_mix_r.0 + &prev * &self.ffn_mix_r.1),
-            RwkvVersion::V6 => {
+        let (kx, rx) = match (&self.ffn_mix_k, &self.ffn_mix_r) {
+            ((mk, Some(ck)), (mr, Some(cr))) => (&xx * mk + &prev * ck, &xx * mr + &prev * cr),
+            ((mk, _), (mr, _)) => {
                 let sx = &prev - &xx;
-                (&xx + &sx * &self.ffn_mix_k.0, &xx + &sx * &self.ffn_mix_r.0)
+                (&xx + &sx * mk, &xx + &sx * mr)
             }
         };
         let rr = rx.linear::<Tensor>(&self.ffn_receptance, None).sigmoid();
@@ -465,9 +465,9 @@ impl RwkvModel {
                     }
                     let mix: [(Tensor, Tensor); 4] = m.try_into().map_err(|_| Error::Other("four mixes".into()))?;
                     let decay = f32(take_squeezed(&mut w, &p("att.time_decay"), &[h, n])?).view([a]).exp().neg().exp();
-                    let k = with_complement(vec_c(&mut w, "ffn.time_mix_k")?);
-                    let r = with_complement(vec_c(&mut w, "ffn.time_mix_r")?);
-                    (AttentionMix::V5 { mix }, decay, k, r)
+                    let (k, ck) = with_complement(vec_c(&mut w, "ffn.time_mix_k")?);
+                    let (r, cr) = with_complement(vec_c(&mut w, "ffn.time_mix_r")?);
+                    (AttentionMix::V5 { mix }, decay, (k, Some(ck)), (r, Some(cr)))
                 }
                 RwkvVersion::V6 => {
                     let maa_x = vec_c(&mut w, "att.time_maa_x")?;
@@ -487,8 +487,7 @@ impl RwkvModel {
                     let decay = f32(take_squeezed(&mut w, &p("att.time_decay"), &[a])?);
                     let k = vec_c(&mut w, "ffn.time_maa_k")?;
                     let r = vec_c(&mut w, "ffn.time_maa_r")?;
-                    let (k1, r1) = (k.ones_like(), r.ones_like());
-                    (mix, decay, (k, k1), (r, r1))
+                    (mix, decay, (k, None), (r, None))
                 }
             };
             let bonus = if c.faaaa { f32(w.take(&p("att.time_faaaa"), &[h, n])?) } else { f32(w.take(&p("att.time_first"), &[h, n])?).exp() };
