@@ -203,11 +203,22 @@ pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &Conf
 }
 
 /// Loads a linear-time model directory: weights by [`crate::ssm::load_dir`], the tokenizer from
-/// `tokenizer.json`, chat template and EOS ids as for transformers.
+/// `tokenizer.json` (or RWKV's World vocabulary), chat template and EOS ids as for transformers.
 fn load_recurrent(dir: &Path, files: &ModelFiles, settings: RuntimeSettings, t0: std::time::Instant) -> Result<LoadedModel> {
     let model = crate::ssm::load_dir(dir, settings.dtype.kind(), settings.device)?;
     let tok_path = dir.join("tokenizer.json");
-    let tokenizer: LmTokenizer = load_tokenizer_file(&tok_path).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?.into();
+    let world_vocab = dir.join(crate::ssm::rwkv::WORLD_VOCAB_FILE);
+    let tokenizer: LmTokenizer = if tok_path.is_file() {
+        load_tokenizer_file(&tok_path).map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?.into()
+    } else if world_vocab.is_file() {
+        let w = kvformats::world_tokenizer::WorldTokenizer::from_vocab_file(&world_vocab).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        LmTokenizer::World(std::sync::Arc::new(w))
+    } else {
+        return Err(Error::File {
+            file: dir.into(),
+            problem: format!("no tokenizer: expected tokenizer.json, or {} for an RWKV World model", crate::ssm::rwkv::WORLD_VOCAB_FILE),
+        });
+    };
     let chat_template = load_hf_chat_template(dir)?;
     let eos_token_ids = generation_config_eos(dir).unwrap_or_else(|| model.eos_token_ids());
     Ok(LoadedModel {

@@ -3,10 +3,13 @@
 //! compression is measured against (issue 9). Every family implements [`RecurrentLm`], which is
 //! what the loader, generation and the runner use; [`load_dir`] picks the family from the files.
 //!
-//! Families: [`mamba`] (Mamba v1), [`recurrent_gemma`] (RecurrentGemma / Griffin).
+//! Families: [`mamba`] (Mamba v1), [`recurrent_gemma`] (RecurrentGemma / Griffin), [`rwkv`]
+//! (RWKV-5.2 and RWKV-6 World, from `.pth`, read by [`pth`]).
 
 pub mod mamba;
+pub mod pth;
 pub mod recurrent_gemma;
+pub mod rwkv;
 pub mod tensor_map;
 
 use crate::error::{Error, Result};
@@ -103,7 +106,8 @@ pub fn hf_model_type(config_json: &Path) -> Result<Option<String>> {
 }
 
 /// The recurrent family of the checkpoint in `dir`, or None for a transformer (or unknown) one:
-/// `config.json`'s `model_type` for Hugging Face layouts.
+/// `config.json`'s `model_type` for Hugging Face layouts; without a `config.json`, an RWKV
+/// checkpoint by its tensor names ([`rwkv::detect_version`]: the pickle of the one `*.pth`).
 pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     let cfg = dir.join("config.json");
     if cfg.is_file() {
@@ -113,7 +117,11 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
             _ => None,
         });
     }
-    Ok(None)
+    Ok(match rwkv::detect_version(dir)? {
+        Some(rwkv::RwkvVersion::V5) => Some("rwkv5"),
+        Some(rwkv::RwkvVersion::V6) => Some("rwkv6"),
+        None => None,
+    })
 }
 
 /// Loads the recurrent model in `dir` (family from [`detect_family`]), weights as `kind` on `device`.
@@ -121,6 +129,10 @@ pub fn load_dir(dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn Recurr
     match detect_family(dir)? {
         Some("mamba") => Ok(Box::new(mamba::MambaModel::load(dir, kind, device)?)),
         Some("recurrent_gemma") => Ok(Box::new(recurrent_gemma::RecurrentGemmaModel::load(dir, kind, device)?)),
-        _ => Err(Error::File { file: dir.into(), problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba`)".into() }),
+        Some("rwkv5" | "rwkv6") => Ok(Box::new(rwkv::RwkvModel::load(dir, kind, device)?)),
+        _ => Err(Error::File {
+            file: dir.into(),
+            problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba` or `recurrent_gemma`, or one RWKV-5/6 `*.pth`)".into(),
+        }),
     }
 }
