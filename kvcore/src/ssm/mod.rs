@@ -3,9 +3,10 @@
 //! compression is measured against (issue 9). Every family implements [`RecurrentLm`], which is
 //! what the loader, generation and the runner use; [`load_dir`] picks the family from the files.
 //!
-//! Families: [`mamba`] (Mamba v1).
+//! Families: [`mamba`] (Mamba v1), [`mamba2`] (Mamba-2, SSD).
 
 pub mod mamba;
+pub mod mamba2;
 pub mod tensor_map;
 
 use crate::error::{Error, Result};
@@ -106,6 +107,7 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     if cfg.is_file() {
         return Ok(match hf_model_type(&cfg)?.as_deref() {
             Some("mamba") => Some("mamba"),
+            Some("mamba2") => Some("mamba2"),
             _ => None,
         });
     }
@@ -116,6 +118,7 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
 pub fn load_dir(dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn RecurrentLm>> {
     match detect_family(dir)? {
         Some("mamba") => Ok(Box::new(mamba::MambaModel::load(dir, kind, device)?)),
+        Some("mamba2") => Ok(Box::new(mamba2::Mamba2Model::load(dir, kind, device)?)),
         _ => Err(Error::File { file: dir.into(), problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba`)".into() }),
     }
 }
