@@ -40,13 +40,14 @@ fn mamba2_matches_transformers() {
 
         // (1) whole sequence at the config's chunk size and others: one chunk, chunks that
         // divide 64, a chunk size that does not, single steps through the chunked path.
+        let default_chunk = m.chunk_size;
         for chunk in [c.chunk_size, 64, 16, 5, 1] {
             m.chunk_size = chunk;
             let d = max_abs_diff(&full_from(&m, &ids), &reference);
             eprintln!("{case}: full sequence (SSD chunk {chunk}): max |logit diff| vs transformers = {d:.3e}");
             assert!(d <= 1e-4, "{case} chunk {chunk}: max |logit diff| {d} > 1e-4");
         }
-        m.chunk_size = c.chunk_size;
+        m.chunk_size = default_chunk;
         let full = full_from(&m, &ids);
         // The generic loader picks the same model.
         let boxed = ssm::load_dir(&dir, Kind::Float, Device::Cpu).unwrap();
@@ -137,7 +138,7 @@ fn bench_config(name: &str) -> Mamba2Config {
 /// Timings on random weights (CPU, f32), best of `reps` runs: prefill (logits at the last
 /// position only) of 1K/2K/4K tokens, then the mean decode step after each. Environment:
 /// `KVBENCH_MAMBA2_BENCH` = `130m` (default: mamba2-130m shapes) and/or `small`, comma-separated;
-/// `KVBENCH_MAMBA2_BENCH_CHUNKS` = SSD chunk sizes (default `256`); `KVBENCH_MAMBA2_BENCH_REPS`
+/// `KVBENCH_MAMBA2_BENCH_CHUNKS` = SSD chunk sizes (default: the model's); `KVBENCH_MAMBA2_BENCH_REPS`
 /// (default 2); `KVBENCH_MAMBA2_BENCH_THREADS` sets libtorch's intra-op threads. Run with
 /// `--ignored --nocapture`.
 #[test]
@@ -148,8 +149,9 @@ fn mamba2_scaling_timings() {
         tch::set_num_threads(n.parse().expect("KVBENCH_MAMBA2_BENCH_THREADS: a number"));
     }
     let reps: usize = env("KVBENCH_MAMBA2_BENCH_REPS", "2").parse().expect("KVBENCH_MAMBA2_BENCH_REPS: a number");
-    let chunks: Vec<usize> =
-        env("KVBENCH_MAMBA2_BENCH_CHUNKS", "256").split(',').map(|c| c.parse().expect("KVBENCH_MAMBA2_BENCH_CHUNKS: numbers")).collect();
+    let chunks: Option<Vec<usize>> = std::env::var("KVBENCH_MAMBA2_BENCH_CHUNKS")
+        .ok()
+        .map(|v| v.split(',').map(|c| c.parse().expect("KVBENCH_MAMBA2_BENCH_CHUNKS: numbers")).collect());
     eprintln!("libtorch threads: {}, best of {reps}", tch::get_num_threads());
     let best = |f: &mut dyn FnMut() -> f64| (0..reps.max(1)).map(|_| f()).fold(f64::INFINITY, f64::min);
     for name in env("KVBENCH_MAMBA2_BENCH", "130m").split(',') {
@@ -169,7 +171,7 @@ fn mamba2_scaling_timings() {
         let ids: Vec<u32> = (0..4096u32).map(|i| (i * 7919 + 13) % cfg.vocab_size as u32).collect();
         let mut warm = m.new_state().unwrap();
         let _ = m.forward(&ids[..64], &mut warm, false).unwrap();
-        for &chunk in &chunks {
+        for chunk in chunks.clone().unwrap_or_else(|| vec![m.chunk_size]) {
             m.chunk_size = chunk;
             for n in [1024usize, 2048, 4096] {
                 let mut state = m.new_state().unwrap();
