@@ -3,10 +3,11 @@
 //! compression is measured against (issue 9). Every family implements [`RecurrentLm`], which is
 //! what the loader, generation and the runner use; [`load_dir`] picks the family from the files.
 //!
-//! Families: [`mamba`] (Mamba v1), [`recurrent_gemma`] (RecurrentGemma / Griffin), [`rwkv`]
-//! (RWKV-5.2 and RWKV-6 World, from `.pth`, read by [`pth`]).
+//! Families: [`mamba`] (Mamba v1), [`mamba2`] (Mamba-2, SSD), [`recurrent_gemma`]
+//! (RecurrentGemma / Griffin), [`rwkv`] (RWKV-5.2 and RWKV-6 World, from `.pth`, read by [`pth`]).
 
 pub mod mamba;
+pub mod mamba2;
 pub mod pth;
 pub mod recurrent_gemma;
 pub mod rwkv;
@@ -98,9 +99,11 @@ pub fn greedy(model: &dyn RecurrentLm, ids: &[u32], n: usize) -> Result<Vec<u32>
     }
 }
 
-/// The `model_type` of a Hugging Face `config.json`, if the file says.
+/// The `model_type` of a Hugging Face `config.json`, if the file says. Bare `Infinity`/`NaN`
+/// (which transformers 4.x writes, e.g. Mamba-2's `time_step_limit`) are read as strings.
 pub fn hf_model_type(config_json: &Path) -> Result<Option<String>> {
     let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
+    let text = mamba2::quote_bare_non_finite(&text);
     let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config { file: config_json.into(), key: "(file)".into(), problem: format!("not valid JSON: {e}") })?;
     Ok(v.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
 }
@@ -113,6 +116,7 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     if cfg.is_file() {
         return Ok(match hf_model_type(&cfg)?.as_deref() {
             Some("mamba") => Some("mamba"),
+            Some("mamba2") => Some("mamba2"),
             Some("recurrent_gemma") => Some("recurrent_gemma"),
             _ => None,
         });
@@ -128,11 +132,12 @@ pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
 pub fn load_dir(dir: &Path, kind: Kind, device: Device) -> Result<Box<dyn RecurrentLm>> {
     match detect_family(dir)? {
         Some("mamba") => Ok(Box::new(mamba::MambaModel::load(dir, kind, device)?)),
+        Some("mamba2") => Ok(Box::new(mamba2::Mamba2Model::load(dir, kind, device)?)),
         Some("recurrent_gemma") => Ok(Box::new(recurrent_gemma::RecurrentGemmaModel::load(dir, kind, device)?)),
         Some("rwkv5" | "rwkv6") => Ok(Box::new(rwkv::RwkvModel::load(dir, kind, device)?)),
         _ => Err(Error::File {
             file: dir.into(),
-            problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba` or `recurrent_gemma`, or one RWKV-5/6 `*.pth`)".into(),
+            problem: "not a recurrent model directory this build knows (expected a config.json with model_type `mamba`, `mamba2` or `recurrent_gemma`, or one RWKV-5/6 `*.pth`)".into(),
         }),
     }
 }
