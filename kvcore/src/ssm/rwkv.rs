@@ -376,9 +376,17 @@ impl RwkvModel {
     /// A model with random weights in plausible RWKV ranges (decays spread over channels, mixes
     /// in (0, 1)), for benchmarks that need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: RwkvConfig, seed: i64, kind: Kind, device: Device) -> Result<Self> {
+        let map = Self::random_tensors(&config, seed, device).into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
+        let config = RwkvConfig { faaaa: true, time_state: false, ..config };
+        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+    }
+
+    /// The named f32 tensors of a random model in the published checkpoint layout (what
+    /// [`random`](Self::random) builds from, and what `kvbench model init --arch rwkv6` saves).
+    pub fn random_tensors(config: &RwkvConfig, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
         tch::manual_seed(seed);
-        let c = &config;
+        let c = config;
         let (v, e, a, f, hh, n) = (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
         let opts = (Kind::Float, device);
         let normal = |shape: &[i64], std: f64| Tensor::randn(shape, opts) * std;
@@ -432,9 +440,7 @@ impl RwkvModel {
         put("ln_out.weight".into(), Tensor::ones([e], opts));
         put("ln_out.bias".into(), Tensor::zeros([e], opts));
         put("head.weight".into(), normal(&[v, e], (e as f64).powf(-0.5)));
-        let config = RwkvConfig { faaaa: true, time_state: false, ..config };
-        let map = map.into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
-        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+        map
     }
 
     fn from_tensors(config: RwkvConfig, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {

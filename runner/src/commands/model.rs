@@ -4,7 +4,7 @@ use crate::cli::{InitArgs, ModelCommand};
 use anyhow::{bail, Context, Result};
 use kvcore::config::Architecture;
 use kvcore::device::DType;
-use kvcore::random_init::{write_random_mamba, write_random_model, InitOptions, MAMBA_PRESETS, PRESETS};
+use kvcore::random_init::{write_random_mamba, write_random_model, write_random_rwkv, InitOptions, MAMBA_PRESETS, PRESETS};
 use kvcore::sources::{cached_path, fetch, known_model, kvbench_home, list_cached, KNOWN_MODELS};
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
@@ -39,6 +39,15 @@ fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
         bail!("only --random initialisation is supported");
     }
     let dtype: DType = a.dtype.parse()?;
+    if let Some(version) = a.arch.strip_prefix("rwkv").and_then(|v| v.parse::<u8>().ok()).filter(|v| [5, 6].contains(v)) {
+        if a.preset != "tiny" {
+            bail!("--preset `{}`: expected tiny for --arch {}", a.preset, a.arch);
+        }
+        let vocab = kvcore::sources::fetch_known(&kvcore::sources::RWKV_WORLD_VOCAB, home).context("fetching the RWKV World vocabulary")?;
+        write_random_rwkv(version, &a.preset, a.seed, dtype.kind(), &vocab, &a.out_dir)?;
+        println!("wrote a random {} {} model to {}", a.arch, a.preset, a.out_dir.display());
+        return Ok(());
+    }
     if a.arch == "mamba" {
         if !MAMBA_PRESETS.contains(&a.preset.as_str()) {
             bail!("--preset `{}`: expected one of {} for --arch mamba", a.preset, MAMBA_PRESETS.join(", "));
@@ -50,7 +59,7 @@ fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
     }
     let arch = Architecture::from_name(&a.arch)
         .filter(|_| ["llama", "mistral", "qwen2"].contains(&a.arch.as_str()))
-        .with_context(|| format!("--arch `{}`: expected llama, mistral, qwen2 or mamba", a.arch))?;
+        .with_context(|| format!("--arch `{}`: expected llama, mistral, qwen2, mamba, rwkv5 or rwkv6", a.arch))?;
     let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
         format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
     })?;
