@@ -353,7 +353,7 @@ impl MambaModel {
     /// builds the model from, and what `kvbench model init --arch mamba` saves).
     pub fn random_tensors(config: &MambaConfig, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
-        tch::manual_seed(seed);
+        let _rng = super::seeded_rng(seed);
         let c = config;
         let (v, h, i, n, k, r) = (
             c.vocab_size as i64,

@@ -409,7 +409,7 @@ impl Mamba2Model {
     /// need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: Mamba2Config, seed: i64, kind: Kind, device: Device) -> Result<Self> {
         let _g = tch::no_grad_guard();
-        tch::manual_seed(seed);
+        let _rng = super::seeded_rng(seed);
         let c = &config;
         let (v, d, i, h, k) =
             (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);

@@ -67,6 +67,16 @@ pub trait RecurrentLm: Send {
     fn state_bytes(&self) -> u64;
 }
 
+/// Serialises the random-weight builders: libtorch's generator is process-wide, so two models
+/// built with the same seed on two threads (tests run in parallel) would otherwise draw
+/// interleaved numbers. Seeds the generator; hold the guard while drawing.
+pub(crate) fn seeded_rng(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    tch::manual_seed(seed);
+    guard
+}
+
 /// Checks `ids` against the vocabulary and makes the `[1, T]` int64 input on `device`.
 pub fn ids_tensor(ids: &[u32], vocab_size: usize, device: Device) -> Result<Tensor> {
     if ids.is_empty() {

@@ -549,7 +549,7 @@ impl RecurrentGemmaModel {
     /// tests that need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: RecurrentGemmaConfig, seed: i64, kind: Kind, device: Device) -> Result<Self> {
         let _g = tch::no_grad_guard();
-        tch::manual_seed(seed);
+        let _rng = super::seeded_rng(seed);
         let c = &config;
         let (v, h, m, lru, w) = (c.vocab_size as i64, c.hidden_size as i64, (c.intermediate_size / 2) as i64, c.lru_width as i64, c.conv1d_width as i64);
         let (heads, kv, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);

@@ -385,7 +385,7 @@ impl RwkvModel {
     /// [`random`](Self::random) builds from, and what `kvbench model init --arch rwkv6` saves).
     pub fn random_tensors(config: &RwkvConfig, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
-        tch::manual_seed(seed);
+        let _rng = super::seeded_rng(seed);
         let c = config;
         let (v, e, a, f, hh, n) = (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
         let opts = (Kind::Float, device);
