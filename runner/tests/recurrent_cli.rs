@@ -2,7 +2,8 @@
 //! mamba`, `kvbench generate` (state bytes where KV bytes are, constant in the prompt length; cache
 //! methods refused with a message), and `kvbench run` of an experiment that mixes a transformer and
 //! a Mamba model (the Mamba model's cache-method cells are skipped, its full cells recorded with
-//! its fixed state size, and both appear in the leaderboard).
+//! its fixed state size and its prompts cut to the model's context limit, and both appear in the
+//! leaderboard); RWKV World models through the World tokenizer.
 
 mod common;
 
@@ -65,7 +66,7 @@ fn run_mixes_transformer_and_mamba_cells() {
     let mamba = tmp.path().join("mamba");
     ok(&["model", "init", "--arch", "mamba", "--preset", "tiny", "--random", "--seed", "4", mamba.to_str().unwrap()]);
     let configs = tmp.path().join("configs");
-    std::fs::write(configs.join("models/mamba.toml"), format!("source = \"{}\"\nchat_template = false\n", mamba.display())).unwrap();
+    std::fs::write(configs.join("models/mamba.toml"), format!("source = \"{}\"\nchat_template = false\ncontext_limit = 150\n", mamba.display())).unwrap();
     let text = std::fs::read_to_string(&exp).unwrap().replace("models = [\"tiny\"]", "models = [\"tiny\", \"mamba\"]");
     std::fs::write(&exp, text).unwrap();
 
@@ -93,6 +94,9 @@ fn run_mixes_transformer_and_mamba_cells() {
     assert_eq!(mamba_records.len(), 9, "9 passkey samples");
     let lengths: std::collections::BTreeSet<u64> = mamba_records.iter().map(|r| r["input_tokens"].as_u64().unwrap()).collect();
     assert!(lengths.len() > 1, "samples of several lengths: {lengths:?}");
+    // The model config's context_limit (the paper's 1,500 / 3,500 / 7,500 for these models) cuts
+    // longer prompts to exactly the limit (their middle goes, as for transformers).
+    assert_eq!(lengths.iter().max(), Some(&150), "the longest prompts are cut to the context limit: {lengths:?}");
     for r in &mamba_records {
         assert_eq!(r["kv_bytes_held"].as_u64(), Some(2 * 128 * (4 + 16) * 4), "the state, whatever the input length: {r}");
     }
