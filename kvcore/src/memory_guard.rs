@@ -185,8 +185,8 @@ pub fn estimate_model(files: &ModelFiles, settings: &RuntimeSettings, overrides:
     Ok(MemoryEstimate { weights_bytes: weights, runtime_bytes: RUNTIME_ALLOWANCE_BYTES, ..MemoryEstimate::for_context(&config, settings, context_tokens) })
 }
 
-/// A recurrent model before loading: its weights (safetensors headers, else the size of its
-/// `.pth` files, in the compute dtype where the headers say) and activations at `context_tokens`
+/// A recurrent model before loading: its weights in the compute dtype (from safetensors headers
+/// or the pickle of a `.pth`/`.bin`, no tensor data read) and activations at `context_tokens`
 /// from `config.json`'s `hidden_size` (the state itself is small and counted per cell).
 fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: usize) -> Result<MemoryEstimate> {
     let elem = settings.dtype.size_in_bytes() as u64;
@@ -197,9 +197,11 @@ fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: us
         let path = entry.map_err(|e| Error::io(dir, e))?.path();
         match path.extension().and_then(|e| e.to_str()) {
             Some("safetensors") => weights = weights.saturating_add(safetensors_elements(&path)?.saturating_mul(elem)),
-            // A pickled checkpoint's header is not read here: its size stands for the weights
-            // (exact for f32 checkpoints loaded as f32, an overestimate when loading as bf16).
-            Some("pth") => weights = weights.saturating_add(std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?.len()),
+            // A pickled checkpoint (RWKV .pth, mamba_ssm pytorch_model.bin): its pickle lists the shapes.
+            Some("pth" | "bin") => {
+                let elements: u64 = crate::ssm::pth::read_index(&path)?.iter().map(|t| t.shape.iter().map(|&d| d.max(0) as u64).product::<u64>()).fold(0, u64::saturating_add);
+                weights = weights.saturating_add(elements.saturating_mul(elem));
+            }
             _ => {}
         }
     }

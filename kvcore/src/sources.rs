@@ -436,7 +436,8 @@ pub fn fetch_hf(r: &HfRef, home: &Path, endpoint: &str) -> Result<PathBuf> {
 }
 
 /// The inference files of a whole model repository: config, tokenizer, optional configs and
-/// templates, and the safetensors (sharded or not); `download(name, required)` fetches one.
+/// templates, and the safetensors (sharded or not; else `pytorch_model.bin`);
+/// `download(name, required)` fetches one.
 fn fetch_repo_files(download: &dyn Fn(&str, bool) -> Result<bool>, dir: &Path) -> Result<()> {
     download("config.json", true)?;
     download("tokenizer.json", true)?;
@@ -447,8 +448,10 @@ fn fetch_repo_files(download: &dyn Fn(&str, bool) -> Result<bool>, dir: &Path) -
         for s in crate::weights::shard_names(&dir.join("model.safetensors.index.json"))? {
             download(&s, true)?;
         }
-    } else {
-        download("model.safetensors", true)?;
+    } else if !download("model.safetensors", false)? && !download("pytorch_model.bin", false)? {
+        // Checkpoints published only as a pickle (mamba_ssm's, e.g. havenhq/mamba-chat) come as
+        // pytorch_model.bin; kvbench reads those with its restricted reader, never with Python.
+        return Err(Error::Download { what: dir.display().to_string(), problem: "the repository has neither model.safetensors(.index.json) nor pytorch_model.bin".into() });
     }
     Ok(())
 }

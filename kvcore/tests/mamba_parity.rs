@@ -107,6 +107,32 @@ fn mamba_matches_transformers() {
     }
 }
 
+/// The original `mamba_ssm` layout (`d_model`/`n_layer`/`ssm_cfg` config, padded vocabulary,
+/// `pytorch_model.bin`, `backbone.embedding`), as havenhq/mamba-chat is published: the same
+/// logits as transformers on the same weights, found and loaded through the generic loader.
+#[test]
+fn mamba_ssm_checkpoints_match_transformers() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_reference("mamba_parity.py", &[tmp.path().to_str().unwrap()]);
+    let ids = ids_from_npy(&tmp.path().join("input_ids.npy"));
+    for case in ["tied", "untied_bias"] {
+        let dir = tmp.path().join(format!("{case}_mamba_ssm"));
+        assert!(dir.join("pytorch_model.bin").is_file() && !dir.join("model.safetensors").exists());
+        assert_eq!(ssm::detect_family(&dir).unwrap(), Some("mamba"));
+        let m = MambaModel::load(&dir, Kind::Float, Device::Cpu).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(m.config.vocab_size, 1000, "997 padded to a multiple of 8");
+        let reference = npy(&tmp.path().join(case).join("logits.npy"));
+        let d = max_abs_diff(&m.forward_full(&ids).unwrap(), &reference);
+        eprintln!("{case} (mamba_ssm layout): max |logit diff| vs transformers = {d:.3e}");
+        assert!(d <= 1e-4, "{case}: mamba_ssm checkpoint differs by {d}");
+        let boxed = ssm::load_dir(&dir, Kind::Float, Device::Cpu).unwrap();
+        assert_eq!(ssm::greedy(boxed.as_ref(), &ids, 32).unwrap(), ids_from_npy(&tmp.path().join(case).join("greedy.npy")));
+    }
+    // A Mamba-2 mamba_ssm config is refused by name.
+    let e = MambaConfig::from_json_str(r#"{"d_model":64,"n_layer":2,"vocab_size":100,"ssm_cfg":{"layer":"Mamba2"}}"#, Path::new("/m/config.json")).unwrap_err().to_string();
+    assert!(e.contains("ssm_cfg.layer") && e.contains("Mamba2"), "{e}");
+}
+
 #[test]
 fn missing_tensor_and_bad_config_are_named() {
     let tmp = tempfile::tempdir().unwrap();

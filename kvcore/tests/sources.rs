@@ -192,6 +192,32 @@ fn hf_single_pth_file_download_gets_the_world_vocabulary() {
 }
 
 #[test]
+fn hf_download_of_a_pickle_only_repository_takes_pytorch_model_bin() {
+    let hub = tempfile::tempdir().unwrap();
+    let repo = hub.path().join("acme/mamba-chat/resolve/main");
+    std::fs::create_dir_all(&repo).unwrap();
+    std::fs::write(repo.join("config.json"), r#"{"d_model": 64, "n_layer": 2, "vocab_size": 100}"#).unwrap();
+    std::fs::write(repo.join("tokenizer.json"), "{}").unwrap();
+    std::fs::write(repo.join("pytorch_model.bin"), vec![3u8; 4096]).unwrap();
+    write_listing(hub.path(), "acme/mamba-chat", "main", &repo);
+    let endpoint = serve(hub.path().to_path_buf());
+    let home = tempfile::tempdir().unwrap();
+    let dir = fetch_hf(&HfRef::parse("acme/mamba-chat").unwrap(), home.path(), &endpoint).unwrap();
+    assert_eq!(std::fs::read(dir.join("pytorch_model.bin")).unwrap(), vec![3u8; 4096]);
+    assert!(dir.join(".complete").is_file() && !dir.join("model.safetensors").exists());
+
+    // Neither weights format: refused, not marked complete.
+    let bare = hub.path().join("acme/bare/resolve/main");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::write(bare.join("config.json"), "{}").unwrap();
+    std::fs::write(bare.join("tokenizer.json"), "{}").unwrap();
+    write_listing(hub.path(), "acme/bare", "main", &bare);
+    let err = fetch_hf(&HfRef::parse("acme/bare").unwrap(), home.path(), &endpoint).unwrap_err().to_string();
+    assert!(err.contains("pytorch_model.bin") && err.contains("model.safetensors"), "{err}");
+    assert!(resolve("hf:acme/bare", home.path()).is_err());
+}
+
+#[test]
 fn hf_references_are_validated() {
     assert_eq!(HfRef::parse("org/name").unwrap().revision, "main");
     assert_eq!(HfRef::parse("org/name@v2:w.pth").unwrap(), HfRef { repo: "org/name".into(), revision: "v2".into(), file: Some("w.pth".into()) });

@@ -9,6 +9,8 @@ each with `save_pretrained(..., safe_serialization=True)` under OUT_DIR/<case>, 
   OUT_DIR/<case>/logits.npy      float32 [64, V]  full-sequence logits (no cache)
   OUT_DIR/<case>/greedy.npy      int64 [32]       32 greedy tokens after the input (generate(),
                                                   cross-checked against a no-cache argmax loop)
+  OUT_DIR/<case>_mamba_ssm/      the same weights in the original mamba_ssm layout
+                                 (config.json with d_model/n_layer/ssm_cfg, pytorch_model.bin)
 
 The Rust test kvcore/tests/mamba_parity.rs compares. Runs offline: nothing is downloaded.
 """
@@ -70,6 +72,25 @@ def build(extra, out_proj_scale):
     return model
 
 
+def write_mamba_ssm_copy(model, d):
+    """The same weights in the original mamba_ssm layout (as havenhq/mamba-chat publishes):
+    config.json with d_model/n_layer/ssm_cfg and an unpadded vocab_size (997, padded back to the
+    embedding's 1000 rows by pad_vocab_size_multiple 8), pytorch_model.bin written by torch.save
+    with `backbone.embedding.weight` (tied heads saved as a second view of the same storage)."""
+    c = model.config
+    os.makedirs(d, exist_ok=True)
+    import json
+    cfg = {"d_model": c.hidden_size, "n_layer": c.num_hidden_layers, "vocab_size": VOCAB - 3,
+           "ssm_cfg": {"d_state": c.state_size, "d_conv": c.conv_kernel, "expand": c.expand,
+                       "dt_rank": c.time_step_rank, "bias": c.use_bias, "conv_bias": c.use_conv_bias},
+           "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
+           "pad_vocab_size_multiple": 8, "tie_embeddings": c.tie_word_embeddings}
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(cfg, f)
+    sd = {k.replace("backbone.embeddings.", "backbone.embedding."): v for k, v in model.state_dict().items()}
+    torch.save(sd, os.path.join(d, "pytorch_model.bin"))
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     gen = torch.Generator().manual_seed(1234)
@@ -104,6 +125,7 @@ def main(out_dir):
             print(f"{case}: WARNING generate() and the no-cache loop disagree:\n  {new.tolist()}\n  {seq[0, SEQ:].tolist()}",
                   file=sys.stderr)
         np.save(os.path.join(d, "greedy.npy"), new.numpy().astype(np.int64))
+        write_mamba_ssm_copy(model, os.path.join(out_dir, case + "_mamba_ssm"))
         tensors = sorted(n for n, _ in model.named_parameters())
         print(f"{case}: logits {tuple(logits.shape)}, greedy {new.tolist()[:8]}..., {len(tensors)} params",
               file=sys.stderr)

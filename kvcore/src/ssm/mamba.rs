@@ -85,10 +85,12 @@ impl MambaConfig {
         Self::from_json_str(&text, path)
     }
 
-    /// Parses config JSON; `path` names the file in errors.
+    /// Parses config JSON (Hugging Face `MambaConfig`, or the original `mamba_ssm` layout:
+    /// `d_model`, `n_layer`, `ssm_cfg`, ...); `path` names the file in errors.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
         let err = |key: &str, problem: String| Error::Config { file: path.to_path_buf(), key: key.into(), problem };
         let root: Value = serde_json::from_str(text).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
+        let root = if is_mamba_ssm_config(&root) { from_mamba_ssm_config(&root, path)? } else { root };
         let obj = root.as_object().ok_or_else(|| err("(file)", "expected a JSON object".into()))?;
         let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
 
@@ -167,6 +169,52 @@ impl MambaConfig {
             eos_token_ids,
         })
     }
+}
+
+/// Whether `config` is the original `mamba_ssm` `MambaConfig` (as saved by `MambaLMHeadModel`,
+/// e.g. havenhq/mamba-chat): `d_model` and `n_layer` instead of Hugging Face's keys.
+pub fn is_mamba_ssm_config(config: &Value) -> bool {
+    config.get("model_type").is_none() && config.get("d_model").is_some() && config.get("n_layer").is_some()
+}
+
+/// The Hugging Face `MambaConfig` keys for an original `mamba_ssm` config: `d_model`, `n_layer`,
+/// `vocab_size` rounded up to `pad_vocab_size_multiple` (the embedding's rows), `ssm_cfg`'s
+/// `d_state`/`d_conv`/`expand`/`dt_rank`/`bias`/`conv_bias`, `rms_norm` (must be true),
+/// `residual_in_fp32`, `tie_embeddings`, `norm_epsilon`. A Mamba-2 `ssm_cfg` is refused.
+fn from_mamba_ssm_config(c: &Value, path: &Path) -> Result<Value> {
+    let err = |key: &str, problem: String| Error::Config { file: path.to_path_buf(), key: key.into(), problem };
+    let uint = |v: &Value, key: &str| v.as_u64().ok_or_else(|| err(key, format!("expected a non-negative integer, found {v}")));
+    let empty = Value::Object(Default::default());
+    let ssm = c.get("ssm_cfg").filter(|v| !v.is_null()).unwrap_or(&empty);
+    if let Some(layer) = ssm.get("layer").and_then(Value::as_str) {
+        if layer != "Mamba1" {
+            return Err(err("ssm_cfg.layer", format!("`{layer}` is not Mamba v1 (this reader takes Mamba1 mamba_ssm checkpoints; use a Hugging Face Mamba2 conversion for Mamba-2)")));
+        }
+    }
+    if c.get("rms_norm").and_then(Value::as_bool) == Some(false) {
+        return Err(err("rms_norm", "false (LayerNorm) is not supported: Mamba models use RMSNorm".into()));
+    }
+    let vocab = uint(c.get("vocab_size").ok_or_else(|| err("vocab_size", "missing".into()))?, "vocab_size")?;
+    let multiple = c.get("pad_vocab_size_multiple").map(|v| uint(v, "pad_vocab_size_multiple")).transpose()?.unwrap_or(8).max(1);
+    let mut out = serde_json::json!({
+        "model_type": "mamba",
+        "hidden_size": c["d_model"],
+        "num_hidden_layers": c["n_layer"],
+        "vocab_size": vocab.div_ceil(multiple) * multiple,
+        "state_size": ssm.get("d_state").cloned().unwrap_or(16.into()),
+        "conv_kernel": ssm.get("d_conv").cloned().unwrap_or(4.into()),
+        "expand": ssm.get("expand").cloned().unwrap_or(2.into()),
+        "time_step_rank": ssm.get("dt_rank").cloned().unwrap_or("auto".into()),
+        "use_bias": ssm.get("bias").cloned().unwrap_or(false.into()),
+        "use_conv_bias": ssm.get("conv_bias").cloned().unwrap_or(true.into()),
+        "residual_in_fp32": c.get("residual_in_fp32").cloned().unwrap_or(true.into()),
+        "tie_word_embeddings": c.get("tie_embeddings").cloned().unwrap_or(true.into()),
+        "layer_norm_epsilon": c.get("norm_epsilon").cloned().unwrap_or(1e-5.into()),
+    });
+    if let Some(eos) = c.get("eos_token_id") {
+        out["eos_token_id"] = eos.clone();
+    }
+    Ok(out)
 }
 
 /// How the recurrence is evaluated within a block of time steps. Both give the same result up to

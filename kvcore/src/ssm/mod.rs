@@ -118,12 +118,21 @@ pub fn hf_model_type(config_json: &Path) -> Result<Option<String>> {
     Ok(v.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
 }
 
+/// Whether `config_json` is an original `mamba_ssm` config ([`mamba::is_mamba_ssm_config`]).
+fn is_mamba_ssm_dir_config(config_json: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
+    Ok(serde_json::from_str::<serde_json::Value>(&text).map(|v| mamba::is_mamba_ssm_config(&v)).unwrap_or(false))
+}
+
 /// The recurrent family of the checkpoint in `dir`, or None for a transformer (or unknown) one:
 /// `config.json`'s `model_type` for Hugging Face layouts; without a `config.json`, an RWKV
 /// checkpoint by its tensor names ([`rwkv::detect_version`]: the pickle of the one `*.pth`).
 pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     let cfg = dir.join("config.json");
     if cfg.is_file() {
+        if is_mamba_ssm_dir_config(&cfg)? {
+            return Ok(Some("mamba"));
+        }
         return Ok(match hf_model_type(&cfg)?.as_deref() {
             Some("mamba") => Some("mamba"),
             Some("mamba2") => Some("mamba2"),

@@ -15,8 +15,13 @@ pub struct TensorMap {
 }
 
 impl TensorMap {
-    /// Every tensor of the safetensors files in `dir`, floating tensors converted to `kind` on `device`.
+    /// Every tensor of the safetensors files in `dir` (or, for checkpoints published that way,
+    /// its `pytorch_model.bin`), floating tensors converted to `kind` on `device`.
     pub fn load_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
+        let bin = dir.join("pytorch_model.bin");
+        if !dir.join("model.safetensors").exists() && !dir.join("model.safetensors.index.json").exists() && bin.is_file() {
+            return super::pth::load_pth(&bin, kind, device);
+        }
         let mut map = HashMap::new();
         for f in safetensors_files(dir)? {
             read_safetensors(&f, kind, device, &mut map)?;
