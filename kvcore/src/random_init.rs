@@ -139,38 +139,65 @@ fn write_tokenizer_files(gguf_path: &Path, out_dir: &Path) -> Result<GgufTokeniz
     Ok(spec)
 }
 
-/// Shapes of random Mamba models `kvbench model init --arch mamba --preset` knows: `tiny` for
-/// tests, `mamba-130m` (state-spaces/mamba-130m's shape) for speed benchmarks.
-pub const MAMBA_PRESETS: &[&str] = &["tiny", "mamba-130m"];
+/// Random linear-time models `kvbench model init --arch A --preset P` knows (Hugging Face
+/// layouts): `tiny` for tests, and the shapes of small published models for speed benchmarks
+/// (`recurrent_gemma`'s `reduced-2b` keeps recurrentgemma-2b's widths over 6 layers).
+pub const RECURRENT_PRESETS: &[(&str, &[&str])] = &[
+    ("mamba", &["tiny", "mamba-130m"]),
+    ("mamba2", &["tiny", "mamba2-130m"]),
+    ("recurrent_gemma", &["tiny", "reduced-2b"]),
+];
 
-/// Writes a random-weight Mamba (v1) model in Hugging Face `MambaForCausalLM` layout into
-/// `out_dir`, with the tokenizer and chat template of `tokenizer_gguf` (weights stored in `dtype`).
-pub fn write_random_mamba(preset: &str, seed: i64, dtype: Kind, tokenizer_gguf: &Path, out_dir: &Path) -> Result<()> {
-    use crate::ssm::mamba::{MambaConfig, MambaModel};
+/// The `config.json` of a random linear-time model of `arch`/`preset` with `vocab` rows.
+fn recurrent_config(arch: &str, preset: &str, vocab: usize, eos: Option<u32>) -> Option<serde_json::Value> {
+    let mut cfg = match (arch, preset) {
+        ("mamba", "tiny" | "mamba-130m") => {
+            let (hidden, layers) = if preset == "tiny" { (64, 2) } else { (768, 24) };
+            json!({"architectures": ["MambaForCausalLM"], "model_type": "mamba", "hidden_size": hidden, "intermediate_size": 2 * hidden,
+                   "state_size": 16, "num_hidden_layers": layers, "conv_kernel": 4, "time_step_rank": "auto", "use_bias": false,
+                   "use_conv_bias": true, "residual_in_fp32": true, "tie_word_embeddings": true})
+        }
+        ("mamba2", "tiny" | "mamba2-130m") => {
+            let (hidden, layers, heads, head_dim, state, chunk) = if preset == "tiny" { (64, 2, 8, 16, 16, 16) } else { (768, 24, 24, 64, 128, 256) };
+            json!({"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "hidden_size": hidden, "num_hidden_layers": layers,
+                   "num_heads": heads, "head_dim": head_dim, "expand": 2, "state_size": state, "n_groups": 1, "conv_kernel": 4,
+                   "chunk_size": chunk, "use_bias": false, "use_conv_bias": true, "residual_in_fp32": true, "tie_word_embeddings": true})
+        }
+        ("recurrent_gemma", "tiny" | "reduced-2b") => {
+            let (hidden, inter, layers, heads, head_dim, window) = if preset == "tiny" { (64, 192, 3, 4, 16, 32) } else { (1024, 6144, 6, 8, 128, 2048) };
+            json!({"architectures": ["RecurrentGemmaForCausalLM"], "model_type": "recurrent_gemma", "hidden_size": hidden,
+                   "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": 1,
+                   "head_dim": head_dim, "lru_width": hidden, "attention_window_size": window, "conv1d_width": 4,
+                   "logits_soft_cap": 30.0, "block_types": ["recurrent", "recurrent", "attention"], "tie_word_embeddings": true})
+        }
+        _ => return None,
+    };
+    cfg["vocab_size"] = json!(vocab);
+    cfg["eos_token_id"] = json!(eos);
+    Some(cfg)
+}
+
+/// Writes a random-weight linear-time model (`arch`: mamba, mamba2 or recurrent_gemma; see
+/// [`RECURRENT_PRESETS`]) in its Hugging Face layout into `out_dir`, with the tokenizer and chat
+/// template of `tokenizer_gguf` (weights stored in `dtype`).
+pub fn write_random_recurrent(arch: &str, preset: &str, seed: i64, dtype: Kind, tokenizer_gguf: &Path, out_dir: &Path) -> Result<()> {
+    use crate::ssm::{mamba, mamba2, recurrent_gemma};
     let _guard = tch::no_grad_guard();
-    let (hidden, layers) = match preset {
-        "tiny" => (64, 2),
-        "mamba-130m" => (768, 24),
-        other => return Err(Error::InvalidArgument { what: "Mamba preset", value: other.into(), expected: MAMBA_PRESETS.join(", ") }),
-    };
+    let known = || RECURRENT_PRESETS.iter().map(|(a, ps)| format!("{a}: {}", ps.join(", "))).collect::<Vec<_>>().join("; ");
+    if recurrent_config(arch, preset, 1, None).is_none() {
+        return Err(Error::InvalidArgument { what: "linear-time model arch/preset", value: format!("{arch}/{preset}"), expected: known() });
+    }
     let spec = write_tokenizer_files(tokenizer_gguf, out_dir)?;
-    let config = MambaConfig {
-        vocab_size: spec.tokens.len(),
-        hidden_size: hidden,
-        intermediate_size: 2 * hidden,
-        state_size: 16,
-        num_hidden_layers: layers,
-        conv_kernel: 4,
-        time_step_rank: hidden.div_ceil(16),
-        layer_norm_epsilon: 1e-5,
-        use_bias: false,
-        use_conv_bias: true,
-        residual_in_fp32: true,
-        tie_word_embeddings: true,
-        eos_token_ids: spec.eos_token_id.into_iter().collect(),
+    let cfg = recurrent_config(arch, preset, spec.tokens.len(), spec.eos_token_id).expect("checked above");
+    let cfg_path = out_dir.join("config.json");
+    write_json(&cfg_path, &cfg)?;
+    let text = cfg.to_string();
+    let tensors = match arch {
+        "mamba" => mamba::MambaModel::random_tensors(&mamba::MambaConfig::from_json_str(&text, &cfg_path)?, seed, Device::Cpu),
+        "mamba2" => mamba2::Mamba2Model::random_tensors(&mamba2::Mamba2Config::from_json_str(&text, &cfg_path)?, seed, Device::Cpu),
+        _ => recurrent_gemma::RecurrentGemmaModel::random_tensors(&recurrent_gemma::RecurrentGemmaConfig::from_json_str(&text, &cfg_path)?, seed, Device::Cpu),
     };
-    write_json(&out_dir.join("config.json"), &config.to_hf_json())?;
-    let mut named: Vec<(String, Tensor)> = MambaModel::random_tensors(&config, seed, Device::Cpu).into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
+    let mut named: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     let path = out_dir.join("model.safetensors");
     let partial = out_dir.join(".model.safetensors.partial");
@@ -179,15 +206,18 @@ pub fn write_random_mamba(preset: &str, seed: i64, dtype: Kind, tokenizer_gguf: 
     Ok(())
 }
 
-/// Writes a random-weight RWKV World model (`version` 5 or 6, preset `tiny`: width 64, 2 layers,
-/// 4 heads of 16, the World vocabulary's 65,536 rows) into `out_dir` as `model.safetensors` with
-/// the published tensor names, beside a copy of the World vocabulary `vocab`.
+/// Writes a random-weight RWKV World model (`version` 5 or 6; preset `tiny`: width 64, 2 layers,
+/// 4 heads of 16; `169m`: the 169M World models' width 768, 12 layers, 12 heads of 64; both with
+/// the World vocabulary's 65,536 rows) into `out_dir` as `model.safetensors` with the published
+/// tensor names, beside a copy of the World vocabulary `vocab`.
 pub fn write_random_rwkv(version: u8, preset: &str, seed: i64, dtype: Kind, vocab: &Path, out_dir: &Path) -> Result<()> {
     use crate::ssm::rwkv::{RwkvConfig, RwkvModel, RwkvVersion, WORLD_VOCAB_FILE};
     let _guard = tch::no_grad_guard();
-    if preset != "tiny" {
-        return Err(Error::InvalidArgument { what: "RWKV preset", value: preset.into(), expected: "tiny".into() });
-    }
+    let (width, layers, heads, ffn, mix_rank, decay_rank) = match preset {
+        "tiny" => (64, 2, 4, 224, 8, 16),
+        "169m" => (768, 12, 12, 2688, 32, 64),
+        other => return Err(Error::InvalidArgument { what: "RWKV preset", value: other.into(), expected: "tiny or 169m".into() }),
+    };
     let version = match version {
         5 => RwkvVersion::V5,
         6 => RwkvVersion::V6,
@@ -197,13 +227,13 @@ pub fn write_random_rwkv(version: u8, preset: &str, seed: i64, dtype: Kind, voca
     let config = RwkvConfig {
         version,
         vocab_size: 65_536,
-        hidden_size: 64,
-        attention_size: 64,
-        ffn_size: 224,
-        num_layers: 2,
-        num_heads: 4,
-        mix_rank: if v6 { 8 } else { 0 },
-        decay_rank: if v6 { 16 } else { 0 },
+        hidden_size: width,
+        attention_size: width,
+        ffn_size: ffn,
+        num_layers: layers,
+        num_heads: heads,
+        mix_rank: if v6 { mix_rank } else { 0 },
+        decay_rank: if v6 { decay_rank } else { 0 },
         faaaa: true,
         time_state: false,
     };

@@ -470,12 +470,14 @@ pub enum ModelCommand {
 /// `kvbench model init`.
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Architecture: llama, mistral, qwen2, or a linear-time model: mamba (Mamba v1), rwkv5 or
-    /// rwkv6 (RWKV World, with the World vocabulary from the pinned rwkv wheel).
+    /// Architecture: llama, mistral, qwen2, or a linear-time model: mamba (Mamba v1), mamba2,
+    /// recurrent_gemma, rwkv5 or rwkv6 (RWKV World, with the World vocabulary from the pinned
+    /// rwkv wheel).
     #[arg(long)]
     pub arch: String,
     /// Shape: tiny, smollm2-135m, qwen2.5-0.5b, llama2-7b, llama3-8b, mistral-7b; for mamba:
-    /// tiny or mamba-130m; for rwkv5/rwkv6: tiny.
+    /// tiny or mamba-130m; mamba2: tiny or mamba2-130m; recurrent_gemma: tiny or reduced-2b
+    /// (recurrentgemma-2b's widths, 6 layers); rwkv5/rwkv6: tiny or 169m.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
     /// Fill the weights with seeded random values (the only mode; required for clarity).

@@ -1,6 +1,6 @@
 //! Linear-time models through the same commands as transformers: `kvbench model init --arch
-//! mamba`, `kvbench generate` (state bytes where KV bytes are, constant in the prompt length; cache
-//! methods refused with a message), and `kvbench run` of an experiment that mixes a transformer and
+//! mamba|mamba2|recurrent_gemma|rwkv5|rwkv6`, `kvbench generate` (state bytes where KV bytes are,
+//! constant in the prompt length; cache methods refused with a message), and `kvbench run` of an experiment that mixes a transformer and
 //! a Mamba model (the Mamba model's cache-method cells are skipped, its full cells recorded with
 //! its fixed state size and its prompts cut to the model's context limit, and both appear in the
 //! leaderboard); RWKV World models through the World tokenizer.
@@ -16,27 +16,30 @@ fn generate_json(model: &Path, prompt: &str) -> serde_json::Value {
 }
 
 #[test]
-fn mamba_generates_with_constant_state_and_refuses_cache_methods() {
+fn linear_time_models_generate_with_constant_state_and_refuse_cache_methods() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("mamba");
-    ok(&["model", "init", "--arch", "mamba", "--preset", "tiny", "--random", "--seed", "4", model.to_str().unwrap()]);
-
-    // tiny: 2 layers, d_inner 128, conv 4 (f32) + SSM state 16 (f32) per channel.
-    let state = 2 * 128 * (4 + 16) * 4;
-    let short = generate_json(&model, "The cat sat");
-    let long = generate_json(&model, &"The cat sat on the mat and looked around. ".repeat(60));
-    assert_eq!(short["architecture"], "mamba");
-    assert!(long["prompt_tokens"].as_u64().unwrap() > 20 * short["prompt_tokens"].as_u64().unwrap());
-    for v in [&short, &long] {
-        for key in ["kv_bytes_held", "kv_bytes_full", "kv_bytes_held_prompt", "kv_bytes_attended"] {
-            assert_eq!(v[key].as_u64(), Some(state), "{key} must be the fixed state size: {v}");
+    // The tiny presets' states, computed from their shapes (f32):
+    // mamba: 2 layers × d_inner 128 × (conv 4 + SSM 16);
+    // mamba2: 2 layers × (conv [160 = 128 + 2·16, 4] + SSM [8 heads, 16, 16]);
+    // recurrent_gemma: 2 recurrent layers × (conv [64, 3] + RG-LRU [64]) + 1 attention layer's
+    // key and value rings of 32 positions × 1 head × 16 (full once the prompt passes the window).
+    for (arch, state) in [("mamba", 2 * 128 * (4 + 16) * 4), ("mamba2", 2 * (160 * 4 + 8 * 16 * 16) * 4), ("recurrent_gemma", (2 * (64 * 3 + 64) + 2 * 32 * 16) * 4)] {
+        let model = tmp.path().join(arch);
+        ok(&["model", "init", "--arch", arch, "--preset", "tiny", "--random", "--seed", "4", model.to_str().unwrap()]);
+        let shorter = generate_json(&model, &"The cat sat on the mat. ".repeat(10));
+        let longer = generate_json(&model, &"The cat sat on the mat and looked around. ".repeat(60));
+        assert_eq!(shorter["architecture"], arch);
+        assert!(longer["prompt_tokens"].as_u64().unwrap() > 5 * shorter["prompt_tokens"].as_u64().unwrap());
+        for v in [&shorter, &longer] {
+            for key in ["kv_bytes_held", "kv_bytes_full", "kv_bytes_held_prompt", "kv_bytes_attended"] {
+                assert_eq!(v[key].as_u64(), Some(state), "{arch}: {key} must be the fixed state size: {v}");
+            }
+            assert_eq!(v["generated_tokens"].as_u64(), Some(6));
         }
-        assert_eq!(v["generated_tokens"].as_u64(), Some(6));
+        let o = kvbench(&["generate", "--model", model.to_str().unwrap(), "--prompt", "hello", "--method", "snapkv", "--threads", "1"]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("snapkv") && err.contains("recurrent") && err.contains("`full`"), "{arch}: {err}");
     }
-
-    let o = kvbench(&["generate", "--model", model.to_str().unwrap(), "--prompt", "hello", "--method", "snapkv", "--threads", "1"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success() && err.contains("snapkv") && err.contains("recurrent") && err.contains("`full`"), "{err}");
 }
 
 #[test]

@@ -408,9 +408,16 @@ impl Mamba2Model {
     /// A model with random weights in transformers' initialisation ranges, for benchmarks that
     /// need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: Mamba2Config, seed: i64, kind: Kind, device: Device) -> Result<Self> {
+        let map = Self::random_tensors(&config, seed, device).into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
+        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+    }
+
+    /// The named f32 tensors of a random model in the Hugging Face layout (what
+    /// [`random`](Self::random) builds from, and what `kvbench model init --arch mamba2` saves).
+    pub fn random_tensors(config: &Mamba2Config, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
         let _rng = super::seeded_rng(seed);
-        let c = &config;
+        let c = config;
         let (v, d, i, h, k) =
             (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);
         let conv_dim = c.conv_dim() as i64;
@@ -444,8 +451,7 @@ impl Mamba2Model {
                 put("mixer.out_proj.bias", Tensor::zeros([d], opts));
             }
         }
-        let map = map.into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
-        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+        map
     }
 
     fn from_tensors(config: Mamba2Config, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {

@@ -548,9 +548,16 @@ impl RecurrentGemmaModel {
     /// A model with random weights in transformers' initialisation ranges, for benchmarks and
     /// tests that need no files. Seeds libtorch's global generator with `seed`.
     pub fn random(config: RecurrentGemmaConfig, seed: i64, kind: Kind, device: Device) -> Result<Self> {
+        let map = Self::random_tensors(&config, seed, device).into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
+        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+    }
+
+    /// The named f32 tensors of a random model in the Hugging Face layout (what
+    /// [`random`](Self::random) builds from, and what `kvbench model init --arch recurrent_gemma` saves).
+    pub fn random_tensors(config: &RecurrentGemmaConfig, seed: i64, device: Device) -> HashMap<String, Tensor> {
         let _g = tch::no_grad_guard();
         let _rng = super::seeded_rng(seed);
-        let c = &config;
+        let c = config;
         let (v, h, m, lru, w) = (c.vocab_size as i64, c.hidden_size as i64, (c.intermediate_size / 2) as i64, c.lru_width as i64, c.conv1d_width as i64);
         let (heads, kv, hd) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let bw = lru / heads;
@@ -607,8 +614,7 @@ impl RecurrentGemmaModel {
                 put(&format!("mlp_block.{name}.bias"), zeros(&[shape[0]]));
             }
         }
-        let map = map.into_iter().map(|(name, t)| (name, t.to_kind(kind))).collect();
-        Self::from_tensors(config, TensorMap::from_map(map, "(random weights)"), kind, device)
+        map
     }
 
     fn from_tensors(config: RecurrentGemmaConfig, w: TensorMap, kind: Kind, device: Device) -> Result<Self> {

@@ -4,7 +4,7 @@ use crate::cli::{InitArgs, ModelCommand};
 use anyhow::{bail, Context, Result};
 use kvcore::config::Architecture;
 use kvcore::device::DType;
-use kvcore::random_init::{write_random_mamba, write_random_model, write_random_rwkv, InitOptions, MAMBA_PRESETS, PRESETS};
+use kvcore::random_init::{write_random_model, write_random_recurrent, write_random_rwkv, InitOptions, PRESETS, RECURRENT_PRESETS};
 use kvcore::sources::{cached_path, fetch, known_model, kvbench_home, list_cached, KNOWN_MODELS};
 
 pub fn run(cmd: ModelCommand) -> Result<()> {
@@ -40,26 +40,26 @@ fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
     }
     let dtype: DType = a.dtype.parse()?;
     if let Some(version) = a.arch.strip_prefix("rwkv").and_then(|v| v.parse::<u8>().ok()).filter(|v| [5, 6].contains(v)) {
-        if a.preset != "tiny" {
-            bail!("--preset `{}`: expected tiny for --arch {}", a.preset, a.arch);
+        if !["tiny", "169m"].contains(&a.preset.as_str()) {
+            bail!("--preset `{}`: expected tiny or 169m for --arch {}", a.preset, a.arch);
         }
         let vocab = kvcore::sources::fetch_known(&kvcore::sources::RWKV_WORLD_VOCAB, home).context("fetching the RWKV World vocabulary")?;
         write_random_rwkv(version, &a.preset, a.seed, dtype.kind(), &vocab, &a.out_dir)?;
         println!("wrote a random {} {} model to {}", a.arch, a.preset, a.out_dir.display());
         return Ok(());
     }
-    if a.arch == "mamba" {
-        if !MAMBA_PRESETS.contains(&a.preset.as_str()) {
-            bail!("--preset `{}`: expected one of {} for --arch mamba", a.preset, MAMBA_PRESETS.join(", "));
+    if let Some((arch, presets)) = RECURRENT_PRESETS.iter().find(|(arch, _)| *arch == a.arch) {
+        if !presets.contains(&a.preset.as_str()) {
+            bail!("--preset `{}`: expected one of {} for --arch {arch}", a.preset, presets.join(", "));
         }
         let tokenizer_gguf = tokenizer_gguf_or_default(a.tokenizer_gguf, home)?;
-        write_random_mamba(&a.preset, a.seed, dtype.kind(), &tokenizer_gguf, &a.out_dir)?;
-        println!("wrote a random mamba {} model to {}", a.preset, a.out_dir.display());
+        write_random_recurrent(arch, &a.preset, a.seed, dtype.kind(), &tokenizer_gguf, &a.out_dir)?;
+        println!("wrote a random {arch} {} model to {}", a.preset, a.out_dir.display());
         return Ok(());
     }
     let arch = Architecture::from_name(&a.arch)
         .filter(|_| ["llama", "mistral", "qwen2"].contains(&a.arch.as_str()))
-        .with_context(|| format!("--arch `{}`: expected llama, mistral, qwen2, mamba, rwkv5 or rwkv6", a.arch))?;
+        .with_context(|| format!("--arch `{}`: expected llama, mistral, qwen2, mamba, mamba2, recurrent_gemma, rwkv5 or rwkv6", a.arch))?;
     let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
         format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
     })?;
