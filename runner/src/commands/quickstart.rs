@@ -62,6 +62,10 @@ pub fn run(a: QuickstartArgs) -> Result<()> {
     );
     println!("{:<22} | {:>11} | {:>12} | {:>11} | {:>9} | {:>8}", "method", "exact match", "KV held", "compression", "prefill/s", "decode/s");
     for (method, settings) in [("full", vec![]), ("streamingllm", vec!["ratio=4".to_string()]), ("snapkv", vec!["ratio=4".to_string()])] {
+        if method != "full" && lm.recurrent().is_some() {
+            println!("{:<22} | not applicable: a {} model has no KV cache to compress", format!("{method} {}", settings.join(" ")), lm.architecture());
+            continue;
+        }
         let factory = registry.build(method, &kvcore::registry::parse_settings(&settings)?)?;
         let (mut hits, mut held, mut full, mut pre, mut dec) = (0.0, 0u64, 0u64, 0.0, 0.0);
         for s in &samples {
