@@ -41,7 +41,7 @@ pub struct MemoryEstimate {
 impl MemoryEstimate {
     /// Everything added up.
     pub fn total(&self) -> u64 {
-        self.weights_bytes + self.kv_cache_bytes + self.activation_bytes + self.runtime_bytes
+        self.weights_bytes.saturating_add(self.kv_cache_bytes).saturating_add(self.activation_bytes).saturating_add(self.runtime_bytes)
     }
 
     /// The KV cache and activations of a model with `config` at `context_tokens` (weights not
@@ -214,6 +214,10 @@ fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: us
     }
     // Without a config (RWKV), a 4096-wide stream bounds the models this machine class runs.
     let hidden = if hidden == 0 { 4096 } else { hidden };
+    // A recurrent model has no context bound to clamp an open-ended request to (`usize::MAX`:
+    // "whatever the model takes"); its activations are then checked per cell, at each cell's
+    // longest input, once the model is loaded.
+    let context_tokens = if context_tokens == usize::MAX { 0 } else { context_tokens };
     Ok(MemoryEstimate {
         weights_bytes: weights,
         kv_cache_bytes: 0,
@@ -349,5 +353,27 @@ mod tests {
         assert!(check("x", &est, Some(&av), true).is_ok());
         assert!(check("x", &est, Some(&Available { bytes: 5 << 30, source: "t".into() }), false).is_ok());
         assert!(check("x", &est, None, false).is_ok());
+        // Huge figures saturate instead of wrapping round to a small total that would pass.
+        let huge = MemoryEstimate { activation_bytes: u64::MAX, ..est };
+        assert_eq!(huge.total(), u64::MAX);
+        assert!(check("x", &huge, Some(&Available { bytes: 5 << 30, source: "t".into() }), false).is_err());
+    }
+
+    #[test]
+    fn recurrent_estimates_count_weights_and_activations_but_no_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::ssm::mamba::MambaConfig::from_json_str(r#"{"model_type":"mamba","vocab_size":100,"hidden_size":32,"num_hidden_layers":2}"#, Path::new("c.json")).unwrap();
+        std::fs::write(dir.path().join("config.json"), cfg.to_hf_json().to_string()).unwrap();
+        let named: Vec<(String, tch::Tensor)> = crate::ssm::mamba::MambaModel::random_tensors(&cfg, 1, Device::Cpu).into_iter().collect();
+        let elements: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();
+        tch::Tensor::write_safetensors(&named, dir.path().join("model.safetensors")).unwrap();
+        let settings = RuntimeSettings { device: Device::Cpu, dtype: crate::device::DType::F32, kv_dtype: crate::device::DType::F32 };
+        let files = ModelFiles::HfDir(dir.path().to_path_buf());
+        let e = estimate_model(&files, &settings, &ConfigOverrides::default(), 1000).unwrap();
+        assert_eq!(e.weights_bytes, elements as u64 * 4);
+        assert_eq!((e.kv_cache_bytes, e.activation_bytes), (0, 1000 * 24 * 32 * 4));
+        // An open-ended context (usize::MAX) leaves activations to the per-cell check.
+        let open = estimate_model(&files, &settings, &ConfigOverrides::default(), usize::MAX).unwrap();
+        assert_eq!((open.activation_bytes, open.context_tokens), (0, 0));
     }
 }
