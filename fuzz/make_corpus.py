@@ -2,7 +2,8 @@
 """Writes the committed seed corpora of the fuzz targets (fuzz/corpus/<target>/) from real files:
 the SmolLM2-135M GGUF header (metadata arrays trimmed, tensors shrunk), one small GGUF per ggml
 type, safetensors files and index JSONs, the repository's configs, a quickstart run's records,
-and plugin handshakes. Standard library only; deterministic; re-run it to refresh the seeds.
+plugin handshakes, torch.save pickles (with torch, when importable) and World vocabulary lines.
+Otherwise standard library only; deterministic; re-run it to refresh the seeds.
 
     python3 fuzz/make_corpus.py [--gguf PATH_TO_SmolLM2-135M-Instruct.Q4_1.gguf] [--run RUN_DIR]
 
@@ -314,6 +315,46 @@ def plugin_seeds(out):
     write(out, "many-methods", handshake(1, 0xFFFFFFFF, [b"0.1.0", b"2.13.0"]))
 
 
+# --- torch.save pickles, World vocabularies -----------------------------------------------------
+
+def torch_pickle_seeds(out):
+    """data.pkl of real torch.save files (needs torch; without it the committed seeds are kept):
+    a dict of f32/bf16/f16/int64 tensors, an OrderedDict (as state_dict() returns), two tensors
+    viewing one storage (a tied head), a transposed and an offset view, an empty tensor."""
+    try:
+        import collections
+        import io
+        import zipfile
+        import torch
+    except ImportError:
+        print("torch not importable: keeping the committed torch_pickle seeds", file=sys.stderr)
+        return
+
+    def pkl(obj):
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
+            return z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+
+    torch.manual_seed(0)
+    w = torch.randn(4, 6)
+    write(out, "rwkv-like", pkl({"emb.weight": torch.randn(8, 4), "blocks.0.att.time_maa_x": torch.rand(1, 1, 4),
+                                 "blocks.0.att.key.weight": torch.randn(4, 4).bfloat16(), "head.weight": torch.randn(8, 4).half()}))
+    write(out, "ordered-dict", pkl(collections.OrderedDict([("a", torch.zeros(3)), ("b", torch.arange(5)), ("c", torch.ones(2, 2, dtype=torch.bool))])))
+    emb = torch.randn(10, 4)
+    write(out, "tied", pkl({"backbone.embedding.weight": emb, "lm_head.weight": emb}))
+    write(out, "views", pkl({"t": w.t(), "row": w[2], "tail": w.view(-1)[5:17], "empty": torch.zeros(0, 3)}))
+
+
+def world_vocab_seeds(out):
+    """Vocabulary lines in rwkv_vocab_v20230424.txt's format (str and bytes literals, escapes,
+    Chinese, tokens longer than one byte), a NUL, then a text the target encodes with them."""
+    write(out, "ascii", b"257 'ab' 2\n258 'abc' 3\n259 ' the' 4\n\0abc the abcab the")
+    write(out, "escapes", b"300 '\\n\\n' 2\n301 b'\\xe4\\xb8' 2\n302 '\\'s' 2\n303 \"it's\" 4\n\0it's\n\n\xe4\xb8\xad's")
+    write(out, "unicode", "400 '\u4e2d\u6587' 6\n401 '\\u4e2d' 3\n\0\u4e2d\u6587 \u4e2d".encode())
+    write(out, "text", b"\0The cat sat on the mat.\n  def f(x):\n      return x\n")
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def write(out, name, data):
@@ -339,7 +380,7 @@ def main():
     gguf = args.gguf or find_smollm2()
     for target, fill in [
         ("gguf", gguf_seeds), ("safetensors", safetensors_seeds), ("config", config_seeds),
-        ("plugin_handshake", plugin_seeds),
+        ("plugin_handshake", plugin_seeds), ("torch_pickle", torch_pickle_seeds), ("world_vocab", world_vocab_seeds),
     ]:
         fill(os.path.join(CORPUS, target))
     if gguf:

@@ -19,7 +19,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 CARGO_FUZZ_VERSION=0.13.2
-ALL_TARGETS="gguf safetensors config jsonl plugin_handshake"
+ALL_TARGETS="gguf safetensors config jsonl plugin_handshake torch_pickle world_vocab"
 targets=(${TARGETS:-$ALL_TARGETS})
 sanitizer="${FUZZ_SANITIZER:-address}"
 rss_mb="${FUZZ_RSS_MB:-2048}"

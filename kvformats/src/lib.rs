@@ -9,6 +9,7 @@ pub mod gguf;
 pub mod safetensors_header;
 pub mod plugin_header;
 pub mod tokenizer;
+pub mod torch_pickle;
 pub mod chat;
 pub mod home;
 pub mod world_tokenizer;

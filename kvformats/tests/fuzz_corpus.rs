@@ -1,5 +1,5 @@
 //! Replays the fuzz seeds and crash reproducers (`fuzz/corpus/<target>`, `fuzz/regressions/<target>`)
-//! of the GGUF, safetensors and plugin-handshake targets through the same readers, so a fixed crash
+//! of the GGUF, safetensors, plugin-handshake, torch-pickle and World-vocabulary targets through the same readers, so a fixed crash
 //! stays fixed without cargo-fuzz; and checks what the seeds made from real files should give
 //! (the SmolLM2 header, the reference safetensors writer), and that absurd sizes are refused
 //! before anything is allocated.
@@ -245,4 +245,64 @@ fn plugin_handshake_seeds_and_reproducers_do_not_panic() {
     assert_eq!(m.name, "example-recent");
     assert_eq!(m.params.len(), 4);
     assert_eq!(m.params[0].0, "ratio");
+}
+
+// --- torch.save pickles --------------------------------------------------------------------------
+
+#[test]
+fn torch_pickle_seeds_read_as_torch_wrote_them() {
+    use kvformats::torch_pickle::{read_state_dict, StorageDtype};
+    let all = inputs("torch_pickle");
+    assert!(all.len() >= 4);
+    for (name, bytes) in &all {
+        let r = std::panic::catch_unwind(|| read_state_dict(bytes).map(|t| t.len()));
+        assert!(r.is_ok(), "{name} panicked");
+    }
+    let names = |seed_name: &str| read_state_dict(&seed("torch_pickle", seed_name)).unwrap();
+    let rwkv = names("rwkv-like");
+    let dtypes: Vec<(&str, StorageDtype, &[i64])> = rwkv.iter().map(|(n, t)| (n.as_str(), t.storage.dtype, t.size.as_slice())).collect();
+    assert_eq!(
+        dtypes,
+        [
+            ("emb.weight", StorageDtype::F32, &[8, 4][..]),
+            ("blocks.0.att.time_maa_x", StorageDtype::F32, &[1, 1, 4][..]),
+            ("blocks.0.att.key.weight", StorageDtype::BF16, &[4, 4][..]),
+            ("head.weight", StorageDtype::F16, &[8, 4][..]),
+        ]
+    );
+    let tied = names("tied");
+    assert_eq!(tied[0].1.storage, tied[1].1.storage, "a tied head views the embedding's storage");
+    let views = names("views");
+    let get = |n: &str| &views.iter().find(|(k, _)| k == n).unwrap().1;
+    assert_eq!((get("t").size.as_slice(), get("t").stride.as_slice()), (&[6, 4][..], &[1, 6][..]));
+    assert_eq!((get("row").offset, get("tail").offset, get("tail").size.as_slice()), (12, 5, &[12][..]));
+    assert_eq!(get("empty").size, [0, 3]);
+    assert_eq!(names("ordered-dict").iter().map(|(_, t)| t.storage.dtype).collect::<Vec<_>>(), [StorageDtype::F32, StorageDtype::I64, StorageDtype::Bool]);
+}
+
+// --- RWKV World vocabulary -----------------------------------------------------------------------
+
+#[test]
+fn world_vocab_seeds_round_trip() {
+    use kvformats::world_tokenizer::WorldTokenizer;
+    let all = inputs("world_vocab");
+    assert!(all.len() >= 4);
+    let mut loaded = 0;
+    for (name, data) in &all {
+        let (lines, text) = match data.iter().position(|&b| b == 0) {
+            Some(i) => (&data[..i], &data[i + 1..]),
+            None => (&data[..], &data[..]),
+        };
+        let mut vocab: String = (0u32..256).map(|b| format!("{} b'\\x{b:02x}' 1\n", b + 1)).collect();
+        vocab.push_str(&String::from_utf8_lossy(lines));
+        let Ok(t) = WorldTokenizer::from_vocab_str(&vocab, Path::new("seed.txt")) else { continue };
+        loaded += 1;
+        let ids = t.encode_bytes(text);
+        assert_eq!(t.decode(&ids), text, "{name}");
+        if name.ends_with("/ascii") {
+            // "abc the abcab the": abc, " the", " ", abc, ab, " the" (longest match first).
+            assert_eq!(ids, [258, 259, 33, 258, 257, 259], "{name}");
+        }
+    }
+    assert_eq!(loaded, all.len(), "every committed seed is a loadable vocabulary");
 }
