@@ -536,12 +536,6 @@ impl RecurrentLm for Mamba2Model {
     fn weight_bytes(&self) -> u64 {
         self.weight_bytes as u64
     }
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
     fn eos_token_ids(&self) -> Vec<u32> {
         self.config.eos_token_ids.clone()
     }

@@ -49,9 +49,6 @@ pub trait RecurrentLm: Send {
     fn hidden_size(&self) -> usize;
     /// Bytes of the weights as held in memory.
     fn weight_bytes(&self) -> u64;
-    /// The dtype of the weights.
-    fn kind(&self) -> Kind;
-    fn device(&self) -> Device;
     /// End-of-sequence ids from the model's own config (the loader adds the tokenizer's).
     fn eos_token_ids(&self) -> Vec<u32>;
     /// The longest context the model was trained for, when its config says (None: unbounded).

@@ -588,12 +588,6 @@ impl RecurrentLm for RwkvModel {
     fn weight_bytes(&self) -> u64 {
         self.weight_bytes as u64
     }
-    fn kind(&self) -> Kind {
-        self.kind
-    }
-    fn device(&self) -> Device {
-        self.device
-    }
     /// The World models end a text with token 0 (`<|endoftext|>`, no entry in the vocabulary file).
     fn eos_token_ids(&self) -> Vec<u32> {
         vec![0]
