@@ -111,11 +111,7 @@ pub fn write_random_model(opts: &InitOptions, out_dir: &Path) -> Result<()> {
     if opts.arch != Architecture::Llama {
         named.push(("lm_head.weight".into(), randn(&[vocab, h])));
     }
-    let path = out_dir.join("model.safetensors");
-    let partial = out_dir.join(".model.safetensors.partial");
-    Tensor::write_safetensors(&named, &partial)?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(())
+    write_weights(&named, out_dir)
 }
 
 /// Writes the tokenizer, tokenizer config (chat template) and generation config taken from the
@@ -197,13 +193,7 @@ pub fn write_random_recurrent(arch: &str, preset: &str, seed: i64, dtype: Kind, 
         "mamba2" => mamba2::Mamba2Model::random_tensors(&mamba2::Mamba2Config::from_json_str(&text, &cfg_path)?, seed, Device::Cpu),
         _ => recurrent_gemma::RecurrentGemmaModel::random_tensors(&recurrent_gemma::RecurrentGemmaConfig::from_json_str(&text, &cfg_path)?, seed, Device::Cpu),
     };
-    let mut named: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    let path = out_dir.join("model.safetensors");
-    let partial = out_dir.join(".model.safetensors.partial");
-    Tensor::write_safetensors(&named, &partial)?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(())
+    write_named_weights(tensors, dtype, out_dir)
 }
 
 /// Writes a random-weight RWKV World model (`version` 5 or 6; preset `tiny`: width 64, 2 layers,
@@ -240,13 +230,23 @@ pub fn write_random_rwkv(version: u8, preset: &str, seed: i64, dtype: Kind, voca
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let dest = out_dir.join(WORLD_VOCAB_FILE);
     std::fs::copy(vocab, &dest).map_err(|e| Error::io(&dest, e))?;
-    let mut named: Vec<(String, Tensor)> = RwkvModel::random_tensors(&config, seed, Device::Cpu).into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_named_weights(RwkvModel::random_tensors(&config, seed, Device::Cpu), dtype, out_dir)
+}
+
+/// Writes `named` as `out_dir/model.safetensors`, through a temporary name renamed into place.
+fn write_weights(named: &[(String, Tensor)], out_dir: &Path) -> Result<()> {
     let path = out_dir.join("model.safetensors");
     let partial = out_dir.join(".model.safetensors.partial");
-    Tensor::write_safetensors(&named, &partial)?;
-    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))?;
-    Ok(())
+    Tensor::write_safetensors(named, &partial)?;
+    std::fs::rename(&partial, &path).map_err(|e| Error::io(&path, e))
+}
+
+/// [`write_weights`] for a family's name → tensor map, converted to `dtype`, in name order (so the
+/// file is the same bytes for the same seed).
+fn write_named_weights(tensors: std::collections::HashMap<String, Tensor>, dtype: Kind, out_dir: &Path) -> Result<()> {
+    let mut named: Vec<(String, Tensor)> = tensors.into_iter().map(|(n, t)| (n, t.to_kind(dtype))).collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    write_weights(&named, out_dir)
 }
 
 fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
