@@ -79,6 +79,18 @@ impl MambaConfig {
         })
     }
 
+    /// The tensor dimensions as i64: vocabulary, hidden, d_inner, d_state, conv kernel, dt rank.
+    fn dims(&self) -> (i64, i64, i64, i64, i64, i64) {
+        (
+            self.vocab_size as i64,
+            self.hidden_size as i64,
+            self.intermediate_size as i64,
+            self.state_size as i64,
+            self.conv_kernel as i64,
+            self.time_step_rank as i64,
+        )
+    }
+
     /// Reads `path` (a `config.json`).
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -403,14 +415,7 @@ impl MambaModel {
         let _g = tch::no_grad_guard();
         let _rng = super::seeded_rng(seed);
         let c = config;
-        let (v, h, i, n, k, r) = (
-            c.vocab_size as i64,
-            c.hidden_size as i64,
-            c.intermediate_size as i64,
-            c.state_size as i64,
-            c.conv_kernel as i64,
-            c.time_step_rank as i64,
-        );
+        let (v, h, i, n, k, r) = c.dims();
         let opts = (Kind::Float, device);
         let normal = |shape: &[i64], std: f64| Tensor::randn(shape, opts) * std;
         let uniform = |shape: &[i64], bound: f64| (Tensor::rand(shape, opts) * 2.0 - 1.0) * bound;
@@ -447,14 +452,7 @@ impl MambaModel {
 
     fn from_tensors(config: MambaConfig, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {
         let c = &config;
-        let (v, h, i, n, k, r) = (
-            c.vocab_size as i64,
-            c.hidden_size as i64,
-            c.intermediate_size as i64,
-            c.state_size as i64,
-            c.conv_kernel as i64,
-            c.time_step_rank as i64,
-        );
+        let (v, h, i, n, k, r) = c.dims();
         let mut weight_bytes = 0usize;
         let mut count = |t: &Tensor| weight_bytes += t.numel() * t.kind().elt_size_in_bytes();
         let to_f32 = |t: Tensor| t.to_kind(Kind::Float);
