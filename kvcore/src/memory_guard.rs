@@ -207,10 +207,8 @@ fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: us
     }
     let cfg = dir.join("config.json");
     if cfg.is_file() {
-        let text = std::fs::read_to_string(&cfg).map_err(|e| Error::io(&cfg, e))?;
-        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&crate::ssm::mamba2::quote_bare_non_finite(&text)) {
-            hidden = v.get("hidden_size").or_else(|| v.get("d_model")).and_then(|h| h.as_u64()).unwrap_or(0) as usize;
-        }
+        let v = crate::ssm::read_hf_config(&cfg)?;
+        hidden = v.get("hidden_size").or_else(|| v.get("d_model")).and_then(|h| h.as_u64()).unwrap_or(0) as usize;
     }
     // Without a config (RWKV), a 4096-wide stream bounds the models this machine class runs.
     let hidden = if hidden == 0 { 4096 } else { hidden };

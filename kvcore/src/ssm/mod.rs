@@ -106,31 +106,26 @@ pub fn greedy(model: &dyn RecurrentLm, ids: &[u32], n: usize) -> Result<Vec<u32>
     }
 }
 
-/// The `model_type` of a Hugging Face `config.json`, if the file says. Bare `Infinity`/`NaN`
-/// (which transformers 4.x writes, e.g. Mamba-2's `time_step_limit`) are read as strings.
-pub fn hf_model_type(config_json: &Path) -> Result<Option<String>> {
+/// A Hugging Face `config.json`, parsed. Bare `Infinity`/`NaN` (which transformers 4.x writes,
+/// e.g. Mamba-2's `time_step_limit`) are read as strings.
+pub(crate) fn read_hf_config(config_json: &Path) -> Result<serde_json::Value> {
     let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
     let text = mamba2::quote_bare_non_finite(&text);
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Config { file: config_json.into(), key: "(file)".into(), problem: format!("not valid JSON: {e}") })?;
-    Ok(v.get("model_type").and_then(|m| m.as_str()).map(str::to_string))
-}
-
-/// Whether `config_json` is an original `mamba_ssm` config ([`mamba::is_mamba_ssm_config`]).
-fn is_mamba_ssm_dir_config(config_json: &Path) -> Result<bool> {
-    let text = std::fs::read_to_string(config_json).map_err(|e| Error::io(config_json, e))?;
-    Ok(serde_json::from_str::<serde_json::Value>(&text).map(|v| mamba::is_mamba_ssm_config(&v)).unwrap_or(false))
+    serde_json::from_str(&text).map_err(|e| Error::Config { file: config_json.into(), key: "(file)".into(), problem: format!("not valid JSON: {e}") })
 }
 
 /// The recurrent family of the checkpoint in `dir`, or None for a transformer (or unknown) one:
-/// `config.json`'s `model_type` for Hugging Face layouts; without a `config.json`, an RWKV
+/// `config.json`'s `model_type` for Hugging Face layouts (read once; an original `mamba_ssm`
+/// config counts as Mamba); without a `config.json`, an RWKV
 /// checkpoint by its tensor names ([`rwkv::detect_version`]: the pickle of the one `*.pth`).
 pub fn detect_family(dir: &Path) -> Result<Option<&'static str>> {
     let cfg = dir.join("config.json");
     if cfg.is_file() {
-        if is_mamba_ssm_dir_config(&cfg)? {
+        let config = read_hf_config(&cfg)?;
+        if mamba::is_mamba_ssm_config(&config) {
             return Ok(Some("mamba"));
         }
-        return Ok(match hf_model_type(&cfg)?.as_deref() {
+        return Ok(match config.get("model_type").and_then(|m| m.as_str()) {
             Some("mamba") => Some("mamba"),
             Some("mamba2") => Some("mamba2"),
             Some("recurrent_gemma") => Some("recurrent_gemma"),
