@@ -41,16 +41,15 @@ impl LoadedModel {
     pub fn transformer(&self, what: &str) -> Result<&Model> {
         match &self.decoder {
             Decoder::Transformer(m) => Ok(m),
-            Decoder::Recurrent(r) => Err(Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", self.files.path().display(), r.family()))),
+            Decoder::Recurrent(r) => Err(not_a_transformer(what, &self.files, r.as_ref())),
         }
     }
 
     /// [`transformer`](Self::transformer), mutably.
     pub fn transformer_mut(&mut self, what: &str) -> Result<&mut Model> {
-        let path = self.files.path().to_path_buf();
         match &mut self.decoder {
             Decoder::Transformer(m) => Ok(m),
-            Decoder::Recurrent(r) => Err(Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", path.display(), r.family()))),
+            Decoder::Recurrent(r) => Err(not_a_transformer(what, &self.files, r.as_ref())),
         }
     }
 
@@ -101,6 +100,11 @@ impl LoadedModel {
             Decoder::Recurrent(r) => r.num_layers(),
         }
     }
+}
+
+/// The refusal of `what` (which needs a KV cache) on the recurrent model `r` loaded from `files`.
+fn not_a_transformer(what: &str, files: &ModelFiles, r: &dyn RecurrentLm) -> Error {
+    Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", files.path().display(), r.family()))
 }
 
 /// Changes to a checkpoint's configuration applied before the model is built (a model config's
