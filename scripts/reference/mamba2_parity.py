@@ -24,6 +24,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import numpy as np
 import torch
 
+from hf_greedy import greedy_via_generate
+
 torch.set_num_threads(int(os.environ.get("KVBENCH_REF_THREADS", "2")))
 
 VOCAB = 1000
@@ -92,23 +94,7 @@ def main(out_dir):
 
         # Greedy continuation through generate() (chunked prefill into the Mamba2Cache, then the
         # recurrent step one token at a time). eos_token_id=None: exactly NEW tokens.
-        from transformers import GenerationConfig
-
-        gcfg = GenerationConfig(do_sample=False, max_new_tokens=NEW, min_new_tokens=0,
-                                eos_token_id=None, pad_token_id=0, use_cache=True)
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gcfg)
-        new = out[0, SEQ:]
-        assert new.shape[0] == NEW, f"{case}: generate returned {new.shape[0]} new tokens, expected {NEW}"
-        # Cross-check: argmax of a full no-cache forward pass after each appended token.
-        seq = ids.clone()
-        with torch.no_grad():
-            for _ in range(NEW):
-                nxt = model(seq, use_cache=False).logits[0, -1].argmax()
-                seq = torch.cat([seq, nxt.view(1, 1)], dim=1)
-        if not torch.equal(seq[0, SEQ:], new):
-            print(f"{case}: WARNING generate() and the no-cache loop disagree:\n  {new.tolist()}\n  {seq[0, SEQ:].tolist()}",
-                  file=sys.stderr)
+        new = greedy_via_generate(model, ids, NEW, case)
         np.save(os.path.join(d, "greedy.npy"), new.numpy().astype(np.int64))
         tensors = sorted(n for n, _ in model.named_parameters())
         print(f"{case}: logits {tuple(logits.shape)}, greedy {new.tolist()}, {len(set(new.tolist()))} distinct, "
