@@ -662,6 +662,50 @@ fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) -> Vec<(Str
     out
 }
 
+/// Per model, each task's average ± its 95% half-width per method and budget, n below.
+fn per_task_tables(lb: &Leaderboard) -> String {
+    let mut o = String::new();
+    for model in lb.models() {
+        let tasks = lb.tasks_of(&model);
+        o.push_str(&format!("<h3>{}</h3><div class=\"tablewrap\"><table class=\"lb\"><thead><tr><th>method</th><th class=\"num\">budget</th>", html_escape(&model)));
+        for (cat, t) in &tasks {
+            o.push_str(&format!("<th class=\"num\" title=\"{}\">{}</th>", html_escape(cat), html_escape(t)));
+        }
+        o.push_str("</tr></thead><tbody>");
+        for r in lb.rows.iter().filter(|r| r.model == model) {
+            o.push_str(&format!(
+                "<tr{}><td>{}</td><td class=\"num\">{}</td>",
+                if r.is_full() { " class=\"full\"" } else { "" },
+                html_escape(&r.method_label),
+                html_escape(&crate::format::budget_label(r.ratio))
+            ));
+            for (_, t) in &tasks {
+                o.push_str(&match r.tasks.get(t) {
+                    Some(s) => format!(
+                        "<td class=\"num\" title=\"n = {}\">{}{}</td>",
+                        s.records,
+                        crate::format::fixed(s.mean, 1),
+                        s.ci95.map(|ci| format!(" <small>± {}</small>", crate::format::fixed(ci, 1))).unwrap_or_default()
+                    ),
+                    None => "<td class=\"num\">–</td>".to_string(),
+                });
+            }
+            o.push_str("</tr>");
+        }
+        o.push_str("</tbody></table></div>");
+    }
+    if let Some((ci, r, t)) = lb.widest_task_ci() {
+        o.push_str(&format!(
+            "<p class=\"note\">Widest 95% half-width of any task average: ±{} ({} / {} / {}).</p>",
+            crate::format::fixed(ci, 2),
+            html_escape(&r.model),
+            html_escape(&r.display_name()),
+            html_escape(t)
+        ));
+    }
+    o
+}
+
 fn tasks_table(cells: &[Cell]) -> String {
     // (category rank, task) -> (cells, records, samples per cell)
     type TaskKey = ((usize, String), String);
@@ -701,6 +745,7 @@ pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra
     let experiment = distinct(runs, |r| r.experiment.clone());
     let nav = [
         ("#leaderboard", "Leaderboard"),
+        ("#per-task", "Per task"),
         ("#quality", "Quality vs. compression"),
         ("#needle", "Needle heatmaps"),
         ("#speed", "Speed & memory"),
@@ -746,6 +791,15 @@ pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra
         b.push_str("<p class=\"note\">No results yet.</p>");
     }
     b.push_str(&leaderboard_tables(lb, &palette));
+
+    if !lb.rows.is_empty() {
+        b.push_str("<h2 id=\"per-task\">Per task</h2>");
+        b.push_str(
+            "<p class=\"lead\">Each task's average over the row's samples of it, ± the 95% confidence half-width \
+             (1.96·sd/√n; hover a score for n). Also in <a href=\"tasks.csv\">tasks.csv</a> and <a href=\"tasks.md\">tasks.md</a>.</p>",
+        );
+        b.push_str(&per_task_tables(lb));
+    }
 
     b.push_str("<h2 id=\"quality\">Quality vs. compression</h2>");
     b.push_str(

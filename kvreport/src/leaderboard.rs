@@ -76,6 +76,8 @@ impl LeaderboardRow {
 pub struct Leaderboard {
     /// Category columns, in display order (the paper's LongBench order first).
     pub categories: Vec<String>,
+    /// Every task as (category, task), in display order (category order, then task name).
+    pub tasks: Vec<(String, String)>,
     pub rows: Vec<LeaderboardRow>,
 }
 
@@ -207,7 +209,10 @@ impl Leaderboard {
             }
         }
         categories.sort_by_key(|c| category_rank(c));
-        Leaderboard { categories, rows }
+        let mut tasks: Vec<(String, String)> = cells.iter().map(|c| (c.info.category.clone(), c.info.task.clone())).collect();
+        tasks.sort_by(|a, b| (category_rank(&a.0), &a.1).cmp(&(category_rank(&b.0), &b.1)));
+        tasks.dedup();
+        Leaderboard { categories, tasks, rows }
     }
 
     /// Models in row order.
@@ -228,6 +233,100 @@ impl Leaderboard {
             .filter(|c| self.rows.iter().any(|r| r.model == model && r.categories.contains_key(*c)))
             .cloned()
             .collect()
+    }
+
+    /// Tasks (category, task) any row of `model` has, in display order.
+    pub fn tasks_of(&self, model: &str) -> Vec<(String, String)> {
+        self.tasks.iter().filter(|(_, t)| self.rows.iter().any(|r| r.model == model && r.tasks.contains_key(t))).cloned().collect()
+    }
+
+    /// The widest 95% half-width of any (row, task) average: (half-width, row, task).
+    pub fn widest_task_ci(&self) -> Option<(f64, &LeaderboardRow, &str)> {
+        self.rows
+            .iter()
+            .flat_map(|r| r.tasks.iter().filter_map(move |(t, s)| Some((s.ci95?, r, t.as_str()))))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+    }
+
+    /// `tasks.csv`: one line per (row, task): the task average, its 95% half-width and samples.
+    pub fn to_tasks_csv(&self) -> Result<String, csv::Error> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["model", "method", "method_label", "ratio", "category", "task", "mean", "ci95", "samples"])?;
+        for r in &self.rows {
+            for (cat, task) in &self.tasks {
+                let Some(s) = r.tasks.get(task) else { continue };
+                w.write_record([
+                    r.model.clone(),
+                    r.method.clone(),
+                    r.method_label.clone(),
+                    r.ratio.map(shortest).unwrap_or_default(),
+                    cat.clone(),
+                    task.clone(),
+                    fixed(s.mean, 4),
+                    s.ci95.map(|v| fixed(v, 4)).unwrap_or_default(),
+                    s.records.to_string(),
+                ])?;
+            }
+        }
+        let bytes = w.into_inner().map_err(|e| csv::Error::from(e.into_error()))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// `tasks.md`: per model, one column per task with its average ± 95% half-width, and the
+    /// widest half-width of all (the figure a claim of "every task average within ±X" rests on).
+    pub fn to_tasks_markdown(&self, experiment: &str) -> String {
+        let mut out = format!("# Per task: {}\n\n", md_escape(experiment));
+        out.push_str(
+            "Each cell is a task average (0–100) over the row's samples of that task, ± the 95% confidence \
+             half-width 1.96·sd/√n (sample sd), with n samples below the table.\n",
+        );
+        if self.rows.is_empty() {
+            out.push_str("\nNo results yet.\n");
+        }
+        for model in self.models() {
+            out.push_str(&format!("\n## {}\n\n", md_escape(&model)));
+            let tasks = self.tasks_of(&model);
+            let mut header: Vec<String> = vec!["method".into(), "budget".into()];
+            header.extend(tasks.iter().map(|(_, t)| md_escape(t)));
+            let mut table: Vec<Vec<String>> = Vec::new();
+            let mut samples: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+            for r in self.rows.iter().filter(|r| r.model == model) {
+                let mut row = vec![md_escape(&r.method_label), budget_label(r.ratio)];
+                for (_, t) in &tasks {
+                    row.push(match r.tasks.get(t) {
+                        Some(s) => {
+                            let e = samples.entry(t.as_str()).or_insert((usize::MAX, 0));
+                            *e = (e.0.min(s.records), e.1.max(s.records));
+                            match s.ci95 {
+                                Some(ci) => format!("{} ± {}", fixed(s.mean, 1), fixed(ci, 1)),
+                                None => fixed(s.mean, 1),
+                            }
+                        }
+                        None => "–".into(),
+                    });
+                }
+                table.push(row);
+            }
+            let mut n_row = vec!["*n*".to_string(), String::new()];
+            n_row.extend(tasks.iter().map(|(_, t)| match samples.get(t.as_str()) {
+                Some((lo, hi)) if lo == hi => lo.to_string(),
+                Some((lo, hi)) => format!("{lo}–{hi}"),
+                None => "–".into(),
+            }));
+            table.push(n_row);
+            let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
+            out.push_str(&markdown_table(&header, &table, &right));
+        }
+        if let Some((ci, r, t)) = self.widest_task_ci() {
+            out.push_str(&format!(
+                "\nWidest 95% half-width of any task average: ±{} ({} / {} / {}).\n",
+                fixed(ci, 2),
+                md_escape(&r.model),
+                md_escape(&r.display_name()),
+                md_escape(t)
+            ));
+        }
+        out
     }
 
     /// `leaderboard.csv`: a header row, plain numbers, empty fields where a figure is missing.

@@ -61,7 +61,7 @@ fn experiment_name(loaded: &LoadedRuns) -> String {
 }
 
 /// Reads the run directories (whole runs or shards) and writes into `out` (created if needed),
-/// each file atomically: leaderboard.csv, leaderboard.md, index.html, examples.md,
+/// each file atomically: leaderboard.csv, leaderboard.md, tasks.csv, tasks.md, index.html, examples.md,
 /// examples.html, and paper_comparison.md when `compare_paper` is set. Identical cells give
 /// byte-identical files, whether they come from one run, from shards, or from a merge.
 pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> Result<ReportSummary, ReportError> {
@@ -81,6 +81,8 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     let lb = Leaderboard::build(&loaded.cells);
     let markdown = lb.to_markdown(&experiment);
     let csv = lb.to_csv()?;
+    let tasks_csv = lb.to_tasks_csv()?;
+    let tasks_md = lb.to_tasks_markdown(&experiment);
     let index = html::index_html_with(&infos, &loaded.cells, &lb, &bench::bench_section(&bench_rows));
     let groups = examples::collect_examples(&loaded.cells, examples::SAMPLES_PER_TASK);
     let ex_md = examples::examples_markdown(&groups, &experiment);
@@ -98,6 +100,8 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     };
     write("leaderboard.csv", &csv)?;
     write("leaderboard.md", &markdown)?;
+    write("tasks.csv", &tasks_csv)?;
+    write("tasks.md", &tasks_md)?;
     write("index.html", &index)?;
     write("examples.md", &ex_md)?;
     write("examples.html", &ex_html)?;

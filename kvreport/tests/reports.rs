@@ -85,6 +85,44 @@ fn leaderboard_numbers_equal_hand_computed_means() {
 }
 
 #[test]
+fn per_task_averages_and_half_widths_equal_hand_computed_ones() {
+    let (_d, lb) = fixture_leaderboard();
+    // Tasks in category order (single_doc_qa, code, needle), each with its category.
+    let tasks: Vec<(&str, &str)> = lb.tasks.iter().map(|(c, t)| (c.as_str(), t.as_str())).collect();
+    assert_eq!(tasks, [("single_doc_qa", "longbench/qasper"), ("code", "longbench/lcc"), ("needle", "passkey")]);
+    let b_tasks = lb.tasks_of("model-b");
+    assert!(!b_tasks.is_empty() && b_tasks.len() < 3 && !b_tasks.iter().any(|(_, t)| t == "passkey"), "model-b has no passkey cells: {b_tasks:?}");
+
+    let text = lb.to_tasks_csv().unwrap();
+    let mut r = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(r.headers().unwrap().iter().collect::<Vec<_>>(), ["model", "method", "method_label", "ratio", "category", "task", "mean", "ci95", "samples"]);
+    let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
+    let n_expected: usize = lb.rows.iter().map(|r| r.tasks.len()).sum();
+    assert_eq!(rows.len(), n_expected);
+    let find = |label: &str, ratio: &str, task: &str| {
+        rows.iter().find(|x| &x[0] == "tiny-llama" && &x[2] == label && &x[3] == ratio && x[5].rsplit('/').next() == Some(task)).unwrap_or_else(|| panic!("{label} {ratio} {task}"))
+    };
+    // qasper full scores 40, 60, 80: mean 60, sd 20, n 3.
+    let q = find("full", "", "qasper");
+    assert_eq!((&q[4], &q[6], &q[8]), ("single_doc_qa", "60.0000", "3"));
+    assert!((q[7].parse::<f64>().unwrap() - 1.96 * 20.0 / 3f64.sqrt()).abs() < 1e-4, "{q:?}");
+    // passkey under snapkv 4x: the fixture's six scores, mean and half-width computed here.
+    let scores = common::passkey_scores("snapkv", Some(4.0));
+    let m = scores.iter().sum::<f64>() / 6.0;
+    let sd = (scores.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / 5.0).sqrt();
+    let p = find("snapkv", "4", "passkey");
+    assert!((p[6].parse::<f64>().unwrap() - m).abs() < 1e-4 && (p[7].parse::<f64>().unwrap() - 1.96 * sd / 6f64.sqrt()).abs() < 1e-4, "{p:?}");
+
+    // The widest half-width is the largest ci95 in the file.
+    let widest = rows.iter().filter_map(|x| x[7].parse::<f64>().ok()).fold(0.0, f64::max);
+    let (ci, _, _) = lb.widest_task_ci().unwrap();
+    assert!((ci - widest).abs() < 1e-4);
+    let md = lb.to_tasks_markdown("fixture");
+    assert!(md.contains("## tiny-llama") && md.contains("longbench/qasper") && md.contains("60.0 ± 22.6"), "{md}");
+    assert!(md.contains(&format!("Widest 95% half-width of any task average: ±{:.2}", widest)), "{md}");
+}
+
+#[test]
 fn csv_parses_back() {
     let (_d, lb) = fixture_leaderboard();
     let text = lb.to_csv().unwrap();
@@ -182,12 +220,12 @@ fn reports_are_written_and_html_is_safe() {
         summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     assert_eq!(
         names,
-        ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]
+        ["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]
     );
     assert_eq!(summary.cells, 14);
     assert_eq!(fs::read_to_string(out.join("leaderboard.md")).unwrap(), summary.leaderboard_markdown);
     // no temp files left behind
-    assert_eq!(fs::read_dir(&out).unwrap().count(), 6);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 8);
 
     let html = fs::read_to_string(out.join("index.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));

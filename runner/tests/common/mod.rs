@@ -43,4 +43,4 @@ pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
 }
 
 /// The files every report directory holds.
-pub const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"];
+pub const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html"];
