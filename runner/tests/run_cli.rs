@@ -121,6 +121,47 @@ fn every_config_in_the_repository_validates() {
     assert!(n >= 5, "expected the quickstart and the paper's experiments, found {n}");
 }
 
+/// The committed offline-v1 grid is the one issue 10 asks for: each model half has every method
+/// of the offline grid at 2x/4x/8x where a budget applies, ten tasks, 400 samples per task.
+#[test]
+fn the_offline_v1_grid_covers_every_method_and_ratio() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs/experiments/offline-v1");
+    for model in ["smollm2-135m", "qwen2.5-0.5b"] {
+        let file = root.join(format!("{model}.toml"));
+        let dry = ok(&["run", file.to_str().unwrap(), "--dry-run"]);
+        // 5 unbudgeted methods + 10 budgeted x 3 ratios = 35 method rows, x 10 tasks.
+        assert!(dry.contains("350 cell(s)"), "{dry}");
+        for label in ["full", "kivi-2bit", "kivi-4bit", "flexgen-4bit", "int8", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "infllm", "quest", "selective-context"] {
+            assert!(dry.contains(&format!(" {label} ")), "{model}: no `{label}` cell:\n{dry}");
+        }
+        for ratio in ["2x", "4x", "8x"] {
+            assert_eq!(dry.lines().filter(|l| l.contains(" snapkv ") && l.contains(&format!(" {ratio} "))).count(), 10, "{model}: snapkv {ratio} on each task");
+        }
+        let per_task: Vec<&str> = dry.lines().filter(|l| l.contains(" full ")).collect();
+        assert_eq!(per_task.len(), 10, "{model}: ten tasks");
+        assert!(per_task.iter().all(|l| l.ends_with("~400 samples")), "{model}: 400 samples per task:\n{}", per_task.join("\n"));
+    }
+}
+
+#[test]
+fn dry_run_sums_samples_and_tokens_per_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full"]);
+    let model = std::fs::read_to_string(tmp.path().join("configs/models/tiny.toml")).unwrap();
+    std::fs::write(tmp.path().join("configs/models/tiny2.toml"), model).unwrap();
+    let text = std::fs::read_to_string(&exp).unwrap().replace("models = [\"tiny\"]", "models = [\"tiny\", \"tiny2\"]");
+    std::fs::write(&exp, text).unwrap();
+    let dry = ok(&["run", exp.to_str().unwrap(), "--dry-run"]);
+    // One cell per model: the needle task's 3 lengths x 3 depths.
+    assert!(dry.contains("2 cell(s)") && dry.contains("  tiny: ~9 samples") && dry.contains("  tiny2: ~9 samples"), "{dry}");
+    // A task's `fraction` keeps ceil(9 x 0.5) = 5 of them, as the run does.
+    let task = tmp.path().join("configs/tasks/needle.toml");
+    let text = std::fs::read_to_string(&task).unwrap() + "fraction = 0.5\n";
+    std::fs::write(&task, text).unwrap();
+    let dry = ok(&["run", exp.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("  tiny: ~5 samples") && dry.lines().any(|l| l.contains("needle") && l.ends_with(" ~5 samples")), "{dry}");
+}
+
 #[test]
 fn report_compare_paper_prints_the_side_by_side_table() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("kvreport/tests/fixtures/paper_shaped");

@@ -180,10 +180,15 @@ fn datasets_for(task: &str) -> Vec<&'static str> {
     }
 }
 
+/// How many of `n` samples a `fraction` keeps (at least one).
+fn fraction_keep(n: usize, fraction: f64) -> usize {
+    ((n as f64 * fraction).ceil() as usize).clamp(1, n.max(1))
+}
+
 /// A deterministic subset: the `fraction` of samples whose seeded hash of their id is smallest,
 /// in their original order.
 fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
-    let keep = ((samples.len() as f64 * fraction).ceil() as usize).clamp(1, samples.len().max(1));
+    let keep = fraction_keep(samples.len(), fraction);
     let mut keyed: Vec<(String, usize)> = samples.iter().enumerate().map(|(i, s)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{}", s.id).as_bytes())), i)).collect();
     keyed.sort();
     let mut chosen: Vec<usize> = keyed.into_iter().take(keep).map(|(_, i)| i).collect();
@@ -292,6 +297,9 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     if a.dry_run {
         println!("experiment `{}`: {} cell(s){}", exp.name, cells.len(), a.shard.as_deref().map(|s| format!(" in shard {s}")).unwrap_or_default());
         let mut tokens = 0usize;
+        // Per model: samples and input tokens over its cells (the sizes a sitting or a cluster
+        // allocation is planned from).
+        let mut per_model: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
         for c in &cells {
             let t = &c.task_config;
             let per = if t.lengths.is_empty() { 2048 } else { t.lengths.iter().sum::<usize>() };
@@ -301,9 +309,14 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 _ => t.samples.unwrap_or(10) * t.lengths.len().max(1),
             };
             let n = t.limit.map_or(n, |l| l.min(n));
+            let n = t.fraction.map_or(n, |f| fraction_keep(n, f));
             // Mean configured length per sample (passkey lengths are words: about 1.3 tokens each).
             let mean = per / t.lengths.len().max(1);
-            tokens += n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
+            let cell_tokens = n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
+            tokens += cell_tokens;
+            let m = per_model.entry(c.model.as_str()).or_default();
+            m.0 += n;
+            m.1 += cell_tokens;
             println!(
                 "  {}  {:<14} {:<22} {:<6} {:<24} ~{} samples",
                 c.id,
@@ -313,6 +326,11 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 c.task,
                 n
             );
+        }
+        if per_model.len() > 1 {
+            for (model, (n, t)) in &per_model {
+                println!("  {model}: ~{n} samples, ~{t} input tokens");
+            }
         }
         println!("estimated input: ~{tokens} tokens in all (an estimate from the configured lengths and sample counts)");
         return Ok(());
