@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use crate::format::{budget_label, fixed, html_escape, human_bytes, thousands};
-use crate::leaderboard::{Leaderboard, LeaderboardRow};
+use crate::leaderboard::{CategoryStat, Leaderboard, LeaderboardRow};
 use crate::load::Cell;
 use crate::record::{RunInfo, SampleRecord};
 use crate::svg::{score_color, Axis, Heatmap, Marker, Point, RefLine, Series, TickFormat, XyChart};
@@ -308,14 +308,11 @@ fn leaderboard_tables(lb: &Leaderboard, palette: &Palette) -> String {
                             Some(fs) if !r.is_full() => tint(s.mean - fs.mean),
                             _ => String::new(),
                         };
-                        let ci =
-                            s.ci95.map(|v| format!("<span class=\"ci\">± {}</span>", fixed(v, 1))).unwrap_or_default();
                         o.push_str(&format!(
-                            "<td class=\"num{sep}\"{style} title=\"{} records in {} cell(s)\">{}{}</td>",
+                            "<td class=\"num{sep}\"{style} title=\"{} records in {} cell(s)\">{}</td>",
                             s.records,
                             s.cells,
-                            fixed(s.mean, 1),
-                            ci
+                            score_html(s)
                         ));
                     }
                     None => o.push_str(&format!("<td class=\"num{sep}\">–</td>")),
@@ -662,7 +659,13 @@ fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) -> Vec<(Str
     out
 }
 
-/// Per model, each task's average ± its 95% half-width per method and budget, n below.
+/// A score cell's content: the mean, then its 95% half-width in a `ci` span when there is one.
+fn score_html(s: &CategoryStat) -> String {
+    let ci = s.ci95.map(|v| format!("<span class=\"ci\">± {}</span>", fixed(v, 1))).unwrap_or_default();
+    format!("{}{ci}", fixed(s.mean, 1))
+}
+
+/// Per model, each task's average ± its 95% half-width per method and budget (n on hover).
 fn per_task_tables(lb: &Leaderboard) -> String {
     let mut o = String::new();
     for model in lb.models() {
@@ -677,16 +680,11 @@ fn per_task_tables(lb: &Leaderboard) -> String {
                 "<tr{}><td>{}</td><td class=\"num\">{}</td>",
                 if r.is_full() { " class=\"full\"" } else { "" },
                 html_escape(&r.method_label),
-                html_escape(&crate::format::budget_label(r.ratio))
+                html_escape(&budget_label(r.ratio))
             ));
             for (_, t) in &tasks {
                 o.push_str(&match r.tasks.get(t) {
-                    Some(s) => format!(
-                        "<td class=\"num\" title=\"n = {}\">{}{}</td>",
-                        s.records,
-                        crate::format::fixed(s.mean, 1),
-                        s.ci95.map(|ci| format!(" <small>± {}</small>", crate::format::fixed(ci, 1))).unwrap_or_default()
-                    ),
+                    Some(s) => format!("<td class=\"num\" title=\"n = {}\">{}</td>", s.records, score_html(s)),
                     None => "<td class=\"num\">–</td>".to_string(),
                 });
             }
@@ -697,7 +695,7 @@ fn per_task_tables(lb: &Leaderboard) -> String {
     if let Some((ci, r, t)) = lb.widest_task_ci() {
         o.push_str(&format!(
             "<p class=\"note\">Widest 95% half-width of any task average: ±{} ({} / {} / {}).</p>",
-            crate::format::fixed(ci, 2),
+            fixed(ci, 2),
             html_escape(&r.model),
             html_escape(&r.display_name()),
             html_escape(t)

@@ -22,6 +22,16 @@ pub struct CategoryStat {
     pub cells: usize,
 }
 
+impl CategoryStat {
+    /// `mean ± half-width` (one decimal each), or the mean alone when there is no half-width.
+    pub fn markdown_cell(&self) -> String {
+        match self.ci95 {
+            Some(ci) => format!("{} ± {}", fixed(self.mean, 1), fixed(ci, 1)),
+            None => fixed(self.mean, 1),
+        }
+    }
+}
+
 /// One leaderboard row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaderboardRow {
@@ -297,10 +307,7 @@ impl Leaderboard {
                         Some(s) => {
                             let e = samples.entry(t.as_str()).or_insert((usize::MAX, 0));
                             *e = (e.0.min(s.records), e.1.max(s.records));
-                            match s.ci95 {
-                                Some(ci) => format!("{} ± {}", fixed(s.mean, 1), fixed(ci, 1)),
-                                None => fixed(s.mean, 1),
-                            }
+                            s.markdown_cell()
                         }
                         None => "–".into(),
                     });
@@ -423,13 +430,7 @@ impl Leaderboard {
                 }
                 let mut row = vec![name, budget_label(r.ratio)];
                 for c in &cats {
-                    row.push(match r.categories.get(c) {
-                        Some(s) => match s.ci95 {
-                            Some(ci) => format!("{} ± {}", fixed(s.mean, 1), fixed(ci, 1)),
-                            None => fixed(s.mean, 1),
-                        },
-                        None => "–".into(),
-                    });
+                    row.push(r.categories.get(c).map(CategoryStat::markdown_cell).unwrap_or_else(|| "–".into()));
                 }
                 row.push(fixed_opt(r.average, 1, "–"));
                 row.push(r.compression_ratio.map(|v| format!("{}x", fixed(v, 2))).unwrap_or_else(|| "–".into()));

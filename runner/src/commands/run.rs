@@ -296,7 +296,6 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     };
     if a.dry_run {
         println!("experiment `{}`: {} cell(s){}", exp.name, cells.len(), a.shard.as_deref().map(|s| format!(" in shard {s}")).unwrap_or_default());
-        let mut tokens = 0usize;
         // Per model: samples and input tokens over its cells (the sizes a sitting or a cluster
         // allocation is planned from).
         let mut per_model: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
@@ -313,7 +312,6 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
             // Mean configured length per sample (passkey lengths are words: about 1.3 tokens each).
             let mean = per / t.lengths.len().max(1);
             let cell_tokens = n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
-            tokens += cell_tokens;
             let m = per_model.entry(c.model.as_str()).or_default();
             m.0 += n;
             m.1 += cell_tokens;
@@ -332,6 +330,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 println!("  {model}: ~{n} samples, ~{t} input tokens");
             }
         }
+        let tokens: usize = per_model.values().map(|(_, t)| t).sum();
         println!("estimated input: ~{tokens} tokens in all (an estimate from the configured lengths and sample counts)");
         return Ok(());
     }
