@@ -12,8 +12,8 @@ pub enum Error {
     // === user input ===
     #[error("invalid {what}: `{value}` (expected {expected})")]
     InvalidArgument { what: &'static str, value: String, expected: String },
-    #[error("model `{0}` not found: it is neither a known model name ({known}), an existing path, nor `hf:org/name[@revision]`", known = crate::sources::KNOWN_MODEL_NAMES.join(", "))]
-    ModelNotFound(String),
+    #[error("model `{name}` not found: it is neither a known model name ({known}), an existing path, nor `hf:org/name[@revision]`")]
+    ModelNotFound { name: String, known: String },
     #[error("model `{name}` is not in the cache ({path}); run `kvbench model fetch {name}`")]
     ModelNotFetched { name: String, path: PathBuf },
     #[error("{file}: key `{key}`: {problem}")]
@@ -49,7 +49,9 @@ pub enum Error {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Method(#[from] crate::registry::MethodError),
+    Method(#[from] kvcache::MethodError),
+    #[error(transparent)]
+    Cache(#[from] kvcache::Error),
     #[error("not supported: {0}")]
     Unsupported(String),
     #[error("{0}")]

@@ -163,7 +163,7 @@ pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tok
         num_layers: c.num_hidden_layers,
         context_tokens,
     };
-    (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec)).collect()
+    (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec).map_err(Error::from)).collect()
 }
 
 /// A fresh sequence for `lm` with the method of `factory`: its caches for a transformer; for a
@@ -230,7 +230,8 @@ pub fn prefill(lm: &mut LoadedModel, caches: &mut Vec<Box<dyn LayerCache>>, ids:
 
 /// Calls every layer's `end_prefill` hook (where most methods compress the context).
 pub fn end_prefill(caches: &mut [Box<dyn LayerCache>]) -> Result<()> {
-    caches.iter_mut().try_for_each(|c| c.end_prefill())
+    caches.iter_mut().try_for_each(|c| c.end_prefill())?;
+    Ok(())
 }
 
 /// Total bytes the caches hold.

@@ -6,12 +6,16 @@
 //! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
 //! [`generate`], [`loader`] (files → ready model: a transformer or a linear-time [`ssm`] model),
 //! [`lm_tokenizer`], [`sources`] (fetching), [`memory`],
-//! [`random_init`] (random-weight models for tests and benchmarks), [`methods`] (token eviction
-//! shared by compression methods), [`quant`] and [`quantized`] (quantized K/V storage),
-//! [`registry`] (methods by name), [`prompt`] (text-level prompt compressors), [`plugin_ffi`] (external plugins), [`pipeline`]
-//! (context/question split).
+//! [`random_init`] (random-weight models for tests and benchmarks), [`conformance`] (the named
+//! trials every method runs), [`registry`] (methods by
+//! name: the in-tree registrations linked into the binary and external plugins),
+//! [`prompt`] (text-level prompt compressors), [`plugin_ffi`] (the host side of external plugins),
+//! [`pipeline`] (context/question split).
+//!
+//! The method API (the cache contract, budgets, parameters, registration) is the `kvcache`
+//! crate, re-exported here as [`cache`]; the methods themselves live under `plugins/`.
 
-pub mod cache;
+pub mod conformance;
 pub mod config;
 pub mod device;
 pub mod error;
@@ -20,13 +24,10 @@ pub mod lm_tokenizer;
 pub mod loader;
 pub mod memory;
 pub mod memory_guard;
-pub mod methods;
 pub mod model;
 pub mod pipeline;
 pub mod plugin_ffi;
 pub mod prompt;
-pub mod quant;
-pub mod quantized;
 pub mod random_init;
 pub mod registry;
 pub mod rope;
@@ -35,3 +36,5 @@ pub mod ssm;
 pub mod weights;
 
 pub use error::{Error, Result};
+/// The method API: the per-layer cache contract, attention helpers and the full cache.
+pub use kvcache::cache;

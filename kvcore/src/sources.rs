@@ -124,7 +124,7 @@ pub fn resolve(spec: &str, home: &Path) -> Result<ModelFiles> {
         }
         return Err(Error::File { file: p.into(), problem: "directory has no config.json (expected a Hugging Face model directory)".into() });
     }
-    Err(Error::ModelNotFound(spec.into()))
+    Err(Error::ModelNotFound { name: spec.into(), known: KNOWN_MODEL_NAMES.join(", ") })
 }
 
 /// Resolves, fetching known and `hf:` models on first use.
@@ -149,7 +149,7 @@ pub fn fetch(spec: &str, home: &Path) -> Result<ModelFiles> {
         let r = HfRef::parse(rest)?;
         return fetch_hf(&r, home, &hf_endpoint()).map(ModelFiles::HfDir);
     }
-    Err(Error::ModelNotFound(spec.into()))
+    Err(Error::ModelNotFound { name: spec.into(), known: KNOWN_MODEL_NAMES.join(", ") })
 }
 
 /// The python used to run `pip download`: `$KVBENCH_PYTHON`, else `python3`.

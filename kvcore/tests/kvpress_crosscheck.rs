@@ -33,11 +33,7 @@ use kvcore::sources::ModelFiles;
 use std::process::Command;
 use tch::Device;
 
-use kvplugin_h2o as _;
-use kvplugin_knorm as _;
-use kvplugin_snapkv as _;
-use kvplugin_streamingllm as _;
-use kvplugin_tova as _;
+use kvplugins as _;
 
 /// Relative score gap to the cut-off below which the two engines may disagree.
 const TOL: f64 = 1e-3;

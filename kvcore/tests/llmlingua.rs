@@ -6,8 +6,8 @@
 mod common;
 
 use common::*;
-use kvplugin_llmlingua::compress::Settings;
-use kvplugin_llmlingua::xlmr::XlmrTokenClassifier;
+use kvplugins::llmlingua::compress::Settings;
+use kvplugins::llmlingua::xlmr::XlmrTokenClassifier;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
@@ -58,7 +58,7 @@ fn llmlingua_reference(tmp: &Path) -> (PathBuf, serde_json::Value) {
 fn llmlingua2_keeps_the_words_llmlingua_keeps() {
     let tmp = tempfile::tempdir().unwrap();
     let (dir, reference) = llmlingua_reference(tmp.path());
-    let lingua = kvplugin_llmlingua::load(&dir, Device::Cpu).unwrap();
+    let lingua = kvplugins::llmlingua::load(&dir, Device::Cpu).unwrap();
     let texts: Vec<String> = reference["texts"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
     let (mut words_total, mut words_agree) = (0usize, 0usize);
     let mut chunked = false;
@@ -138,7 +138,7 @@ fn llmlingua2_rejects_bad_settings_and_explains_a_missing_model() {
 
     // A hub repository that cannot be reached: the error names the model and the way out.
     let home = tempfile::tempdir().unwrap();
-    let msg = kvplugin_llmlingua::resolve_model_with(kvplugin_llmlingua::DEFAULT_MODEL, home.path(), "http://127.0.0.1:9").unwrap_err().to_string();
+    let msg = kvplugins::llmlingua::resolve_model_with(kvplugins::llmlingua::DEFAULT_MODEL, home.path(), "http://127.0.0.1:9").unwrap_err().to_string();
     eprintln!("{msg}");
     assert!(msg.contains("microsoft/llmlingua-2-xlm-roberta-large-meetingbank") && msg.contains("--set model="), "{msg}");
     // A path that is neither a directory nor a repository name.

@@ -9,12 +9,7 @@ use kvcore::device::DType;
 use kvcore::registry::{parse_settings, Registry};
 use tch::{Device, Kind, Tensor};
 
-use kvplugin_baseline as _;
-use kvplugin_h2o as _;
-use kvplugin_knorm as _;
-use kvplugin_snapkv as _;
-use kvplugin_streamingllm as _;
-use kvplugin_tova as _;
+use kvplugins as _;
 
 const HQ: usize = 4;
 const HKV: usize = 2;
@@ -236,7 +231,7 @@ fn random_keeps_the_top_of_its_seeded_hash_independently_of_chunking() {
     for (seed, layer) in [(5u64, 1usize), (6, 1), (5, 2)] {
         // The score of (layer, row = b*Hkv + h, position) is the documented seeded hash; the
         // selection (4 best of 16 per row) is recomputed here.
-        let want: Vec<Vec<i64>> = (0..HKV).map(|row| top(&(0..16).map(|p| (p, kvcore::methods::hash_unit(seed, layer as u64, row as u64, p as u64))).collect::<Vec<_>>(), 4)).collect();
+        let want: Vec<Vec<i64>> = (0..HKV).map(|row| top(&(0..16).map(|p| (p, kvcache::scorer::hash_unit(seed, layer as u64, row as u64, p as u64))).collect::<Vec<_>>(), 4)).collect();
         assert_eq!(kept(seed, layer, &[16]), want, "seed {seed} layer {layer}");
         assert_eq!(kept(seed, layer, &[3, 8, 15, 16]), want, "chunking changed the kept set (seed {seed})");
     }
@@ -305,7 +300,7 @@ fn snapkv_keeps_the_window_and_the_best_pooled_votes() {
 
 #[test]
 fn pyramidkv_layer_budget_schedule_matches_hand_computed_values() {
-    use kvplugin_snapkv::pyramid_budget;
+    use kvplugins::snapkv::pyramid_budget;
     // len 1000, 5 layers, 400 kept on average, window 8, beta 2: min = 400/2 = 200,
     // max = 2*400 - 200 = 600, step (600-200)/4 = 100.
     assert_eq!((0..5).map(|l| pyramid_budget(l, 5, 1000, 400, 8, 2.0)).collect::<Vec<_>>(), vec![600, 500, 400, 300, 200]);

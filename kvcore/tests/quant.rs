@@ -6,14 +6,12 @@
 
 use kvcore::cache::{tensor_bytes, AttentionStep, CacheSpec, LayerCache};
 use kvcore::device::DType;
-use kvcore::quant::{fake_quantize, pack_codes, unpack_codes, Quantizer};
-use kvcore::quantized::{QuantCache, QuantConfig};
+use kvmethods::quant::{fake_quantize, pack_codes, unpack_codes, Quantizer};
+use kvmethods::quantized::{QuantCache, QuantConfig};
 use kvcore::registry::{parse_settings, Registry};
 use tch::{Device, Kind, Tensor};
 
-use kvplugin_h2o as _;
-use kvplugin_quant as _;
-use kvplugin_snapkv as _;
+use kvplugins as _;
 
 fn spec(kv_heads: usize, head_dim: usize, kv: DType, tokens: usize) -> CacheSpec {
     CacheSpec { batch: 1, kv_heads, head_dim, kv_dtype: kv, device: Device::Cpu, expected_tokens: tokens, query_heads: kv_heads * 3, num_layers: 1, context_tokens: None }

@@ -4,10 +4,10 @@
 
 use kvcore::cache::{tensor_bytes, AttentionStep, CacheSpec, FullCache, LayerCache};
 use kvcore::device::DType;
-use kvcore::methods::Budget;
+use kvcache::params::Budget;
 use kvcore::registry::{parse_settings, Registry};
-use kvplugin_retrieval::infllm::{paper_fraction, InfLlmCache, InfLlmConfig, Knobs};
-use kvplugin_retrieval::quest::{page_upper_bound, QuestCache, QuestConfig};
+use kvplugins::retrieval::infllm::{paper_fraction, InfLlmCache, InfLlmConfig, Knobs};
+use kvplugins::retrieval::quest::{page_upper_bound, QuestCache, QuestConfig};
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -215,9 +215,9 @@ fn infllm_rope_theta_scores_without_positions() {
     let theta = 10_000.0;
     let x = Tensor::randn([1, 2, 50, D], (Kind::Float, Device::Cpu));
     let pos = Tensor::arange(50, (Kind::Int64, Device::Cpu));
-    let there = kvplugin_retrieval::infllm::rotate(&x, &pos, theta);
+    let there = kvplugins::retrieval::infllm::rotate(&x, &pos, theta);
     assert!((&there - &x).abs().max().double_value(&[]) > 0.1, "rotation must move the vectors");
-    let back = kvplugin_retrieval::infllm::rotate(&there, &pos.neg(), theta);
+    let back = kvplugins::retrieval::infllm::rotate(&there, &pos.neg(), theta);
     assert!(back.allclose(&x, 1e-4, 1e-4, false), "un-rotation restores the raw vectors");
 
     let mut cfg = InfLlmConfig::new(Budget::Ratio(4.0));
@@ -227,13 +227,13 @@ fn infllm_rope_theta_scores_without_positions() {
     // Raw keys: noise, block 2 (positions 9..13) all along e0; then RoPE at their positions.
     let raw = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
     raw.narrow(2, 9, 4).copy_(&basis(0, 3.0).view([1, 1, 1, D]));
-    let k = kvplugin_retrieval::infllm::rotate(&raw, &Tensor::arange(81, (Kind::Int64, Device::Cpu)), theta);
+    let k = kvplugins::retrieval::infllm::rotate(&raw, &Tensor::arange(81, (Kind::Int64, Device::Cpu)), theta);
     let v = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu));
     let q = Tensor::randn([1, 4, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
     let _prefill = c.attend(&step(&q, &k, &v, 0)).unwrap();
     assert!(c.num_blocks() >= 15);
     // A raw e0 query at position 81 (72 tokens after the block), rotated like the model would.
-    let qd = kvplugin_retrieval::infllm::rotate(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &Tensor::from_slice(&[81i64]), theta);
+    let qd = kvplugins::retrieval::infllm::rotate(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &Tensor::from_slice(&[81i64]), theta);
     let ids = c.select_blocks(&qd, 81).unwrap();
     assert_eq!(Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap(), vec![2, 2]);
 }

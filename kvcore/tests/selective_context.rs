@@ -10,7 +10,7 @@ use kvcore::device::{DType, RuntimeSettings};
 use kvcore::loader::load;
 use kvcore::registry::Registry;
 use kvcore::sources::ModelFiles;
-use kvplugin_selective_context::{select_units, split_units};
+use kvplugins::selective_context::{select_units, split_units};
 
 #[test]
 fn units_tile_the_text() {

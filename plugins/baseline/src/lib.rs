@@ -4,24 +4,24 @@
 //! `random` budget: `ratio = N` keeps `floor(S/N)` of the `S` context tokens per KV head, chosen by a
 //! seeded hash of (seed, layer, head, position), so runs are deterministic and independent of chunking.
 
-use kvcore::cache::{CacheFactory, FullCacheFactory};
-use kvcore::methods::{hash_unit, EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use kvcache::cache::FullCacheFactory;
+use kvcache::scorer::hash_unit;
+use kvmethods::prelude::*;
 
-fn build_full(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
+fn build_full(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>, MethodError> {
     Params::new("full", t).finish()?;
     Ok(Arc::new(FullCacheFactory))
 }
 
-/// Uniform random scores from a seeded hash.
-pub struct RandomScorer {
+/// Uniform random scores from a seeded hash of (seed, layer, head, position).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Random {
     pub seed: u64,
 }
 
-impl Scorer for RandomScorer {
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+impl Scorer for Random {
+    fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor> {
         let (b, h, s) = input.positions.size3()?;
         let pos = Vec::<i64>::try_from(&input.positions.to_device(tch::Device::Cpu).contiguous().view([-1]))?;
         let mut out = Vec::with_capacity(pos.len());
@@ -33,21 +33,7 @@ impl Scorer for RandomScorer {
     }
 }
 
-fn random_scorer(p: &mut Params) -> Result<RandomScorer, MethodError> {
-    Ok(RandomScorer { seed: p.int("seed", 0, 0, usize::MAX >> 1)? as u64 })
-}
-
-fn build_random(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
-    let mut p = Params::new("random", t);
-    let budget = p.budget(4.0)?;
-    let scorer = random_scorer(&mut p)?;
-    let mut cfg = EvictionConfig::new("random", budget, Arc::new(scorer));
-    eviction_params(&mut p, &mut cfg, false)?;
-    p.finish()?;
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
-}
-
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "full",
         family: "baseline",
@@ -59,20 +45,11 @@ inventory::submit! {
     }
 }
 
-inventory::submit! {
-    MethodRegistration {
-        name: "random",
-        family: "baseline",
-        summary: "evict uniformly at random after prefill (a floor for scoring methods)",
-        detail: "Scores are a seeded hash of (seed, layer, head, position); keeps the top `floor(S/N)` per KV head \
-                 at the end of the context prefill (kvpress RandomPress). `ratio = N` keeps 1/N; `tokens = K` keeps K.",
-        params: kvcore::eviction_param_docs!(decode_evict = "false"; ("seed", "0", "hash seed")),
-        build: build_random,
-        scorer: Some(|t| {
-            let mut p = Params::new("random", t);
-            let s = random_scorer(&mut p)?;
-            p.finish()?;
-            Ok(Arc::new(s))
-        }),
-    }
-}
+register_scorer!(
+    Random,
+    name = "random",
+    summary = "evict uniformly at random after prefill (a floor for scoring methods)",
+    detail = "Scores are a seeded hash of (seed, layer, head, position); keeps the top `floor(S/N)` per KV head \
+              at the end of the context prefill (kvpress RandomPress). `ratio = N` keeps 1/N; `tokens = K` keeps K.",
+    params = [("seed", "0", "hash seed")],
+);

@@ -2,50 +2,43 @@
 //! `kvbench --plugin target/release/libkvplugin_example_external.so ...`.
 //!
 //! It registers `example-recent` (keep the newest tokens, a sliding window: the simplest eviction
-//! method) exactly as in-tree methods register, and `kvcore::export_plugin!()` exports the C entry
-//! point through which the host checks versions and calls in. Copy this crate, rename the method,
-//! replace the scorer. `panic = true` makes building the method panic, to show (and test) that a
-//! panic inside a plugin comes back to the host as an error instead of crossing the boundary.
+//! method) exactly as in-tree scoring methods register, and `kvcache::export_plugin!()` exports
+//! the C entry point through which the host checks versions and calls in. Copy this crate, rename
+//! the package and the method, replace the scorer. `panic = true` makes building the method
+//! panic, to show (and test) that a panic inside a plugin comes back to the host as an error
+//! instead of crossing the boundary.
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use kvmethods::prelude::*;
 
-/// Newer tokens score higher.
-pub struct RecentScorer;
+/// The method's own parameters (the budget, schedule and storage are the shared ones).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Recent {
+    /// Panic while building (tests the plugin boundary).
+    pub panic: bool,
+}
 
-impl Scorer for RecentScorer {
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
-        Ok(input.positions.to_kind(Kind::Float))
+impl Scorer for Recent {
+    fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor> {
+        Ok(input.positions.to_kind(Kind::Float)) // newer tokens score higher
+    }
+    fn validate(&self, _method: &str) -> std::result::Result<(), MethodError> {
+        if self.panic {
+            panic!("example-recent was asked to panic");
+        }
+        Ok(())
     }
 }
 
-fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
-    let mut p = Params::new("example-recent", t);
-    let budget = p.budget(4.0)?;
-    let panic = p.bool("panic", false)?;
-    let mut cfg = EvictionConfig::new("example-recent", budget, Arc::new(RecentScorer));
-    eviction_params(&mut p, &mut cfg, true)?;
-    p.finish()?;
-    if panic {
-        panic!("example-recent was asked to panic");
-    }
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
-}
+register_scorer!(
+    Recent,
+    name = "example-recent",
+    summary = "template external plugin: keep the newest tokens (a sliding window)",
+    detail = "Keeps the newest floor(S/N) tokens per head after prefill and slides while decoding. Built as a cdylib and \
+              loaded with --plugin; see plugins/README.md, \"Write your own method\".",
+    decode_evict = true,
+    params = [("panic", "false", "panic while building (tests the boundary)")],
+);
 
-inventory::submit! {
-    MethodRegistration {
-        name: "example-recent",
-        family: "example-external",
-        summary: "template external plugin: keep the newest tokens (a sliding window)",
-        detail: "Keeps the newest floor(S/N) tokens per head after prefill and slides while decoding. Built as a cdylib and \
-                 loaded with --plugin; see plugins/README.md, \"Write your own method\".",
-        params: kvcore::eviction_param_docs!(decode_evict = "true"; ("panic", "false", "panic while building (tests the boundary)")),
-        build,
-        scorer: None,
-    }
-}
-
-kvcore::export_plugin!();
+#[cfg(feature = "export")]
+kvcache::export_plugin!();

@@ -18,9 +18,13 @@
 //! `kvcore/tests/kvpress_crosscheck.rs` asserts exactly that: kvbench's kept set equals the top of
 //! kvpress's scores multiplied back by `S - j` (the number of queries that see key `j`).
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{Accumulate, EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
+use kvcache::cache::CacheFactory;
+use kvcache::scorer::{ScoreInput, Scorer};
+use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory};
+use kvcache::params::Params;
+use kvcache::registration::MethodRegistration;
+use kvcache::MethodError;
+use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::Tensor;
 
@@ -28,8 +32,8 @@ use tch::Tensor;
 pub struct AccumulatedScorer;
 
 impl Scorer for AccumulatedScorer {
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
-        input.accumulated.map(|a| a.shallow_clone()).ok_or_else(|| kvcore::Error::Other("h2o: no accumulated scores".into()))
+    fn score(&self, input: &ScoreInput<'_>) -> kvcache::Result<Tensor> {
+        input.accumulated.map(|a| a.shallow_clone()).ok_or_else(|| kvcache::Error::Other("h2o: no accumulated scores".into()))
     }
 }
 
@@ -52,7 +56,7 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "h2o",
         family: "h2o",
@@ -61,7 +65,7 @@ inventory::submit! {
                  heavy = floor(S*(1-recent_fraction)/N), recent = floor(S*recent_fraction/N); attention accumulated from the first \
                  decode step; evicts every step. mode = \"prefill\": evicts right after prefill using the prompt's attention, \
                  then the same. Scores are per KV head (gqa combines the group). arXiv 2306.14048.",
-        params: kvcore::eviction_param_docs!(decode_evict = "true";
+        params: kvmethods::eviction_param_docs!(decode_evict = "true";
             ("recent_fraction", "0.5", "share of the budget kept for the newest tokens"),
             ("mode", "decode", "decode: paper H2O (full prefill); prefill: evict after prefill too")),
         build,

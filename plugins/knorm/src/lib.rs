@@ -9,42 +9,23 @@
 //! positions identical except float-noise swaps at the selection boundary (two keys whose norms differ
 //! by < 1e-3 relative may fall on either side; 1 swap in 270 layer-heads on 3 prompts).
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use kvmethods::prelude::*;
 
-/// `-‖k‖₂` per token.
-pub struct KnormScorer;
+/// Knorm has no parameters of its own: the budget, schedule and storage are the shared ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Knorm {}
 
-impl Scorer for KnormScorer {
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
-        Ok(-input.keys.to_kind(Kind::Float).pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Float).sqrt())
+impl Scorer for Knorm {
+    fn score(&self, s: &ScoreInput<'_>) -> Result<Tensor> {
+        Ok(-s.keys.to_kind(Kind::Float).pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Float).sqrt())
     }
 }
 
-fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
-    let mut p = Params::new("knorm", t);
-    let budget = p.budget(4.0)?;
-    let mut cfg = EvictionConfig::new("knorm", budget, Arc::new(KnormScorer));
-    eviction_params(&mut p, &mut cfg, false)?;
-    p.finish()?;
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
-}
-
-inventory::submit! {
-    MethodRegistration {
-        name: "knorm",
-        family: "knorm",
-        summary: "keep the keys with the smallest L2 norm (Devoto et al. 2024)",
-        detail: "Score = -||k||_2 (f32) per KV head; after the context prefill keeps the top floor(S/N) per head \
-                 (kvpress KnormPress with compression_ratio = 1 - 1/N). Paper: arXiv 2406.11430.",
-        params: kvcore::eviction_param_docs!(decode_evict = "false";),
-        build,
-        scorer: Some(|t| {
-            Params::new("knorm", t).finish()?;
-            Ok(Arc::new(KnormScorer))
-        }),
-    }
-}
+register_scorer!(
+    Knorm,
+    name = "knorm",
+    summary = "keep the keys with the smallest L2 norm (Devoto et al. 2024)",
+    detail = "Score = -||k||_2 (f32) per KV head; after the context prefill keeps the top floor(S/N) per head \
+              (kvpress KnormPress with compression_ratio = 1 - 1/N). Paper: arXiv 2406.11430.",
+);

@@ -1,7 +1,7 @@
 //! Quantized KV caches: `kivi` (Liu et al., "KIVI: A Tuning-Free Asymmetric 2bit Quantization for
 //! KV Cache", ICML 2024, arXiv 2402.02750), `flexgen` (Sheng et al., "FlexGen", ICML 2023,
 //! arXiv 2303.06865, as the paper's simulated 4-bit group quantization), and the simple
-//! references `int8` and `int4`. The cache itself is `kvcore::quantized::QuantCache`; eviction
+//! references `int8` and `int4`. The cache itself is `kvmethods::quantized::QuantCache`; eviction
 //! methods reuse it through their `storage` parameter.
 //!
 //! These methods have no token budget (`ratio` does not apply): the compression comes from bits
@@ -11,9 +11,11 @@
 //! token, G channels per group), plus the full-precision residual (≤ R keys, R values);
 //! FlexGen-b: b + 32/G per element for both; int8: 8 + 16/D; int4: 4 + 16/D.
 
-use kvcore::cache::CacheFactory;
-use kvcore::quantized::{quant_config, QuantFactory};
-use kvcore::registry::{MethodError, MethodRegistration, ParamDoc, Params};
+use kvcache::cache::CacheFactory;
+use kvmethods::quantized::{quant_config, QuantFactory};
+use kvcache::params::{ParamDoc, Params};
+use kvcache::registration::MethodRegistration;
+use kvcache::MethodError;
 use std::sync::Arc;
 
 fn build_named(name: &str, t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
@@ -37,7 +39,7 @@ fn build_int4(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     build_named("int4", t)
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "kivi",
         family: "quant",
@@ -62,7 +64,7 @@ inventory::submit! {
     }
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "flexgen",
         family: "quant",
@@ -85,7 +87,7 @@ inventory::submit! {
     }
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "int8",
         family: "quant",
@@ -101,7 +103,7 @@ inventory::submit! {
     }
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "int4",
         family: "quant",

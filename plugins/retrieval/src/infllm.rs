@@ -6,9 +6,11 @@
 //! (arXiv 2402.04617), with the budget split of the paper's benchmark (longctx_bench).
 
 use crate::store::KvBuf;
-use kvcore::cache::{position_mask, AttentionStep, CacheFactory, CacheSpec, FullCache, LayerCache, Visibility};
-use kvcore::methods::Budget;
-use kvcore::registry::{MethodError, MethodRegistration, ParamDoc, Params};
+use kvcache::cache::{position_mask, AttentionStep, CacheFactory, CacheSpec, FullCache, LayerCache, Visibility};
+use kvcache::params::Budget;
+use kvcache::params::{ParamDoc, Params};
+use kvcache::registration::MethodRegistration;
+use kvcache::MethodError;
 use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
@@ -129,7 +131,7 @@ impl CacheFactory for InfLlmFactory {
     fn name(&self) -> &str {
         "infllm"
     }
-    fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> kvcore::Result<Box<dyn LayerCache>> {
+    fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
         Ok(Box::new(InfLlmCache::new(self.0.clone(), *spec)))
     }
 }
@@ -360,11 +362,11 @@ impl InfLlmCache {
     }
 
     fn repr_bytes(&self) -> u64 {
-        self.repr.as_ref().map_or(0, kvcore::cache::tensor_bytes)
+        self.repr.as_ref().map_or(0, kvcache::cache::tensor_bytes)
     }
 
     fn score_bytes(&self) -> u64 {
-        self.local_score.as_ref().map_or(0, kvcore::cache::tensor_bytes)
+        self.local_score.as_ref().map_or(0, kvcache::cache::tensor_bytes)
     }
 
     fn token_bytes(&self) -> u64 {
@@ -374,7 +376,7 @@ impl InfLlmCache {
 }
 
 impl LayerCache for InfLlmCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcore::Result<Tensor> {
+    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcache::Result<Tensor> {
         if let Some(full) = &mut self.full {
             return full.attend(step);
         }
@@ -531,7 +533,7 @@ const PARAMS: &[ParamDoc] = &[
     ParamDoc { name: "rope_theta", default: "0 (unset)", help: "the model's RoPE base (e.g. 100000 for SmolLM2): retrieval compares un-rotated keys with queries at distance n_local, position-free as InfLLM; unset: absolute-position scores (favour recent blocks)" },
 ];
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "infllm",
         family: "retrieval",

@@ -5,9 +5,11 @@
 //! Long-Context LLM Inference", ICML 2024 (arXiv 2406.10774).
 
 use crate::store::KvBuf;
-use kvcore::cache::{attend_at_positions, attend_contiguous, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
-use kvcore::methods::Budget;
-use kvcore::registry::{MethodError, MethodRegistration, ParamDoc, Params};
+use kvcache::cache::{attend_at_positions, attend_contiguous, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
+use kvcache::params::Budget;
+use kvcache::params::{ParamDoc, Params};
+use kvcache::registration::MethodRegistration;
+use kvcache::MethodError;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -29,7 +31,7 @@ impl CacheFactory for QuestFactory {
     fn name(&self) -> &str {
         "quest"
     }
-    fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> kvcore::Result<Box<dyn LayerCache>> {
+    fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
         Ok(Box::new(QuestCache::new(self.0.clone(), layer, *spec)))
     }
 }
@@ -131,7 +133,7 @@ impl QuestCache {
 }
 
 impl LayerCache for QuestCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcore::Result<Tensor> {
+    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcache::Result<Tensor> {
         if self.store.len() == 0 {
             self.first_pos = step.start_pos;
         }
@@ -167,7 +169,7 @@ impl LayerCache for QuestCache {
         }
     }
 
-    fn end_prefill(&mut self) -> kvcore::Result<()> {
+    fn end_prefill(&mut self) -> kvcache::Result<()> {
         if self.context.is_none() {
             self.context = Some(self.store.len());
         }
@@ -250,7 +252,7 @@ const PARAMS: &[ParamDoc] = &[
     ParamDoc { name: "gqa", default: "max", help: "combine the page bounds of a GQA group's query heads: max or mean" },
 ];
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "quest",
         family: "retrieval",

@@ -1,9 +1,9 @@
 //! A growable contiguous K/V buffer (`[B, H, tokens, D]`) on a chosen device, shared by both
 //! retrieval caches: InfLLM's init tokens, local window and (host-side) block store, and Quest's
-//! page store. It grows like `kvcore::cache::FullCache` (same capacity rule, so views have the
+//! page store. It grows like `kvcache::cache::FullCache` (same capacity rule, so views have the
 //! same strides and the unbounded paths compute the very same bits) and can drop its front.
 
-use kvcore::cache::CacheSpec;
+use kvcache::cache::CacheSpec;
 use tch::{Device, Kind, Tensor};
 
 /// Keys and values of contiguous tokens with spare capacity for appends.

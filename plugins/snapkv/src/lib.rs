@@ -21,36 +21,54 @@
 //! Budget: `ratio = N` keeps `floor(S/N)` per head (on average over heads for adakv, over layers for
 //! pyramidkv) of the `S`-token context after prefill; `tokens = K` keeps K.
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{in_window, window_probs, Budget, EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{builtin_scorer, eviction_params, MethodError, MethodRegistration, Params};
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use kvcache::registration::builtin_scorer;
+use kvmethods::eviction::{EvictionConfig, EvictionFactory};
+use kvmethods::prelude::*;
+use kvmethods::scoring::{eviction_params, typed_scorer, SharedKnobs};
 
-/// SnapKV's observation-window scores.
-pub struct SnapScorer {
-    pub window: usize,
-    pub kernel: usize,
-    pub max_pool: bool,
+/// How SnapKV smooths the window's votes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// Average pooling, as kvpress.
+    #[default]
+    Avg,
+    /// Max pooling, as the paper.
+    Max,
 }
 
-impl SnapScorer {
-    fn from_params(p: &mut Params) -> Result<Self, MethodError> {
-        let window = p.int("window", 64, 1, 1 << 20)?;
-        let kernel = p.int("kernel", 5, 1, 1 << 10)?;
-        let max_pool = p.choice("pooling", "avg", &["avg", "max"])? == "max";
-        if kernel % 2 == 0 {
-            return Err(MethodError::BadParam { method: "snapkv".into(), key: "kernel".into(), value: kernel.to_string(), expected: "an odd integer in [1, 1024]".into() });
-        }
-        Ok(SnapScorer { window, kernel, max_pool })
+/// SnapKV's observation-window scores.
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Snap {
+    /// Observation window: the last context queries that vote.
+    pub window: usize,
+    /// Pooling kernel (odd).
+    pub kernel: usize,
+    pub pooling: Pooling,
+}
+
+impl Default for Snap {
+    fn default() -> Self {
+        Snap { window: 64, kernel: 5, pooling: Pooling::Avg }
     }
 }
 
-impl Scorer for SnapScorer {
+impl Scorer for Snap {
     fn query_window(&self) -> usize {
         self.window
     }
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+    fn validate(&self, method: &str) -> std::result::Result<(), MethodError> {
+        let bad = |key: &str, value: usize, expected: &str| MethodError::BadParam { method: method.into(), key: key.into(), value: value.to_string(), expected: expected.into() };
+        if !(1..=1 << 20).contains(&self.window) {
+            return Err(bad("window", self.window, "an integer in [1, 1048576]"));
+        }
+        if !(1..=1 << 10).contains(&self.kernel) || self.kernel % 2 == 0 {
+            return Err(bad("kernel", self.kernel, "an odd integer in [1, 1024]"));
+        }
+        Ok(())
+    }
+    fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor> {
         let probs = window_probs(input)?; // [B, Hq, W, S]
         let (b, hkv, s) = input.positions.size3()?;
         // Window tokens are the newest slots (positions ≥ the first window query).
@@ -61,10 +79,9 @@ impl Scorer for SnapScorer {
         }
         let votes = probs.mean_dim(2, false, Kind::Float).narrow(-1, 0, body); // [B, Hq, body]
         let k = self.kernel as i64;
-        let pooled = if self.max_pool {
-            votes.max_pool1d([k].as_slice(), [1i64].as_slice(), [k / 2].as_slice(), [1i64].as_slice(), false)
-        } else {
-            votes.avg_pool1d([k].as_slice(), [1i64].as_slice(), [k / 2].as_slice(), false, true)
+        let pooled = match self.pooling {
+            Pooling::Max => votes.max_pool1d([k].as_slice(), [1i64].as_slice(), [k / 2].as_slice(), [1i64].as_slice(), false),
+            Pooling::Avg => votes.avg_pool1d([k].as_slice(), [1i64].as_slice(), [k / 2].as_slice(), false, true),
         };
         let scores = input.gqa.reduce(&pooled, hkv);
         let top = scores.max().double_value(&[]) + 1.0;
@@ -73,20 +90,19 @@ impl Scorer for SnapScorer {
     }
 }
 
-fn snap_config(name: &str, p: &mut Params) -> Result<EvictionConfig, MethodError> {
-    let budget = p.budget(4.0)?;
-    let scorer = SnapScorer::from_params(p)?;
-    let mut cfg = EvictionConfig::new(name, budget, Arc::new(scorer));
-    eviction_params(p, &mut cfg, false)?;
-    Ok(cfg)
-}
-
-fn build_snapkv(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
-    let mut p = Params::new("snapkv", t);
-    let cfg = snap_config("snapkv", &mut p)?;
-    p.finish()?;
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
-}
+register_scorer!(
+    Snap,
+    name = "snapkv",
+    summary = "keep what the last context queries attend to, pooled (Li et al. 2024)",
+    detail = "After the context prefill, the last `window` queries' attention (softmax, f32) is averaged over the window, \
+              pooled with `kernel` (avg, as kvpress; max as the paper), combined per KV head by `gqa`; the window itself is \
+              always kept; top floor(S/N) per head. kvpress SnapKVPress with compression_ratio = 1 - 1/N. arXiv 2404.14469.",
+    params = [
+        ("window", "64", "observation window (last queries of the context)"),
+        ("kernel", "5", "pooling kernel (odd)"),
+        ("pooling", "avg", "avg or max"),
+    ],
+);
 
 /// PyramidKV's per-layer budget (kvpress `get_layer_budget`, Python rounding half to even).
 pub fn pyramid_budget(layer: usize, num_layers: usize, len: usize, avg_keep: usize, window: usize, beta: f64) -> usize {
@@ -105,55 +121,34 @@ pub fn pyramid_budget(layer: usize, num_layers: usize, len: usize, avg_keep: usi
     (max_num - layer as f64 * steps).round_ties_even().max(1.0) as usize
 }
 
-fn build_pyramidkv(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
+fn build_pyramidkv(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>, MethodError> {
     let mut p = Params::new("pyramidkv", t);
     let beta = p.float("beta", 20.0, 1.0, 1e6)?;
-    let mut cfg = snap_config("pyramidkv", &mut p)?;
+    let budget = p.budget(4.0)?;
+    let scorer: Snap = typed_scorer("pyramidkv", &mut p)?;
+    let window = scorer.query_window();
+    let mut cfg = EvictionConfig::new("pyramidkv", budget, Arc::new(scorer));
+    eviction_params(&mut p, &mut cfg, false)?;
     p.finish()?;
-    let window = cfg.scorer.query_window();
     cfg.layer_budget = Some(Arc::new(move |layer, layers, len, budget: &Budget| pyramid_budget(layer, layers, len, budget.keep(len), window, beta)));
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
-fn build_adakv(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
+fn build_adakv(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>, MethodError> {
     let mut p = Params::new("adakv", t);
     let budget = p.budget(4.0)?;
     let alpha = p.float("alpha", 0.2, 0.0, 1.0)?;
     let inner: String = p.get("scorer", "snapkv".to_string(), "the name of a scoring method")?;
-    let mut cfg = EvictionConfig::new("adakv", budget, Arc::new(SnapScorer { window: 1, kernel: 1, max_pool: false }));
-    eviction_params(&mut p, &mut cfg, false)?;
+    let knobs = SharedKnobs::read("adakv", &mut p, false)?;
     let rest = p.take_rest();
     p.finish()?;
-    cfg.scorer = builtin_scorer("adakv", &inner, &rest)?;
+    let mut cfg = EvictionConfig::new("adakv", budget, builtin_scorer("adakv", &inner, &rest)?);
+    knobs.apply(&mut cfg);
     cfg.head_adaptive = Some(alpha);
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
-fn snap_scorer(t: &toml::Table) -> Result<Arc<dyn Scorer>, MethodError> {
-    let mut p = Params::new("snapkv", t);
-    let s = SnapScorer::from_params(&mut p)?;
-    p.finish()?;
-    Ok(Arc::new(s))
-}
-
-inventory::submit! {
-    MethodRegistration {
-        name: "snapkv",
-        family: "snapkv",
-        summary: "keep what the last context queries attend to, pooled (Li et al. 2024)",
-        detail: "After the context prefill, the last `window` queries' attention (softmax, f32) is averaged over the window, \
-                 pooled with `kernel` (avg, as kvpress; max as the paper), combined per KV head by `gqa`; the window itself is \
-                 always kept; top floor(S/N) per head. kvpress SnapKVPress with compression_ratio = 1 - 1/N. arXiv 2404.14469.",
-        params: kvcore::eviction_param_docs!(decode_evict = "false";
-            ("window", "64", "observation window (last queries of the context)"),
-            ("kernel", "5", "pooling kernel (odd)"),
-            ("pooling", "avg", "avg or max")),
-        build: build_snapkv,
-        scorer: Some(snap_scorer),
-    }
-}
-
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "pyramidkv",
         family: "snapkv",
@@ -161,7 +156,7 @@ inventory::submit! {
         detail: "Per-layer budget from kvpress PyramidKVPress.get_layer_budget: capacity = window + S/N, min = (capacity - window)/beta, \
                  max = 2(capacity - window) - min, linear from layer 0 (max) to the last (min), uniform S/N when the pyramid does \
                  not fit. Same total as snapkv. arXiv 2406.02069.",
-        params: kvcore::eviction_param_docs!(decode_evict = "false";
+        params: kvmethods::eviction_param_docs!(decode_evict = "false";
             ("window", "64", "observation window"),
             ("kernel", "5", "pooling kernel (odd)"),
             ("pooling", "avg", "avg or max"),
@@ -171,7 +166,7 @@ inventory::submit! {
     }
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "adakv",
         family: "snapkv",
@@ -179,7 +174,7 @@ inventory::submit! {
         detail: "Each KV head keeps its top floor(alpha * S/N) (at least 1); the rest of the layer's H * S/N budget goes to the \
                  best tokens of any head (kvpress AdaKVPress). Heads then hold only their own tokens, so bytes really drop. \
                  `scorer` names any scoring method (snapkv, knorm, tova, random); other keys go to it. arXiv 2407.11550.",
-        params: kvcore::eviction_param_docs!(decode_evict = "false";
+        params: kvmethods::eviction_param_docs!(decode_evict = "false";
             ("scorer", "snapkv", "scoring method to wrap"),
             ("alpha", "0.2", "safeguard: share of the budget every head keeps")),
         build: build_adakv,

@@ -15,9 +15,13 @@
 //! With `prefill = "full"`, `sinks = 4` the kept positions equal kvpress `StreamingLLMPress` on
 //! SmolLM2 (`kvcore/tests/kvpress_crosscheck.rs`).
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{EvictionConfig, EvictionFactory, ScoreInput, Scorer, StreamingPrefill};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
+use kvcache::cache::CacheFactory;
+use kvcache::scorer::{ScoreInput, Scorer};
+use kvmethods::eviction::{EvictionConfig, EvictionFactory, StreamingPrefill};
+use kvcache::params::Params;
+use kvcache::registration::MethodRegistration;
+use kvcache::MethodError;
+use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
@@ -25,7 +29,7 @@ use tch::{Kind, Tensor};
 pub struct RecencyScorer;
 
 impl Scorer for RecencyScorer {
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+    fn score(&self, input: &ScoreInput<'_>) -> kvcache::Result<Tensor> {
         Ok(input.positions.to_kind(Kind::Float))
     }
 }
@@ -43,7 +47,7 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
-inventory::submit! {
+kvcache::inventory::submit! {
     MethodRegistration {
         name: "streamingllm",
         family: "streamingllm",
@@ -52,7 +56,7 @@ inventory::submit! {
                  config), local = budget - sinks. prefill = \"chunked\": sinks + sliding-window attention during prefill, \
                  cache trimmed after every chunk; prefill = \"full\": full prefill, then keep sinks + newest (kvpress \
                  StreamingLLMPress; use sinks = 4). Keys keep their original positions (no re-indexing). arXiv 2309.17453.",
-        params: kvcore::eviction_param_docs!(decode_evict = "true";
+        params: kvmethods::eviction_param_docs!(decode_evict = "true";
             ("sink_ratio", "0.021", "fraction of the budget kept as sink tokens"),
             ("sinks", "(unset)", "absolute number of sink tokens (overrides sink_ratio)"),
             ("prefill", "chunked", "chunked: compress during prefill; full: full prefill, compress after")),

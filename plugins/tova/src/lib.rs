@@ -10,20 +10,19 @@
 //! After prefill the kept positions equal kvpress `TOVAPress` on SmolLM2, 3 prompts
 //! (`kvcore/tests/kvpress_crosscheck.rs`); near-ties at the cut-off may swap (float noise).
 
-use kvcore::cache::CacheFactory;
-use kvcore::methods::{protect_window, window_probs, EvictionConfig, EvictionFactory, ScoreInput, Scorer};
-use kvcore::registry::{eviction_params, MethodError, MethodRegistration, Params};
-use std::sync::Arc;
-use tch::{Kind, Tensor};
+use kvmethods::prelude::*;
 
-/// Attention of the last query, averaged over heads.
-pub struct TovaScorer;
+/// TOVA has no parameters of its own. The score is the attention of the last query, averaged
+/// over heads.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Tova {}
 
-impl Scorer for TovaScorer {
+impl Scorer for Tova {
     fn query_window(&self) -> usize {
         1
     }
-    fn score(&self, input: &ScoreInput<'_>) -> kvcore::Result<Tensor> {
+    fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor> {
         let probs = window_probs(input)?; // [B, Hq, 1, S]
         let (b, hkv, s) = input.positions.size3()?;
         let mean = probs.mean_dim([1i64, 2].as_slice(), false, Kind::Float); // [B, S]
@@ -32,28 +31,12 @@ impl Scorer for TovaScorer {
     }
 }
 
-fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
-    let mut p = Params::new("tova", t);
-    let budget = p.budget(4.0)?;
-    let mut cfg = EvictionConfig::new("tova", budget, Arc::new(TovaScorer));
-    eviction_params(&mut p, &mut cfg, true)?;
-    p.finish()?;
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
-}
-
-inventory::submit! {
-    MethodRegistration {
-        name: "tova",
-        family: "tova",
-        summary: "keep the tokens the newest query attends to most, averaged over heads (Oren et al. 2024)",
-        detail: "Score = softmax attention of the last query, mean over all query heads (kvpress TOVAPress); the newest \
-                 token is always kept. Keeps floor(S/N) per head after prefill and, by default, stays at that budget \
-                 while decoding (one eviction per step). arXiv 2401.06104.",
-        params: kvcore::eviction_param_docs!(decode_evict = "true";),
-        build,
-        scorer: Some(|t| {
-            Params::new("tova", t).finish()?;
-            Ok(Arc::new(TovaScorer))
-        }),
-    }
-}
+register_scorer!(
+    Tova,
+    name = "tova",
+    summary = "keep the tokens the newest query attends to most, averaged over heads (Oren et al. 2024)",
+    detail = "Score = softmax attention of the last query, mean over all query heads (kvpress TOVAPress); the newest \
+              token is always kept. Keeps floor(S/N) per head after prefill and, by default, stays at that budget \
+              while decoding (one eviction per step). arXiv 2401.06104.",
+    decode_evict = true,
+);

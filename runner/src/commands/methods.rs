@@ -8,17 +8,9 @@ use kvcore::registry::Registry;
 use serde_json::json;
 use std::path::PathBuf;
 
-// The method families: an unreferenced crate is not linked and its registrations would vanish.
-use kvplugin_baseline as _;
-use kvplugin_h2o as _;
-use kvplugin_knorm as _;
-use kvplugin_llmlingua as _;
-use kvplugin_quant as _;
-use kvplugin_retrieval as _;
-use kvplugin_selective_context as _;
-use kvplugin_snapkv as _;
-use kvplugin_streamingllm as _;
-use kvplugin_tova as _;
+// The method families (through their facade): an unreferenced crate is not linked and its
+// registrations would vanish.
+use kvplugins as _;
 
 /// The built-in methods plus the plugins named on the command line.
 pub fn registry(plugins: &[PathBuf]) -> Result<Registry> {

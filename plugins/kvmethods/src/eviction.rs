@@ -8,91 +8,14 @@
 //! (the paper's N×; kvpress's `compression_ratio = 1 - 1/N`); `ratio = 1` never evicts, so the
 //! cache computes exactly what the full cache computes. `tokens = K` keeps `min(K, S)`.
 
-use crate::cache::{attend_at_positions, attend_contiguous, attention_probs, contiguous_positions, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
-use crate::error::{Error, Result};
 use crate::quantized::{QuantCache, QuantConfig};
+use kvcache::buffer::KvBuffer;
+use kvcache::cache::{attend_at_positions, attend_contiguous, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
+use kvcache::params::{Budget, GqaAgg};
+use kvcache::scorer::{ScoreInput, Scorer};
+use kvcache::{Error, Result};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
-
-/// How many tokens a method keeps.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Budget {
-    /// Keep 1/N of the context (N ≥ 1; 1 = no compression).
-    Ratio(f64),
-    /// Keep this many tokens per head.
-    Tokens(usize),
-}
-
-impl Budget {
-    /// Whether the budget never evicts.
-    pub fn is_unbounded(&self) -> bool {
-        matches!(self, Budget::Ratio(r) if *r <= 1.0)
-    }
-    /// Tokens to keep out of `len`.
-    pub fn keep(&self, len: usize) -> usize {
-        match *self {
-            Budget::Ratio(r) if r <= 1.0 => len,
-            Budget::Ratio(r) => ((len as f64 / r).floor() as usize).max(1).min(len),
-            Budget::Tokens(k) => k.min(len),
-        }
-    }
-    /// The kept fraction as a float (`1/N`), or `None` for an absolute budget.
-    pub fn fraction(&self) -> Option<f64> {
-        match *self {
-            Budget::Ratio(r) => Some(1.0 / r.max(1.0)),
-            Budget::Tokens(_) => None,
-        }
-    }
-}
-
-/// How scores of the query heads sharing a KV head are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GqaAgg {
-    Mean,
-    Max,
-}
-
-impl GqaAgg {
-    /// `[B, Hq, S]` → `[B, Hkv, S]`.
-    pub fn reduce(&self, scores: &Tensor, kv_heads: i64) -> Tensor {
-        let (b, hq, s) = scores.size3().expect("scores are [B, Hq, S]");
-        let g = scores.view([b, kv_heads, hq / kv_heads, s]);
-        match self {
-            GqaAgg::Mean => g.mean_dim(2, false, Kind::Float),
-            GqaAgg::Max => g.amax(2, false),
-        }
-    }
-}
-
-/// What a scorer sees: the stored tokens, the last queries, the layer.
-pub struct ScoreInput<'a> {
-    pub layer: usize,
-    pub spec: &'a CacheSpec,
-    /// `[B, Hkv, S, D]`.
-    pub keys: &'a Tensor,
-    pub values: &'a Tensor,
-    /// Absolute positions `[B, Hkv, S]` (i64), ascending along S.
-    pub positions: &'a Tensor,
-    /// The last queries `[B, Hq, W, D]` (after RoPE), if the scorer asked for a window.
-    pub queries: Option<&'a Tensor>,
-    /// Position of the first of those queries.
-    pub query_start: usize,
-    pub scale: f64,
-    pub sliding_window: Option<usize>,
-    /// Attention accumulated over the steps so far `[B, Hkv, S]`, for methods that accumulate.
-    pub accumulated: Option<&'a Tensor>,
-    pub gqa: GqaAgg,
-}
-
-/// Ranks stored tokens: higher scores are kept. Scores are `[B, Hkv, S]`, f32.
-pub trait Scorer: Send + Sync {
-    /// Queries the scorer needs from the end of the context (0: none).
-    fn query_window(&self) -> usize {
-        0
-    }
-    /// Scores of the stored tokens.
-    fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor>;
-}
 
 /// When attention probabilities are accumulated into a per-token score (H2O).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -191,233 +114,11 @@ impl CacheFactory for EvictionFactory {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Storage
-
-/// Tokens of `[B, H, ·, D]` K/V kept in position order, with spare capacity for appends; positions
-/// are materialised only once the kept set stops being contiguous, and an optional per-token
-/// score travels with its token.
-pub struct DenseStore {
-    spec: CacheSpec,
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    pos: Option<Tensor>,
-    aux: Option<Tensor>,
-    cap: usize,
-    len: usize,
-    first_pos: usize,
-}
-
-impl DenseStore {
-    pub fn new(spec: CacheSpec) -> Self {
-        DenseStore { spec, k: None, v: None, pos: None, aux: None, cap: 0, len: 0, first_pos: 0 }
-    }
-    fn dims(&self) -> (i64, i64, i64) {
-        (self.spec.batch as i64, self.spec.kv_heads as i64, self.spec.head_dim as i64)
-    }
-    pub fn len(&self) -> usize {
-        self.len
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    pub fn is_contiguous(&self) -> bool {
-        self.pos.is_none()
-    }
-    pub fn first_pos(&self) -> usize {
-        self.first_pos
-    }
-
-    fn realloc(&mut self, cap: usize) {
-        let (b, h, d) = self.dims();
-        let kind = self.spec.kv_dtype.kind();
-        let dev = self.spec.device;
-        let n = self.len as i64;
-        let grow = |old: &Option<Tensor>, shape: Vec<i64>, kind: Kind| -> Tensor {
-            let t = Tensor::empty(shape.as_slice(), (kind, dev));
-            if let Some(o) = old {
-                if n > 0 {
-                    t.narrow(2, 0, n).copy_(&o.narrow(2, 0, n));
-                }
-            }
-            t
-        };
-        let c = cap as i64;
-        self.k = Some(grow(&self.k, vec![b, h, c, d], kind));
-        self.v = Some(grow(&self.v, vec![b, h, c, d], kind));
-        if self.pos.is_some() {
-            self.pos = Some(grow(&self.pos, vec![b, h, c], Kind::Int64));
-        }
-        if self.aux.is_some() {
-            self.aux = Some(grow(&self.aux, vec![b, h, c], Kind::Float));
-        }
-        self.cap = cap;
-    }
-
-    /// Appends `[B, H, L, D]` new keys/values at positions `start..start+L`.
-    pub fn append(&mut self, k: &Tensor, v: &Tensor, start: usize) {
-        let l = k.size()[2] as usize;
-        if self.len == 0 {
-            self.first_pos = start;
-        }
-        if self.pos.is_none() && self.len > 0 && self.first_pos + self.len != start {
-            self.materialise_positions();
-        }
-        if self.len + l > self.cap {
-            let want = (self.len + l).max(self.cap * 2).max(self.spec.expected_tokens.min((self.len + l) * 4));
-            self.realloc(want);
-        }
-        let kind = self.spec.kv_dtype.kind();
-        let (n, l64) = (self.len as i64, l as i64);
-        if let (Some(sk), Some(sv)) = (&self.k, &self.v) {
-            sk.narrow(2, n, l64).copy_(&k.to_kind(kind));
-            sv.narrow(2, n, l64).copy_(&v.to_kind(kind));
-        }
-        if let Some(p) = &self.pos {
-            let (b, h, _) = self.dims();
-            let new = Tensor::arange_start(start as i64, (start + l) as i64, (Kind::Int64, self.spec.device)).view([1, 1, -1]).expand([b, h, l64], false);
-            p.narrow(2, n, l64).copy_(&new);
-        }
-        if let Some(a) = &self.aux {
-            let _ = a.narrow(2, n, l64).fill_(0.0);
-        }
-        self.len += l;
-    }
-
-    fn materialise_positions(&mut self) {
-        let (b, h, _) = self.dims();
-        let p = Tensor::empty([b, h, self.cap.max(1) as i64], (Kind::Int64, self.spec.device));
-        if self.len > 0 {
-            p.narrow(2, 0, self.len as i64).copy_(&contiguous_positions(&self.spec, self.first_pos, self.len));
-        }
-        self.pos = Some(p);
-    }
-
-    /// Starts tracking a per-token score (zero for the tokens already held).
-    pub fn enable_aux(&mut self) {
-        if self.aux.is_none() {
-            let (b, h, _) = self.dims();
-            self.aux = Some(Tensor::zeros([b, h, self.cap.max(1) as i64], (Kind::Float, self.spec.device)));
-        }
-    }
-
-    /// Adds `delta` (`[B, H, len]`) to the per-token score.
-    pub fn aux_add(&mut self, delta: &Tensor) {
-        if let Some(a) = &self.aux {
-            let mut live = a.narrow(2, 0, self.len as i64);
-            let _ = live.g_add_(delta);
-        }
-    }
-
-    pub fn aux(&self) -> Option<Tensor> {
-        self.aux.as_ref().map(|a| a.narrow(2, 0, self.len as i64))
-    }
-
-    /// Live keys and values `[B, H, len, D]`.
-    pub fn views(&self) -> Option<(Tensor, Tensor)> {
-        match (&self.k, &self.v) {
-            (Some(k), Some(v)) => Some((k.narrow(2, 0, self.len as i64), v.narrow(2, 0, self.len as i64))),
-            _ => None,
-        }
-    }
-
-    /// Absolute positions `[B, H, len]`.
-    pub fn positions(&self) -> Tensor {
-        match &self.pos {
-            Some(p) => p.narrow(2, 0, self.len as i64),
-            None => contiguous_positions(&self.spec, self.first_pos, self.len),
-        }
-    }
-
-    /// Keeps the tokens at slot indices `idx` (`[B, H, n]`, ascending), reallocating to `n +
-    /// headroom` slots so the memory of evicted tokens is returned.
-    pub fn keep(&mut self, idx: &Tensor, headroom: usize) {
-        let n = idx.size()[2] as usize;
-        let (_, _, d) = self.dims();
-        let Some((k, v)) = self.views() else { return };
-        let positions = self.positions();
-        let idx4 = idx.unsqueeze(-1).expand([-1, -1, -1, d], false);
-        let nk = k.gather(2, &idx4, false);
-        let nv = v.gather(2, &idx4, false);
-        let np = positions.gather(2, idx, false);
-        let na = self.aux().map(|a| a.gather(2, idx, false));
-        let cap = n + headroom.max(1);
-        let (b, h, _) = self.dims();
-        let kind = self.spec.kv_dtype.kind();
-        let dev = self.spec.device;
-        let fresh = |src: &Tensor, shape: &[i64], kind: Kind| {
-            let t = Tensor::empty(shape, (kind, dev));
-            if n > 0 {
-                t.narrow(2, 0, n as i64).copy_(src);
-            }
-            t
-        };
-        self.k = Some(fresh(&nk, &[b, h, cap as i64, d], kind));
-        self.v = Some(fresh(&nv, &[b, h, cap as i64, d], kind));
-        self.pos = Some(fresh(&np, &[b, h, cap as i64], Kind::Int64));
-        self.aux = na.map(|a| fresh(&a, &[b, h, cap as i64], Kind::Float));
-        self.cap = cap;
-        self.len = n;
-        if n > 0 {
-            self.first_pos = np.min().int64_value(&[]) as usize;
-        }
-    }
-
-    pub fn bytes_held(&self) -> u64 {
-        self.held_tensors().iter().map(|(_, t)| tensor_bytes(t)).sum()
-    }
-
-    pub fn bytes_allocated(&self) -> u64 {
-        let (b, h, d) = self.dims();
-        let per = (b * h) as u64 * self.cap as u64;
-        let mut bytes = 2 * per * d as u64 * self.spec.kv_dtype.size_in_bytes() as u64;
-        if self.pos.is_some() {
-            bytes += per * 8;
-        }
-        if self.aux.is_some() {
-            bytes += per * 4;
-        }
-        bytes.max(self.bytes_held())
-    }
-
-    pub fn held_tensors(&self) -> Vec<(&'static str, Tensor)> {
-        let mut out = Vec::new();
-        if let Some((k, v)) = self.views() {
-            out.push(("k", k));
-            out.push(("v", v));
-        }
-        let n = self.len as i64;
-        if let Some(p) = &self.pos {
-            out.push(("positions", p.narrow(2, 0, n)));
-        }
-        if let Some(a) = &self.aux {
-            out.push(("scores", a.narrow(2, 0, n)));
-        }
-        out
-    }
-
-    /// Positions per (batch, head), sorted.
-    pub fn kept_positions(&self) -> Vec<Vec<i64>> {
-        let (b, h, _) = self.dims();
-        let p = self.positions().to_device(tch::Device::Cpu).contiguous().view([b * h, -1]);
-        (0..b * h).map(|i| Vec::<i64>::try_from(&p.get(i)).unwrap_or_default()).collect()
-    }
-
-    pub fn deep_copy(&self) -> Self {
-        let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
-        DenseStore { spec: self.spec, k: c(&self.k), v: c(&self.v), pos: c(&self.pos), aux: c(&self.aux), cap: self.cap, len: self.len, first_pos: self.first_pos }
-    }
-
-    pub fn clear(&mut self) {
-        *self = DenseStore::new(self.spec);
-    }
-}
-
 /// The storage of an eviction cache: one dense block, or one block per (batch, KV head) once
 /// per-head budgets differ (AdaKV), so that each head holds only its own kept tokens.
 enum Store {
-    Dense(DenseStore),
-    Ragged(Vec<DenseStore>),
+    Dense(KvBuffer),
+    Ragged(Vec<KvBuffer>),
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -498,7 +199,7 @@ pub struct EvictionCache {
 
 impl EvictionCache {
     pub fn new(cfg: Arc<EvictionConfig>, layer: usize, spec: CacheSpec) -> Self {
-        let mut store = DenseStore::new(spec);
+        let mut store = KvBuffer::new(spec);
         if cfg.accumulate != Accumulate::Never {
             store.enable_aux();
         }
@@ -566,7 +267,7 @@ impl EvictionCache {
     }
 
     /// Attention of one dense block, over contiguous or kept positions.
-    fn attend_dense(store: &DenseStore, step: &AttentionStep<'_>, sinks_local: Option<(usize, usize)>) -> Result<Tensor> {
+    fn attend_dense(store: &KvBuffer, step: &AttentionStep<'_>, sinks_local: Option<(usize, usize)>) -> Result<Tensor> {
         let (k, v) = store.views().ok_or_else(|| Error::Other("eviction cache: attention over an empty store".into()))?;
         if store.is_contiguous() && sinks_local.is_none() {
             return Ok(attend_contiguous(step, &k, &v, store.first_pos()));
@@ -608,13 +309,13 @@ impl EvictionCache {
         }
     }
 
-    fn score(&self, store: &DenseStore, queries: Option<&Tensor>, qstart: usize) -> Result<Tensor> {
+    fn score(&self, store: &KvBuffer, queries: Option<&Tensor>, qstart: usize) -> Result<Tensor> {
         let (k, v) = store.views().ok_or_else(|| Error::Other("eviction cache: scoring an empty store".into()))?;
         let pos = store.positions();
         let acc = store.aux();
         let input = ScoreInput {
             layer: self.layer,
-            spec: &store.spec,
+            spec: store.spec(),
             keys: &k,
             values: &v,
             positions: &pos,
@@ -693,27 +394,13 @@ impl EvictionCache {
 }
 
 /// Splits a dense block into one block per (batch, KV head) holding that head's selected slots.
-fn split_heads(store: &DenseStore, idx: &[Tensor], group: usize, headroom: usize) -> Vec<DenseStore> {
-    let spec = store.spec;
-    let one = CacheSpec { batch: 1, kv_heads: 1, query_heads: group, ..spec };
-    let (b, h) = (spec.batch as i64, spec.kv_heads as i64);
+fn split_heads(store: &KvBuffer, idx: &[Tensor], group: usize, headroom: usize) -> Vec<KvBuffer> {
+    let (b, h) = (store.spec().batch as i64, store.spec().kv_heads as i64);
     let mut heads = Vec::new();
     for bi in 0..b {
         for hi in 0..h {
             let sel = idx[(bi * h + hi) as usize].view([1, 1, -1]);
-            let mut hs = DenseStore {
-                spec: one,
-                k: store.k.as_ref().map(|t| t.narrow(0, bi, 1).narrow(1, hi, 1)),
-                v: store.v.as_ref().map(|t| t.narrow(0, bi, 1).narrow(1, hi, 1)),
-                pos: Some(store.positions().narrow(0, bi, 1).narrow(1, hi, 1)),
-                aux: store.aux.as_ref().map(|t| t.narrow(0, bi, 1).narrow(1, hi, 1)),
-                cap: store.len,
-                len: store.len,
-                first_pos: store.first_pos,
-            };
-            // `keep` gathers into fresh storage, so nothing of the shared block stays referenced.
-            hs.keep(&sel, headroom);
-            heads.push(hs);
+            heads.push(store.head(bi, hi, group, &sel, headroom));
         }
     }
     heads
@@ -963,36 +650,4 @@ impl LayerCache for EvictionCache {
             },
         }))
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Scoring helpers shared by the scorers of several families
-
-/// Attention probabilities `[B, Hq, W, S]` of the input's window queries over its keys.
-pub fn window_probs(input: &ScoreInput<'_>) -> Result<Tensor> {
-    let q = input.queries.ok_or_else(|| Error::Other("scorer needs window queries but none were kept".into()))?;
-    Ok(attention_probs(q, input.query_start, input.keys, input.positions, input.scale, input.sliding_window))
-}
-
-/// Boolean `[B, Hkv, S]`: tokens inside the query window (their positions are ≥ its first query).
-pub fn in_window(input: &ScoreInput<'_>) -> Tensor {
-    input.positions.ge(input.query_start as i64)
-}
-
-/// Sets scores of the window's own tokens above every other score (they are always kept).
-pub fn protect_window(scores: &Tensor, input: &ScoreInput<'_>) -> Tensor {
-    let top = scores.max().double_value(&[]) + 1.0;
-    scores.masked_fill(&in_window(input), top)
-}
-
-/// A deterministic hash of (seed, layer, batch·head, position) to `[0, 1)`, for the random scorer.
-pub fn hash_unit(seed: u64, layer: u64, row: u64, pos: u64) -> f64 {
-    let mut x = seed ^ 0x9E37_79B9_7F4A_7C15;
-    for v in [layer, row, pos] {
-        x = x.wrapping_add(v.wrapping_mul(0xBF58_476D_1CE4_E5B9)).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^= x >> 31;
-    }
-    (x >> 11) as f64 / (1u64 << 53) as f64
 }

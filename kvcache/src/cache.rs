@@ -13,7 +13,8 @@
 //! eviction runs, every step or every N steps). Caches that evict hold non-contiguous positions;
 //! [`attend_at_positions`] masks by the kept positions, not by slot index.
 
-use crate::device::DType;
+use crate::buffer::KvBuffer;
+use crate::dtype::DType;
 use crate::error::Result;
 use tch::{Device, Kind, Tensor};
 
@@ -132,136 +133,74 @@ impl CacheFactory for FullCacheFactory {
     }
 }
 
-/// A contiguous, growable K/V store: keys for absolute positions `first_pos..first_pos+len`.
+/// The uncompressed cache: every token in one [`KvBuffer`], keys for the contiguous absolute
+/// positions `first_pos..first_pos+len`.
 ///
-/// Storage is preallocated and grows geometrically, so appending a token writes one slot and
-/// never copies the whole cache; attention reads views. Sliding-window layers drop tokens that
-/// fall out of the window (compacting at most once per window length), so their memory is bounded.
+/// Appending a token writes one slot (the buffer grows geometrically); attention reads views.
+/// Sliding-window layers drop tokens that fall out of the window (compacting at most once per
+/// window length), so their memory is bounded.
 pub struct FullCache {
-    spec: CacheSpec,
-    k: Option<Tensor>,
-    v: Option<Tensor>,
-    capacity: usize,
-    len: usize,
-    first_pos: usize,
+    buf: KvBuffer,
 }
 
 impl FullCache {
     /// An empty cache.
     pub fn new(spec: CacheSpec) -> Self {
-        FullCache { spec, k: None, v: None, capacity: 0, len: 0, first_pos: 0 }
-    }
-
-    fn alloc(&self, cap: usize) -> Tensor {
-        let s = &self.spec;
-        Tensor::empty([s.batch as i64, s.kv_heads as i64, cap as i64, s.head_dim as i64], (s.kv_dtype.kind(), s.device))
-    }
-
-    /// Grows storage to hold at least `needed` tokens, keeping the content.
-    fn reserve(&mut self, needed: usize) {
-        if needed <= self.capacity {
-            return;
-        }
-        let cap = needed.max(self.capacity * 2).max(self.spec.expected_tokens.min(needed.max(1) * 4));
-        let (nk, nv) = (self.alloc(cap), self.alloc(cap));
-        if let (Some(k), Some(v)) = (&self.k, &self.v) {
-            if self.len > 0 {
-                nk.narrow(2, 0, self.len as i64).copy_(&k.narrow(2, 0, self.len as i64));
-                nv.narrow(2, 0, self.len as i64).copy_(&v.narrow(2, 0, self.len as i64));
-            }
-        }
-        self.k = Some(nk);
-        self.v = Some(nv);
-        self.capacity = cap;
-    }
-
-    /// Drops the oldest `n` tokens by moving the rest to the front of the storage.
-    fn drop_front(&mut self, n: usize) {
-        if n == 0 || n > self.len {
-            return;
-        }
-        let keep = (self.len - n) as i64;
-        for t in [self.k.as_mut(), self.v.as_mut()].into_iter().flatten() {
-            let tail = t.narrow(2, n as i64, keep).copy();
-            t.narrow(2, 0, keep).copy_(&tail);
-        }
-        self.len -= n;
-        self.first_pos += n;
+        FullCache { buf: KvBuffer::new(spec) }
     }
 
     /// Stored keys and values as views `[B, Hkv, len, D]`.
     pub fn views(&self) -> Option<(Tensor, Tensor)> {
-        match (&self.k, &self.v) {
-            (Some(k), Some(v)) => Some((k.narrow(2, 0, self.len as i64), v.narrow(2, 0, self.len as i64))),
-            _ => None,
-        }
+        self.buf.views()
     }
 
     /// Absolute position of the first stored token.
     pub fn first_pos(&self) -> usize {
-        self.first_pos
+        self.buf.first_pos()
     }
 }
 
 impl LayerCache for FullCache {
     fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
-        let new = step.k.size()[2] as usize;
-        if self.len == 0 {
-            self.first_pos = step.start_pos;
-        }
         // A sliding layer only ever needs the last `window - 1` old tokens: compact lazily.
-        if let Some(w) = step.sliding_window {
+        if let (Some(w), false) = (step.sliding_window, self.buf.is_empty()) {
             let oldest_needed = step.start_pos.saturating_sub(w.saturating_sub(1));
-            let droppable = oldest_needed.saturating_sub(self.first_pos).min(self.len);
+            let droppable = oldest_needed.saturating_sub(self.buf.first_pos()).min(self.buf.len());
             if droppable >= w.max(1) {
-                self.drop_front(droppable);
+                self.buf.drop_front(droppable);
             }
         }
-        self.reserve(self.len + new);
-        let kind = self.spec.kv_dtype.kind();
-        if let (Some(k), Some(v)) = (&self.k, &self.v) {
-            k.narrow(2, self.len as i64, new as i64).copy_(&step.k.to_kind(kind));
-            v.narrow(2, self.len as i64, new as i64).copy_(&step.v.to_kind(kind));
-        }
-        self.len += new;
-        let (k, v) = self.views().expect("storage allocated by reserve");
-        Ok(attend_contiguous(step, &k, &v, self.first_pos))
+        self.buf.append(step.k, step.v, step.start_pos);
+        let (k, v) = self.buf.views().expect("storage allocated by append");
+        Ok(attend_contiguous(step, &k, &v, self.buf.first_pos()))
     }
 
     fn stored_tokens(&self) -> usize {
-        self.len
+        self.buf.len()
     }
 
     fn bytes_held(&self) -> u64 {
-        let s = &self.spec;
-        (2 * s.batch * s.kv_heads * self.len * s.head_dim * s.kv_dtype.size_in_bytes()) as u64
+        self.buf.bytes_held()
     }
 
     fn bytes_allocated(&self) -> u64 {
-        let s = &self.spec;
-        (2 * s.batch * s.kv_heads * self.capacity * s.head_dim * s.kv_dtype.size_in_bytes()) as u64
+        self.buf.bytes_allocated()
     }
 
     fn reset(&mut self) {
-        self.len = 0;
-        self.first_pos = 0;
+        self.buf.clear_keep_capacity();
     }
 
     fn kept_positions(&self) -> Vec<Vec<i64>> {
-        let range: Vec<i64> = (self.first_pos as i64..(self.first_pos + self.len) as i64).collect();
-        vec![range; self.spec.batch * self.spec.kv_heads]
+        self.buf.kept_positions()
     }
 
     fn held_tensors(&self) -> Vec<(&'static str, Tensor)> {
-        match self.views() {
-            Some((k, v)) => vec![("k", k), ("v", v)],
-            None => vec![],
-        }
+        self.buf.held_tensors()
     }
 
     fn fork(&self) -> Option<Box<dyn LayerCache>> {
-        let copy = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
-        Some(Box::new(FullCache { spec: self.spec, k: copy(&self.k), v: copy(&self.v), capacity: self.capacity, len: self.len, first_pos: self.first_pos }))
+        Some(Box::new(FullCache { buf: self.buf.deep_copy() }))
     }
 }
 

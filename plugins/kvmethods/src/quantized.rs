@@ -25,12 +25,11 @@
 //! chunks of `flexgen`, an appended question) decode the cache once for that step and use the
 //! masked SDPA path. Held bytes count codes, scales, minimums, residuals and kept positions.
 
-use crate::cache::{attend_at_positions, attend_contiguous, tensor_bytes, AttentionStep, CacheSpec, LayerCache, Visibility};
-use crate::device::DType;
-use crate::error::{Error, Result};
-use crate::methods::DenseStore;
 use crate::quant::{fake_quantize, Packed, Quantizer};
-use crate::registry::{MethodError, Params};
+use kvcache::buffer::KvBuffer;
+use kvcache::cache::{attend_at_positions, attend_contiguous, tensor_bytes, AttentionStep, CacheSpec, LayerCache, Visibility};
+use kvcache::params::Params;
+use kvcache::{DType, Error, MethodError, Result};
 use tch::{Kind, Tensor};
 
 /// Quantized tokens decoded at once while decoding.
@@ -182,7 +181,7 @@ pub fn storage_param(method: &str, p: &mut Params) -> std::result::Result<Option
 /// The factory of [`QuantCache`]s.
 pub struct QuantFactory(pub std::sync::Arc<QuantConfig>);
 
-impl crate::cache::CacheFactory for QuantFactory {
+impl kvcache::cache::CacheFactory for QuantFactory {
     fn name(&self) -> &str {
         &self.0.name
     }
@@ -342,7 +341,7 @@ pub struct QuantCache {
     spec: CacheSpec,
     pk: Kind,
     /// Exact K/V during prefill (exact-prefill methods) or all originals (`fake`).
-    dense: Option<DenseStore>,
+    dense: Option<KvBuffer>,
     kq: QStore,
     vq: QStore,
     k_res: Option<Tensor>,
@@ -366,7 +365,7 @@ impl QuantCache {
         }
         cfg.validate(spec.head_dim)?;
         let dev = spec.device;
-        let dense = (cfg.exact_prefill || cfg.fake).then(|| DenseStore::new(spec));
+        let dense = (cfg.exact_prefill || cfg.fake).then(|| KvBuffer::new(spec));
         Ok(QuantCache {
             kq: QStore::new(cfg.key, cfg.key_layout),
             vq: QStore::new(cfg.value, KeyLayout::PerToken),
@@ -604,7 +603,7 @@ impl QuantCache {
     fn positions(&self) -> Tensor {
         match &self.pos {
             Some(p) => p.shallow_clone(),
-            None => crate::cache::contiguous_positions(&self.spec, self.first_pos, self.total()),
+            None => kvcache::cache::contiguous_positions(&self.spec, self.first_pos, self.total()),
         }
     }
 

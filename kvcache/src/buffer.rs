@@ -1,0 +1,285 @@
+//! The one growable K/V buffer every cache reuses: keys and values `[B, H, ·, D]` of tokens kept in
+//! position order, with spare capacity so appending a token writes one slot and never copies the
+//! whole cache. Positions are materialised only once the kept set stops being contiguous (after
+//! an eviction), and an optional per-token score (accumulated attention) travels with its token.
+//! Eviction gathers the survivors into fresh storage, so the memory of evicted tokens is returned.
+
+use crate::cache::{contiguous_positions, tensor_bytes, CacheSpec};
+use tch::{Kind, Tensor};
+
+/// Tokens of `[B, H, ·, D]` K/V kept in position order, with spare capacity for appends; positions
+/// are materialised only once the kept set stops being contiguous, and an optional per-token
+/// score travels with its token.
+pub struct KvBuffer {
+    spec: CacheSpec,
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    pos: Option<Tensor>,
+    aux: Option<Tensor>,
+    cap: usize,
+    len: usize,
+    first_pos: usize,
+}
+
+impl KvBuffer {
+    /// An empty buffer shaped by `spec` (batch, KV heads, head dim, storage dtype, device).
+    pub fn new(spec: CacheSpec) -> Self {
+        KvBuffer { spec, k: None, v: None, pos: None, aux: None, cap: 0, len: 0, first_pos: 0 }
+    }
+    /// The shape and storage settings this buffer was made with.
+    pub fn spec(&self) -> &CacheSpec {
+        &self.spec
+    }
+    /// Tokens the storage can hold before it grows.
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+    fn dims(&self) -> (i64, i64, i64) {
+        (self.spec.batch as i64, self.spec.kv_heads as i64, self.spec.head_dim as i64)
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.pos.is_none()
+    }
+    pub fn first_pos(&self) -> usize {
+        self.first_pos
+    }
+
+    fn realloc(&mut self, cap: usize) {
+        let (b, h, d) = self.dims();
+        let kind = self.spec.kv_dtype.kind();
+        let dev = self.spec.device;
+        let n = self.len as i64;
+        let grow = |old: &Option<Tensor>, shape: Vec<i64>, kind: Kind| -> Tensor {
+            let t = Tensor::empty(shape.as_slice(), (kind, dev));
+            if let Some(o) = old {
+                if n > 0 {
+                    t.narrow(2, 0, n).copy_(&o.narrow(2, 0, n));
+                }
+            }
+            t
+        };
+        let c = cap as i64;
+        self.k = Some(grow(&self.k, vec![b, h, c, d], kind));
+        self.v = Some(grow(&self.v, vec![b, h, c, d], kind));
+        if self.pos.is_some() {
+            self.pos = Some(grow(&self.pos, vec![b, h, c], Kind::Int64));
+        }
+        if self.aux.is_some() {
+            self.aux = Some(grow(&self.aux, vec![b, h, c], Kind::Float));
+        }
+        self.cap = cap;
+    }
+
+    /// Appends `[B, H, L, D]` new keys/values at positions `start..start+L`.
+    pub fn append(&mut self, k: &Tensor, v: &Tensor, start: usize) {
+        let l = k.size()[2] as usize;
+        if self.len == 0 {
+            self.first_pos = start;
+        }
+        if self.pos.is_none() && self.len > 0 && self.first_pos + self.len != start {
+            self.materialise_positions();
+        }
+        if self.len + l > self.cap {
+            let want = (self.len + l).max(self.cap * 2).max(self.spec.expected_tokens.min((self.len + l) * 4));
+            self.realloc(want);
+        }
+        let kind = self.spec.kv_dtype.kind();
+        let (n, l64) = (self.len as i64, l as i64);
+        if let (Some(sk), Some(sv)) = (&self.k, &self.v) {
+            sk.narrow(2, n, l64).copy_(&k.to_kind(kind));
+            sv.narrow(2, n, l64).copy_(&v.to_kind(kind));
+        }
+        if let Some(p) = &self.pos {
+            let (b, h, _) = self.dims();
+            let new = Tensor::arange_start(start as i64, (start + l) as i64, (Kind::Int64, self.spec.device)).view([1, 1, -1]).expand([b, h, l64], false);
+            p.narrow(2, n, l64).copy_(&new);
+        }
+        if let Some(a) = &self.aux {
+            let _ = a.narrow(2, n, l64).fill_(0.0);
+        }
+        self.len += l;
+    }
+
+    fn materialise_positions(&mut self) {
+        let (b, h, _) = self.dims();
+        let p = Tensor::empty([b, h, self.cap.max(1) as i64], (Kind::Int64, self.spec.device));
+        if self.len > 0 {
+            p.narrow(2, 0, self.len as i64).copy_(&contiguous_positions(&self.spec, self.first_pos, self.len));
+        }
+        self.pos = Some(p);
+    }
+
+    /// Starts tracking a per-token score (zero for the tokens already held).
+    pub fn enable_aux(&mut self) {
+        if self.aux.is_none() {
+            let (b, h, _) = self.dims();
+            self.aux = Some(Tensor::zeros([b, h, self.cap.max(1) as i64], (Kind::Float, self.spec.device)));
+        }
+    }
+
+    /// Adds `delta` (`[B, H, len]`) to the per-token score.
+    pub fn aux_add(&mut self, delta: &Tensor) {
+        if let Some(a) = &self.aux {
+            let mut live = a.narrow(2, 0, self.len as i64);
+            let _ = live.g_add_(delta);
+        }
+    }
+
+    pub fn aux(&self) -> Option<Tensor> {
+        self.aux.as_ref().map(|a| a.narrow(2, 0, self.len as i64))
+    }
+
+    /// Live keys and values `[B, H, len, D]`.
+    pub fn views(&self) -> Option<(Tensor, Tensor)> {
+        match (&self.k, &self.v) {
+            (Some(k), Some(v)) => Some((k.narrow(2, 0, self.len as i64), v.narrow(2, 0, self.len as i64))),
+            _ => None,
+        }
+    }
+
+    /// Absolute positions `[B, H, len]`.
+    pub fn positions(&self) -> Tensor {
+        match &self.pos {
+            Some(p) => p.narrow(2, 0, self.len as i64),
+            None => contiguous_positions(&self.spec, self.first_pos, self.len),
+        }
+    }
+
+    /// Keeps the tokens at slot indices `idx` (`[B, H, n]`, ascending), reallocating to `n +
+    /// headroom` slots so the memory of evicted tokens is returned.
+    pub fn keep(&mut self, idx: &Tensor, headroom: usize) {
+        let n = idx.size()[2] as usize;
+        let (_, _, d) = self.dims();
+        let Some((k, v)) = self.views() else { return };
+        let positions = self.positions();
+        let idx4 = idx.unsqueeze(-1).expand([-1, -1, -1, d], false);
+        let nk = k.gather(2, &idx4, false);
+        let nv = v.gather(2, &idx4, false);
+        let np = positions.gather(2, idx, false);
+        let na = self.aux().map(|a| a.gather(2, idx, false));
+        let cap = n + headroom.max(1);
+        let (b, h, _) = self.dims();
+        let kind = self.spec.kv_dtype.kind();
+        let dev = self.spec.device;
+        let fresh = |src: &Tensor, shape: &[i64], kind: Kind| {
+            let t = Tensor::empty(shape, (kind, dev));
+            if n > 0 {
+                t.narrow(2, 0, n as i64).copy_(src);
+            }
+            t
+        };
+        self.k = Some(fresh(&nk, &[b, h, cap as i64, d], kind));
+        self.v = Some(fresh(&nv, &[b, h, cap as i64, d], kind));
+        self.pos = Some(fresh(&np, &[b, h, cap as i64], Kind::Int64));
+        self.aux = na.map(|a| fresh(&a, &[b, h, cap as i64], Kind::Float));
+        self.cap = cap;
+        self.len = n;
+        if n > 0 {
+            self.first_pos = np.min().int64_value(&[]) as usize;
+        }
+    }
+
+    pub fn bytes_held(&self) -> u64 {
+        self.held_tensors().iter().map(|(_, t)| tensor_bytes(t)).sum()
+    }
+
+    pub fn bytes_allocated(&self) -> u64 {
+        let (b, h, d) = self.dims();
+        let per = (b * h) as u64 * self.cap as u64;
+        let mut bytes = 2 * per * d as u64 * self.spec.kv_dtype.size_in_bytes() as u64;
+        if self.pos.is_some() {
+            bytes += per * 8;
+        }
+        if self.aux.is_some() {
+            bytes += per * 4;
+        }
+        bytes.max(self.bytes_held())
+    }
+
+    pub fn held_tensors(&self) -> Vec<(&'static str, Tensor)> {
+        let mut out = Vec::new();
+        if let Some((k, v)) = self.views() {
+            out.push(("k", k));
+            out.push(("v", v));
+        }
+        let n = self.len as i64;
+        if let Some(p) = &self.pos {
+            out.push(("positions", p.narrow(2, 0, n)));
+        }
+        if let Some(a) = &self.aux {
+            out.push(("scores", a.narrow(2, 0, n)));
+        }
+        out
+    }
+
+    /// Positions per (batch, head), sorted.
+    pub fn kept_positions(&self) -> Vec<Vec<i64>> {
+        let (b, h, _) = self.dims();
+        if self.pos.is_none() {
+            let range: Vec<i64> = (self.first_pos as i64..(self.first_pos + self.len) as i64).collect();
+            return vec![range; (b * h) as usize];
+        }
+        let p = self.positions().to_device(tch::Device::Cpu).contiguous().view([b * h, -1]);
+        (0..b * h).map(|i| Vec::<i64>::try_from(&p.get(i)).unwrap_or_default()).collect()
+    }
+
+    pub fn deep_copy(&self) -> Self {
+        let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
+        KvBuffer { spec: self.spec, k: c(&self.k), v: c(&self.v), pos: c(&self.pos), aux: c(&self.aux), cap: self.cap, len: self.len, first_pos: self.first_pos }
+    }
+
+    /// Forgets everything and returns the storage.
+    pub fn clear(&mut self) {
+        *self = KvBuffer::new(self.spec);
+    }
+
+    /// Forgets the tokens but keeps the storage for reuse (a cache's `reset`).
+    pub fn clear_keep_capacity(&mut self) {
+        self.len = 0;
+        self.first_pos = 0;
+        self.pos = None;
+    }
+
+    /// Drops the oldest `n` tokens of a contiguous buffer by moving the rest to the front of the
+    /// storage (sliding-window layers, so their memory stays bounded).
+    pub fn drop_front(&mut self, n: usize) {
+        if n == 0 || n > self.len || self.pos.is_some() {
+            return;
+        }
+        let keep = (self.len - n) as i64;
+        for t in [self.k.as_mut(), self.v.as_mut(), self.aux.as_mut()].into_iter().flatten() {
+            let tail = t.narrow(2, n as i64, keep).copy();
+            t.narrow(2, 0, keep).copy_(&tail);
+        }
+        self.len -= n;
+        self.first_pos += n;
+    }
+
+    /// Row `(bi, hi)` of this buffer as a buffer of its own (batch 1, one KV head, `group` query
+    /// heads) holding only the slots `idx` (`[1, 1, n]`, ascending) plus `headroom` spare slots.
+    /// Per-head budgets (AdaKV) split a layer's buffer this way.
+    pub fn head(&self, bi: i64, hi: i64, group: usize, idx: &Tensor, headroom: usize) -> KvBuffer {
+        let one = CacheSpec { batch: 1, kv_heads: 1, query_heads: group, ..self.spec };
+        let row = |t: &Tensor| t.narrow(0, bi, 1).narrow(1, hi, 1);
+        let mut hs = KvBuffer {
+            spec: one,
+            k: self.k.as_ref().map(row),
+            v: self.v.as_ref().map(row),
+            pos: Some(row(&self.positions())),
+            aux: self.aux.as_ref().map(row),
+            cap: self.len,
+            len: self.len,
+            first_pos: self.first_pos,
+        };
+        // `keep` gathers into fresh storage, so nothing of the shared buffer stays referenced.
+        hs.keep(idx, headroom);
+        hs
+    }
+}
+
