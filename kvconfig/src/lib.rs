@@ -314,6 +314,39 @@ pub fn config_root(experiment: &Path) -> PathBuf {
     abs.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// The repository's `configs/` folder, where the built-in models, tasks and method presets live:
+/// `$KVBENCH_CONFIGS` when set, else the `configs/` of the checkout this kvbench was built from
+/// (when it still exists).
+pub fn builtin_config_root() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KVBENCH_CONFIGS").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?.join("configs");
+    p.is_dir().then_some(p)
+}
+
+/// Where a `kind` (`models`, `tasks`, `methods`) config called `name` is looked for: beside the
+/// experiment (its config tree `root`) first, then the built-in configs.
+fn config_candidates(root: &Path, kind: &str, name: &str) -> Vec<PathBuf> {
+    let mut v = vec![root.join(kind).join(format!("{name}.toml"))];
+    if let Some(b) = builtin_config_root() {
+        let f = b.join(kind).join(format!("{name}.toml"));
+        if !v.contains(&f) {
+            v.push(f);
+        }
+    }
+    v
+}
+
+/// The first existing candidate of [`config_candidates`], or the list that was searched.
+fn find_config(root: &Path, kind: &str, name: &str) -> Result<PathBuf, String> {
+    let c = config_candidates(root, kind, name);
+    if let Some(f) = c.iter().find(|f| f.is_file()) {
+        return Ok(f.clone());
+    }
+    Err(c.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" or "))
+}
+
 fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) && !s.starts_with('.')
 }
@@ -442,11 +475,17 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
 
     let mut models = Vec::new();
     for (i, name) in exp.models.iter().enumerate() {
-        let f = root.join("models").join(format!("{name}.toml"));
-        if !valid_name(name) || !f.is_file() {
-            errors.push(err(path, format!("models[{i}]"), format!("unknown model \"{name}\": expected a file {}", f.display())));
-            continue;
-        }
+        let f = match find_config(&root, "models", name) {
+            Ok(f) if valid_name(name) => f,
+            Ok(_) => {
+                errors.push(err(path, format!("models[{i}]"), format!("\"{name}\" is not a valid model name")));
+                continue;
+            }
+            Err(searched) => {
+                errors.push(err(path, format!("models[{i}]"), format!("unknown model \"{name}\": expected a file {searched}")));
+                continue;
+            }
+        };
         match read_toml::<ModelConfig>(&f) {
             Ok(m) => {
                 check_model(&f, &m, &mut errors);
@@ -457,11 +496,17 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
     }
     let mut tasks = Vec::new();
     for (i, name) in exp.tasks.iter().enumerate() {
-        let f = root.join("tasks").join(format!("{name}.toml"));
-        if !valid_name(name) || !f.is_file() {
-            errors.push(err(path, format!("tasks[{i}]"), format!("unknown task config \"{name}\": expected a file {}", f.display())));
-            continue;
-        }
+        let f = match find_config(&root, "tasks", name) {
+            Ok(f) if valid_name(name) => f,
+            Ok(_) => {
+                errors.push(err(path, format!("tasks[{i}]"), format!("\"{name}\" is not a valid task config name")));
+                continue;
+            }
+            Err(searched) => {
+                errors.push(err(path, format!("tasks[{i}]"), format!("unknown task config \"{name}\": expected a file {searched}")));
+                continue;
+            }
+        };
         match read_toml::<TaskConfig>(&f) {
             Ok(t) => {
                 check_task(&f, &t, &mut errors);
@@ -471,8 +516,8 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
         }
     }
     let preset = |name: &str| -> Option<Result<MethodPreset, ConfigError>> {
-        let f = root.join("methods").join(format!("{name}.toml"));
-        (valid_name(name) && f.is_file()).then(|| read_toml::<MethodPreset>(&f))
+        let f = find_config(&root, "methods", name).ok()?;
+        valid_name(name).then(|| read_toml::<MethodPreset>(&f))
     };
     let mut inline_names = BTreeSet::new();
     for (i, m) in exp.inline_methods.iter().enumerate() {
@@ -495,7 +540,7 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
                         continue;
                     }
                     None => {
-                        errors.push(err(path, format!("method[{j}].preset"), format!("unknown preset \"{p}\": expected a file {}", root.join("methods").join(format!("{p}.toml")).display())));
+                        errors.push(err(path, format!("method[{j}].preset"), format!("unknown preset \"{p}\": expected a file {}", find_config(&root, "methods", p).unwrap_err())));
                         continue;
                     }
                 },
@@ -542,11 +587,21 @@ pub struct Cell {
     pub task_config: TaskConfig,
     pub seed: u64,
     pub query_aware: bool,
+    /// sha256 of the plugin library providing the method (`None`: built in).
+    pub plugin_sha256: Option<String>,
 }
 
 /// Expands the grid: models × methods (× ratios, for methods where `takes_ratio(method)` and the
 /// preset fixes no budget) × tasks, in a stable order, each with its id.
 pub fn cells(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool) -> Vec<Cell> {
+    cells_with_plugins(exp, takes_ratio, &|_| None)
+}
+
+/// [`cells`], where `plugin_hash(method)` is the sha256 of the plugin library providing a method
+/// (`None` for built-in methods): it joins the cell's identity, so a rebuilt plugin gets new
+/// cell ids instead of mixing its records with the old build's on `--resume`. Built-in methods'
+/// ids are unchanged.
+pub fn cells_with_plugins(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool, plugin_hash: &dyn Fn(&str) -> Option<String>) -> Vec<Cell> {
     let seed = exp.run.seed.unwrap_or(42);
     let mut out = Vec::new();
     for (model, mc) in &exp.models {
@@ -570,7 +625,7 @@ pub fn cells(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool) -> Vec<Cell> 
                 for (task, tc) in &exp.tasks {
                     let method = MethodRef { label: m.label.clone(), method: m.method.clone(), params: params.clone() };
                     let task_seed = tc.seed.unwrap_or(seed);
-                    let identity = serde_json::json!({
+                    let mut identity = serde_json::json!({
                         "schema": CELL_SCHEMA,
                         "model": mc,
                         "method": method.method,
@@ -579,8 +634,12 @@ pub fn cells(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool) -> Vec<Cell> 
                         "seed": task_seed,
                         "query_aware": exp.run.query_aware,
                     });
+                    let plugin_sha256 = plugin_hash(&method.method);
+                    if let Some(h) = &plugin_sha256 {
+                        identity["plugin_sha256"] = serde_json::Value::String(h.clone());
+                    }
                     let id = sha256_hex(&identity.to_string())[..16].to_string();
-                    out.push(Cell { id, model: model.clone(), model_config: mc.clone(), method, ratio, task: task.clone(), task_config: tc.clone(), seed: task_seed, query_aware: exp.run.query_aware });
+                    out.push(Cell { id, model: model.clone(), model_config: mc.clone(), method, ratio, task: task.clone(), task_config: tc.clone(), seed: task_seed, query_aware: exp.run.query_aware, plugin_sha256 });
                 }
             }
         }

@@ -107,3 +107,23 @@ fn several_problems_are_all_reported() {
     let e = r.unwrap_err();
     assert_eq!(e.0.len(), 3, "{e}");
 }
+
+#[test]
+fn an_experiment_anywhere_can_name_the_built_in_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = tmp.path().join("mine.toml");
+    std::fs::write(&exp, "name = \"mine\"\nmodels = [\"smollm2-135m\"]\ntasks = [\"passkey-quick\"]\nmethods = [\"full\", \"kivi-2bit\", \"snapkv\"]\nratios = [2]\n").unwrap();
+    let e = load_experiment(&exp).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(e.models[0].0, "smollm2-135m");
+    assert_eq!(e.tasks[0].0, "passkey-quick");
+    assert_eq!(e.methods[1].method, "kivi", "the built-in preset kivi-2bit is found");
+    // A file beside the experiment comes first.
+    std::fs::create_dir_all(tmp.path().join("models")).unwrap();
+    std::fs::write(tmp.path().join("models/smollm2-135m.toml"), "source = \"smollm2-135m\"\ncontext_limit = 4096\n").unwrap();
+    let e = load_experiment(&exp).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(e.models[0].1.context_limit, Some(4096), "the local models/smollm2-135m.toml shadows the built-in one");
+    // Unknown names list every place searched.
+    std::fs::write(&exp, "name = \"mine\"\nmodels = [\"nope\"]\ntasks = [\"passkey-quick\"]\nmethods = [\"full\"]\n").unwrap();
+    let msg = load_experiment(&exp).unwrap_err().to_string();
+    assert!(msg.contains("unknown model \"nope\"") && msg.contains(&tmp.path().join("models/nope.toml").display().to_string()) && msg.contains("configs/models/nope.toml"), "{msg}");
+}

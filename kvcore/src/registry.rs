@@ -23,6 +23,8 @@ pub struct MethodInfo {
     pub params: Vec<(String, String, String)>,
     /// `built-in` or the plugin's path.
     pub origin: String,
+    /// sha256 of the plugin library the method comes from (`None`: built in).
+    pub plugin_sha256: Option<String>,
     builder: Builder,
 }
 
@@ -86,6 +88,7 @@ impl Registry {
             detail: detail.to_string(),
             params: params.iter().map(|p| (p.name.to_string(), p.default.to_string(), p.help.to_string())).collect(),
             origin: "built-in".into(),
+            plugin_sha256: None,
             builder,
         };
         for reg in kvcache::registration::registrations() {
@@ -115,6 +118,7 @@ impl Registry {
     /// that a mismatch is refused).
     pub fn load_plugin_checked(&mut self, path: &Path, host: &crate::plugin_ffi::Handshake) -> Result<Vec<String>, MethodError> {
         let plugin = crate::plugin_ffi::load(path, host)?;
+        let sha = crate::sources::sha256_file(path).map_err(|e| MethodError::Plugin { path: path.to_path_buf(), problem: format!("cannot hash: {e}") })?;
         let mut names = Vec::new();
         for m in plugin {
             names.push(m.name.clone());
@@ -125,10 +129,22 @@ impl Registry {
                 detail: m.detail.clone(),
                 params: m.params.clone(),
                 origin: path.display().to_string(),
+                plugin_sha256: Some(sha.clone()),
                 builder: Builder::External(Arc::new(m)),
             })?;
         }
         Ok(names)
+    }
+
+    /// Every loaded plugin: (path, sha256, its methods), sorted by path.
+    pub fn plugins(&self) -> Vec<(String, String, Vec<String>)> {
+        let mut by: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+        for m in self.methods.values() {
+            if let Some(h) = &m.plugin_sha256 {
+                by.entry((m.origin.clone(), h.clone())).or_default().push(m.name.clone());
+            }
+        }
+        by.into_iter().map(|((p, h), ms)| (p, h, ms)).collect()
     }
 
     /// Sorted method names.

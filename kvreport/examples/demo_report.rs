@@ -144,6 +144,7 @@ fn rich_cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
                         samples: n,
                         seed: 0,
                         template: "chat".into(),
+                        plugin_sha256: None,
                     },
                     recs,
                 ));

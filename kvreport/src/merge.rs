@@ -131,6 +131,12 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
         shard: format!("merged:{}", runs.len()),
         model_hashes: merge_maps(runs, "model_hashes", |i| &i.model_hashes)?,
         data_hashes: merge_maps(runs, "data_hashes", |i| &i.data_hashes)?,
+        plugins: {
+            let mut all: Vec<crate::record::PluginInfo> = runs.iter().flat_map(|r| r.info.plugins.iter().cloned()).collect();
+            all.sort_by(|a, b| (&a.path, &a.sha256).cmp(&(&b.path, &b.sha256)));
+            all.dedup();
+            all
+        },
     })
 }
 

@@ -36,6 +36,18 @@ pub struct RunInfo {
     pub model_hashes: BTreeMap<String, String>,
     /// sha256 of each data set used, by name.
     pub data_hashes: BTreeMap<String, String>,
+    /// Every external plugin loaded (path and sha256 of the library, the methods it provided);
+    /// absent when none was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginInfo>,
+}
+
+/// An external plugin a run loaded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub path: String,
+    pub sha256: String,
+    pub methods: Vec<String>,
 }
 
 /// One grid cell: a model × method (with budget) × task.
@@ -61,6 +73,10 @@ pub struct CellInfo {
     pub seed: u64,
     /// "chat" or "plain".
     pub template: String,
+    /// sha256 of the plugin library providing the method (absent for built-in methods); the
+    /// cell id hashes it too, so a rebuilt plugin starts new cells.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_sha256: Option<String>,
 }
 
 /// One sample's result. Scores are in [0, 100].

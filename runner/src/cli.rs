@@ -77,6 +77,9 @@ pub enum Command {
     Task(TaskCommand),
     /// List the compression methods (built-in and loaded plugins) with their parameters.
     Methods(MethodsArgs),
+    /// Run the conformance suite (named trials <method>/<case>/<property>) on built-in methods
+    /// or on a plugin's methods (`--plugin lib.so`, through its C interface).
+    Conformance(ConformanceArgs),
     /// Score a LongBench predictions file (lines of {"dataset","pred","answers","all_classes"[,"length"]}).
     Score(ScoreArgs),
     /// Perplexity of a text's tail fed through a method's cache after a long prefill.
@@ -382,6 +385,24 @@ pub struct MethodsArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kvbench conformance`.
+#[derive(Args, Debug)]
+pub struct ConformanceArgs {
+    /// Methods to test (registered names; with --plugin, the plugin's methods are registered too).
+    /// Without names: every method the plugins add, or with --all every cache method.
+    #[arg(value_name = "METHOD")]
+    pub methods: Vec<String>,
+    /// Every registered cache method (built-in and plugins).
+    #[arg(long, conflicts_with = "methods")]
+    pub all: bool,
+    /// Only trials whose name contains this text (e.g. `/budget`).
+    #[arg(long, value_name = "TEXT")]
+    pub filter: Option<String>,
+    /// List the trials without running them.
+    #[arg(long)]
+    pub list: bool,
 }
 
 /// `kvbench generate`.

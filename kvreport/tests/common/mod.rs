@@ -26,6 +26,7 @@ pub fn run_info(shard: &str) -> RunInfo {
             ("model-b".to_string(), "bb22".repeat(16)),
         ]),
         data_hashes: BTreeMap::from([("paul-graham".to_string(), "cc33".repeat(16))]),
+        plugins: Vec::new(),
     }
 }
 
@@ -142,6 +143,7 @@ fn info(id: &str, model: &str, m: Method, task: &str, category: &str, samples: u
         samples,
         seed: 0,
         template: "chat".into(),
+        plugin_sha256: None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Command implementations, one module per command; `run` dispatches.
 
 mod bench;
+mod conformance;
 mod data;
 mod generate;
 mod methods;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Task(t) => task::run(t),
         Command::Score(s) => score::run(s),
         Command::Methods(m) => methods::run(m, &cli.global.plugins),
+        Command::Conformance(c) => conformance::run(c, &cli.global.plugins),
         Command::Perplexity(p) => perplexity::run(p, &cli.global.plugins),
         Command::Bench(b) => bench::run(b, &cli.global.plugins),
         Command::Validate(v) => run::validate(v, &cli.global.plugins),

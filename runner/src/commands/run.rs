@@ -46,7 +46,8 @@ fn load_checked(path: &Path, plugins: &[PathBuf], allow_plugins: bool) -> Result
         bail!("{}", problems.join("\n"));
     }
     let takes_ratio = |name: &str| reg.get(name).map(|m| m.params.iter().any(|(p, _, _)| p == "ratio")).unwrap_or(false);
-    let cells = kvconfig::cells(&exp, &takes_ratio);
+    let plugin_hash = |name: &str| reg.get(name).ok().and_then(|m| m.plugin_sha256.clone());
+    let cells = kvconfig::cells_with_plugins(&exp, &takes_ratio, &plugin_hash);
     let mut seen = std::collections::BTreeSet::new();
     for c in &cells {
         let key = (c.method.label.clone(), c.ratio.map(|r| r.to_string()));
@@ -360,6 +361,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         shard: a.shard.clone().unwrap_or_else(|| "0/1".into()),
         model_hashes: BTreeMap::new(),
         data_hashes: BTreeMap::new(),
+        plugins: reg.plugins().into_iter().map(|(path, sha256, methods)| kvreport::record::PluginInfo { path, sha256, methods }).collect(),
     };
     for d in kvtasks::data::known_datasets() {
         if kvtasks::data::data_dir(d.name).is_ok() {
@@ -464,6 +466,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
                 samples: ss.len(),
                 seed: c.seed,
                 template: template.into(),
+                plugin_sha256: c.plugin_sha256.clone(),
             };
             let cell_json = serde_json::to_string_pretty(&cell_info)? + "\n";
             if dir.join("done").exists() {
