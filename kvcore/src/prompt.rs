@@ -7,7 +7,8 @@
 //! runner to the part of a sample the paper compresses: LongBench's `context` field, or the whole
 //! input for the needle task.
 
-use crate::registry::{MethodError, ParamDoc};
+use kvcache::params::ParamDoc;
+use kvcache::MethodError;
 use std::sync::Arc;
 
 /// What a compressor returns for one text.
@@ -56,6 +57,6 @@ pub struct PromptRegistration {
 inventory::collect!(PromptRegistration);
 
 /// The `ratio = N` every prompt compressor takes, as a keep rate `1/N` (N in [1, 1000]).
-pub fn rate_param(p: &mut crate::registry::Params, default_ratio: f64) -> Result<f64, MethodError> {
+pub fn rate_param(p: &mut kvcache::params::Params, default_ratio: f64) -> Result<f64, MethodError> {
     Ok(1.0 / p.float("ratio", default_ratio, 1.0, 1000.0)?)
 }

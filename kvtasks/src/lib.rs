@@ -10,3 +10,4 @@ pub mod pyrandom;
 pub mod realtext;
 pub mod ruler;
 pub mod sample;
+pub mod spec;

@@ -298,6 +298,8 @@ pub enum TaskError {
     TooShort { target: usize, needed: usize },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    LongBench(#[from] crate::longbench::dataset::DataError),
 }
 
 /// Read a UTF-8 text file with path context.

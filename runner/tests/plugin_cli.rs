@@ -88,3 +88,60 @@ fn runs_record_plugin_hashes_and_a_rebuilt_plugin_starts_new_cells() {
     let run_json = std::fs::read_to_string(out.join("run.json")).unwrap();
     assert!(run_json.contains(&second_hash), "run.json records the plugin loaded by the latest run:\n{run_json}");
 }
+
+/// Copies `src` (files and folders, `target/` excluded) into `dst`.
+fn copy_tree(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let (from, to) = (e.path(), dst.join(e.file_name()));
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "target" {
+                copy_tree(&from, &to);
+            }
+        } else {
+            std::fs::copy(&from, &to).unwrap();
+        }
+    }
+}
+
+/// What a researcher does with the template, followed literally from plugins/README.md: copy it
+/// out of the repository, rename the package and the method, point its two path dependencies at
+/// the checkout, build it with the documented libtorch one-liner, then load it with `--plugin`
+/// and run the conformance suite on it through its C interface.
+#[test]
+fn the_template_builds_outside_the_repository_and_passes_conformance() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(!tmp.path().starts_with(&repo), "the copy must live outside the checkout");
+    let dir = tmp.path().join("my-method");
+    copy_tree(&repo.join("plugins/example-external"), &dir);
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let manifest = manifest
+        .replace("name = \"kvplugin-example-external\"", "name = \"kvplugin-mine\"")
+        .replace("path = \"../../kvcache\"", &format!("path = \"{}\"", repo.join("kvcache").display()))
+        .replace("path = \"../kvmethods\"", &format!("path = \"{}\"", repo.join("plugins/kvmethods").display()));
+    assert!(manifest.contains("kvplugin-mine") && !manifest.contains("\"../"), "the template's manifest changed; update plugins/README.md and this test:\n{manifest}");
+    std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
+    let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap().replace("\"example-recent\"", "\"mine-recent\"");
+    std::fs::write(dir.join("src/lib.rs"), lib).unwrap();
+    // The checkout's lock file pins the same crate versions, so the build reuses what is cached.
+    std::fs::copy(repo.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    // A target folder of its own inside the checkout's (`cargo test` holds the lock on the main
+    // one while tests run), kept between runs.
+    let target = repo.join("target/out-of-tree-template");
+    let o = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--offline"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("LIBTORCH", repo.join(".venv/libtorch"))
+        .env("LIBTORCH_CXX11_ABI", "1")
+        .env_remove("RUSTFLAGS")
+        .output()
+        .expect("run cargo");
+    assert!(o.status.success(), "the copied template does not build outside the repository:\n{}", String::from_utf8_lossy(&o.stderr));
+    let so = target.join("release/libkvplugin_mine.so");
+    assert!(so.is_file(), "cargo should write {} (the package name with underscores)", so.display());
+    let out = ok(&["--plugin", so.to_str().unwrap(), "conformance", "mine-recent"]);
+    assert!(out.contains(" 0 failed") && out.contains("ok    mine-recent/ratio=4/budget"), "{out}");
+}

@@ -12,9 +12,6 @@ use kvcore::generate::{generate, GenerateOptions};
 use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvformats::chat::ChatMessage;
-use kvtasks::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
-use kvtasks::realtext::{code_completion_samples, passage_count_samples, passage_retrieval_samples, CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig};
-use kvtasks::ruler::{ruler_samples, RulerConfig, RulerResources, RulerTask};
 use kvtasks::sample::{Sample, TextTokenizer};
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -45,75 +42,24 @@ pub fn run(cmd: TaskCommand) -> Result<()> {
     }
 }
 
-fn parse_lengths(a: &TaskArgs, default: &[usize]) -> Vec<usize> {
-    if a.lengths.is_empty() { default.to_vec() } else { a.lengths.clone() }
+/// The task spec `kvbench task` arguments stand for.
+pub fn task_spec(a: &TaskArgs) -> kvtasks::spec::TaskSpec {
+    kvtasks::spec::TaskSpec {
+        task: a.task.clone(),
+        lengths: a.lengths.clone(),
+        steps: a.steps,
+        depths: a.depths,
+        trials: a.trials,
+        digits: a.digits,
+        samples: a.samples,
+        seed: a.seed,
+        limit: a.limit,
+    }
 }
 
 /// Builds the samples a task name stands for.
 pub fn build_samples(a: &TaskArgs, lm: &LoadedModel) -> Result<Vec<Sample>> {
-    let tok = EngineTokenizer(&lm.tokenizer);
-    let name = a.task.as_str();
-    let mut samples = Vec::new();
-    if name == "passkey" {
-        let lengths = parse_lengths(a, &[1024, 4096]);
-        let (lo, hi) = (*lengths.iter().min().unwrap(), *lengths.iter().max().unwrap());
-        let cfg = PasskeyConfig {
-            background_len_min: lo,
-            background_len_max: hi,
-            n_background_lens: if lo == hi { 1 } else { a.steps.unwrap_or(lengths.len().max(2)) },
-            n_depths: a.depths,
-            iterations: a.trials,
-            key_digits: a.digits,
-            seed: a.seed,
-            ..PasskeyConfig::default()
-        };
-        samples = passkey_samples(&Essays::from_cache()?, &cfg)?;
-    } else if name == "kamradt" {
-        let cfg = KamradtConfig {
-            context_lengths: parse_lengths(a, &[1024, 2048]),
-            depth_percents: (0..a.depths).map(|i| if a.depths == 1 { 50.0 } else { 100.0 * i as f64 / (a.depths - 1) as f64 }).collect(),
-            ..KamradtConfig::default()
-        };
-        samples = kamradt_samples(&Essays::from_cache()?, &tok, &cfg)?;
-    } else if let Some(r) = name.strip_prefix("ruler/") {
-        let task = RulerTask::from_name(r).with_context(|| format!("unknown RULER task `{r}`"))?;
-        let res = RulerResources::from_cache()?;
-        for len in parse_lengths(a, &[2048]) {
-            let cfg = RulerConfig { max_seq_length: len, num_samples: a.samples, seed: a.seed };
-            samples.extend(ruler_samples(task, &cfg, &res, &tok)?);
-        }
-    } else if let Some(c) = name.strip_prefix("retrieval/").or_else(|| name.strip_prefix("count/")) {
-        let corpus = match c {
-            "sotu" => CorpusName::Sotu,
-            "moby_dick" => CorpusName::MobyDick,
-            "kjv" => CorpusName::Kjv,
-            other => bail!("unknown corpus `{other}` (expected sotu, moby_dick or kjv)"),
-        };
-        let loaded = Corpus::from_cache(corpus)?;
-        for len in parse_lengths(a, &[2048]) {
-            let cfg = PassageConfig { corpus, target_tokens: len, passage_tokens: 150, num_samples: a.samples, seed: a.seed };
-            samples.extend(if name.starts_with("retrieval/") {
-                passage_retrieval_samples(&loaded, &cfg, &tok)?
-            } else {
-                passage_count_samples(&loaded, &cfg, &tok)?
-            });
-        }
-    } else if name == "code" {
-        let repo = CodeRepo::from_cache()?;
-        for len in parse_lengths(a, &[2048]) {
-            samples.extend(code_completion_samples(&repo, &CodeConfig { target_tokens: len, num_samples: a.samples, seed: a.seed }, &tok)?);
-        }
-    } else if let Some(sub) = name.strip_prefix("longbench/").or_else(|| name.strip_prefix("longbench_e/")) {
-        // Official LongBench records (`kvbench data fetch longbench`), prompts and metrics.
-        let e = name.starts_with("longbench_e/");
-        samples = kvtasks::longbench::longbench_samples(&kvtasks::longbench::dataset::default_data_dir(), sub, e, a.limit)?;
-    } else {
-        bail!("unknown task `{name}` (expected passkey, kamradt, ruler/<name>, retrieval/<corpus>, count/<corpus>, code or longbench/<subset>)");
-    }
-    if let Some(n) = a.limit {
-        samples.truncate(n);
-    }
-    Ok(samples)
+    Ok(task_spec(a).build(&EngineTokenizer(&lm.tokenizer))?)
 }
 
 /// Token ids for a sample: the paper's passkey runs without a chat template; others use it.

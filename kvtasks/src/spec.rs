@@ -1,0 +1,135 @@
+//! A task as a grid cell or `kvbench task` names it ([`TaskSpec`]): the task name and the knobs
+//! of its generator. [`TaskSpec::build`] makes its samples; [`TaskSpec::sample_count`] says how
+//! many that is from the same rules (what `kvbench run --dry-run` prints), without the data.
+
+use crate::longbench::dataset::default_data_dir;
+use crate::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
+use crate::realtext::{code_completion_samples, passage_count_samples, passage_retrieval_samples, CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig};
+use crate::ruler::{ruler_samples, RulerConfig, RulerResources, RulerTask};
+use crate::sample::{Sample, TaskError, TextTokenizer};
+
+/// A task and its generator's settings. Defaults are `kvbench task`'s.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskSpec {
+    /// `passkey`, `kamradt`, `ruler/<name>`, `retrieval/<corpus>`, `count/<corpus>`, `code`,
+    /// `longbench/<subset>` or `longbench_e/<subset>`.
+    pub task: String,
+    /// Lengths: words for passkey (the ends of an evenly spaced grid), tokens otherwise; empty:
+    /// the task's default.
+    pub lengths: Vec<usize>,
+    /// Passkey: haystack lengths between the ends (default: the number of lengths, at least 2).
+    pub steps: Option<usize>,
+    pub depths: usize,
+    pub trials: usize,
+    pub digits: usize,
+    /// Samples per length for the generated tasks.
+    pub samples: usize,
+    pub seed: u64,
+    /// Keep the first N samples.
+    pub limit: Option<usize>,
+}
+
+impl Default for TaskSpec {
+    fn default() -> Self {
+        TaskSpec { task: String::new(), lengths: Vec::new(), steps: None, depths: 5, trials: 1, digits: 7, samples: 10, seed: 42, limit: None }
+    }
+}
+
+/// The tasks [`TaskSpec::task`] accepts, for messages.
+pub const TASK_NAMES: &str = "passkey, kamradt, ruler/<name>, retrieval/<corpus>, count/<corpus>, code or longbench/<subset>";
+
+impl TaskSpec {
+    fn lengths_or(&self, default: &[usize]) -> Vec<usize> {
+        if self.lengths.is_empty() { default.to_vec() } else { self.lengths.clone() }
+    }
+
+    /// Passkey: the haystack lengths of the grid.
+    fn passkey_lengths(&self) -> usize {
+        let l = self.lengths_or(&[1024, 4096]);
+        let (lo, hi) = (l.iter().min().copied().unwrap_or(0), l.iter().max().copied().unwrap_or(0));
+        if lo == hi { 1 } else { self.steps.unwrap_or(l.len().max(2)) }
+    }
+
+    fn corpus(c: &str) -> Result<CorpusName, TaskError> {
+        match c {
+            "sotu" => Ok(CorpusName::Sotu),
+            "moby_dick" => Ok(CorpusName::MobyDick),
+            "kjv" => Ok(CorpusName::Kjv),
+            other => Err(TaskError::Config { key: "task".into(), detail: format!("unknown corpus `{other}` (expected sotu, moby_dick or kjv)") }),
+        }
+    }
+
+    /// The samples this task stands for, sized with `tok` (the model's tokenizer).
+    pub fn build(&self, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+        let name = self.task.as_str();
+        let mut samples = Vec::new();
+        if name == "passkey" {
+            let lengths = self.lengths_or(&[1024, 4096]);
+            let (lo, hi) = (*lengths.iter().min().unwrap_or(&0), *lengths.iter().max().unwrap_or(&0));
+            let cfg = PasskeyConfig {
+                background_len_min: lo,
+                background_len_max: hi,
+                n_background_lens: self.passkey_lengths(),
+                n_depths: self.depths,
+                iterations: self.trials,
+                key_digits: self.digits,
+                seed: self.seed,
+                ..PasskeyConfig::default()
+            };
+            samples = passkey_samples(&Essays::from_cache()?, &cfg)?;
+        } else if name == "kamradt" {
+            let d = self.depths;
+            let cfg = KamradtConfig {
+                context_lengths: self.lengths_or(&[1024, 2048]),
+                depth_percents: (0..d).map(|i| if d == 1 { 50.0 } else { 100.0 * i as f64 / (d - 1) as f64 }).collect(),
+                ..KamradtConfig::default()
+            };
+            samples = kamradt_samples(&Essays::from_cache()?, tok, &cfg)?;
+        } else if let Some(r) = name.strip_prefix("ruler/") {
+            let task = RulerTask::from_name(r).ok_or_else(|| TaskError::Config { key: "task".into(), detail: format!("unknown RULER task `{r}`") })?;
+            let res = RulerResources::from_cache()?;
+            for len in self.lengths_or(&[2048]) {
+                let cfg = RulerConfig { max_seq_length: len, num_samples: self.samples, seed: self.seed };
+                samples.extend(ruler_samples(task, &cfg, &res, tok)?);
+            }
+        } else if let Some(c) = name.strip_prefix("retrieval/").or_else(|| name.strip_prefix("count/")) {
+            let corpus = Self::corpus(c)?;
+            let loaded = Corpus::from_cache(corpus)?;
+            for len in self.lengths_or(&[2048]) {
+                let cfg = PassageConfig { corpus, target_tokens: len, passage_tokens: 150, num_samples: self.samples, seed: self.seed };
+                samples.extend(if name.starts_with("retrieval/") { passage_retrieval_samples(&loaded, &cfg, tok)? } else { passage_count_samples(&loaded, &cfg, tok)? });
+            }
+        } else if name == "code" {
+            let repo = CodeRepo::from_cache()?;
+            for len in self.lengths_or(&[2048]) {
+                samples.extend(code_completion_samples(&repo, &CodeConfig { target_tokens: len, num_samples: self.samples, seed: self.seed }, tok)?);
+            }
+        } else if let Some(sub) = name.strip_prefix("longbench/").or_else(|| name.strip_prefix("longbench_e/")) {
+            // Official LongBench records (`kvbench data fetch longbench`), prompts and metrics.
+            let e = name.starts_with("longbench_e/");
+            samples = crate::longbench::longbench_samples(&default_data_dir(), sub, e, self.limit)?;
+        } else {
+            return Err(TaskError::Config { key: "task".into(), detail: format!("unknown task `{name}` (expected {TASK_NAMES})") });
+        }
+        if let Some(n) = self.limit {
+            samples.truncate(n);
+        }
+        Ok(samples)
+    }
+
+    /// How many samples [`TaskSpec::build`] makes, by the same rules, or `None` when only the
+    /// data can tell (a LongBench subset has as many records as its file).
+    pub fn sample_count(&self) -> Option<usize> {
+        let name = self.task.as_str();
+        let n = if name == "passkey" {
+            self.passkey_lengths() * self.depths * self.trials
+        } else if name == "kamradt" {
+            self.depths * self.lengths_or(&[1024, 2048]).len()
+        } else if name.starts_with("ruler/") || name.starts_with("retrieval/") || name.starts_with("count/") || name == "code" {
+            self.samples * self.lengths_or(&[2048]).len()
+        } else {
+            return None;
+        };
+        Some(self.limit.map_or(n, |l| l.min(n)))
+    }
+}
