@@ -3,23 +3,14 @@
 //! description and its parameters; `--detail NAME` adds the budget mapping and paper reference.
 
 use crate::cli::MethodsArgs;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use kvcore::registry::Registry;
 use serde_json::json;
 use std::path::PathBuf;
 
-// The method families (through their facade): an unreferenced crate is not linked and its
-// registrations would vanish.
-use kvplugins as _;
-
 /// The built-in methods plus the plugins named on the command line.
 pub fn registry(plugins: &[PathBuf]) -> Result<Registry> {
-    let mut r = Registry::builtin()?;
-    for p in plugins {
-        let names = r.load_plugin(p).with_context(|| format!("--plugin {}", p.display()))?;
-        tracing::info!("plugin {}: {}", p.display(), names.join(", "));
-    }
-    Ok(r)
+    kvexperiment::registry(plugins)
 }
 
 pub fn run(a: MethodsArgs, plugins: &[PathBuf]) -> Result<()> {

@@ -14,8 +14,8 @@ mod slurm;
 mod task;
 
 use crate::cli::{Cli, Command, GuardArgs, RuntimeArgs};
-use anyhow::{Context, Result};
-use kvcore::device::{configure_threads, DType, DeviceSpec, RuntimeSettings};
+use anyhow::Result;
+use kvcore::device::RuntimeSettings;
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -40,11 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Resolves `--device/--dtype/--kv-dtype/--threads` (threads are set once, here).
 pub fn runtime_settings(a: &RuntimeArgs) -> Result<(RuntimeSettings, usize)> {
-    let device: DeviceSpec = a.device.parse().context("--device")?;
-    let dtype: Option<DType> = a.dtype.as_deref().map(str::parse).transpose().context("--dtype")?;
-    let kv: Option<DType> = a.kv_dtype.as_deref().map(str::parse).transpose().context("--kv-dtype")?;
-    let threads = configure_threads(a.threads);
-    Ok((RuntimeSettings::resolve(device, dtype, kv)?, threads))
+    kvexperiment::runtime::resolve(&a.device, a.dtype.as_deref(), a.kv_dtype.as_deref(), a.threads)
 }
 
 /// Loads a model after the memory guard has checked that its weights and full KV cache at
@@ -56,10 +52,5 @@ pub fn load_guarded(
     context_tokens: usize,
     guard: &GuardArgs,
 ) -> Result<kvcore::loader::LoadedModel> {
-    use kvcore::memory_guard as mg;
-    let what = format!("loading model {} on {}", files.path().display(), kvcore::device::describe(settings.device));
-    let estimate = mg::estimate_model(files, &settings, overrides, context_tokens).with_context(|| format!("reading {}", files.path().display()))?;
-    let limit = mg::limit_from(guard.memory_limit.as_deref())?;
-    mg::check(&what, &estimate, mg::available(settings.device, limit).as_ref(), guard.force)?;
-    kvcore::loader::load_with(files, settings, overrides).with_context(|| format!("loading model {}", files.path().display()))
+    kvexperiment::runtime::load_guarded(files, settings, overrides, context_tokens, &kvexperiment::runtime::Guard { force: guard.force, memory_limit: guard.memory_limit.clone() })
 }

@@ -12,21 +12,11 @@ use kvcore::generate::{generate, GenerateOptions};
 use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvformats::chat::ChatMessage;
-use kvtasks::sample::{Sample, TextTokenizer};
+use kvtasks::sample::Sample;
 use std::collections::BTreeMap;
 use std::io::Write;
 
-/// The engine's tokenizer seen through the task generators' abstraction.
-pub struct EngineTokenizer<'a>(pub &'a kvcore::lm_tokenizer::LmTokenizer);
-
-impl TextTokenizer for EngineTokenizer<'_> {
-    fn encode(&self, text: &str) -> Vec<u32> {
-        self.0.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
-    }
-    fn decode(&self, ids: &[u32]) -> String {
-        self.0.decode(ids, false).unwrap_or_default()
-    }
-}
+pub use kvexperiment::samples::EngineTokenizer;
 
 pub fn run(cmd: TaskCommand) -> Result<()> {
     match cmd {
