@@ -29,6 +29,17 @@ pub struct ScoreInput<'a> {
     pub gqa: GqaAgg,
 }
 
+/// When attention probabilities are accumulated into a per-token score for a scorer to read
+/// (`ScoreInput::accumulated`; H2O).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Accumulate {
+    Never,
+    /// From the first decode step on (the paper's H2O).
+    Decode,
+    /// Over the whole prefill and decoding (H2O with prefill eviction, kvpress ObservedAttention).
+    Always,
+}
+
 /// Ranks stored tokens: higher scores are kept. Scores are `[B, Hkv, S]`, f32.
 pub trait Scorer: Send + Sync {
     /// Queries the scorer needs from the end of the context (0: none).
@@ -37,6 +48,10 @@ pub trait Scorer: Send + Sync {
     }
     /// Scores of the stored tokens.
     fn score(&self, input: &ScoreInput<'_>) -> Result<Tensor>;
+    /// Whether (and from when) the cache must accumulate attention for this scorer.
+    fn accumulate(&self) -> Accumulate {
+        Accumulate::Never
+    }
     /// Checks parameter values serde cannot (e.g. an odd pooling kernel), naming the key.
     fn validate(&self, _method: &str) -> std::result::Result<(), MethodError> {
         Ok(())

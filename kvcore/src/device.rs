@@ -33,6 +33,17 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
+impl std::fmt::Display for DeviceSpec {
+    /// As written on the command line: `auto`, `cpu`, `cuda:N`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
 impl DeviceSpec {
     /// Resolves to a libtorch device, failing clearly when CUDA is asked for but absent.
     pub fn resolve(self) -> Result<Device> {

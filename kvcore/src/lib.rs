@@ -3,7 +3,7 @@
 //! compression methods implement, generation, memory accounting, and where models come from.
 //!
 //! Map: [`device`] (settings), [`config`] (model shapes), [`weights`] (files → tensors),
-//! [`rope`], [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
+//! [`rope`], [`norm`] (RMS norm for every family), [`model`] (the decoder), [`cache`] (the cache contract and the full cache),
 //! [`generate`], [`loader`] (files → ready model: a transformer or a linear-time [`ssm`] model),
 //! [`lm_tokenizer`], [`sources`] (fetching), [`memory`],
 //! [`random_init`] (random-weight models for tests and benchmarks), [`conformance`] (the named
@@ -25,6 +25,7 @@ pub mod loader;
 pub mod memory;
 pub mod memory_guard;
 pub mod model;
+pub mod norm;
 pub mod pipeline;
 pub mod plugin_ffi;
 pub mod prompt;

@@ -4,6 +4,7 @@
 //! copies of code. Attention goes through each layer's `LayerCache`, so compression methods plug
 //! in without touching the model.
 
+use crate::norm::{rms_norm, RmsScale};
 use crate::cache::{AttentionStep, LayerCache};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -71,13 +72,6 @@ pub struct Model {
     pub weight_bytes: u64,
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let kind = x.kind();
-    let xf = x.to_kind(Kind::Float);
-    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    let normed = xf * (var + eps).rsqrt();
-    weight * normed.to_kind(kind)
-}
 
 impl Model {
     /// Builds the decoder from weights with Hugging Face names.
@@ -173,7 +167,7 @@ impl Model {
             None => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]),
         };
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
-            let hn = rms_norm(&x, &layer.input_norm, eps);
+            let hn = rms_norm(&x, &layer.input_norm, eps, RmsScale::AfterCast);
             let qkv = project(&hn, &layer.wqkv, layer.bqkv.as_ref()).view([b, l, hq + 2 * hkv, d]).transpose(1, 2);
             let q = apply_rotary(&qkv.narrow(1, 0, hq), &cos, &sin);
             let k = apply_rotary(&qkv.narrow(1, hq, hkv), &cos, &sin);
@@ -190,7 +184,7 @@ impl Model {
             let attn = cache.attend(&step)?;
             let attn = attn.transpose(1, 2).reshape([b, l, hq * d]);
             x = x + project(&attn, &layer.wo, layer.bo.as_ref());
-            let hn = rms_norm(&x, &layer.post_norm, eps);
+            let hn = rms_norm(&x, &layer.post_norm, eps, RmsScale::AfterCast);
             let gate_up = project(&hn, &layer.w_gate_up, None);
             let inter = c.intermediate_size as i64;
             let act = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
@@ -200,7 +194,7 @@ impl Model {
             Logits::Last => x.narrow(1, l - 1, 1),
             Logits::All => x,
         };
-        let x = rms_norm(&x, &self.norm, eps);
+        let x = rms_norm(&x, &self.norm, eps, RmsScale::AfterCast);
         let out = x.matmul(&self.lm_head_t).to_kind(Kind::Float);
         Ok(match logits {
             Logits::Last => out.squeeze_dim(1),

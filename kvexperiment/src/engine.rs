@@ -220,7 +220,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
                 // Full-cache bytes of the uncompressed prompt, for prompt compressors.
                 let kv_bytes_full = g.kv_bytes_full + compression.map_or(0, |(orig, _)| kv_per_token * orig.saturating_sub(ctx.len() + q.len()) as u64);
-                let scores = s.score(&g.text).map_err(|e| anyhow::anyhow!("scoring sample {}: {e}", s.id))?;
+                let scores = s.score(&g.text).with_context(|| format!("scoring sample {}", s.id))?;
                 let z = opts.zero_measurements;
                 let rec = SampleRecord {
                     cell: c.id.clone(),
@@ -258,7 +258,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         None
     } else {
         let report_dir = out.join("report");
-        let summary = kvreport::write_reports(&[out.to_path_buf()], &report_dir, false).map_err(|e| anyhow::anyhow!("writing the report: {e}"))?;
+        let summary = kvreport::write_reports(&[out.to_path_buf()], &report_dir, false).context("writing the report")?;
         Some((report_dir, summary.leaderboard_markdown))
     };
     Ok(RunSummary { out: out.to_path_buf(), samples_recorded: total_done, report })

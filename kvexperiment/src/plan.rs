@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// Loads an experiment and checks every method's parameters against the registry; one message
 /// per problem.
 pub fn load_checked(path: &Path, plugins: &[PathBuf], allow_plugins: bool) -> Result<(Experiment, Registry, Vec<Cell>)> {
-    let exp = kvconfig::load_experiment(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let exp = kvconfig::load_experiment(path)?;
     let mut all_plugins = plugins.to_vec();
     if !exp.plugins.is_empty() {
         if !allow_plugins {

@@ -19,8 +19,13 @@ pub fn resolve(device: &str, dtype: Option<&str>, kv_dtype: Option<&str>, thread
     let device: DeviceSpec = device.parse().context("--device")?;
     let dtype: Option<DType> = dtype.map(str::parse).transpose().context("--dtype")?;
     let kv: Option<DType> = kv_dtype.map(str::parse).transpose().context("--kv-dtype")?;
+    resolve_typed(device, dtype, kv, threads)
+}
+
+/// [`resolve`] with the values already parsed.
+pub fn resolve_typed(device: DeviceSpec, dtype: Option<DType>, kv_dtype: Option<DType>, threads: Option<usize>) -> Result<(RuntimeSettings, usize)> {
     let threads = configure_threads(threads);
-    Ok((RuntimeSettings::resolve(device, dtype, kv)?, threads))
+    Ok((RuntimeSettings::resolve(device, dtype, kv_dtype)?, threads))
 }
 
 /// Loads a model after the memory guard has checked that its weights and full KV cache at

@@ -270,3 +270,23 @@ fn metrics_and_aggregates_match_official_python() {
     check_rounding(&reference);
     check_jieba(&reference);
 }
+
+/// `src/longbench/pyunicode.rs` is generated: regenerating it with the reference Python (the
+/// tables follow that Python's Unicode version) gives the committed file byte for byte.
+#[test]
+fn the_generated_unicode_tables_match_their_generator() {
+    let root = workspace_root();
+    let python = std::env::var_os("KVBENCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| root.join(".venv/bin/python"));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let out = tmp.path().join("pyunicode.rs");
+    let o = Command::new(&python)
+        .arg(root.join("scripts/reference/longbench_metrics_reference.py"))
+        .arg("unicode-tables")
+        .arg(&out)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the reference python {} ({e})", python.display()));
+    assert!(o.status.success(), "unicode-tables failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    let committed = std::fs::read_to_string(root.join("kvtasks/src/longbench/pyunicode.rs")).expect("committed tables");
+    let fresh = std::fs::read_to_string(&out).expect("regenerated tables");
+    assert!(committed == fresh, "kvtasks/src/longbench/pyunicode.rs differs from what its generator writes now: regenerate it with `scripts/reference/longbench_metrics_reference.py unicode-tables kvtasks/src/longbench/pyunicode.rs` (and check the Unicode version in its header)");
+}

@@ -1,7 +1,8 @@
 //! Command-line definitions (clap derive): one place where every command, flag and its help text
 //! live, so `--help` documents exactly what runs.
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kvcore::device::{DType, DeviceSpec};
 use std::path::PathBuf;
 
 /// kvbench: what KV-cache compression costs in quality and buys in memory and speed.
@@ -30,14 +31,14 @@ pub struct GlobalArgs {
 pub struct RuntimeArgs {
     /// Device: cpu, cuda, cuda:N or auto (CUDA when present).
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Compute dtype: f32, bf16 or f16 (default: f32 on CPU, bf16 on CUDA).
     #[arg(long)]
-    pub dtype: Option<String>,
+    pub dtype: Option<DType>,
     /// KV-cache storage dtype (default: the compute dtype); e.g. bf16 with f32 compute on CPU
     /// gives the paper's 16-bit cache baseline.
     #[arg(long)]
-    pub kv_dtype: Option<String>,
+    pub kv_dtype: Option<DType>,
     /// CPU threads for libtorch (default: SLURM_CPUS_PER_TASK, OMP_NUM_THREADS, or libtorch's).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -120,7 +121,7 @@ pub struct RunArgs {
     pub out: Option<PathBuf>,
     /// Run only shard i of N (0-based, e.g. 0/4): cells are dealt deterministically.
     #[arg(long, value_name = "i/N")]
-    pub shard: Option<String>,
+    pub shard: Option<Shard>,
     /// Continue a run in --out: finished samples are skipped, a half-written record is dropped.
     #[arg(long)]
     pub resume: bool,
@@ -142,7 +143,7 @@ pub struct RunArgs {
     pub threads: Option<usize>,
     /// Device (overrides the experiment's run.device): cpu, cuda, cuda:N or auto.
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
     #[command(flatten)]
     pub guard: GuardArgs,
 }
@@ -209,7 +210,7 @@ pub struct ReportArgs {
     pub out: Option<PathBuf>,
     /// Put published numbers beside the run's: `paper` (the paper's LongBench category means).
     #[arg(long, value_name = "WHAT")]
-    pub compare: Option<String>,
+    pub compare: Option<CompareWith>,
     /// Add a speed-and-memory section drawn from `kvbench bench` output (a bench.json or the
     /// directory holding it); repeatable.
     #[arg(long = "bench", value_name = "PATH")]
@@ -495,21 +496,23 @@ pub struct InitArgs {
     /// recurrent_gemma, rwkv5 or rwkv6 (RWKV World, with the World vocabulary from the pinned
     /// rwkv wheel).
     #[arg(long)]
-    pub arch: String,
+    pub arch: InitArch,
     /// Shape: tiny, smollm2-135m, qwen2.5-0.5b, llama2-7b, llama3-8b, mistral-7b; for mamba:
     /// tiny or mamba-130m; mamba2: tiny or mamba2-130m; recurrent_gemma: tiny or reduced-2b
     /// (recurrentgemma-2b's widths, 6 layers); rwkv5/rwkv6: tiny or 169m.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
-    /// Fill the weights with seeded random values (the only mode; required for clarity).
-    #[arg(long, required = true)]
+    /// Fill the weights with seeded random values. This is the only mode (no checkpoint is
+    /// converted), and the command refuses to run without it so nobody mistakes the result for
+    /// a real model.
+    #[arg(long)]
     pub random: bool,
     /// Random seed.
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// Weight dtype in the file: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: DType,
     /// Sliding window (mistral only).
     #[arg(long)]
     pub sliding_window: Option<usize>,
@@ -528,4 +531,62 @@ pub struct QuickstartArgs {
     pub model: String,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
+}
+
+/// A shard of a grid, `i/N` (0-based shard `i` of `N`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (index, count) = kvconfig::parse_shard(s)?;
+        Ok(Shard { index, count })
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+/// What `kvbench report --compare` puts beside a run's numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompareWith {
+    /// The paper's LongBench category means.
+    Paper,
+}
+
+/// `kvbench model init --arch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitArch {
+    Llama,
+    Mistral,
+    Qwen2,
+    Mamba,
+    Mamba2,
+    #[value(name = "recurrent_gemma")]
+    RecurrentGemma,
+    Rwkv5,
+    Rwkv6,
+}
+
+impl InitArch {
+    /// The name as written on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            InitArch::Llama => "llama",
+            InitArch::Mistral => "mistral",
+            InitArch::Qwen2 => "qwen2",
+            InitArch::Mamba => "mamba",
+            InitArch::Mamba2 => "mamba2",
+            InitArch::RecurrentGemma => "recurrent_gemma",
+            InitArch::Rwkv5 => "rwkv5",
+            InitArch::Rwkv6 => "rwkv6",
+        }
+    }
 }

@@ -21,6 +21,7 @@
 //! recursive doubling in `log2(block)` whole-block tensor ops ([`ScanMode::Doubling`]). Parity
 //! with transformers is checked in `kvcore/tests/mamba_parity.rs`.
 
+use crate::norm::{rms_norm, RmsScale};
 use super::tensor_map::TensorMap;
 use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
@@ -306,13 +307,6 @@ pub struct MambaModel {
     pub scan_block: usize,
 }
 
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    // As transformers: the input in the weight dtype, normalised in f32, back to the weight dtype.
-    let kind = weight.kind();
-    let xf = x.to_kind(kind).to_kind(Kind::Float);
-    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    weight * (xf * (var + eps).rsqrt()).to_kind(kind)
-}
 
 /// `h_t = a_t * h_{t-1} + b_t` over the leading (time) axis of `a`, `b` (`[L, B, I, N]`, `b`
 /// contiguous and owned: overwritten with the result), from `h0` (`[B, I, N]`).
@@ -351,7 +345,7 @@ impl Layer {
     fn forward(&self, x: &Tensor, conv: &mut Tensor, ssm: &mut Tensor, cfg: &MambaConfig, mode: ScanMode, block: i64) -> Tensor {
         let (i, k, n, r) = (cfg.intermediate_size as i64, cfg.conv_kernel as i64, cfg.state_size as i64, cfg.time_step_rank as i64);
         let t = x.size()[1];
-        let h = rms_norm(x, &self.norm, cfg.layer_norm_epsilon);
+        let h = rms_norm(x, &self.norm, cfg.layer_norm_epsilon, RmsScale::InWeightDtype);
         let proj = h.linear(&self.in_proj_w, self.in_proj_b.as_ref()); // [B, T, 2I]
         let u = proj.narrow(2, 0, i).transpose(1, 2); // [B, I, T]
         let gate = proj.narrow(2, i, i); // [B, T, I]
@@ -559,7 +553,7 @@ impl MambaModel {
             x = layer.forward(&x, &mut state.conv[l], &mut state.ssm[l], c, self.scan_mode, block);
         }
         state.tokens += t as usize;
-        Ok(rms_norm(&x, &self.norm_f, c.layer_norm_epsilon))
+        Ok(rms_norm(&x, &self.norm_f, c.layer_norm_epsilon, RmsScale::InWeightDtype))
     }
 
     fn logits(&self, h: &Tensor) -> Tensor {

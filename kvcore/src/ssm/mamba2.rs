@@ -23,6 +23,7 @@
 //! single token takes the recurrence directly. Parity with transformers is checked in
 //! `kvcore/tests/mamba2_parity.rs`.
 
+use crate::norm::{rms_norm, RmsScale};
 use super::tensor_map::TensorMap;
 use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
@@ -257,13 +258,6 @@ struct Layer {
     out_proj_b: Option<Tensor>,
 }
 
-/// RMS norm over the last axis in f32, cast back to `x`'s dtype before the weight (as
-/// transformers' `Mamba2RMSNorm`).
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
-    let xf = x.to_kind(Kind::Float);
-    let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
-    weight * (xf * (var + eps).rsqrt()).to_kind(x.kind())
-}
 
 /// `rmsnorm(y * silu(gate))` over the whole last axis (`y` f32), as transformers'
 /// `MambaRMSNormGated`.
@@ -307,7 +301,7 @@ impl Layer {
         let (b, t) = (x.size()[0], x.size()[1]);
         let conv_dim = i + 2 * g * n;
         let residual = if cfg.residual_in_fp32 { x.to_kind(Kind::Float) } else { x.shallow_clone() };
-        let normed = rms_norm(&x.to_kind(self.norm.kind()), &self.norm, cfg.layer_norm_epsilon);
+        let normed = rms_norm(&x.to_kind(self.norm.kind()), &self.norm, cfg.layer_norm_epsilon, RmsScale::AfterCast);
         let proj = normed.linear(&self.in_proj_w, self.in_proj_b.as_ref()); // [B, T, I + conv_dim + H]
         let gate = proj.narrow(2, 0, i);
         let xbc = proj.narrow(2, i, conv_dim).transpose(1, 2); // [B, conv_dim, T]
@@ -571,7 +565,7 @@ impl RecurrentLm for Mamba2Model {
         }
         state.tokens += ids.len();
         let x = if all_positions { x } else { x.narrow(1, x.size()[1] - 1, 1) };
-        let h = rms_norm(&x, &self.norm_f, self.config.layer_norm_epsilon);
+        let h = rms_norm(&x, &self.norm_f, self.config.layer_norm_epsilon, RmsScale::AfterCast);
         Ok(h.to_kind(self.lm_head.kind()).linear::<Tensor>(&self.lm_head, None).to_kind(Kind::Float).squeeze_dim(0))
     }
 

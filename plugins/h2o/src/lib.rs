@@ -20,7 +20,7 @@
 
 use kvcache::cache::CacheFactory;
 use kvcache::scorer::{ScoreInput, Scorer};
-use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory};
+use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory, Start};
 use kvcache::params::Params;
 use kvcache::registration::MethodRegistration;
 use kvcache::MethodError;
@@ -28,10 +28,16 @@ use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::Tensor;
 
-/// Accumulated attention.
-pub struct AccumulatedScorer;
+/// Accumulated attention, from the first decode step (`Decode`, the paper's H2O) or over the
+/// prefill too (`Always`).
+pub struct AccumulatedScorer {
+    pub from: Accumulate,
+}
 
 impl Scorer for AccumulatedScorer {
+    fn accumulate(&self) -> Accumulate {
+        self.from
+    }
     fn score(&self, input: &ScoreInput<'_>) -> kvcache::Result<Tensor> {
         input.accumulated.map(|a| a.shallow_clone()).ok_or_else(|| kvcache::Error::Other("h2o: no accumulated scores".into()))
     }
@@ -42,16 +48,16 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let budget = p.budget(4.0)?;
     let recent_fraction = p.float("recent_fraction", 0.5, 0.0, 1.0)?;
     let mode = p.choice("mode", "decode", &["decode", "prefill"])?;
-    let mut cfg = EvictionConfig::new("h2o", budget, Arc::new(AccumulatedScorer));
+    let from = if mode == "decode" { Accumulate::Decode } else { Accumulate::Always };
+    let mut cfg = EvictionConfig::new("h2o", budget, Arc::new(AccumulatedScorer { from }));
     eviction_params(&mut p, &mut cfg, true)?;
     p.finish()?;
-    cfg.recent_fraction = recent_fraction;
+    cfg.schedule.recent_fraction = recent_fraction;
     if mode == "decode" {
-        cfg.compress_after_prefill = false;
-        cfg.decode_evict = true;
-        cfg.accumulate = Accumulate::Decode;
-    } else {
-        cfg.accumulate = Accumulate::Always;
+        // The paper's H2O: full prefill, the budget fixed at the first decode step, evicting
+        // every step from then on.
+        cfg.schedule.start = Start::FirstDecode;
+        cfg.schedule.decode_evict = true;
     }
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }

@@ -1,8 +1,10 @@
-//! Token eviction, shared by every scoring method: a method is a [`Scorer`] (which tokens matter)
-//! plus an [`EvictionConfig`] (when to compress, how the budget is split), and [`EvictionCache`]
-//! does the rest: storage that really shrinks, attention over kept (non-contiguous) positions,
-//! the hooks (after prefill, after every decode step or every N steps), GQA score aggregation and
-//! per-head variable budgets (AdaKV), all with exact byte accounting.
+//! Token eviction, shared by every scoring method. A method is composed of orthogonal parts
+//! ([`EvictionConfig`]): a [`Scorer`] (which tokens matter, and whether it needs attention
+//! accumulated), a [`Budget`] split by an [`Allocation`] (uniform, per layer, head-adaptive), a
+//! [`Schedule`] (after prefill, from the first decode step, streaming during prefill; evicting
+//! every N decode steps or not) and a [`Storage`] (dense or quantized). [`EvictionCache`] does the
+//! rest: storage that really shrinks, attention over kept (non-contiguous) positions, GQA score
+//! aggregation and per-head variable budgets, all with exact byte accounting.
 //!
 //! Budget semantics: `ratio = N` keeps `max(1, floor(S / N))` of the `S` context tokens per head
 //! (the paper's N×; kvpress's `compression_ratio = 1 - 1/N`); `ratio = 1` never evicts, so the
@@ -17,19 +19,11 @@ use kvcache::{Error, Result};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
 
-/// When attention probabilities are accumulated into a per-token score (H2O).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Accumulate {
-    Never,
-    /// From the first decode step on (the paper's H2O).
-    Decode,
-    /// Over the whole prefill and decoding (H2O with prefill eviction, kvpress ObservedAttention).
-    Always,
-}
+pub use kvcache::scorer::Accumulate;
 
 /// A StreamingLLM-style attention pattern during prefill: sinks plus a local window, sized from
 /// the context length before the first chunk.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StreamingPrefill {
     /// Fraction of the budget given to sink tokens (the paper's `init_ratio = 0.021`).
     pub sink_ratio: f64,
@@ -42,51 +36,81 @@ pub struct StreamingPrefill {
 /// Per-layer budget (PyramidKV): `(layer, num_layers, context_len, budget) -> tokens to keep`.
 pub type LayerBudgetFn = Arc<dyn Fn(usize, usize, usize, &Budget) -> usize + Send + Sync>;
 
-/// Everything that makes one eviction method.
-#[derive(Clone)]
-pub struct EvictionConfig {
-    pub name: String,
-    pub budget: Budget,
-    pub scorer: Arc<dyn Scorer>,
-    /// Compress at `end_prefill` (false: only during decoding, like the paper's H2O).
-    pub compress_after_prefill: bool,
+/// How the budget is split among layers and heads.
+#[derive(Clone, Default)]
+pub enum Allocation {
+    /// Every layer and head keeps the same number of tokens.
+    #[default]
+    Uniform,
+    /// A budget per layer, same total (PyramidKV).
+    PerLayer(LayerBudgetFn),
+    /// Per-head variable budgets (AdaKV): each head keeps at least `alpha · budget` of its best
+    /// tokens, the rest of the layer's budget goes to the best tokens of any head; heads then
+    /// store different numbers of tokens.
+    HeadAdaptive { alpha: f64 },
+}
+
+/// When the budget is first applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Start {
+    /// At `end_prefill`, once the whole context is in.
+    #[default]
+    AfterPrefill,
+    /// At the first decode step, from the length so far (the paper's H2O: full prefill).
+    FirstDecode,
+    /// During prefill (StreamingLLM): sinks + a local window, the budget sized from the context.
+    Streaming(StreamingPrefill),
+}
+
+/// When a cache compresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Schedule {
+    pub start: Start,
     /// Keep the cache at its budget while decoding.
     pub decode_evict: bool,
     /// With `decode_evict`: evict every N decode steps (the cache may exceed the budget by N-1).
     pub decode_interval: usize,
     /// Newest tokens always kept, as a fraction of the budget (H2O's recent window).
     pub recent_fraction: f64,
-    pub accumulate: Accumulate,
-    /// AdaKV: per-head variable budgets with this safeguard (each head keeps at least
-    /// `alpha · budget` tokens).
-    pub head_adaptive: Option<f64>,
-    /// StreamingLLM: sinks + local window attention during prefill, budget fixed from the context.
-    pub streaming: Option<StreamingPrefill>,
-    pub layer_budget: Option<LayerBudgetFn>,
+}
+
+impl Default for Schedule {
+    /// Compress once after prefill; no eviction while decoding.
+    fn default() -> Self {
+        Schedule { start: Start::AfterPrefill, decode_evict: false, decode_interval: 1, recent_fraction: 0.0 }
+    }
+}
+
+/// Where the surviving tokens live.
+#[derive(Clone, Debug, Default)]
+pub enum Storage {
+    /// Dense K/V in the cache dtype.
+    #[default]
+    Dense,
+    /// Quantized (`storage = {method = "kivi", ...}`): at `end_prefill`, after eviction, the kept
+    /// tokens move into a [`QuantCache`] that also stores every later token.
+    Quantized(QuantConfig),
+}
+
+/// One eviction method: a scorer (which tokens matter; it also says whether it needs attention
+/// accumulated) × a budget and its [`Allocation`] × a [`Schedule`] × a [`Storage`].
+#[derive(Clone)]
+pub struct EvictionConfig {
+    pub name: String,
+    pub budget: Budget,
+    pub scorer: Arc<dyn Scorer>,
+    pub allocation: Allocation,
+    pub schedule: Schedule,
+    pub storage: Storage,
+    /// How the scores of the query heads sharing a KV head are combined.
     pub gqa: GqaAgg,
-    /// Keep the survivors quantized (`storage = {method = "kivi", ...}`): at `end_prefill`, after
-    /// eviction, the kept tokens move into a [`QuantCache`] that also stores every later token.
-    pub storage: Option<QuantConfig>,
 }
 
 impl EvictionConfig {
-    /// A config with defaults: compress after prefill, no decode eviction.
+    /// A config with defaults: uniform budgets, compress after prefill, no decode eviction,
+    /// dense storage.
     pub fn new(name: &str, budget: Budget, scorer: Arc<dyn Scorer>) -> Self {
-        EvictionConfig {
-            name: name.to_string(),
-            budget,
-            scorer,
-            compress_after_prefill: true,
-            decode_evict: false,
-            decode_interval: 1,
-            recent_fraction: 0.0,
-            accumulate: Accumulate::Never,
-            head_adaptive: None,
-            streaming: None,
-            layer_budget: None,
-            gqa: GqaAgg::Mean,
-            storage: None,
-        }
+        EvictionConfig { name: name.to_string(), budget, scorer, allocation: Allocation::Uniform, schedule: Schedule::default(), storage: Storage::Dense, gqa: GqaAgg::Mean }
     }
 }
 
@@ -100,12 +124,12 @@ impl CacheFactory for EvictionFactory {
     }
     fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>> {
         let cfg = &self.0;
-        if let Some(st) = &cfg.storage {
+        if let Storage::Quantized(st) = &cfg.storage {
             let bad = |why: &str| Error::InvalidArgument { what: "storage", value: format!("{} with {}", cfg.name, st.name), expected: why.into() };
-            if cfg.decode_evict {
+            if cfg.schedule.decode_evict {
                 return Err(bad("decode_evict = false: quantized storage keeps every token after prefill (it does not evict while decoding)"));
             }
-            if cfg.head_adaptive.is_some() {
+            if matches!(cfg.allocation, Allocation::HeadAdaptive { .. }) {
                 return Err(bad("a method with one budget for all heads (per-head budgets are not stored quantized)"));
             }
             QuantCache::new(st, *spec)?;
@@ -200,7 +224,7 @@ pub struct EvictionCache {
 impl EvictionCache {
     pub fn new(cfg: Arc<EvictionConfig>, layer: usize, spec: CacheSpec) -> Self {
         let mut store = KvBuffer::new(spec);
-        if cfg.accumulate != Accumulate::Never {
+        if cfg.scorer.accumulate() != Accumulate::Never {
             store.enable_aux();
         }
         let mut c = EvictionCache {
@@ -225,14 +249,14 @@ impl EvictionCache {
 
     /// Tokens to keep out of `len` for this layer.
     fn layer_keep(&self, len: usize) -> usize {
-        match &self.cfg.layer_budget {
-            Some(f) if !self.cfg.budget.is_unbounded() => f(self.layer, self.spec.num_layers, len, &self.cfg.budget).min(len),
+        match &self.cfg.allocation {
+            Allocation::PerLayer(f) if !self.cfg.budget.is_unbounded() => f(self.layer, self.spec.num_layers, len, &self.cfg.budget).min(len),
             _ => self.cfg.budget.keep(len),
         }
     }
 
     fn size_streaming(&mut self) {
-        let (Some(st), Some(ctx)) = (self.cfg.streaming, self.spec.context_tokens) else { return };
+        let (Start::Streaming(st), Some(ctx)) = (self.cfg.schedule.start, self.spec.context_tokens) else { return };
         if self.cfg.budget.is_unbounded() || !st.chunked {
             return;
         }
@@ -244,7 +268,7 @@ impl EvictionCache {
 
     fn needs_queries(&self) -> usize {
         let w = self.cfg.scorer.query_window();
-        if self.prefilling || self.cfg.decode_evict { w } else { 0 }
+        if self.prefilling || self.cfg.schedule.decode_evict { w } else { 0 }
     }
 
     fn remember_queries(&mut self, q: &Tensor, start: usize) {
@@ -278,7 +302,7 @@ impl EvictionCache {
 
     /// Accumulates the step's attention probabilities (summed over its queries) per token.
     fn accumulate(&mut self, step: &AttentionStep<'_>) {
-        let active = match self.cfg.accumulate {
+        let active = match self.cfg.scorer.accumulate() {
             Accumulate::Never => false,
             Accumulate::Decode => !self.prefilling,
             Accumulate::Always => true,
@@ -351,14 +375,14 @@ impl EvictionCache {
                     }
                     None => self.score(store, self.queries.as_ref(), self.query_start)?,
                 };
-                match self.cfg.head_adaptive {
-                    None => {
+                match self.cfg.allocation {
+                    Allocation::Uniform | Allocation::PerLayer(_) => {
                         let idx = select_uniform(&scores, keep, recent);
                         if let Store::Dense(store) = &mut self.store {
                             store.keep(&idx, headroom);
                         }
                     }
-                    Some(alpha) => {
+                    Allocation::HeadAdaptive { alpha } => {
                         let idx = select_adaptive(&scores, keep, recent, alpha);
                         let heads = split_heads(store, &idx, self.spec.group(), headroom);
                         self.store = Store::Ragged(heads);
@@ -371,7 +395,10 @@ impl EvictionCache {
                     return Ok(());
                 }
                 // Score each head alone (with its own query heads), then choose across heads.
-                let alpha = self.cfg.head_adaptive.unwrap_or(0.0);
+                let alpha = match self.cfg.allocation {
+                    Allocation::HeadAdaptive { alpha } => alpha,
+                    _ => 0.0,
+                };
                 let hkv = self.spec.kv_heads;
                 let group = self.spec.group() as i64;
                 let mut scores = Vec::new();
@@ -484,35 +511,35 @@ impl LayerCache for EvictionCache {
         if self.prefilling {
             // StreamingLLM drops what its window no longer sees after every prefill chunk.
             if let Some((sinks, local)) = self.sinks_local {
-                self.evict_to(sinks + local, remaining.min(self.cfg.decode_interval.max(l)))?;
+                self.evict_to(sinks + local, remaining.min(self.cfg.schedule.decode_interval.max(l)))?;
             }
             return Ok(out);
         }
         // Decoding (and appended question tokens).
-        if self.budget.is_none() && !self.cfg.compress_after_prefill && self.cfg.decode_evict {
+        if self.budget.is_none() && self.cfg.schedule.start == Start::FirstDecode && self.cfg.schedule.decode_evict {
             // The paper's H2O: budgets fixed at the first decode step from the length so far.
             let len = self.stored_tokens();
             let keep = self.layer_keep(len);
             self.recent = match self.cfg.budget {
-                Budget::Ratio(r) => ((len as f64 * self.cfg.recent_fraction / r).floor() as usize).min(keep),
-                Budget::Tokens(_) => ((keep as f64 * self.cfg.recent_fraction).floor() as usize).min(keep),
+                Budget::Ratio(r) => ((len as f64 * self.cfg.schedule.recent_fraction / r).floor() as usize).min(keep),
+                Budget::Tokens(_) => ((keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize).min(keep),
             };
             let heavy = match self.cfg.budget {
-                Budget::Ratio(r) => (len as f64 * (1.0 - self.cfg.recent_fraction) / r).floor() as usize,
+                Budget::Ratio(r) => (len as f64 * (1.0 - self.cfg.schedule.recent_fraction) / r).floor() as usize,
                 Budget::Tokens(_) => keep - self.recent,
             };
             self.budget = Some((heavy + self.recent).max(1));
         }
-        if self.cfg.decode_evict {
+        if self.cfg.schedule.decode_evict {
             if let Some(b) = self.budget {
                 self.steps_since_evict += 1;
                 let over = match &self.store {
                     Store::Dense(s) => s.len() > b,
                     Store::Ragged(h) => h.iter().map(|x| x.len()).sum::<usize>() > b * h.len(),
                 };
-                if over && self.steps_since_evict >= self.cfg.decode_interval.max(1) {
+                if over && self.steps_since_evict >= self.cfg.schedule.decode_interval.max(1) {
                     self.steps_since_evict = 0;
-                    let headroom = self.cfg.decode_interval.max(1).min(remaining.max(1));
+                    let headroom = self.cfg.schedule.decode_interval.max(1).min(remaining.max(1));
                     self.evict_to(b, headroom)?;
                 }
             }
@@ -525,35 +552,35 @@ impl LayerCache for EvictionCache {
             return Ok(());
         }
         self.prefilling = false;
-        if !self.cfg.budget.is_unbounded() && self.cfg.compress_after_prefill && self.cfg.streaming.is_none() {
+        if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill {
             let len = match &self.store {
                 Store::Dense(s) => s.len(),
                 Store::Ragged(h) => h.iter().map(|x| x.len()).max().unwrap_or(0),
             };
             let keep = self.layer_keep(len);
-            self.recent = (keep as f64 * self.cfg.recent_fraction).floor() as usize;
+            self.recent = (keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize;
             self.budget = Some(keep);
             let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
-            let headroom = if self.cfg.decode_evict { self.cfg.decode_interval.max(1) } else { remaining };
+            let headroom = if self.cfg.schedule.decode_evict { self.cfg.schedule.decode_interval.max(1) } else { remaining };
             self.evict_to(keep, headroom)?;
-        } else if self.cfg.streaming.is_some() && self.sinks_local.is_none() && !self.cfg.budget.is_unbounded() {
+        } else if matches!(self.cfg.schedule.start, Start::Streaming(_)) && self.sinks_local.is_none() && !self.cfg.budget.is_unbounded() {
             // Context length was unknown: compress now to sinks + recent (the full-prefill variant).
             let len = self.stored_tokens();
             let budget = self.cfg.budget.keep(len).max(1);
-            let st = self.cfg.streaming.expect("checked");
+            let Start::Streaming(st) = self.cfg.schedule.start else { unreachable!("checked above") };
             let sinks = st.sinks.unwrap_or((budget as f64 * st.sink_ratio) as usize).min(budget.saturating_sub(1));
             self.sinks_local = Some((sinks, budget - sinks));
             self.budget = Some(budget);
             let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
-            self.evict_to(budget, if self.cfg.decode_evict { 1 } else { remaining })?;
-            if !self.cfg.decode_evict {
+            self.evict_to(budget, if self.cfg.schedule.decode_evict { 1 } else { remaining })?;
+            if !self.cfg.schedule.decode_evict {
                 self.sinks_local = None;
             }
         }
         if self.needs_queries() == 0 {
             self.queries = None;
         }
-        if let (Some(st), Store::Dense(store)) = (&self.cfg.storage, &mut self.store) {
+        if let (Storage::Quantized(st), Store::Dense(store)) = (&self.cfg.storage, &mut self.store) {
             if let Some((k, v)) = store.views() {
                 self.quantized = Some(QuantCache::from_kept(st, self.spec, &k, &v, store.positions().copy())?);
                 store.clear();

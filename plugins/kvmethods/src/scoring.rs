@@ -37,10 +37,10 @@ impl SharedKnobs {
 
     /// Sets these knobs on `cfg`.
     pub fn apply(self, cfg: &mut EvictionConfig) {
-        cfg.decode_evict = self.decode_evict;
-        cfg.decode_interval = self.decode_interval;
+        cfg.schedule.decode_evict = self.decode_evict;
+        cfg.schedule.decode_interval = self.decode_interval;
         cfg.gqa = self.gqa;
-        cfg.storage = self.storage;
+        cfg.storage = self.storage.map_or(crate::eviction::Storage::Dense, crate::eviction::Storage::Quantized);
     }
 }
 

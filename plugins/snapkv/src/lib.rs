@@ -22,7 +22,7 @@
 //! pyramidkv) of the `S`-token context after prefill; `tokens = K` keeps K.
 
 use kvcache::registration::builtin_scorer;
-use kvmethods::eviction::{EvictionConfig, EvictionFactory};
+use kvmethods::eviction::{Allocation, EvictionConfig, EvictionFactory};
 use kvmethods::prelude::*;
 use kvmethods::scoring::{eviction_params, typed_scorer, SharedKnobs};
 
@@ -130,7 +130,7 @@ fn build_pyramidkv(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>
     let mut cfg = EvictionConfig::new("pyramidkv", budget, Arc::new(scorer));
     eviction_params(&mut p, &mut cfg, false)?;
     p.finish()?;
-    cfg.layer_budget = Some(Arc::new(move |layer, layers, len, budget: &Budget| pyramid_budget(layer, layers, len, budget.keep(len), window, beta)));
+    cfg.allocation = Allocation::PerLayer(Arc::new(move |layer, layers, len, budget: &Budget| pyramid_budget(layer, layers, len, budget.keep(len), window, beta)));
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
@@ -144,7 +144,7 @@ fn build_adakv(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>, Me
     p.finish()?;
     let mut cfg = EvictionConfig::new("adakv", budget, builtin_scorer("adakv", &inner, &rest)?);
     knobs.apply(&mut cfg);
-    cfg.head_adaptive = Some(alpha);
+    cfg.allocation = Allocation::HeadAdaptive { alpha };
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 

@@ -17,7 +17,7 @@
 
 use kvcache::cache::CacheFactory;
 use kvcache::scorer::{ScoreInput, Scorer};
-use kvmethods::eviction::{EvictionConfig, EvictionFactory, StreamingPrefill};
+use kvmethods::eviction::{EvictionConfig, EvictionFactory, Start, StreamingPrefill};
 use kvcache::params::Params;
 use kvcache::registration::MethodRegistration;
 use kvcache::MethodError;
@@ -43,7 +43,7 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let mut cfg = EvictionConfig::new("streamingllm", budget, Arc::new(RecencyScorer));
     eviction_params(&mut p, &mut cfg, true)?;
     p.finish()?;
-    cfg.streaming = Some(StreamingPrefill { sink_ratio, sinks, chunked: mode == "chunked" });
+    cfg.schedule.start = Start::Streaming(StreamingPrefill { sink_ratio, sinks, chunked: mode == "chunked" });
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 

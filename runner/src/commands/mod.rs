@@ -40,7 +40,7 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Resolves `--device/--dtype/--kv-dtype/--threads` (threads are set once, here).
 pub fn runtime_settings(a: &RuntimeArgs) -> Result<(RuntimeSettings, usize)> {
-    kvexperiment::runtime::resolve(&a.device, a.dtype.as_deref(), a.kv_dtype.as_deref(), a.threads)
+    kvexperiment::runtime::resolve_typed(a.device, a.dtype, a.kv_dtype, a.threads)
 }
 
 /// Loads a model after the memory guard has checked that its weights and full KV cache at

@@ -4,7 +4,7 @@
 //! and `report` are `kvreport`'s.
 
 use crate::cli::{MergeArgs, ReportArgs, RunArgs, ValidateArgs};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kvexperiment::engine::{run_cells, RunOptions};
 use kvexperiment::plan::{dry_run, load_checked, select_shard};
 use std::path::PathBuf;
@@ -25,9 +25,10 @@ pub fn validate(a: ValidateArgs, plugins: &[PathBuf]) -> Result<()> {
 
 pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     let (exp, reg, cells) = load_checked(&a.experiment, plugins, a.allow_plugins)?;
-    let cells = select_shard(cells, a.shard.as_deref())?;
+    let shard = a.shard.map(|s| s.to_string());
+    let cells = select_shard(cells, shard.as_deref())?;
     if a.dry_run {
-        println!("{}", dry_run(&exp, &cells, a.shard.as_deref()));
+        println!("{}", dry_run(&exp, &cells, shard.as_deref()));
         return Ok(());
     }
     // Without --out: runs/<name>, or the next free runs/<name>-N when that holds a finished
@@ -45,8 +46,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     };
     let opts = RunOptions {
         resume: a.resume,
-        shard: a.shard.clone(),
-        device: a.device.clone(),
+        shard,
+        device: a.device.map(|d| d.to_string()),
         threads: a.threads,
         guard: kvexperiment::runtime::Guard { force: a.guard.force, memory_limit: a.guard.memory_limit.clone() },
         zero_measurements: a.zero_measurements,
@@ -61,19 +62,15 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
 }
 
 pub fn merge(a: MergeArgs) -> Result<()> {
-    kvreport::merge::merge(&a.dirs, &a.out).map_err(|e| anyhow::anyhow!("{e}"))?;
+    kvreport::merge::merge(&a.dirs, &a.out)?;
     println!("merged {} run director{} into {}", a.dirs.len(), if a.dirs.len() == 1 { "y" } else { "ies" }, a.out.display());
     Ok(())
 }
 
 pub fn report(a: ReportArgs) -> Result<()> {
-    let compare = match a.compare.as_deref() {
-        None => false,
-        Some("paper") => true,
-        Some(other) => bail!("--compare {other}: expected `paper`"),
-    };
+    let compare = a.compare == Some(crate::cli::CompareWith::Paper);
     let out = a.out.clone().unwrap_or_else(|| a.dirs[0].join("report"));
-    let summary = kvreport::write_reports_with_bench(&a.dirs, &out, compare, &a.bench).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let summary = kvreport::write_reports_with_bench(&a.dirs, &out, compare, &a.bench)?;
     for w in &summary.warnings {
         eprintln!("warning: {w}");
     }

@@ -28,7 +28,7 @@ pub fn run(a: SlurmArgs, plugins: &[PathBuf]) -> Result<()> {
     }
     // The same checks as `kvbench validate`: every file and method of the experiment.
     super::run::validate(ValidateArgs { config: a.experiment.clone(), allow_plugins: a.allow_plugins }, plugins)?;
-    let exp = kvconfig::load_experiment(&a.experiment).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let exp = kvconfig::load_experiment(&a.experiment)?;
     if !exp.plugins.is_empty() && !a.allow_plugins {
         bail!(
             "{}: the experiment loads plugins; plugins are code that runs with your rights, so pass --allow-plugins to let the shard jobs load them",
