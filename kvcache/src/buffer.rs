@@ -231,7 +231,16 @@ impl KvBuffer {
 
     pub fn deep_copy(&self) -> Self {
         let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
-        KvBuffer { spec: self.spec, k: c(&self.k), v: c(&self.v), pos: c(&self.pos), aux: c(&self.aux), cap: self.cap, len: self.len, first_pos: self.first_pos }
+        KvBuffer {
+            spec: self.spec,
+            k: c(&self.k),
+            v: c(&self.v),
+            pos: c(&self.pos),
+            aux: c(&self.aux),
+            cap: self.cap,
+            len: self.len,
+            first_pos: self.first_pos,
+        }
     }
 
     /// Forgets everything and returns the storage.
@@ -282,4 +291,3 @@ impl KvBuffer {
         hs
     }
 }
-

@@ -239,7 +239,11 @@ pub fn attend_contiguous(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, k_sta
         let mask = mask.repeat([group, 1]);
         Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d])
     };
-    if out.kind() != out_kind { out.to_kind(out_kind) } else { out }
+    if out.kind() != out_kind {
+        out.to_kind(out_kind)
+    } else {
+        out
+    }
 }
 
 /// Boolean mask `[L, S]`: query at absolute position `q_start+i` may see key `k_start+j` when the
@@ -314,7 +318,11 @@ pub fn attend_at_positions(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpo
     let mask = position_mask(step.start_pos, l as usize, group as usize, kpos, vis);
     let qg = q.reshape([b, hkv, group * l, d]);
     let out = Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d]);
-    if out.kind() != out_kind { out.to_kind(out_kind) } else { out }
+    if out.kind() != out_kind {
+        out.to_kind(out_kind)
+    } else {
+        out
+    }
 }
 
 /// Explicit attention probabilities `softmax(q kᵀ · scale)` in f32, `[B, Hq, W, S]`, of queries
@@ -335,5 +343,8 @@ pub fn attention_probs(q: &Tensor, q_start: usize, k: &Tensor, kpos: &Tensor, sc
 
 /// Positions `start..start+len` as a `[B, Hkv, len]` tensor.
 pub fn contiguous_positions(spec: &CacheSpec, start: usize, len: usize) -> Tensor {
-    Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, spec.device)).view([1, 1, -1]).expand([spec.batch as i64, spec.kv_heads as i64, len as i64], false).contiguous()
+    Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, spec.device))
+        .view([1, 1, -1])
+        .expand([spec.batch as i64, spec.kv_heads as i64, len as i64], false)
+        .contiguous()
 }

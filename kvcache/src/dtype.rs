@@ -41,7 +41,11 @@ impl DType {
     }
     /// The default compute dtype on a device: f32 on CPU, bf16 on CUDA.
     pub fn default_for(device: Device) -> DType {
-        if device.is_cuda() { DType::Bf16 } else { DType::F32 }
+        if device.is_cuda() {
+            DType::Bf16
+        } else {
+            DType::F32
+        }
     }
     /// Short name as accepted on the command line.
     pub fn name(self) -> &'static str {

@@ -381,4 +381,3 @@ struct VTableBox(KvPluginVTable);
 // SAFETY: the table holds static strings and function pointers only.
 unsafe impl Sync for VTableBox {}
 unsafe impl Send for VTableBox {}
-

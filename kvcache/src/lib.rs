@@ -31,7 +31,9 @@ pub use toml;
 /// What a method file usually imports.
 pub mod prelude {
     pub use crate::buffer::KvBuffer;
-    pub use crate::cache::{attend_at_positions, attend_contiguous, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
+    pub use crate::cache::{
+        attend_at_positions, attend_contiguous, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility,
+    };
     pub use crate::error::{Error, MethodError, Result};
     pub use crate::params::{Budget, GqaAgg, ParamDoc, Params};
     pub use crate::registration::MethodRegistration;

@@ -192,7 +192,12 @@ impl Params {
                     return self.bad(k, v, e.to_string().trim().to_string());
                 }
             }
-            MethodError::BadParam { method: self.method.clone(), key: fields.join(", "), value: toml::Value::Table(own.clone()).to_string(), expected: whole.to_string() }
+            MethodError::BadParam {
+                method: self.method.clone(),
+                key: fields.join(", "),
+                value: toml::Value::Table(own.clone()).to_string(),
+                expected: whole.to_string(),
+            }
         })
     }
 
@@ -230,7 +235,6 @@ pub fn parse_settings(settings: &[String]) -> Result<toml::Table, MethodError> {
     }
     Ok(table)
 }
-
 
 /// The field names of a `#[derive(Deserialize)]` struct: serde hands them to
 /// `deserialize_struct`, which this probe records before refusing to produce a value.

@@ -395,7 +395,15 @@ fn check_task(file: &Path, t: &TaskConfig, out: &mut Vec<ConfigError>) {
     if t.lengths.contains(&0) {
         out.push(err(file, "lengths", "expected positive lengths, got 0"));
     }
-    for (key, v) in [("samples", t.samples), ("depths", t.depths), ("trials", t.trials), ("limit", t.limit), ("steps", t.steps), ("max_input_tokens", t.max_input_tokens), ("max_new_tokens", t.max_new_tokens)] {
+    for (key, v) in [
+        ("samples", t.samples),
+        ("depths", t.depths),
+        ("trials", t.trials),
+        ("limit", t.limit),
+        ("steps", t.steps),
+        ("max_input_tokens", t.max_input_tokens),
+        ("max_new_tokens", t.max_new_tokens),
+    ] {
         if v == Some(0) {
             out.push(err(file, key, "expected a positive number, got 0"));
         }
@@ -540,7 +548,11 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
                         continue;
                     }
                     None => {
-                        errors.push(err(path, format!("method[{j}].preset"), format!("unknown preset \"{p}\": expected a file {}", find_config(&root, "methods", p).unwrap_err())));
+                        errors.push(err(
+                            path,
+                            format!("method[{j}].preset"),
+                            format!("unknown preset \"{p}\": expected a file {}", find_config(&root, "methods", p).unwrap_err()),
+                        ));
                         continue;
                     }
                 },
@@ -639,7 +651,18 @@ pub fn cells_with_plugins(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool, 
                         identity["plugin_sha256"] = serde_json::Value::String(h.clone());
                     }
                     let id = sha256_hex(&identity.to_string())[..16].to_string();
-                    out.push(Cell { id, model: model.clone(), model_config: mc.clone(), method, ratio, task: task.clone(), task_config: tc.clone(), seed: task_seed, query_aware: exp.run.query_aware, plugin_sha256 });
+                    out.push(Cell {
+                        id,
+                        model: model.clone(),
+                        model_config: mc.clone(),
+                        method,
+                        ratio,
+                        task: task.clone(),
+                        task_config: tc.clone(),
+                        seed: task_seed,
+                        query_aware: exp.run.query_aware,
+                        plugin_sha256,
+                    });
                 }
             }
         }
@@ -650,7 +673,8 @@ pub fn cells_with_plugins(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool, 
 /// Parses `i/N` (0-based shard `i` of `N`).
 pub fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     let (i, n) = s.split_once('/').ok_or_else(|| format!("--shard {s}: expected i/N, e.g. 0/4"))?;
-    let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| format!("--shard {s}: i is not a number"))?, n.trim().parse().map_err(|_| format!("--shard {s}: N is not a number"))?);
+    let (i, n): (usize, usize) =
+        (i.trim().parse().map_err(|_| format!("--shard {s}: i is not a number"))?, n.trim().parse().map_err(|_| format!("--shard {s}: N is not a number"))?);
     if n == 0 || i >= n {
         return Err(format!("--shard {s}: expected 0 <= i < N"));
     }

@@ -55,31 +55,82 @@ fn inline_methods_override_presets() {
 #[test]
 fn bad_configs_give_one_clear_message_each() {
     let exp = |extra: &str| format!("{EXPERIMENT}{extra}");
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         // (what, files, file that must be named, expected substring)
         ("unknown experiment key", vec![("experiments/x.toml", exp("modle = 1\n"))], "experiments/x.toml", "unknown field `modle`"),
         ("models wrong type", vec![("experiments/x.toml", EXPERIMENT.replace("models = [\"m\"]", "models = \"m\""))], "experiments/x.toml", "models"),
         ("missing models key", vec![("experiments/x.toml", EXPERIMENT.replace("models = [\"m\"]\n", ""))], "experiments/x.toml", "missing field `models`"),
-        ("empty methods", vec![("experiments/x.toml", EXPERIMENT.replace("methods = [\"full\", \"snapkv\", \"kivi-2bit\"]", "methods = []"))], "experiments/x.toml", "methods: expected at least one name"),
-        ("unknown model file", vec![("experiments/x.toml", EXPERIMENT.replace("[\"m\"]", "[\"nope\"]"))], "experiments/x.toml", "models[0]: unknown model \"nope\""),
-        ("unknown task file", vec![("experiments/x.toml", EXPERIMENT.replace("[\"needle\"]", "[\"haystack\"]"))], "experiments/x.toml", "tasks[0]: unknown task config \"haystack\""),
-        ("ratio below one", vec![("experiments/x.toml", EXPERIMENT.replace("ratios = [2, 4]", "ratios = [2, 0.5]"))], "experiments/x.toml", "ratios[1]: expected a ratio N >= 1"),
+        (
+            "empty methods",
+            vec![("experiments/x.toml", EXPERIMENT.replace("methods = [\"full\", \"snapkv\", \"kivi-2bit\"]", "methods = []"))],
+            "experiments/x.toml",
+            "methods: expected at least one name",
+        ),
+        (
+            "unknown model file",
+            vec![("experiments/x.toml", EXPERIMENT.replace("[\"m\"]", "[\"nope\"]"))],
+            "experiments/x.toml",
+            "models[0]: unknown model \"nope\"",
+        ),
+        (
+            "unknown task file",
+            vec![("experiments/x.toml", EXPERIMENT.replace("[\"needle\"]", "[\"haystack\"]"))],
+            "experiments/x.toml",
+            "tasks[0]: unknown task config \"haystack\"",
+        ),
+        (
+            "ratio below one",
+            vec![("experiments/x.toml", EXPERIMENT.replace("ratios = [2, 4]", "ratios = [2, 0.5]"))],
+            "experiments/x.toml",
+            "ratios[1]: expected a ratio N >= 1",
+        ),
         ("ratio as string", vec![("experiments/x.toml", EXPERIMENT.replace("ratios = [2, 4]", "ratios = [\"2x\"]"))], "experiments/x.toml", "ratios[0]"),
-        ("duplicate method", vec![("experiments/x.toml", EXPERIMENT.replace("\"kivi-2bit\"]", "\"full\"]"))], "experiments/x.toml", "methods[2]: \"full\" is listed twice"),
+        (
+            "duplicate method",
+            vec![("experiments/x.toml", EXPERIMENT.replace("\"kivi-2bit\"]", "\"full\"]"))],
+            "experiments/x.toml",
+            "methods[2]: \"full\" is listed twice",
+        ),
         ("zero threads", vec![("experiments/x.toml", exp("[run]\nthreads = 0\n"))], "experiments/x.toml", "run.threads: expected a positive number"),
         ("bad device", vec![("experiments/x.toml", exp("[run]\ndevice = \"gpu\"\n"))], "experiments/x.toml", "run.device: expected cpu, cuda, cuda:N or auto"),
         ("unknown run key", vec![("experiments/x.toml", exp("[run]\nthread = 2\n"))], "experiments/x.toml", "run.thread"),
         ("inline method without method", vec![("experiments/x.toml", exp("[[method]]\nname = \"x\"\n"))], "experiments/x.toml", "method[0]: expected `method`"),
-        ("inline unknown preset", vec![("experiments/x.toml", EXPERIMENT.replace("\"kivi-2bit\"]", "\"k\"]") + "[[method]]\nname = \"k\"\npreset = \"kivi-3bit\"\n")], "experiments/x.toml", "method[0].preset: unknown preset \"kivi-3bit\""),
+        (
+            "inline unknown preset",
+            vec![("experiments/x.toml", EXPERIMENT.replace("\"kivi-2bit\"]", "\"k\"]") + "[[method]]\nname = \"k\"\npreset = \"kivi-3bit\"\n")],
+            "experiments/x.toml",
+            "method[0].preset: unknown preset \"kivi-3bit\"",
+        ),
         ("missing plugin", vec![("experiments/x.toml", exp("plugins = [\"libnope.so\"]\n"))], "experiments/x.toml", "plugins[0]: no such plugin file"),
-        ("bad model dtype", vec![("models/m.toml", format!("{MODEL}dtype = \"fp8\"\n"))], "models/m.toml", "dtype: expected one of f32, bf16, f16, got \"fp8\""),
+        (
+            "bad model dtype",
+            vec![("models/m.toml", format!("{MODEL}dtype = \"fp8\"\n"))],
+            "models/m.toml",
+            "dtype: expected one of f32, bf16, f16, got \"fp8\"",
+        ),
         ("unknown model key", vec![("models/m.toml", format!("{MODEL}revison = \"main\"\n"))], "models/m.toml", "unknown field `revison`"),
-        ("rope base and factor both", vec![("models/m.toml", format!("{MODEL}rope_theta = 1e6\nrope_theta_factor = 32\n"))], "models/m.toml", "rope_theta_factor: expected either rope_theta or rope_theta_factor, not both"),
-        ("negative rope factor", vec![("models/m.toml", format!("{MODEL}rope_linear_factor = -8\n"))], "models/m.toml", "rope_linear_factor: expected a positive number, got -8"),
+        (
+            "rope base and factor both",
+            vec![("models/m.toml", format!("{MODEL}rope_theta = 1e6\nrope_theta_factor = 32\n"))],
+            "models/m.toml",
+            "rope_theta_factor: expected either rope_theta or rope_theta_factor, not both",
+        ),
+        (
+            "negative rope factor",
+            vec![("models/m.toml", format!("{MODEL}rope_linear_factor = -8\n"))],
+            "models/m.toml",
+            "rope_linear_factor: expected a positive number, got -8",
+        ),
         ("context limit wrong type", vec![("models/m.toml", MODEL.replace("8192", "\"8k\""))], "models/m.toml", "context_limit"),
         ("unknown task name", vec![("tasks/needle.toml", TASK.replace("passkey", "passkee"))], "tasks/needle.toml", "task: unknown task \"passkee\""),
         ("zero length", vec![("tasks/needle.toml", TASK.replace("[512, 1024]", "[0, 1024]"))], "tasks/needle.toml", "lengths: expected positive lengths"),
-        ("fraction out of range", vec![("tasks/needle.toml", format!("{TASK}fraction = 1.5\n"))], "tasks/needle.toml", "fraction: expected a fraction in (0, 1]"),
+        (
+            "fraction out of range",
+            vec![("tasks/needle.toml", format!("{TASK}fraction = 1.5\n"))],
+            "tasks/needle.toml",
+            "fraction: expected a fraction in (0, 1]",
+        ),
         ("bad truncation", vec![("tasks/needle.toml", format!("{TASK}truncation = \"left\"\n"))], "tasks/needle.toml", "truncation"),
         ("bad template", vec![("tasks/needle.toml", format!("{TASK}template = \"jinja\"\n"))], "tasks/needle.toml", "template"),
         ("preset without method", vec![("methods/kivi-2bit.toml", "label = \"k\"\n".to_string())], "methods/kivi-2bit.toml", "missing field `method`"),
@@ -112,7 +163,11 @@ fn several_problems_are_all_reported() {
 fn an_experiment_anywhere_can_name_the_built_in_configs() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = tmp.path().join("mine.toml");
-    std::fs::write(&exp, "name = \"mine\"\nmodels = [\"smollm2-135m\"]\ntasks = [\"passkey-quick\"]\nmethods = [\"full\", \"kivi-2bit\", \"snapkv\"]\nratios = [2]\n").unwrap();
+    std::fs::write(
+        &exp,
+        "name = \"mine\"\nmodels = [\"smollm2-135m\"]\ntasks = [\"passkey-quick\"]\nmethods = [\"full\", \"kivi-2bit\", \"snapkv\"]\nratios = [2]\n",
+    )
+    .unwrap();
     let e = load_experiment(&exp).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(e.models[0].0, "smollm2-135m");
     assert_eq!(e.tasks[0].0, "passkey-quick");
@@ -125,5 +180,10 @@ fn an_experiment_anywhere_can_name_the_built_in_configs() {
     // Unknown names list every place searched.
     std::fs::write(&exp, "name = \"mine\"\nmodels = [\"nope\"]\ntasks = [\"passkey-quick\"]\nmethods = [\"full\"]\n").unwrap();
     let msg = load_experiment(&exp).unwrap_err().to_string();
-    assert!(msg.contains("unknown model \"nope\"") && msg.contains(&tmp.path().join("models/nope.toml").display().to_string()) && msg.contains("configs/models/nope.toml"), "{msg}");
+    assert!(
+        msg.contains("unknown model \"nope\"")
+            && msg.contains(&tmp.path().join("models/nope.toml").display().to_string())
+            && msg.contains("configs/models/nope.toml"),
+        "{msg}"
+    );
 }

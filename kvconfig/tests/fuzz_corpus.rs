@@ -3,7 +3,9 @@
 //! without cargo-fuzz; and checks that `parse_experiment` (the fuzzed entry point) gives what
 //! `load_experiment` gives for the repository's experiments.
 
-use kvconfig::{cells, load_experiment, parse_experiment, parse_shard, parse_toml, validate_model, validate_task, InlineMethod, MethodPreset, ModelConfig, TaskConfig};
+use kvconfig::{
+    cells, load_experiment, parse_experiment, parse_shard, parse_toml, validate_model, validate_task, InlineMethod, MethodPreset, ModelConfig, TaskConfig,
+};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {

@@ -42,9 +42,16 @@ impl Architecture {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (LongChat, "linear" in transformers).
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's piecewise frequency rescaling.
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 /// Everything the decoder needs to know about a model's shape.
@@ -95,13 +102,10 @@ impl ModelConfig {
                 return Err(err(key, "must be a positive integer".into()));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
-            return Err(err(
-                "num_key_value_heads",
-                format!("{} does not divide num_attention_heads = {}", self.num_key_value_heads, self.num_attention_heads),
-            ));
+        if !self.num_attention_heads.is_multiple_of(self.num_key_value_heads) {
+            return Err(err("num_key_value_heads", format!("{} does not divide num_attention_heads = {}", self.num_key_value_heads, self.num_attention_heads)));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(err("head_dim", format!("{} is odd; rotary embeddings need an even head size", self.head_dim)));
         }
         Ok(())
@@ -110,8 +114,7 @@ impl ModelConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_config(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| Error::File { file: path.into(), problem: format!("not valid JSON: {e}") })?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| Error::File { file: path.into(), problem: format!("not valid JSON: {e}") })?;
         let cfg = Self::from_hf_json(&v, path)?;
         cfg.validate(path)?;
         Ok(cfg)
@@ -120,34 +123,26 @@ impl ModelConfig {
     fn from_hf_json(v: &Value, file: &Path) -> Result<Self> {
         let err = |key: &str, problem: &str| Error::Config { file: file.into(), key: key.into(), problem: problem.into() };
         let req_usize = |key: &str| -> Result<usize> {
-            v.get(key)
-                .and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| err(key, "missing or not a non-negative integer"))
+            v.get(key).and_then(Value::as_u64).map(|x| x as usize).ok_or_else(|| err(key, "missing or not a non-negative integer"))
         };
         let opt_usize = |key: &str| v.get(key).and_then(Value::as_u64).map(|x| x as usize);
         let opt_f64 = |key: &str| v.get(key).and_then(Value::as_f64);
         let opt_bool = |key: &str| v.get(key).and_then(Value::as_bool);
 
         let model_type = v.get("model_type").and_then(Value::as_str).ok_or_else(|| err("model_type", "missing or not a string"))?;
-        let architecture = Architecture::from_name(model_type)
-            .ok_or_else(|| Error::UnknownArchitecture { arch: model_type.into(), file: file.into() })?;
+        let architecture = Architecture::from_name(model_type).ok_or_else(|| Error::UnknownArchitecture { arch: model_type.into(), file: file.into() })?;
         let hidden_size = req_usize("hidden_size")?;
         let num_attention_heads = req_usize("num_attention_heads")?;
         let num_hidden_layers = req_usize("num_hidden_layers")?;
         let num_key_value_heads = opt_usize("num_key_value_heads").unwrap_or(num_attention_heads);
-        let head_dim = opt_usize("head_dim").unwrap_or(if num_attention_heads > 0 { hidden_size / num_attention_heads } else { 0 });
+        let head_dim = opt_usize("head_dim").unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0));
         if opt_bool("mlp_bias") == Some(true) {
             return Err(err("mlp_bias", "true is not supported (no Llama-family checkpoint kvbench targets uses it)"));
         }
 
         // transformers 5 nests rope settings in `rope_parameters`; 4.x uses rope_theta + rope_scaling.
         let rope = v.get("rope_parameters").filter(|r| r.is_object());
-        let rope_theta = rope
-            .and_then(|r| r.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .or_else(|| opt_f64("rope_theta"))
-            .unwrap_or(10_000.0);
+        let rope_theta = rope.and_then(|r| r.get("rope_theta")).and_then(Value::as_f64).or_else(|| opt_f64("rope_theta")).unwrap_or(10_000.0);
         let scaling = rope.or_else(|| v.get("rope_scaling").filter(|r| r.is_object()));
         let rope_scaling = match scaling {
             None => RopeScaling::None,
@@ -164,9 +159,7 @@ impl ModelConfig {
                         original_max_position_embeddings: f("original_max_position_embeddings")
                             .ok_or_else(|| err("rope_scaling.original_max_position_embeddings", "missing"))?,
                     },
-                    other => {
-                        return Err(err("rope_scaling.rope_type", &format!("`{other}` is not supported (expected default, linear or llama3)")))
-                    }
+                    other => return Err(err("rope_scaling.rope_type", &format!("`{other}` is not supported (expected default, linear or llama3)"))),
                 }
             }
         };
@@ -223,8 +216,8 @@ impl ModelConfig {
     /// Reads the model shape from GGUF metadata (`<arch>.block_count` and friends).
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
         let arch_name = gguf.architecture()?.to_string();
-        let architecture = Architecture::from_name(&arch_name)
-            .ok_or_else(|| Error::UnknownArchitecture { arch: arch_name.clone(), file: gguf.path.clone() })?;
+        let architecture =
+            Architecture::from_name(&arch_name).ok_or_else(|| Error::UnknownArchitecture { arch: arch_name.clone(), file: gguf.path.clone() })?;
         let key = |k: &str| format!("{arch_name}.{k}");
         let u = |k: &str| -> Result<usize> { Ok(gguf.meta_u64(&key(k))? as usize) };
         let opt_u = |k: &str| gguf.meta(&key(k)).and_then(|v| v.as_u64()).map(|x| x as usize);
@@ -234,7 +227,7 @@ impl ModelConfig {
         let num_attention_heads = u("attention.head_count")?;
         let num_hidden_layers = u("block_count")?;
         let num_key_value_heads = opt_u("attention.head_count_kv").unwrap_or(num_attention_heads);
-        let head_dim = opt_u("attention.key_length").unwrap_or(if num_attention_heads > 0 { hidden_size / num_attention_heads } else { 0 });
+        let head_dim = opt_u("attention.key_length").unwrap_or(hidden_size.checked_div(num_attention_heads).unwrap_or(0));
         let vocab_size = match gguf.meta("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
             Some(tokens) => tokens.len(),
             None => u("vocab_size")?,

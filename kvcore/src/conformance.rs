@@ -100,7 +100,11 @@ fn cases(s: &Subject) -> Vec<Case> {
             case("ratio=4,small-blocks", &["ratio=4", "block_size=4", "n_init=2", "n_local=8", "topk=2", "repr_topk=2", "exc_block_size=4"]),
             case("tokens=24", &["tokens=24", "block_size=4", "min_local=4", "exc_block_size=8", "shared_blocks=false"]),
         ],
-        ("quest", _) => vec![case("default", &[]), case("ratio=4,pages=4", &["ratio=4", "page_size=4", "skip_layers=0"]), case("tokens=10", &["tokens=10", "page_size=2", "skip_layers=1", "gqa=mean"])],
+        ("quest", _) => vec![
+            case("default", &[]),
+            case("ratio=4,pages=4", &["ratio=4", "page_size=4", "skip_layers=0"]),
+            case("tokens=10", &["tokens=10", "page_size=2", "skip_layers=1", "gqa=mean"]),
+        ],
         _ if s.takes_budget() => evicting(),
         _ => vec![case("default", &[])],
     }
@@ -210,9 +214,20 @@ impl Bench {
     /// Writes a tiny random GQA Llama (tokenizer from `tokenizer_gguf`) into a temporary folder
     /// and loads it on the CPU in f32.
     pub fn new(tokenizer_gguf: &Path) -> crate::Result<Bench> {
-        let dir = std::env::temp_dir().join(format!("kvbench-conformance-{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())));
+        let dir = std::env::temp_dir().join(format!(
+            "kvbench-conformance-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
+        ));
         let preset = crate::random_init::PRESETS.iter().find(|p| p.name == "tiny").copied().ok_or_else(|| crate::Error::Other("no tiny preset".into()))?;
-        let opts = crate::random_init::InitOptions { arch: crate::config::Architecture::Llama, preset, seed: 3, dtype: Kind::Float, tokenizer_gguf: tokenizer_gguf.to_path_buf(), sliding_window: None };
+        let opts = crate::random_init::InitOptions {
+            arch: crate::config::Architecture::Llama,
+            preset,
+            seed: 3,
+            dtype: Kind::Float,
+            tokenizer_gguf: tokenizer_gguf.to_path_buf(),
+            sliding_window: None,
+        };
         crate::random_init::write_random_model(&opts, &dir)?;
         let lm = load(&ModelFiles::HfDir(dir.clone()), RuntimeSettings { device: Device::Cpu, dtype: DType::F32, kv_dtype: DType::F32 })?;
         let cfg = &lm.transformer("conformance")?.config;
@@ -270,10 +285,13 @@ fn run_model(lm: &mut LoadedModel, f: &dyn CacheFactory) -> crate::Result<RunRec
     Ok(RunRecord { logits, steps })
 }
 
+/// A trial's check, run once against the bench.
+type CheckFn = Box<dyn FnOnce(&Bench) -> Result<(), String> + Send>;
+
 /// A named check.
 pub struct Trial {
     pub name: String,
-    check: Box<dyn FnOnce(&Bench) -> Result<(), String> + Send>,
+    check: CheckFn,
 }
 
 impl Trial {
@@ -319,7 +337,9 @@ pub fn trials(subjects: &[Subject]) -> Vec<Trial> {
     for s in subjects {
         let mut all_cases = cases(s);
         if let Some((_, extra)) = COMPOSABLE.iter().find(|(n, _)| *n == s.name) {
-            for (label, storage) in [("ratio=4,storage=kivi", "storage={method=\"kivi\", group_size=8, residual_length=8}"), ("ratio=4,storage=int4", "storage={method=\"int4\"}")] {
+            for (label, storage) in
+                [("ratio=4,storage=kivi", "storage={method=\"kivi\", group_size=8, residual_length=8}"), ("ratio=4,storage=int4", "storage={method=\"int4\"}")]
+            {
                 let mut v = vec!["ratio=4".to_string(), storage.to_string()];
                 v.extend(extra.iter().map(|e| e.to_string()));
                 all_cases.push(Case { label: label.into(), settings: v });
@@ -398,7 +418,8 @@ fn check_bytes(_: &Subject, _: &[String], r: &RunRecord, _: &Bench) -> Result<()
             }
             let kept: i64 = o.rows.iter().map(|r| r.len() as i64).sum();
             for want in ["k", "v"] {
-                let slots: i64 = o.tensors.iter().filter(|(n, ..)| n == want).map(|(.., shape)| shape.iter().take(shape.len().saturating_sub(1)).product::<i64>()).sum();
+                let slots: i64 =
+                    o.tensors.iter().filter(|(n, ..)| n == want).map(|(.., shape)| shape.iter().take(shape.len().saturating_sub(1)).product::<i64>()).sum();
                 if o.tensors.iter().any(|(n, ..)| n == want) && slots != kept {
                     return Err(format!("layer {l} {}: `{want}` tensors hold {slots} token slots, the kept positions say {kept}", st.when));
                 }
@@ -474,7 +495,9 @@ fn check_identical_to_full(_: &Subject, _: &[String], r: &RunRecord, bench: &Ben
 fn check_fewer_bytes(s: &Subject, _: &[String], r: &RunRecord, bench: &Bench) -> Result<(), String> {
     let full = full_run(bench)?;
     let full = full.as_ref().as_ref().map_err(|e| format!("the full-cache run failed: {e}"))?;
-    let bytes = |rec: &RunRecord, attended: bool| -> u64 { rec.steps.last().map_or(0, |st| st.layers.iter().map(|l| if attended { l.attended } else { l.held }).sum()) };
+    let bytes = |rec: &RunRecord, attended: bool| -> u64 {
+        rec.steps.last().map_or(0, |st| st.layers.iter().map(|l| if attended { l.attended } else { l.held }).sum())
+    };
     let (mine, theirs) = (bytes(r, s.is_retrieval()), bytes(full, false));
     if mine >= theirs {
         let what = if s.is_retrieval() { "attends to" } else { "holds" };
@@ -492,7 +515,17 @@ fn shapes_trial(s: &Subject) -> Trial {
         check: Box::new(move |_| {
             let _g = tch::no_grad_guard();
             tch::manual_seed(7);
-            let spec = CacheSpec { batch: 2, kv_heads: 2, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: 40, query_heads: 6, num_layers: 2, context_tokens: Some(32) };
+            let spec = CacheSpec {
+                batch: 2,
+                kv_heads: 2,
+                head_dim: 8,
+                kv_dtype: DType::F32,
+                device: Device::Cpu,
+                expected_tokens: 40,
+                query_heads: 6,
+                num_layers: 2,
+                context_tokens: Some(32),
+            };
             let settings: Vec<String> = match s.name.as_str() {
                 "kivi" => vec!["group_size=8".into(), "residual_length=8".into()],
                 "flexgen" => vec!["group_size=8".into()],

@@ -16,11 +16,7 @@ pub enum DeviceSpec {
 impl std::str::FromStr for DeviceSpec {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::InvalidArgument {
-            what: "device",
-            value: s.to_string(),
-            expected: "cpu, cuda, cuda:N or auto".into(),
-        };
+        let bad = || Error::InvalidArgument { what: "device", value: s.to_string(), expected: "cpu, cuda, cuda:N or auto".into() };
         match s {
             "auto" => Ok(DeviceSpec::Auto),
             "cpu" => Ok(DeviceSpec::Cpu),
@@ -96,11 +92,8 @@ impl RuntimeSettings {
 /// Sets libtorch's intra-op thread count once, at startup. `None` leaves libtorch's default,
 /// unless Slurm or OpenMP say how many CPUs this task owns.
 pub fn configure_threads(threads: Option<usize>) -> usize {
-    let from_env = || {
-        ["SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0))
-    };
+    let from_env =
+        || ["SLURM_CPUS_PER_TASK", "OMP_NUM_THREADS"].iter().find_map(|k| std::env::var(k).ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0));
     if let Some(n) = threads.or_else(from_env) {
         tch::set_num_threads(n as i32);
     }

@@ -5,8 +5,8 @@
 use crate::cache::{CacheFactory, CacheSpec, LayerCache};
 use crate::error::{Error, Result};
 use crate::loader::{Decoder, LoadedModel};
-use crate::ssm::RecurrentState;
 use crate::model::Logits;
+use crate::ssm::RecurrentState;
 use tch::{Kind, Tensor};
 
 /// How to generate.
@@ -28,7 +28,14 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        GenerateOptions { max_new_tokens: 128, min_new_tokens: 0, stop_strings: vec![], extra_stop_token_ids: vec![], prefill_chunk: None, measure_decode_rss: false }
+        GenerateOptions {
+            max_new_tokens: 128,
+            min_new_tokens: 0,
+            stop_strings: vec![],
+            extra_stop_token_ids: vec![],
+            prefill_chunk: None,
+            measure_decode_rss: false,
+        }
     }
 }
 
@@ -79,16 +86,28 @@ pub struct GenerationOutput {
 impl GenerationOutput {
     /// Prompt tokens per second of prefill.
     pub fn prefill_tokens_per_s(&self) -> f64 {
-        if self.prefill_seconds > 0.0 { self.prompt_tokens as f64 / self.prefill_seconds } else { 0.0 }
+        if self.prefill_seconds > 0.0 {
+            self.prompt_tokens as f64 / self.prefill_seconds
+        } else {
+            0.0
+        }
     }
     /// Measured compression ratio at the end: full-cache bytes over held bytes.
     pub fn compression_ratio(&self) -> f64 {
-        if self.kv_bytes_held > 0 { self.kv_bytes_full as f64 / self.kv_bytes_held as f64 } else { 0.0 }
+        if self.kv_bytes_held > 0 {
+            self.kv_bytes_full as f64 / self.kv_bytes_held as f64
+        } else {
+            0.0
+        }
     }
     /// Generated tokens per second, counting the tokens after the first (which prefill produces).
     pub fn decode_tokens_per_s(&self) -> f64 {
         let n = self.generated_tokens.saturating_sub(1);
-        if n > 0 && self.decode_seconds > 0.0 { n as f64 / self.decode_seconds } else { 0.0 }
+        if n > 0 && self.decode_seconds > 0.0 {
+            n as f64 / self.decode_seconds
+        } else {
+            0.0
+        }
     }
 }
 
@@ -206,7 +225,11 @@ pub fn forward_sequence(lm: &mut LoadedModel, seq: &mut SequenceState, ids: &[u3
                 let input = Tensor::from_slice(&part.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(device).unsqueeze(0);
                 let which = if all_positions { Logits::All } else { Logits::Last };
                 let l = m.forward(&input, pos, caches, which)?;
-                if all_positions { l.squeeze_dim(0).to_kind(Kind::Float) } else { l }
+                if all_positions {
+                    l.squeeze_dim(0).to_kind(Kind::Float)
+                } else {
+                    l
+                }
             }
             (Decoder::Recurrent(r), SequenceState::Recurrent(state)) => r.forward(part, state, all_positions)?,
             _ => return Err(Error::Other("internal: a sequence state of the wrong kind for this model".into())),
@@ -273,7 +296,14 @@ fn full_bytes(lm: &LoadedModel, seq: &SequenceState, tokens: usize) -> u64 {
 
 /// Greedy decoding from `logits` (the last prompt position's) with `seq` already holding `pos`
 /// tokens; `t0` is when the prompt started (for the prefill time).
-pub fn decode(lm: &mut LoadedModel, seq: &mut SequenceState, mut logits: Tensor, mut pos: usize, opts: &GenerateOptions, t0: std::time::Instant) -> Result<GenerationOutput> {
+pub fn decode(
+    lm: &mut LoadedModel,
+    seq: &mut SequenceState,
+    mut logits: Tensor,
+    mut pos: usize,
+    opts: &GenerateOptions,
+    t0: std::time::Instant,
+) -> Result<GenerationOutput> {
     let _guard = tch::no_grad_guard();
     let device = lm.settings.device;
     let prompt_tokens = pos;
@@ -398,10 +428,21 @@ pub struct PerplexityOutput {
 /// Perplexity of `ids[prefill..]`: the first `prefill` tokens are prefilled (in `chunk`s) and
 /// `end_prefill` runs, then the rest is fed `step` tokens at a time through the method's cache,
 /// so every scored token is predicted by a model attending to the compressed cache.
-pub fn perplexity(lm: &mut LoadedModel, factory: &dyn CacheFactory, ids: &[u32], prefill_len: usize, step: usize, chunk: Option<usize>) -> Result<PerplexityOutput> {
+pub fn perplexity(
+    lm: &mut LoadedModel,
+    factory: &dyn CacheFactory,
+    ids: &[u32],
+    prefill_len: usize,
+    step: usize,
+    chunk: Option<usize>,
+) -> Result<PerplexityOutput> {
     let _guard = tch::no_grad_guard();
     if prefill_len == 0 || prefill_len >= ids.len() {
-        return Err(Error::InvalidArgument { what: "prefill tokens", value: prefill_len.to_string(), expected: format!("between 1 and {} (the text has {} tokens)", ids.len().saturating_sub(1), ids.len()) });
+        return Err(Error::InvalidArgument {
+            what: "prefill tokens",
+            value: prefill_len.to_string(),
+            expected: format!("between 1 and {} (the text has {} tokens)", ids.len().saturating_sub(1), ids.len()),
+        });
     }
     let t0 = std::time::Instant::now();
     let device = lm.settings.device;

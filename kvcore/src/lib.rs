@@ -15,8 +15,8 @@
 //! The method API (the cache contract, budgets, parameters, registration) is the `kvcache`
 //! crate, re-exported here as [`cache`]; the methods themselves live under `plugins/`.
 
-pub mod conformance;
 pub mod config;
+pub mod conformance;
 pub mod device;
 pub mod error;
 pub mod generate;

@@ -57,7 +57,10 @@ impl LmTokenizer {
     /// Token ids of `text`; `add_special_tokens` adds BOS etc. where the tokenizer defines them.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoded, TokenizerError> {
         match self {
-            LmTokenizer::Hf(t) => t.encode(text, add_special_tokens).map(|e| Encoded { ids: e.get_ids().to_vec(), offsets: e.get_offsets().to_vec() }).map_err(|e| TokenizerError(e.to_string())),
+            LmTokenizer::Hf(t) => t
+                .encode(text, add_special_tokens)
+                .map(|e| Encoded { ids: e.get_ids().to_vec(), offsets: e.get_offsets().to_vec() })
+                .map_err(|e| TokenizerError(e.to_string())),
             LmTokenizer::World(w) => {
                 let ids = w.encode(text);
                 let mut offsets = Vec::with_capacity(ids.len());

@@ -6,15 +6,17 @@ use crate::device::RuntimeSettings;
 use crate::error::{Error, Result};
 use crate::lm_tokenizer::LmTokenizer;
 use crate::model::Model;
-use crate::ssm::RecurrentLm;
 use crate::sources::ModelFiles;
+use crate::ssm::RecurrentLm;
 use crate::weights::Weights;
 use kvformats::chat::ChatTemplate;
 use kvformats::gguf::GgufFile;
 use kvformats::tokenizer::{build_tokenizer, load_tokenizer_file, GgufTokenizerSpec};
 use std::path::Path;
 
-/// The network of a loaded model.
+/// The network of a loaded model. There is one per loaded model, so the transformer is held
+/// inline rather than boxed (the size difference to the boxed recurrent variant costs nothing).
+#[allow(clippy::large_enum_variant)]
 pub enum Decoder {
     /// A transformer with a KV cache (Llama family), which cache methods apply to.
     Transformer(Model),
@@ -104,7 +106,11 @@ impl LoadedModel {
 
 /// The refusal of `what` (which needs a KV cache) on the recurrent model `r` loaded from `files`.
 fn not_a_transformer(what: &str, files: &ModelFiles, r: &dyn RecurrentLm) -> Error {
-    Error::Unsupported(format!("{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)", files.path().display(), r.family()))
+    Error::Unsupported(format!(
+        "{what} needs a transformer with a KV cache; {} is a {} model (a fixed-size recurrent state)",
+        files.path().display(),
+        r.family()
+    ))
 }
 
 /// Changes to a checkpoint's configuration applied before the model is built (a model config's
@@ -154,8 +160,7 @@ pub fn load_with(files: &ModelFiles, settings: RuntimeSettings, overrides: &Conf
             let gguf = GgufFile::open(path)?;
             let config = ModelConfig::from_gguf(&gguf)?;
             let spec = GgufTokenizerSpec::from_gguf(&gguf).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
-            let tokenizer: LmTokenizer = build_tokenizer(&spec).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?
-                .into();
+            let tokenizer: LmTokenizer = build_tokenizer(&spec).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?.into();
             let token_str = |id: Option<u32>| id.and_then(|i| spec.tokens.get(i as usize).cloned());
             let chat = match &spec.chat_template {
                 Some(src) => Some(

@@ -114,7 +114,11 @@ pub fn human(bytes: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", units[u]) }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
 }
 
 /// Parses a size such as `512MiB`, `8G`, `1.5GiB` or a plain byte count.
@@ -199,7 +203,8 @@ fn estimate_recurrent(dir: &Path, settings: &RuntimeSettings, context_tokens: us
             Some("safetensors") => weights = weights.saturating_add(safetensors_elements(&path)?.saturating_mul(elem)),
             // A pickled checkpoint (RWKV .pth, mamba_ssm pytorch_model.bin): its pickle lists the shapes.
             Some("pth" | "bin") => {
-                let elements: u64 = crate::ssm::pth::read_index(&path)?.iter().map(|t| t.shape.iter().map(|&d| d.max(0) as u64).product::<u64>()).fold(0, u64::saturating_add);
+                let elements: u64 =
+                    crate::ssm::pth::read_index(&path)?.iter().map(|t| t.shape.iter().map(|&d| d.max(0) as u64).product::<u64>()).fold(0, u64::saturating_add);
                 weights = weights.saturating_add(elements.saturating_mul(elem));
             }
             _ => {}
@@ -249,7 +254,8 @@ fn cgroup_available() -> Option<u64> {
 }
 
 fn cuda_free(index: usize) -> Option<u64> {
-    let out = std::process::Command::new("nvidia-smi").args(["--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", &index.to_string()]).output().ok()?;
+    let out =
+        std::process::Command::new("nvidia-smi").args(["--query-gpu=memory.free", "--format=csv,noheader,nounits", "-i", &index.to_string()]).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -298,7 +304,11 @@ pub fn limit_from(flag: Option<&str>) -> Result<Option<u64>> {
         (None, Some(e)) => (MEMORY_LIMIT_ENV, e.to_string()),
         (None, None) => return Ok(None),
     };
-    parse_size(&text).map(Some).map_err(|e| Error::InvalidArgument { what: if what == "--memory-limit" { "--memory-limit" } else { MEMORY_LIMIT_ENV }, value: text, expected: e })
+    parse_size(&text).map(Some).map_err(|e| Error::InvalidArgument {
+        what: if what == "--memory-limit" { "--memory-limit" } else { MEMORY_LIMIT_ENV },
+        value: text,
+        expected: e,
+    })
 }
 
 /// Refuses (unless `force`) when `estimate` exceeds what `available` says is free; `what` names
@@ -342,10 +352,18 @@ mod tests {
 
     #[test]
     fn a_refusal_names_every_number_and_force_lets_it_pass() {
-        let est = MemoryEstimate { weights_bytes: 3 << 30, kv_cache_bytes: 1 << 30, activation_bytes: 1 << 20, runtime_bytes: RUNTIME_ALLOWANCE_BYTES, context_tokens: 8192 };
+        let est = MemoryEstimate {
+            weights_bytes: 3 << 30,
+            kv_cache_bytes: 1 << 30,
+            activation_bytes: 1 << 20,
+            runtime_bytes: RUNTIME_ALLOWANCE_BYTES,
+            context_tokens: 8192,
+        };
         let av = Available { bytes: 2 << 30, source: "test".into() };
         let e = check("loading model `m` on cpu", &est, Some(&av), false).unwrap_err().to_string();
-        for needle in ["loading model `m` on cpu", "4.3 GiB", "weights 3.0 GiB", "full KV cache 1.0 GiB at 8192 tokens", "2.0 GiB is available (test)", "--force"] {
+        for needle in
+            ["loading model `m` on cpu", "4.3 GiB", "weights 3.0 GiB", "full KV cache 1.0 GiB at 8192 tokens", "2.0 GiB is available (test)", "--force"]
+        {
             assert!(e.contains(needle), "{needle:?} missing from: {e}");
         }
         assert!(check("x", &est, Some(&av), true).is_ok());
@@ -360,7 +378,11 @@ mod tests {
     #[test]
     fn recurrent_estimates_count_weights_and_activations_but_no_cache() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = crate::ssm::mamba::MambaConfig::from_json_str(r#"{"model_type":"mamba","vocab_size":100,"hidden_size":32,"num_hidden_layers":2}"#, Path::new("c.json")).unwrap();
+        let cfg = crate::ssm::mamba::MambaConfig::from_json_str(
+            r#"{"model_type":"mamba","vocab_size":100,"hidden_size":32,"num_hidden_layers":2}"#,
+            Path::new("c.json"),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("config.json"), cfg.to_hf_json().to_string()).unwrap();
         let named: Vec<(String, tch::Tensor)> = crate::ssm::mamba::MambaModel::random_tensors(&cfg, 1, Device::Cpu).into_iter().collect();
         let elements: i64 = named.iter().map(|(_, t)| t.numel() as i64).sum();

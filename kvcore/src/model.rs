@@ -4,10 +4,10 @@
 //! copies of code. Attention goes through each layer's `LayerCache`, so compression methods plug
 //! in without touching the model.
 
-use crate::norm::{rms_norm, RmsScale};
 use crate::cache::{AttentionStep, LayerCache};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::norm::{rms_norm, RmsScale};
 use crate::rope::{apply_rotary, RotaryEmbedding};
 use crate::weights::Weights;
 use tch::{Device, Kind, Tensor};
@@ -71,7 +71,6 @@ pub struct Model {
     /// Bytes of the weights as held in memory.
     pub weight_bytes: u64,
 }
-
 
 impl Model {
     /// Builds the decoder from weights with Hugging Face names.
@@ -172,23 +171,15 @@ impl Model {
             let q = apply_rotary(&qkv.narrow(1, 0, hq), &cos, &sin);
             let k = apply_rotary(&qkv.narrow(1, hq, hkv), &cos, &sin);
             let v = qkv.narrow(1, hq + hkv, hkv);
-            let step = AttentionStep {
-                layer: i,
-                q: &q,
-                k: &k,
-                v: &v,
-                start_pos,
-                sliding_window: c.sliding_window.get(i).copied().flatten(),
-                scale,
-            };
+            let step = AttentionStep { layer: i, q: &q, k: &k, v: &v, start_pos, sliding_window: c.sliding_window.get(i).copied().flatten(), scale };
             let attn = cache.attend(&step)?;
             let attn = attn.transpose(1, 2).reshape([b, l, hq * d]);
-            x = x + project(&attn, &layer.wo, layer.bo.as_ref());
+            x += project(&attn, &layer.wo, layer.bo.as_ref());
             let hn = rms_norm(&x, &layer.post_norm, eps, RmsScale::AfterCast);
             let gate_up = project(&hn, &layer.w_gate_up, None);
             let inter = c.intermediate_size as i64;
             let act = gate_up.narrow(-1, 0, inter).silu() * gate_up.narrow(-1, inter, inter);
-            x = x + project(&act, &layer.w_down, None);
+            x += project(&act, &layer.w_down, None);
         }
         let x = match logits {
             Logits::Last => x.narrow(1, l - 1, 1),

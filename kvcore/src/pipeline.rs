@@ -36,7 +36,7 @@ pub fn answer(
     let mut outs = Vec::new();
     if popts.query_aware || questions.is_empty() {
         // Compress context + question together: one compression per question.
-        let empty = vec![Vec::new()];
+        let empty = [Vec::new()];
         let qs = if questions.is_empty() { &empty[..] } else { questions };
         for q in qs {
             let t0 = std::time::Instant::now();
@@ -74,7 +74,11 @@ pub fn answer(
             }
         };
         let logits = if q.is_empty() {
-            context_logits.take().ok_or_else(|| Error::InvalidArgument { what: "question", value: String::new(), expected: "non-empty questions after the first".into() })?
+            context_logits.take().ok_or_else(|| Error::InvalidArgument {
+                what: "question",
+                value: String::new(),
+                expected: "non-empty questions after the first".into(),
+            })?
         } else {
             forward_sequence(lm, &mut seq, q, context.len(), opts.prefill_chunk, false)?
         };

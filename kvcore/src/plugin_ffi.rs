@@ -5,8 +5,8 @@
 //! Tensors cross as libtorch handles; no Rust type crosses.
 
 use kvcache::cache::{AttentionStep, CacheFactory, CacheSpec, LayerCache};
-use kvcache::ffi::{KvCacheSpecC, KvCacheStatsC, KvPluginVTable, KvStepC};
 pub use kvcache::ffi::{Handshake, ABI_VERSION};
+use kvcache::ffi::{KvCacheSpecC, KvCacheStatsC, KvPluginVTable, KvStepC};
 use kvcache::{DType, Error, MethodError, Result};
 use kvformats::plugin_header::{self, HandshakeError};
 use std::ffi::{c_char, c_void, CStr, CString};
@@ -60,11 +60,7 @@ pub fn load(path: &Path, host: &Handshake) -> std::result::Result<Vec<ExternalMe
         HandshakeError::Incompatible { field, plugin, host } => MethodError::Incompatible { path: path.to_path_buf(), field, plugin, host },
         HandshakeError::Malformed(problem) => perr(problem),
     };
-    let expected = plugin_header::Expected {
-        abi_version: host.abi_version,
-        kvcore_version: &host.kvcore_version,
-        libtorch_version: &host.libtorch_version,
-    };
+    let expected = plugin_header::Expected { abi_version: host.abi_version, kvcore_version: &host.kvcore_version, libtorch_version: &host.libtorch_version };
     if !path.is_file() {
         return Err(perr("no such file".into()));
     }
@@ -73,8 +69,8 @@ pub fn load(path: &Path, host: &Handshake) -> std::result::Result<Vec<ExternalMe
     let vt: &'static KvPluginVTable = {
         // SAFETY: the symbol's type is fixed by this ABI; only the first field is read before the
         // version check below.
-        let entry: libloading::Symbol<extern "C" fn() -> *const KvPluginVTable> = unsafe { lib.get(b"kvbench_plugin_entry\0") }
-            .map_err(|e| perr(format!("not a kvbench plugin (no `kvbench_plugin_entry` symbol: {e})")))?;
+        let entry: libloading::Symbol<extern "C" fn() -> *const KvPluginVTable> =
+            unsafe { lib.get(b"kvbench_plugin_entry\0") }.map_err(|e| perr(format!("not a kvbench plugin (no `kvbench_plugin_entry` symbol: {e})")))?;
         let p = entry();
         if p.is_null() {
             return Err(perr("kvbench_plugin_entry returned null".into()));
@@ -212,7 +208,11 @@ impl LayerCache for ExternalCache {
     }
     fn budget_tokens(&self) -> Option<usize> {
         let b = self.stats().budget_tokens;
-        if b < 0 { None } else { Some(b as usize) }
+        if b < 0 {
+            None
+        } else {
+            Some(b as usize)
+        }
     }
     fn reset(&mut self) {
         (self.vt.reset)(self.handle);

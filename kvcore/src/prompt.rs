@@ -27,7 +27,11 @@ pub struct CompressedPrompt {
 impl CompressedPrompt {
     /// `original_tokens / compressed_tokens` (0 for an empty result).
     pub fn ratio(&self) -> f64 {
-        if self.compressed_tokens == 0 { 0.0 } else { self.original_tokens as f64 / self.compressed_tokens as f64 }
+        if self.compressed_tokens == 0 {
+            0.0
+        } else {
+            self.original_tokens as f64 / self.compressed_tokens as f64
+        }
     }
 }
 

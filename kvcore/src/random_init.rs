@@ -28,11 +28,61 @@ pub struct Preset {
 /// Shapes `kvbench model init --preset` knows.
 pub const PRESETS: &[Preset] = &[
     Preset { name: "tiny", hidden: 64, intermediate: 128, layers: 2, heads: 4, kv_heads: 2, head_dim: 16, rope_theta: 10_000.0, max_positions: 4096 },
-    Preset { name: "smollm2-135m", hidden: 576, intermediate: 1536, layers: 30, heads: 9, kv_heads: 3, head_dim: 64, rope_theta: 100_000.0, max_positions: 8192 },
-    Preset { name: "qwen2.5-0.5b", hidden: 896, intermediate: 4864, layers: 24, heads: 14, kv_heads: 2, head_dim: 64, rope_theta: 1_000_000.0, max_positions: 32768 },
-    Preset { name: "llama2-7b", hidden: 4096, intermediate: 11008, layers: 32, heads: 32, kv_heads: 32, head_dim: 128, rope_theta: 10_000.0, max_positions: 4096 },
-    Preset { name: "llama3-8b", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8, head_dim: 128, rope_theta: 500_000.0, max_positions: 8192 },
-    Preset { name: "mistral-7b", hidden: 4096, intermediate: 14336, layers: 32, heads: 32, kv_heads: 8, head_dim: 128, rope_theta: 1_000_000.0, max_positions: 32768 },
+    Preset {
+        name: "smollm2-135m",
+        hidden: 576,
+        intermediate: 1536,
+        layers: 30,
+        heads: 9,
+        kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100_000.0,
+        max_positions: 8192,
+    },
+    Preset {
+        name: "qwen2.5-0.5b",
+        hidden: 896,
+        intermediate: 4864,
+        layers: 24,
+        heads: 14,
+        kv_heads: 2,
+        head_dim: 64,
+        rope_theta: 1_000_000.0,
+        max_positions: 32768,
+    },
+    Preset {
+        name: "llama2-7b",
+        hidden: 4096,
+        intermediate: 11008,
+        layers: 32,
+        heads: 32,
+        kv_heads: 32,
+        head_dim: 128,
+        rope_theta: 10_000.0,
+        max_positions: 4096,
+    },
+    Preset {
+        name: "llama3-8b",
+        hidden: 4096,
+        intermediate: 14336,
+        layers: 32,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        rope_theta: 500_000.0,
+        max_positions: 8192,
+    },
+    Preset {
+        name: "mistral-7b",
+        hidden: 4096,
+        intermediate: 14336,
+        layers: 32,
+        heads: 32,
+        kv_heads: 8,
+        head_dim: 128,
+        rope_theta: 1_000_000.0,
+        max_positions: 32768,
+    },
 ];
 
 /// What to write.
@@ -138,11 +188,8 @@ fn write_tokenizer_files(gguf_path: &Path, out_dir: &Path) -> Result<GgufTokeniz
 /// Random linear-time models `kvbench model init --arch A --preset P` knows (Hugging Face
 /// layouts): `tiny` for tests, and the shapes of small published models for speed benchmarks
 /// (`recurrent_gemma`'s `reduced-2b` keeps recurrentgemma-2b's widths over 6 layers).
-pub const RECURRENT_PRESETS: &[(&str, &[&str])] = &[
-    ("mamba", &["tiny", "mamba-130m"]),
-    ("mamba2", &["tiny", "mamba2-130m"]),
-    ("recurrent_gemma", &["tiny", "reduced-2b"]),
-];
+pub const RECURRENT_PRESETS: &[(&str, &[&str])] =
+    &[("mamba", &["tiny", "mamba-130m"]), ("mamba2", &["tiny", "mamba2-130m"]), ("recurrent_gemma", &["tiny", "reduced-2b"])];
 
 /// The `config.json` of a random linear-time model of `arch`/`preset` with `vocab` rows.
 fn recurrent_config(arch: &str, preset: &str, vocab: usize, eos: Option<u32>) -> Option<serde_json::Value> {

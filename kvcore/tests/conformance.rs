@@ -13,7 +13,24 @@ use std::sync::OnceLock;
 use kvplugin_example_external as _;
 use kvplugins as _;
 
-const EXPECTED: &[&str] = &["adakv", "example-recent", "flexgen", "full", "h2o", "infllm", "int4", "int8", "kivi", "knorm", "pyramidkv", "quest", "random", "snapkv", "streamingllm", "tova"];
+const EXPECTED: &[&str] = &[
+    "adakv",
+    "example-recent",
+    "flexgen",
+    "full",
+    "h2o",
+    "infllm",
+    "int4",
+    "int8",
+    "kivi",
+    "knorm",
+    "pyramidkv",
+    "quest",
+    "random",
+    "snapkv",
+    "streamingllm",
+    "tova",
+];
 
 fn bench() -> &'static Bench {
     static B: OnceLock<Bench> = OnceLock::new();
@@ -30,7 +47,11 @@ fn main() {
     let mut list = vec![libtest_mimic::Trial::test("registry/every-expected-method-is-registered", move || {
         let names = reg.names();
         let missing: Vec<&&str> = EXPECTED.iter().filter(|e| !names.iter().any(|n| n == *e)).collect();
-        if missing.is_empty() { Ok(()) } else { Err(format!("not registered: {missing:?} (registered: {names:?})").into()) }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("not registered: {missing:?} (registered: {names:?})").into())
+        }
     })];
     for t in trials(&subjects) {
         let name = t.name.clone();

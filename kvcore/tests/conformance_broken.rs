@@ -39,7 +39,11 @@ impl LayerCache for Broken {
     }
     fn bytes_held(&self) -> u64 {
         let b = self.inner.bytes_held();
-        if self.fault == Fault::MisreportsBytes { b / 2 } else { b }
+        if self.fault == Fault::MisreportsBytes {
+            b / 2
+        } else {
+            b
+        }
     }
     fn reset(&mut self) {
         self.inner.reset()
@@ -77,7 +81,8 @@ fn subject(name: &str, fault: Fault) -> Subject {
         family: "test".into(),
         params: vec!["ratio".into(), "tokens".into()],
         build: Arc::new(move |t: &toml::Table| -> Result<Arc<dyn CacheFactory>, MethodError> {
-            let ratio = t.get("ratio").and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64))).unwrap_or(if t.contains_key("tokens") { 2.0 } else { 4.0 });
+            let ratio =
+                t.get("ratio").and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64))).unwrap_or(if t.contains_key("tokens") { 2.0 } else { 4.0 });
             Ok(Arc::new(BrokenFactory(fault, ratio)))
         }),
     }
@@ -111,11 +116,17 @@ fn main() {
         ] {
             match failed(trial) {
                 None => problems.push(format!("no trial named {trial}")),
-                Some(f) if f != want_fail => problems.push(format!("{trial}: {} but should {}", if f { "failed" } else { "passed" }, if want_fail { "fail" } else { "pass" })),
+                Some(f) if f != want_fail => {
+                    problems.push(format!("{trial}: {} but should {}", if f { "failed" } else { "passed" }, if want_fail { "fail" } else { "pass" }))
+                }
                 _ => {}
             }
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems.join("\n").into()) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n").into())
+        }
     });
     libtest_mimic::run(&args, vec![test]).exit();
 }

@@ -34,7 +34,17 @@ fn external_plugin_loads_and_matches_the_static_copy() {
     let params = parse_settings(&["ratio=4".into()]).unwrap();
     let fe = external.build("example-recent", &params).unwrap();
     let fs = builtin.build("example-recent", &params).unwrap();
-    let spec = CacheSpec { batch: 1, kv_heads: 2, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: 40, query_heads: 4, num_layers: 1, context_tokens: Some(32) };
+    let spec = CacheSpec {
+        batch: 1,
+        kv_heads: 2,
+        head_dim: 8,
+        kv_dtype: DType::F32,
+        device: Device::Cpu,
+        expected_tokens: 40,
+        query_heads: 4,
+        num_layers: 1,
+        context_tokens: Some(32),
+    };
     let (mut ce, mut cs) = (fe.layer_cache(0, &spec).unwrap(), fs.layer_cache(0, &spec).unwrap());
     tch::manual_seed(1);
     let mut pos = 0;

@@ -7,7 +7,17 @@ use kvcore::device::DType;
 use tch::{Device, Kind, Tensor};
 
 fn spec(expected: usize) -> CacheSpec {
-    CacheSpec { batch: 1, kv_heads: 2, query_heads: 4, num_layers: 1, head_dim: 8, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: expected, context_tokens: None }
+    CacheSpec {
+        batch: 1,
+        kv_heads: 2,
+        query_heads: 4,
+        num_layers: 1,
+        head_dim: 8,
+        kv_dtype: DType::F32,
+        device: Device::Cpu,
+        expected_tokens: expected,
+        context_tokens: None,
+    }
 }
 
 fn step<'a>(q: &'a Tensor, k: &'a Tensor, v: &'a Tensor, start: usize, window: Option<usize>) -> AttentionStep<'a> {

@@ -113,7 +113,10 @@ fn kept_positions_match_kvpress_on_smollm2() {
                     if *press != "observed_attention" {
                         // kvpress's kept set is the top of its own scores (ties aside).
                         let d = want.iter().filter(|p| !theirs.contains(p)).count();
-                        assert!(d == 0 || scores.iter().filter(|&&x| x == cut).count() > 1, "{press} layer {layer} head {h}: kvpress kept set is not the top of its scores");
+                        assert!(
+                            d == 0 || scores.iter().filter(|&&x| x == cut).count() > 1,
+                            "{press} layer {layer} head {h}: kvpress kept set is not the top of its scores"
+                        );
                     }
                     let expected = if *press == "observed_attention" { want } else { theirs.clone() };
                     vs_kvpress += got.iter().filter(|p| !theirs.contains(p)).count();

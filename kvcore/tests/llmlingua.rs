@@ -73,17 +73,19 @@ fn llmlingua2_keeps_the_words_llmlingua_keeps() {
         words_total += labels.len();
         words_agree += agree;
         let kept = labels.iter().filter(|&&l| l == 1).count();
-        eprintln!(
-            "ratio {ratio} text {i}: {} chunks, {kept}/{} words kept, labels agree on {agree}/{}",
-            c.chunks.len(),
-            labels.len(),
-            labels.len()
-        );
+        eprintln!("ratio {ratio} text {i}: {} chunks, {kept}/{} words kept, labels agree on {agree}/{}", c.chunks.len(), labels.len(), labels.len());
         chunked |= c.chunks.len() > 1;
         if c.labels != labels {
             let diff: Vec<usize> = (0..labels.len()).filter(|&k| c.labels.get(k) != labels.get(k)).collect();
             let k = diff[0];
-            panic!("ratio {ratio} text {i}: {} of {} word labels differ; first at word {k} ({:?}): kvbench {:?}, llmlingua {}", diff.len(), labels.len(), words[k], c.labels.get(k), labels[k]);
+            panic!(
+                "ratio {ratio} text {i}: {} of {} word labels differ; first at word {k} ({:?}): kvbench {:?}, llmlingua {}",
+                diff.len(),
+                labels.len(),
+                words[k],
+                c.labels.get(k),
+                labels[k]
+            );
         }
         assert_eq!(c.text, r["compressed_prompt"].as_str().unwrap(), "ratio {ratio} text {i}: compressed text differs");
         assert!(kept > 0 && kept < labels.len(), "ratio {ratio} text {i}: nothing was dropped or nothing kept");

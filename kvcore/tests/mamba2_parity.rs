@@ -84,9 +84,7 @@ fn mamba2_matches_transformers() {
         let mut one = m.new_state().unwrap();
         let fresh = one.bytes();
         let _ = m.forward(&ids[..1], &mut one, false).unwrap();
-        let expected = (c.num_hidden_layers
-            * (c.conv_dim() * c.conv_kernel + c.num_heads * c.head_dim * c.state_size)
-            * 4) as u64;
+        let expected = (c.num_hidden_layers * (c.conv_dim() * c.conv_kernel + c.num_heads * c.head_dim * c.state_size) * 4) as u64;
         eprintln!(
             "{case}: state bytes fresh {fresh}, after 1 token {}, after 40 {bytes_after_prefill}, after 64 {}, expected {expected}",
             one.bytes(),
@@ -149,9 +147,8 @@ fn mamba2_scaling_timings() {
         tch::set_num_threads(n.parse().expect("KVBENCH_MAMBA2_BENCH_THREADS: a number"));
     }
     let reps: usize = env("KVBENCH_MAMBA2_BENCH_REPS", "2").parse().expect("KVBENCH_MAMBA2_BENCH_REPS: a number");
-    let chunks: Option<Vec<usize>> = std::env::var("KVBENCH_MAMBA2_BENCH_CHUNKS")
-        .ok()
-        .map(|v| v.split(',').map(|c| c.parse().expect("KVBENCH_MAMBA2_BENCH_CHUNKS: numbers")).collect());
+    let chunks: Option<Vec<usize>> =
+        std::env::var("KVBENCH_MAMBA2_BENCH_CHUNKS").ok().map(|v| v.split(',').map(|c| c.parse().expect("KVBENCH_MAMBA2_BENCH_CHUNKS: numbers")).collect());
     eprintln!("libtorch threads: {}, best of {reps}", tch::get_num_threads());
     let best = |f: &mut dyn FnMut() -> f64| (0..reps.max(1)).map(|_| f()).fold(f64::INFINITY, f64::min);
     for name in env("KVBENCH_MAMBA2_BENCH", "130m").split(',') {

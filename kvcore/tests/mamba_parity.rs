@@ -73,10 +73,7 @@ fn mamba_matches_transformers() {
         // (4) the state does not grow with the sequence.
         let one = m.prefill(&ids[..1]).unwrap().1.bytes();
         let expected = c.num_hidden_layers * c.intermediate_size * (c.conv_kernel + c.state_size) * 4;
-        eprintln!(
-            "{case}: state bytes after 1 token {one}, after 40 {bytes_after_prefill}, after 64 {}, expected {expected}",
-            state.bytes()
-        );
+        eprintln!("{case}: state bytes after 1 token {one}, after 40 {bytes_after_prefill}, after 64 {}, expected {expected}", state.bytes());
         assert_eq!(one, expected);
         assert_eq!(bytes_after_prefill, expected);
         assert_eq!(state.bytes(), expected);
@@ -129,7 +126,9 @@ fn mamba_ssm_checkpoints_match_transformers() {
         assert_eq!(ssm::greedy(boxed.as_ref(), &ids, 32).unwrap(), ids_from_npy(&tmp.path().join(case).join("greedy.npy")));
     }
     // A Mamba-2 mamba_ssm config is refused by name.
-    let e = MambaConfig::from_json_str(r#"{"d_model":64,"n_layer":2,"vocab_size":100,"ssm_cfg":{"layer":"Mamba2"}}"#, Path::new("/m/config.json")).unwrap_err().to_string();
+    let e = MambaConfig::from_json_str(r#"{"d_model":64,"n_layer":2,"vocab_size":100,"ssm_cfg":{"layer":"Mamba2"}}"#, Path::new("/m/config.json"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("ssm_cfg.layer") && e.contains("Mamba2"), "{e}");
 }
 
@@ -141,8 +140,7 @@ fn missing_tensor_and_bad_config_are_named() {
     assert!(e.contains("config.json") && e.contains("`hidden_size`"), "{e}");
 
     // A valid config but a safetensors file without the layer tensors.
-    std::fs::write(tmp.path().join("config.json"), r#"{"model_type":"mamba","vocab_size":10,"hidden_size":8,"num_hidden_layers":1}"#)
-        .unwrap();
+    std::fs::write(tmp.path().join("config.json"), r#"{"model_type":"mamba","vocab_size":10,"hidden_size":8,"num_hidden_layers":1}"#).unwrap();
     let emb = vec![0u8; 10 * 8 * 4];
     let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![10, 8], &emb).unwrap();
     safetensors::serialize_to_file([("backbone.embeddings.weight", view)], None, &tmp.path().join("model.safetensors")).unwrap();

@@ -16,7 +16,17 @@ const HKV: usize = 2;
 const D: usize = 4;
 
 fn spec(total: usize, context: usize, layers: usize) -> CacheSpec {
-    CacheSpec { batch: 1, kv_heads: HKV, head_dim: D, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: total, query_heads: HQ, num_layers: layers, context_tokens: Some(context) }
+    CacheSpec {
+        batch: 1,
+        kv_heads: HKV,
+        head_dim: D,
+        kv_dtype: DType::F32,
+        device: Device::Cpu,
+        expected_tokens: total,
+        query_heads: HQ,
+        num_layers: layers,
+        context_tokens: Some(context),
+    }
 }
 
 fn cache(name: &str, set: &[&str], layer: usize, spec: &CacheSpec) -> Box<dyn LayerCache> {
@@ -67,7 +77,8 @@ impl Qkv {
         let kv = h / (HQ / HKV);
         let scale = (D as f64).powf(-0.5);
         let vis: Vec<usize> = keys.iter().copied().filter(|&p| p <= i).collect();
-        let logits: Vec<f64> = vis.iter().map(|&p| self.qrow(h, i).iter().zip(self.krow(kv, p)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale).collect();
+        let logits: Vec<f64> =
+            vis.iter().map(|&p| self.qrow(h, i).iter().zip(self.krow(kv, p)).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale).collect();
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = logits.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
@@ -163,7 +174,11 @@ fn knorm_keeps_the_smallest_key_norms_per_head() {
     }
     let k = Tensor::from_slice(&kf).view([1, HKV as i64, 16, D as i64]);
     tch::manual_seed(4);
-    let x = Qkv::from(Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)), k, Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)));
+    let x = Qkv::from(
+        Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+        k,
+        Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+    );
     let mut c = cache("knorm", &["ratio=4"], 0, &spec(16, 16, 2));
     let _ = x.feed(c.as_mut(), 0, 16);
     c.end_prefill().unwrap();
@@ -191,7 +206,11 @@ fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
     }
     let k = Tensor::from_slice(&kf).view([1, HKV as i64, 16, D as i64]);
     tch::manual_seed(5);
-    let x = Qkv::from(Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)), k, Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)));
+    let x = Qkv::from(
+        Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+        k,
+        Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+    );
     let mut c = cache("adakv", &["ratio=4", "scorer=\"knorm\"", "alpha=0.25"], 0, &spec(16, 16, 2));
     let _ = x.feed(c.as_mut(), 0, 16);
     c.end_prefill().unwrap();
@@ -201,7 +220,11 @@ fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
     // 8 tokens, each with K and V (4 f32 each) and an i64 position.
     assert_eq!(c.bytes_held(), 8 * (2 * 4 * 4 + 8));
     // Decoding attends over each head's own tokens; the output must be that of attention over them.
-    let x2 = Qkv::from(Tensor::cat(&[&x.q, &Tensor::randn([1, HQ as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2), Tensor::cat(&[&x.k, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2), Tensor::cat(&[&x.v, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2));
+    let x2 = Qkv::from(
+        Tensor::cat(&[&x.q, &Tensor::randn([1, HQ as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2),
+        Tensor::cat(&[&x.k, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2),
+        Tensor::cat(&[&x.v, &Tensor::randn([1, HKV as i64, 1, D as i64], (Kind::Float, Device::Cpu))], 2),
+    );
     let out = x2.feed(c.as_mut(), 16, 17);
     let vals = Vec::<f32>::try_from(&x2.v.contiguous().view([-1])).unwrap();
     let kept = [vec![0usize, 3, 5, 7, 10, 12, 14, 16], vec![9, 16]];
@@ -231,7 +254,9 @@ fn random_keeps_the_top_of_its_seeded_hash_independently_of_chunking() {
     for (seed, layer) in [(5u64, 1usize), (6, 1), (5, 2)] {
         // The score of (layer, row = b*Hkv + h, position) is the documented seeded hash; the
         // selection (4 best of 16 per row) is recomputed here.
-        let want: Vec<Vec<i64>> = (0..HKV).map(|row| top(&(0..16).map(|p| (p, kvcache::scorer::hash_unit(seed, layer as u64, row as u64, p as u64))).collect::<Vec<_>>(), 4)).collect();
+        let want: Vec<Vec<i64>> = (0..HKV)
+            .map(|row| top(&(0..16).map(|p| (p, kvcache::scorer::hash_unit(seed, layer as u64, row as u64, p as u64))).collect::<Vec<_>>(), 4))
+            .collect();
         assert_eq!(kept(seed, layer, &[16]), want, "seed {seed} layer {layer}");
         assert_eq!(kept(seed, layer, &[3, 8, 15, 16]), want, "chunking changed the kept set (seed {seed})");
     }

@@ -44,7 +44,8 @@ fn overrides_equal_an_edited_config() {
     let theta = base.transformer("test").unwrap().config.rope_theta;
     let mut base = base;
     let plain = kvcore::generate::all_logits(&mut base, &ids, &FullCacheFactory).unwrap();
-    let overrides = ConfigOverrides { rope_theta_factor: Some(32.0), rope_linear_factor: Some(4.0), max_position_embeddings: Some(12345), ..Default::default() };
+    let overrides =
+        ConfigOverrides { rope_theta_factor: Some(32.0), rope_linear_factor: Some(4.0), max_position_embeddings: Some(12345), ..Default::default() };
     let mut over = load_with(&files, settings(), &overrides).unwrap();
     assert_eq!(over.transformer("test").unwrap().config.rope_theta, theta * 32.0);
     assert_eq!(over.transformer("test").unwrap().config.max_position_embeddings, 12345);

@@ -88,8 +88,7 @@ fn smollm2_gguf_matches_transformers() {
     }
 
     // (c) 64 greedy tokens on 5 prompts, identical to transformers' generate.
-    let gens: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(tmp.path().join("generations.json")).unwrap()).unwrap();
+    let gens: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(tmp.path().join("generations.json")).unwrap()).unwrap();
     let eos_ids = lm.eos_token_ids.clone();
     for g in gens["generations"].as_array().unwrap() {
         let prompt: Vec<u32> = g["prompt_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();

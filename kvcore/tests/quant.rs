@@ -6,15 +6,25 @@
 
 use kvcore::cache::{tensor_bytes, AttentionStep, CacheSpec, LayerCache};
 use kvcore::device::DType;
+use kvcore::registry::{parse_settings, Registry};
 use kvmethods::quant::{fake_quantize, pack_codes, unpack_codes, Quantizer};
 use kvmethods::quantized::{QuantCache, QuantConfig};
-use kvcore::registry::{parse_settings, Registry};
 use tch::{Device, Kind, Tensor};
 
 use kvplugins as _;
 
 fn spec(kv_heads: usize, head_dim: usize, kv: DType, tokens: usize) -> CacheSpec {
-    CacheSpec { batch: 1, kv_heads, head_dim, kv_dtype: kv, device: Device::Cpu, expected_tokens: tokens, query_heads: kv_heads * 3, num_layers: 1, context_tokens: None }
+    CacheSpec {
+        batch: 1,
+        kv_heads,
+        head_dim,
+        kv_dtype: kv,
+        device: Device::Cpu,
+        expected_tokens: tokens,
+        query_heads: kv_heads * 3,
+        num_layers: 1,
+        context_tokens: None,
+    }
 }
 
 #[test]
@@ -24,7 +34,8 @@ fn asymmetric_round_trip_is_within_half_a_step() {
         for group in [32usize, 64] {
             let q = Quantizer::new(bits, group, false);
             // Different magnitudes per row, an outlier channel, and one constant group.
-            let x = Tensor::randn([2, 3, 40, 128], (Kind::Float, Device::Cpu)) * Tensor::linspace(0.1, 20.0, 40, (Kind::Float, Device::Cpu)).view([1, 1, 40, 1]);
+            let x =
+                Tensor::randn([2, 3, 40, 128], (Kind::Float, Device::Cpu)) * Tensor::linspace(0.1, 20.0, 40, (Kind::Float, Device::Cpu)).view([1, 1, 40, 1]);
             let _ = x.narrow(3, 5, 1).g_mul_scalar_(30.0);
             let _ = x.narrow(2, 0, 1).narrow(3, 0, group as i64).fill_(1.25);
             let p = q.quantize(&x, Kind::Float);

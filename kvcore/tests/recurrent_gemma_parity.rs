@@ -146,7 +146,7 @@ fn foreign_state_and_bad_files_are_refused() {
     let m = RecurrentGemmaModel::random(c, 1, Kind::Float, Device::Cpu).unwrap();
     let mut state = m.new_state().unwrap();
     state.tokens = 3;
-    let e = m.forward(&[1], &mut state, false).err().expect("must fail").to_string();
+    let e = m.forward(&[1], &mut state, false).expect_err("must fail").to_string();
     assert!(e.contains("RecurrentGemma state"), "{e}");
     let mut empty = RecurrentState::default();
     assert!(m.forward(&[1], &mut empty, false).is_err());

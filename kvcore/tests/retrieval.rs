@@ -2,9 +2,9 @@
 //! paper's budget split, retrieval of a planted key's block or page, Quest's bound, exactness
 //! when everything is retrieved, and byte accounting (held vs attended, held = tensors held).
 
+use kvcache::params::Budget;
 use kvcore::cache::{tensor_bytes, AttentionStep, CacheSpec, FullCache, LayerCache};
 use kvcore::device::DType;
-use kvcache::params::Budget;
 use kvcore::registry::{parse_settings, Registry};
 use kvplugins::retrieval::infllm::{paper_fraction, InfLlmCache, InfLlmConfig, Knobs};
 use kvplugins::retrieval::quest::{page_upper_bound, QuestCache, QuestConfig};
@@ -14,7 +14,17 @@ use tch::{Device, Kind, Tensor};
 const D: i64 = 8;
 
 fn spec(context: usize) -> CacheSpec {
-    CacheSpec { batch: 1, kv_heads: 2, head_dim: D as usize, kv_dtype: DType::F32, device: Device::Cpu, expected_tokens: context + 16, query_heads: 4, num_layers: 4, context_tokens: Some(context) }
+    CacheSpec {
+        batch: 1,
+        kv_heads: 2,
+        head_dim: D as usize,
+        kv_dtype: DType::F32,
+        device: Device::Cpu,
+        expected_tokens: context + 16,
+        query_heads: 4,
+        num_layers: 4,
+        context_tokens: Some(context),
+    }
 }
 
 fn settings(kv: &[&str]) -> toml::Table {
@@ -105,7 +115,10 @@ fn infllm_retrieving_everything_equals_full_attention() {
     let _g = tch::no_grad_guard();
     tch::manual_seed(2);
     let reg = Registry::builtin().unwrap();
-    for case in [&["ratio=4", "block_size=4", "n_local=8", "topk=1000", "exc_block_size=5"][..], &["ratio=4", "block_size=8", "n_init=3", "n_local=9", "topk=1000", "shared_blocks=false"]] {
+    for case in [
+        &["ratio=4", "block_size=4", "n_local=8", "topk=1000", "exc_block_size=5"][..],
+        &["ratio=4", "block_size=8", "n_init=3", "n_local=9", "topk=1000", "shared_blocks=false"],
+    ] {
         let f = reg.build("infllm", &settings(case)).unwrap();
         let sp = spec(60);
         let mut c = f.layer_cache(2, &sp).unwrap();
@@ -138,7 +151,11 @@ fn infllm_restricts_prefill_and_forks() {
     let sp = spec(80);
     let mut c = f.layer_cache(2, &sp).unwrap();
     let mut full = FullCache::new(sp);
-    let (q, k, v) = (Tensor::randn([1, 4, 80, D], (Kind::Float, Device::Cpu)), Tensor::randn([1, 2, 80, D], (Kind::Float, Device::Cpu)), Tensor::randn([1, 2, 80, D], (Kind::Float, Device::Cpu)));
+    let (q, k, v) = (
+        Tensor::randn([1, 4, 80, D], (Kind::Float, Device::Cpu)),
+        Tensor::randn([1, 2, 80, D], (Kind::Float, Device::Cpu)),
+        Tensor::randn([1, 2, 80, D], (Kind::Float, Device::Cpu)),
+    );
     let a = c.attend(&step(&q, &k, &v, 0)).unwrap();
     let b = full.attend(&step(&q, &k, &v, 0)).unwrap();
     // The first 20 queries see everything before them; later ones do not.
@@ -147,7 +164,11 @@ fn infllm_restricts_prefill_and_forks() {
     c.end_prefill().unwrap();
     let mut g = c.fork().expect("infllm forks");
     for pos in 80..84 {
-        let (q, k, v) = (Tensor::randn([1, 4, 1, D], (Kind::Float, Device::Cpu)), Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu)), Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu)));
+        let (q, k, v) = (
+            Tensor::randn([1, 4, 1, D], (Kind::Float, Device::Cpu)),
+            Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu)),
+            Tensor::randn([1, 2, 1, D], (Kind::Float, Device::Cpu)),
+        );
         assert!(c.attend(&step(&q, &k, &v, pos)).unwrap().equal(&g.attend(&step(&q, &k, &v, pos)).unwrap()));
     }
     assert!(c.bytes_attended() < c.bytes_held());
@@ -233,7 +254,8 @@ fn infllm_rope_theta_scores_without_positions() {
     let _prefill = c.attend(&step(&q, &k, &v, 0)).unwrap();
     assert!(c.num_blocks() >= 15);
     // A raw e0 query at position 81 (72 tokens after the block), rotated like the model would.
-    let qd = kvplugins::retrieval::infllm::rotate(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &Tensor::from_slice(&[81i64]), theta);
+    let qd =
+        kvplugins::retrieval::infllm::rotate(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &Tensor::from_slice(&[81i64]), theta);
     let ids = c.select_blocks(&qd, 81).unwrap();
     assert_eq!(Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap(), vec![2, 2]);
 }

@@ -78,7 +78,11 @@ fn rwkv_matches_rwkv_package() {
         let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
         let (c, n, layers) = (cfg["n_embd"].as_u64().unwrap(), cfg["head_size"].as_u64().unwrap(), cfg["n_layer"].as_u64().unwrap());
         let expected = layers * (2 * c + c * n) * 4;
-        eprintln!("{case}: state bytes fresh {fresh}, after 1 token {}, after 40 {bytes_after_prefill}, after 64 {}, expected {expected}", one.bytes(), state.bytes());
+        eprintln!(
+            "{case}: state bytes fresh {fresh}, after 1 token {}, after 40 {bytes_after_prefill}, after 64 {}, expected {expected}",
+            one.bytes(),
+            state.bytes()
+        );
         for b in [fresh, one.bytes(), bytes_after_prefill, state.bytes(), chunked.bytes(), m.state_bytes()] {
             assert_eq!(b, expected, "{case}: state bytes");
         }
@@ -127,10 +131,10 @@ fn directories_without_rwkv_checkpoints() {
     let e = ssm::load_dir(tmp.path(), Kind::Float, Device::Cpu).err().expect("must fail").to_string();
     assert!(e.contains("RWKV"), "{e}");
     std::fs::write(tmp.path().join("a.pth"), b"not a zip").unwrap();
-    let e = ssm::detect_family(tmp.path()).err().expect("must fail").to_string();
+    let e = ssm::detect_family(tmp.path()).expect_err("must fail").to_string();
     assert!(e.contains("a.pth") && e.contains("zip"), "{e}");
     std::fs::write(tmp.path().join("b.pth"), b"").unwrap();
-    let e = ssm::detect_family(tmp.path()).err().expect("must fail").to_string();
+    let e = ssm::detect_family(tmp.path()).expect_err("must fail").to_string();
     assert!(e.contains("2 .pth files"), "{e}");
 }
 

@@ -3,9 +3,9 @@
 //! method, appending one record per sample. A cell marked `done` is skipped and a cell cut short
 //! resumes after its last complete record, so `--resume` continues where a run stopped.
 
-use crate::samples::{compress_sample, datasets_for, encode_sample, select_fraction, task_spec, EngineTokenizer};
 use crate::plan::cell_context_bound;
 use crate::provenance::sha256_path;
+use crate::samples::{compress_sample, datasets_for, encode_sample, select_fraction, task_spec, EngineTokenizer};
 use crate::sink::{resume_records, write_atomic, RecordSink};
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Experiment, Template, Truncation};
@@ -56,7 +56,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     }
     std::fs::create_dir_all(out.join("cells")).with_context(|| format!("creating {}", out.display()))?;
     // Temp files of atomic writes a killed run left behind (readers skip them; this tidies up).
-    kvreport::fsio::remove_stale_temps(&out).with_context(|| format!("cleaning {}", out.display()))?;
+    kvreport::fsio::remove_stale_temps(out).with_context(|| format!("cleaning {}", out.display()))?;
 
     let threads_arg = opts.threads.or(exp.run.threads);
     // The user's memory cap for the guard, parsed once (a bad size fails before any work).
@@ -69,7 +69,9 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     let mut info = crate::provenance::run_info(exp, reg, opts.shard.as_deref());
 
     let mp = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> ");
+    let style = indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ");
     let mut total_done = 0usize;
     for (model_name, model_cells) in &by_model {
         let mc = &model_cells[0].model_config;
@@ -122,7 +124,9 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     kvtasks::data::fetch(d, &kvtasks::data::kvbench_home()?).with_context(|| format!("fetching data set `{d}` for task `{}`", c.task))?;
                 }
             }
-            let mut s = task_spec(c).build(&EngineTokenizer(&lm.tokenizer)).with_context(|| format!("building the samples of task `{}` for model `{model_name}`", c.task))?;
+            let mut s = task_spec(c)
+                .build(&EngineTokenizer(&lm.tokenizer))
+                .with_context(|| format!("building the samples of task `{}` for model `{model_name}`", c.task))?;
             if let Some(f) = c.task_config.fraction {
                 s = select_fraction(s, f, c.seed);
             }
@@ -180,7 +184,11 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             {
                 let max_new = ss.iter().map(|s| c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)).max().unwrap_or(0);
                 let longest_text = ss.iter().map(|s| s.prompt().len() + s.answer_prefix.as_ref().map_or(0, String::len) + 64).max().unwrap_or(0);
-                let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)].into_iter().flatten().min().unwrap_or(max_pos);
+                let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(max_pos);
                 let estimate = kvcore::memory_guard::MemoryEstimate::for_loaded(&lm, input.saturating_add(max_new));
                 let what = format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
                 kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, memory_limit).as_ref(), opts.guard.force)?;
@@ -196,7 +204,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             let mut sink = RecordSink::open(&records)?;
             for (i, s) in ss.iter().enumerate().skip(start) {
                 let max_new = c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens);
-                let limit = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(max_pos);
+                let limit =
+                    [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(max_pos);
                 let truncation = c.task_config.truncation.unwrap_or(Truncation::Middle);
                 let where_ = || format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
                 let (ctx, q) = encode_sample(&lm, s, template == "chat", limit, truncation).with_context(where_)?;
@@ -263,4 +272,3 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     };
     Ok(RunSummary { out: out.to_path_buf(), samples_recorded: total_done, report })
 }
-

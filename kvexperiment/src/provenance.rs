@@ -23,7 +23,11 @@ pub fn git_commit() -> String {
     let Some(head) = head else { return "unknown".into() };
     // Uncommitted changes to tracked files make the commit alone an incomplete description.
     let dirty = std::process::Command::new("git").arg("-C").arg(&root).args(["diff", "--quiet", "HEAD", "--"]).status().is_ok_and(|s| s.code() == Some(1));
-    if dirty { format!("{head}+dirty") } else { head }
+    if dirty {
+        format!("{head}+dirty")
+    } else {
+        head
+    }
 }
 
 /// sha256 of a file, or of a directory's sorted (name, file hash) list.
@@ -32,11 +36,16 @@ pub fn sha256_path(p: &Path) -> String {
         return kvformats::home::sha256_file(p).unwrap_or_else(|_| "unreadable".into());
     }
     // A directory: hash of the sorted (name, file hash) list of its files.
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(p).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect()).unwrap_or_default();
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(p).map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect()).unwrap_or_default();
     entries.sort();
     let mut h = <sha2::Sha256 as sha2::Digest>::new();
     for e in entries {
-        let line = format!("{} {}\n", e.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(), kvformats::home::sha256_file(&e).unwrap_or_default());
+        let line = format!(
+            "{} {}\n",
+            e.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            kvformats::home::sha256_file(&e).unwrap_or_default()
+        );
         sha2::Digest::update(&mut h, line.as_bytes());
     }
     hex::encode(sha2::Digest::finalize(h))

@@ -67,7 +67,8 @@ pub fn fraction_keep(n: usize, fraction: f64) -> usize {
 /// in their original order.
 pub fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
     let keep = fraction_keep(samples.len(), fraction);
-    let mut keyed: Vec<(String, usize)> = samples.iter().enumerate().map(|(i, s)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{}", s.id).as_bytes())), i)).collect();
+    let mut keyed: Vec<(String, usize)> =
+        samples.iter().enumerate().map(|(i, s)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{}", s.id).as_bytes())), i)).collect();
     keyed.sort();
     let mut chosen: Vec<usize> = keyed.into_iter().take(keep).map(|(_, i)| i).collect();
     chosen.sort_unstable();
@@ -97,7 +98,8 @@ pub fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, tru
         text.push_str(p);
     }
     let cut = if s.question.trim().is_empty() { None } else { text.rfind(s.question.as_str()) };
-    let tok = |t: &str, special: bool| -> Result<Vec<u32>> { Ok(lm.tokenizer.encode(t, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()) };
+    let tok =
+        |t: &str, special: bool| -> Result<Vec<u32>> { Ok(lm.tokenizer.encode(t, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()) };
     let (mut ctx, q) = match cut {
         Some(c) => (tok(&text[..c], !chat)?, tok(&text[c..], false)?),
         None => (tok(&text, !chat)?, vec![]),
@@ -106,7 +108,10 @@ pub fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, tru
         if truncation == Truncation::Error {
             bail!("sample {} has {} input tokens, over the limit of {limit} (truncation = \"error\")", s.id, ctx.len() + q.len());
         }
-        let room = limit.checked_sub(q.len()).filter(|&r| r >= 2).with_context(|| format!("sample {}: the question alone ({} tokens) does not fit {limit}", s.id, q.len()))?;
+        let room = limit
+            .checked_sub(q.len())
+            .filter(|&r| r >= 2)
+            .with_context(|| format!("sample {}: the question alone ({} tokens) does not fit {limit}", s.id, q.len()))?;
         let head = room / 2;
         let tail = room - head;
         let mut cutv = ctx[..head].to_vec();
@@ -134,4 +139,3 @@ pub fn compress_sample(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sample) 
     };
     Ok((out, c.seconds))
 }
-

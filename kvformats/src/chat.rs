@@ -34,11 +34,7 @@ pub enum ChatError {
         source: serde_json::Error,
     },
     #[error("{}: key {key:?}: {reason}", path.display())]
-    BadConfig {
-        path: PathBuf,
-        key: String,
-        reason: String,
-    },
+    BadConfig { path: PathBuf, key: String, reason: String },
     #[error("chat template does not parse: {0:#}")]
     Syntax(#[source] minijinja::Error),
     #[error("chat template failed to render: {0:#}")]
@@ -54,10 +50,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 }
 
@@ -71,11 +64,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Compiles `source`; a syntax error is reported here, not at render time.
-    pub fn new(
-        source: &str,
-        bos_token: Option<String>,
-        eos_token: Option<String>,
-    ) -> Result<Self, ChatError> {
+    pub fn new(source: &str, bos_token: Option<String>, eos_token: Option<String>) -> Result<Self, ChatError> {
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -84,55 +73,32 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
         env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(ChatError::Syntax)?;
-        Ok(ChatTemplate {
-            env,
-            bos_token,
-            eos_token,
-        })
+        env.add_template_owned(TEMPLATE_NAME, source.to_string()).map_err(ChatError::Syntax)?;
+        Ok(ChatTemplate { env, bos_token, eos_token })
     }
 
     /// Reads an HF `tokenizer_config.json`: `chat_template` may be a string or a list of
     /// `{name, template}` (the one named `default` is used); without it, a `chat_template.jinja`
     /// next to the file is used. `bos_token`/`eos_token` may be strings or `{content: ...}` objects.
     pub fn from_tokenizer_config(path: &Path) -> Result<Self, ChatError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ChatError::Io {
-            path: path.into(),
-            source,
-        })?;
-        let config: Json = serde_json::from_str(&text).map_err(|source| ChatError::Json {
-            path: path.into(),
-            source,
-        })?;
-        let bad = |key: &str, reason: &str| ChatError::BadConfig {
-            path: path.into(),
-            key: key.to_string(),
-            reason: reason.to_string(),
-        };
+        let text = std::fs::read_to_string(path).map_err(|source| ChatError::Io { path: path.into(), source })?;
+        let config: Json = serde_json::from_str(&text).map_err(|source| ChatError::Json { path: path.into(), source })?;
+        let bad = |key: &str, reason: &str| ChatError::BadConfig { path: path.into(), key: key.to_string(), reason: reason.to_string() };
         let special = |key: &str| -> Result<Option<String>, ChatError> {
             match config.get(key) {
                 None | Some(Json::Null) => Ok(None),
                 Some(Json::String(s)) => Ok(Some(s.clone())),
                 Some(Json::Object(o)) => match o.get("content") {
                     Some(Json::String(s)) => Ok(Some(s.clone())),
-                    _ => Err(bad(
-                        key,
-                        "expected a string or an object with a string \"content\"",
-                    )),
+                    _ => Err(bad(key, "expected a string or an object with a string \"content\"")),
                 },
-                Some(_) => Err(bad(
-                    key,
-                    "expected a string or an object with a string \"content\"",
-                )),
+                Some(_) => Err(bad(key, "expected a string or an object with a string \"content\"")),
             }
         };
         let source = match config.get("chat_template") {
             Some(Json::String(s)) => s.clone(),
             Some(Json::Array(list)) => {
-                let named = list
-                    .iter()
-                    .find(|t| t.get("name").and_then(Json::as_str) == Some("default"));
+                let named = list.iter().find(|t| t.get("name").and_then(Json::as_str) == Some("default"));
                 let template = named
                     .and_then(|t| t.get("template"))
                     .and_then(Json::as_str)
@@ -141,47 +107,21 @@ impl ChatTemplate {
             }
             None | Some(Json::Null) => {
                 let jinja = path.with_file_name("chat_template.jinja");
-                std::fs::read_to_string(&jinja).map_err(|_| {
-                    bad(
-                        "chat_template",
-                        "missing, and there is no chat_template.jinja next to the file",
-                    )
-                })?
+                std::fs::read_to_string(&jinja).map_err(|_| bad("chat_template", "missing, and there is no chat_template.jinja next to the file"))?
             }
-            Some(_) => {
-                return Err(bad(
-                    "chat_template",
-                    "expected a string or a list of {name, template}",
-                ))
-            }
+            Some(_) => return Err(bad("chat_template", "expected a string or a list of {name, template}")),
         };
         Self::new(&source, special("bos_token")?, special("eos_token")?)
     }
 
     /// Renders `messages`, ending with the assistant header when `add_generation_prompt`.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, ChatError> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(ChatError::Render)?;
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatError> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(ChatError::Render)?;
         // Like transformers, an unset BOS/EOS is left undefined (renders as ""), not `None`.
         let mut ctx = std::collections::BTreeMap::<&str, Value>::new();
-        ctx.insert(
-            "messages",
-            messages
-                .iter()
-                .map(|m| Value::from_object(MessageValue(m.clone())))
-                .collect(),
-        );
+        ctx.insert("messages", messages.iter().map(|m| Value::from_object(MessageValue(m.clone()))).collect());
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
-        for (name, token) in [
-            ("bos_token", &self.bos_token),
-            ("eos_token", &self.eos_token),
-        ] {
+        for (name, token) in [("bos_token", &self.bos_token), ("eos_token", &self.eos_token)] {
             if let Some(token) = token {
                 ctx.insert(name, Value::from(token.as_str()));
             }
@@ -225,13 +165,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
 
 /// Writes `value` the way Python's `json.dumps` does: keys in insertion order, `", "`/`": "`
 /// separators without indent, `","` and one item per line with it.
-fn write_python_json(
-    value: &Value,
-    indent: Option<usize>,
-    sort_keys: bool,
-    depth: usize,
-    out: &mut String,
-) -> Result<(), minijinja::Error> {
+fn write_python_json(value: &Value, indent: Option<usize>, sort_keys: bool, depth: usize, out: &mut String) -> Result<(), minijinja::Error> {
     let newline = |out: &mut String, depth: usize| {
         if let Some(width) = indent {
             out.push('\n');
@@ -239,10 +173,7 @@ fn write_python_json(
         }
     };
     let separator = if indent.is_some() { "," } else { ", " };
-    let scalar = |v: &Value| {
-        serde_json::to_string(v)
-            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
-    };
+    let scalar = |v: &Value| serde_json::to_string(v).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")));
     match value.kind() {
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Map => {
@@ -293,29 +224,8 @@ fn write_python_json(
 
 /// `datetime.now().strftime(format)` with "now" pinned to [`PINNED_DATE`] at 00:00:00.
 fn strftime_now(format: String) -> Result<String, minijinja::Error> {
-    const MONTHS: [&str; 12] = [
-        "January",
-        "February",
-        "March",
-        "April",
-        "May",
-        "June",
-        "July",
-        "August",
-        "September",
-        "October",
-        "November",
-        "December",
-    ];
-    const DAYS: [&str; 7] = [
-        "Monday",
-        "Tuesday",
-        "Wednesday",
-        "Thursday",
-        "Friday",
-        "Saturday",
-        "Sunday",
-    ];
+    const MONTHS: [&str; 12] = ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
+    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
     let (year, month, day) = PINNED_DATE;
     let month_name = MONTHS[(month - 1) as usize];
     let weekday = DAYS[4]; // 2024-07-26 is a Friday
@@ -327,12 +237,7 @@ fn strftime_now(format: String) -> Result<String, minijinja::Error> {
             out.push(c);
             continue;
         }
-        let spec = chars.next().ok_or_else(|| {
-            minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                "strftime_now: format ends with a lone '%'",
-            )
-        })?;
+        let spec = chars.next().ok_or_else(|| minijinja::Error::new(ErrorKind::InvalidOperation, "strftime_now: format ends with a lone '%'"))?;
         match spec {
             'Y' => out.push_str(&year.to_string()),
             'y' => out.push_str(&format!("{:02}", year % 100)),
@@ -349,12 +254,7 @@ fn strftime_now(format: String) -> Result<String, minijinja::Error> {
             'p' => out.push_str("AM"),
             'F' => out.push_str(&format!("{year}-{month:02}-{day:02}")),
             '%' => out.push('%'),
-            other => {
-                return Err(minijinja::Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("strftime_now: unsupported directive %{other}"),
-                ))
-            }
+            other => return Err(minijinja::Error::new(ErrorKind::InvalidOperation, format!("strftime_now: unsupported directive %{other}"))),
         }
     }
     Ok(out)

@@ -42,95 +42,33 @@ pub enum GgufError {
     #[error("{file}: not a GGUF file: the first 4 bytes are {found:02x?}, expected \"GGUF\"")]
     BadMagic { file: String, found: [u8; 4] },
     #[error("{file}: unsupported GGUF version {version} ({hint})")]
-    UnsupportedVersion {
-        file: String,
-        version: u32,
-        hint: &'static str,
-    },
+    UnsupportedVersion { file: String, version: u32, hint: &'static str },
     #[error("{file}: truncated at byte {offset}: {what} needs {needed} bytes but only {available} remain")]
-    Truncated {
-        file: String,
-        offset: u64,
-        what: String,
-        needed: u64,
-        available: u64,
-    },
+    Truncated { file: String, offset: u64, what: String, needed: u64, available: u64 },
     #[error("{file}: at byte {offset}: {what} = {count} is impossible ({reason})")]
-    BadCount {
-        file: String,
-        offset: u64,
-        what: String,
-        count: u64,
-        reason: String,
-    },
+    BadCount { file: String, offset: u64, what: String, count: u64, reason: String },
     #[error("{file}: at byte {offset}: {what} has unknown value type id {type_id}")]
-    BadValueType {
-        file: String,
-        offset: u64,
-        what: String,
-        type_id: u32,
-    },
+    BadValueType { file: String, offset: u64, what: String, type_id: u32 },
     #[error("{file}: at byte {offset}: {what} is not valid UTF-8")]
-    BadUtf8 {
-        file: String,
-        offset: u64,
-        what: String,
-    },
+    BadUtf8 { file: String, offset: u64, what: String },
     #[error("{file}: metadata key {key:?} appears twice (second at byte {offset})")]
-    DuplicateKey {
-        file: String,
-        key: String,
-        offset: u64,
-    },
+    DuplicateKey { file: String, key: String, offset: u64 },
     #[error("{file}: tensor name {name:?} appears twice (second at byte {offset})")]
-    DuplicateTensor {
-        file: String,
-        name: String,
-        offset: u64,
-    },
+    DuplicateTensor { file: String, name: String, offset: u64 },
     #[error("{file}: metadata key {key:?}: {reason}")]
-    BadMetadata {
-        file: String,
-        key: String,
-        reason: String,
-    },
+    BadMetadata { file: String, key: String, reason: String },
     #[error("{file}: tensor {name:?}: {reason}")]
-    BadTensor {
-        file: String,
-        name: String,
-        reason: String,
-    },
+    BadTensor { file: String, name: String, reason: String },
     #[error("{file}: tensors {first:?} (data bytes {first_start}..{first_end}) and {second:?} (data bytes {second_start}..{second_end}) overlap")]
-    Overlap {
-        file: String,
-        first: String,
-        first_start: u64,
-        first_end: u64,
-        second: String,
-        second_start: u64,
-        second_end: u64,
-    },
+    Overlap { file: String, first: String, first_start: u64, first_end: u64, second: String, second_start: u64, second_end: u64 },
     #[error("{file}: no tensor named {name:?}")]
     NoTensor { file: String, name: String },
     #[error("{file}: metadata key {key:?} is missing (expected {expected})")]
-    MissingKey {
-        file: String,
-        key: String,
-        expected: &'static str,
-    },
+    MissingKey { file: String, key: String, expected: &'static str },
     #[error("{file}: metadata key {key:?} holds {found}, expected {expected}")]
-    WrongType {
-        file: String,
-        key: String,
-        expected: &'static str,
-        found: String,
-    },
+    WrongType { file: String, key: String, expected: &'static str, found: String },
     #[error("{context}: cannot dequantise type {ty}: {reason}")]
-    Dequantize {
-        context: String,
-        ty: String,
-        reason: String,
-    },
+    Dequantize { context: String, ty: String, reason: String },
 }
 
 type Result<T> = std::result::Result<T, GgufError>;
@@ -189,10 +127,7 @@ impl GgufValue {
         match *self {
             GgufValue::F32(v) => Some(v.into()),
             GgufValue::F64(v) => Some(v),
-            _ => self
-                .as_i64()
-                .map(|v| v as f64)
-                .or_else(|| self.as_u64().map(|v| v as f64)),
+            _ => self.as_i64().map(|v| v as f64).or_else(|| self.as_u64().map(|v| v as f64)),
         }
     }
 
@@ -478,11 +413,7 @@ impl GgufTensorInfo {
 
     /// The torch/numpy shape: dims reversed (outermost first).
     pub fn torch_shape(&self) -> Vec<i64> {
-        self.dims
-            .iter()
-            .rev()
-            .map(|&d| i64::try_from(d).unwrap_or(i64::MAX))
-            .collect()
+        self.dims.iter().rev().map(|&d| i64::try_from(d).unwrap_or(i64::MAX)).collect()
     }
 }
 
@@ -532,10 +463,7 @@ impl GgufFile {
     /// Memory-maps `path` and parses its header; tensor data is only touched when asked for.
     pub fn open(path: &Path) -> Result<GgufFile> {
         let label = path.display().to_string();
-        let io = |source| GgufError::Io {
-            file: label.clone(),
-            source,
-        };
+        let io = |source| GgufError::Io { file: label.clone(), source };
         let file = std::fs::File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         let storage = if len == 0 {
@@ -553,21 +481,12 @@ impl GgufFile {
 
     /// Parses a GGUF held in memory; `label` names it in errors.
     pub fn from_bytes(bytes: Vec<u8>, label: &str) -> Result<GgufFile> {
-        Self::from_storage(
-            Storage::Owned(bytes),
-            PathBuf::from(label),
-            label.to_string(),
-        )
+        Self::from_storage(Storage::Owned(bytes), PathBuf::from(label), label.to_string())
     }
 
     fn from_storage(storage: Storage, path: PathBuf, label: String) -> Result<GgufFile> {
         let header = parse::parse(storage.bytes(), &label)?;
-        let by_name = header
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let by_name = header.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path,
             version: header.version,
@@ -606,32 +525,18 @@ impl GgufFile {
     }
 
     fn info_or_err(&self, name: &str) -> Result<&GgufTensorInfo> {
-        self.tensor_info(name).ok_or_else(|| GgufError::NoTensor {
-            file: self.label.clone(),
-            name: name.to_string(),
-        })
+        self.tensor_info(name).ok_or_else(|| GgufError::NoTensor { file: self.label.clone(), name: name.to_string() })
     }
 
     /// The raw (still quantised) bytes of tensor `name`.
     pub fn tensor_bytes(&self, name: &str) -> Result<&[u8]> {
         let info = self.info_or_err(name)?;
-        let bad = |reason: String| GgufError::BadTensor {
-            file: self.label.clone(),
-            name: name.to_string(),
-            reason,
-        };
+        let bad = |reason: String| GgufError::BadTensor { file: self.label.clone(), name: name.to_string(), reason };
         // Ranges were validated at open time; they are re-checked here rather than trusted.
-        let start = self
-            .data_offset
-            .checked_add(info.offset)
-            .ok_or_else(|| bad("offset overflows".into()))?;
-        let end = start
-            .checked_add(info.n_bytes)
-            .ok_or_else(|| bad("end offset overflows".into()))?;
+        let start = self.data_offset.checked_add(info.offset).ok_or_else(|| bad("offset overflows".into()))?;
+        let end = start.checked_add(info.n_bytes).ok_or_else(|| bad("end offset overflows".into()))?;
         let range = usize::try_from(start).ok().zip(usize::try_from(end).ok());
-        range
-            .and_then(|(s, e)| self.storage.bytes().get(s..e))
-            .ok_or_else(|| bad(format!("bytes {start}..{end} lie outside the file")))
+        range.and_then(|(s, e)| self.storage.bytes().get(s..e)).ok_or_else(|| bad(format!("bytes {start}..{end} lie outside the file")))
     }
 
     /// Tensor `name` converted to f32, in storage order (innermost dimension fastest).
@@ -653,11 +558,7 @@ impl GgufFile {
         }
         let mut out = vec![0f32; n];
         dequantize(info.ggml_type, bytes, n, &mut out).map_err(|e| match e {
-            GgufError::Dequantize { ty, reason, .. } => GgufError::Dequantize {
-                context: context(),
-                ty,
-                reason,
-            },
+            GgufError::Dequantize { ty, reason, .. } => GgufError::Dequantize { context: context(), ty, reason },
             other => other,
         })?;
         Ok(out)
@@ -667,20 +568,8 @@ impl GgufFile {
         self.metadata.get(key)
     }
 
-    fn typed<'a, T>(
-        &'a self,
-        key: &str,
-        expected: &'static str,
-        get: impl FnOnce(&'a GgufValue) -> Option<T>,
-    ) -> Result<T> {
-        let value = self
-            .metadata
-            .get(key)
-            .ok_or_else(|| GgufError::MissingKey {
-                file: self.label.clone(),
-                key: key.to_string(),
-                expected,
-            })?;
+    fn typed<'a, T>(&'a self, key: &str, expected: &'static str, get: impl FnOnce(&'a GgufValue) -> Option<T>) -> Result<T> {
+        let value = self.metadata.get(key).ok_or_else(|| GgufError::MissingKey { file: self.label.clone(), key: key.to_string(), expected })?;
         get(value).ok_or_else(|| GgufError::WrongType {
             file: self.label.clone(),
             key: key.to_string(),
@@ -708,12 +597,7 @@ impl GgufFile {
     }
 
     pub fn meta_string_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.typed(key, "an array of strings", |v| {
-            v.as_array()?
-                .iter()
-                .map(GgufValue::as_str)
-                .collect::<Option<Vec<&str>>>()
-        })
+        self.typed(key, "an array of strings", |v| v.as_array()?.iter().map(GgufValue::as_str).collect::<Option<Vec<&str>>>())
     }
 
     /// `general.architecture` (e.g. `llama`, `qwen2`).

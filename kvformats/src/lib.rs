@@ -5,11 +5,11 @@
 //! `kvcore` turns what these readers return into tensors; nothing here allocates model-sized
 //! memory before checking sizes against the file.
 
+pub mod chat;
 pub mod gguf;
-pub mod safetensors_header;
+pub mod home;
 pub mod plugin_header;
+pub mod safetensors_header;
 pub mod tokenizer;
 pub mod torch_pickle;
-pub mod chat;
-pub mod home;
 pub mod world_tokenizer;

@@ -39,11 +39,7 @@ pub fn c_text(bytes: Option<&[u8]>) -> Cow<'_, str> {
 /// Checks the plugin's ABI version; nothing else of the table may be read before this passes.
 pub fn check_abi(plugin_abi: u32, host: &Expected<'_>) -> Result<(), HandshakeError> {
     if plugin_abi != host.abi_version {
-        return Err(HandshakeError::Incompatible {
-            field: "plugin ABI version",
-            plugin: plugin_abi.to_string(),
-            host: host.abi_version.to_string(),
-        });
+        return Err(HandshakeError::Incompatible { field: "plugin ABI version", plugin: plugin_abi.to_string(), host: host.abi_version.to_string() });
     }
     Ok(())
 }
@@ -129,14 +125,7 @@ mod tests {
         let m = method_info(0, [Some(b"m"), Some(b"fam"), None, Some(b"d\xff"), Some(b"ratio\t8\tkeep 1/N\n\nk\n\ta\tb\tc")]).unwrap();
         assert_eq!(m.detail, "d\u{fffd}");
         assert_eq!(m.summary, "");
-        assert_eq!(
-            m.params,
-            vec![
-                ("ratio".into(), "8".into(), "keep 1/N".into()),
-                ("k".into(), "".into(), "".into()),
-                ("".into(), "a".into(), "b\tc".into())
-            ]
-        );
+        assert_eq!(m.params, vec![("ratio".into(), "8".into(), "keep 1/N".into()), ("k".into(), "".into(), "".into()), ("".into(), "a".into(), "b\tc".into())]);
         assert!(method_info(3, [None, None, None, None, None]).unwrap_err().to_string().contains("method 3 has no name"));
     }
 }

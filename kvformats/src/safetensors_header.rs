@@ -180,10 +180,7 @@ pub fn read_header(bytes: &[u8], label: &str) -> Result<Header> {
     let fail = |key: &str, problem: String| SafetensorsError { file: label.to_string(), key: key.to_string(), problem };
     let file_len = bytes.len() as u64;
     let Some(len_bytes) = bytes.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-        return Err(fail(
-            "(header length)",
-            format!("the file is {file_len} bytes; a safetensors file starts with an 8-byte header length"),
-        ));
+        return Err(fail("(header length)", format!("the file is {file_len} bytes; a safetensors file starts with an 8-byte header length")));
     };
     let n = u64::from_le_bytes(len_bytes);
     if n > MAX_HEADER_BYTES {
@@ -191,16 +188,11 @@ pub fn read_header(bytes: &[u8], label: &str) -> Result<Header> {
     }
     let data_start = n + 8; // n <= MAX_HEADER_BYTES, so this cannot overflow
     if data_start > file_len {
-        return Err(fail(
-            "(header length)",
-            format!("bytes 0..8 give a header of {n} bytes but only {} bytes follow", file_len - 8),
-        ));
+        return Err(fail("(header length)", format!("bytes 0..8 give a header of {n} bytes but only {} bytes follow", file_len - 8)));
     }
     let data_len = file_len - data_start;
     let header_bytes = usize::try_from(data_start).ok().and_then(|e| bytes.get(8..e)).unwrap_or_default();
-    let text = std::str::from_utf8(header_bytes).map_err(|e| {
-        fail("(header)", format!("not valid UTF-8 at byte {}", 8 + e.valid_up_to()))
-    })?;
+    let text = std::str::from_utf8(header_bytes).map_err(|e| fail("(header)", format!("not valid UTF-8 at byte {}", 8 + e.valid_up_to())))?;
     if !text.starts_with('{') {
         return Err(fail("(header)", "the header (byte 8 on) does not start with '{'".into()));
     }
@@ -222,9 +214,7 @@ pub fn read_header(bytes: &[u8], label: &str) -> Result<Header> {
                             serde_json::Value::String(s) => {
                                 metadata.insert(k, s);
                             }
-                            other => {
-                                return Err(fail(&format!("__metadata__.{k}"), format!("expected a string, got {}", json_kind(&other))))
-                            }
+                            other => return Err(fail(&format!("__metadata__.{k}"), format!("expected a string, got {}", json_kind(&other)))),
                         }
                     }
                 }
@@ -314,21 +304,13 @@ fn tensor_entry(name: &str, value: &serde_json::Value, data_len: u64, label: &st
     if end > data_len {
         return Err(fail("data_offsets", format!("data bytes {begin}..{end} lie beyond the {data_len}-byte data section")));
     }
-    let n_elements = shape
-        .iter()
-        .try_fold(1u64, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| fail("shape", format!("element count of {shape:?} overflows")))?;
-    let bits = n_elements
-        .checked_mul(dtype.bits())
-        .ok_or_else(|| fail("shape", format!("bit size of {shape:?} {dtype} overflows")))?;
+    let n_elements = shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).ok_or_else(|| fail("shape", format!("element count of {shape:?} overflows")))?;
+    let bits = n_elements.checked_mul(dtype.bits()).ok_or_else(|| fail("shape", format!("bit size of {shape:?} {dtype} overflows")))?;
     if bits % 8 != 0 {
         return Err(fail("shape", format!("{shape:?} {dtype} is {bits} bits, not a whole number of bytes")));
     }
     if end - begin != bits / 8 {
-        return Err(fail(
-            "data_offsets",
-            format!("{begin}..{end} is {} bytes but {shape:?} {dtype} needs {}", end - begin, bits / 8),
-        ));
+        return Err(fail("data_offsets", format!("{begin}..{end} is {} bytes but {shape:?} {dtype} needs {}", end - begin, bits / 8)));
     }
     Ok(TensorEntry { name: name.to_string(), dtype, shape, begin, end })
 }
@@ -339,10 +321,7 @@ fn tensor_entry(name: &str, value: &serde_json::Value, data_len: u64, label: &st
 pub fn shard_names_from_json(text: &str, label: &str) -> Result<Vec<String>> {
     let fail = |key: &str, problem: String| SafetensorsError { file: label.to_string(), key: key.to_string(), problem };
     let v: serde_json::Value = serde_json::from_str(text).map_err(|e| fail("(file)", format!("not valid JSON: {e}")))?;
-    let map = v
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| fail("weight_map", "missing or not an object".into()))?;
+    let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| fail("weight_map", "missing or not an object".into()))?;
     let mut shards: Vec<String> = map.values().filter_map(|s| s.as_str().map(String::from)).collect();
     shards.sort();
     shards.dedup();

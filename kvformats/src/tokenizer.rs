@@ -34,11 +34,7 @@ pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error("{file}: metadata key {key:?}: {reason}")]
-    BadMetadata {
-        file: String,
-        key: String,
-        reason: String,
-    },
+    BadMetadata { file: String, key: String, reason: String },
     #[error("tokenizer model {model:?} (tokenizer.ggml.model) is not supported: only \"gpt2\" (byte-level BPE) is")]
     UnsupportedModel { model: String },
     #[error("pre-tokenizer {pre:?} (tokenizer.ggml.pre) is not supported; supported: {}", SUPPORTED_PRE.join(", "))]
@@ -79,48 +75,25 @@ impl GgufTokenizerSpec {
     /// Reads the `tokenizer.*` metadata of `file`; checks types, lengths and token ids.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
         let label = file.label();
-        let bad = |key: &str, reason: String| TokenizerError::BadMetadata {
-            file: label.to_string(),
-            key: key.to_string(),
-            reason,
-        };
+        let bad = |key: &str, reason: String| TokenizerError::BadMetadata { file: label.to_string(), key: key.to_string(), reason };
         let model = file.meta_str("tokenizer.ggml.model")?.to_string();
         let pre = optional(file, "tokenizer.ggml.pre", |f, k| f.meta_str(k))?.map(str::to_string);
-        let tokens: Vec<String> = file
-            .meta_string_array("tokenizer.ggml.tokens")?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let tokens: Vec<String> = file.meta_string_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_string).collect();
         if tokens.is_empty() {
-            return Err(bad(
-                "tokenizer.ggml.tokens",
-                "expected at least one token, found none".into(),
-            ));
+            return Err(bad("tokenizer.ggml.tokens", "expected at least one token, found none".into()));
         }
         let token_types = match file.meta("tokenizer.ggml.token_type") {
             None => vec![1; tokens.len()],
             Some(value) => {
                 let key = "tokenizer.ggml.token_type";
-                let items = value.as_array().ok_or_else(|| {
-                    bad(
-                        key,
-                        format!("expected an array of integers, found {}", value.type_name()),
-                    )
-                })?;
+                let items = value.as_array().ok_or_else(|| bad(key, format!("expected an array of integers, found {}", value.type_name())))?;
                 let types = items
                     .iter()
                     .map(|v| v.as_i64().and_then(|t| i32::try_from(t).ok()))
                     .collect::<Option<Vec<i32>>>()
                     .ok_or_else(|| bad(key, "expected an array of 32-bit integers".into()))?;
                 if types.len() != tokens.len() {
-                    return Err(bad(
-                        key,
-                        format!(
-                            "has {} entries, expected one per token ({})",
-                            types.len(),
-                            tokens.len()
-                        ),
-                    ));
+                    return Err(bad(key, format!("has {} entries, expected one per token ({})", types.len(), tokens.len())));
                 }
                 types
             }
@@ -142,18 +115,10 @@ impl GgufTokenizerSpec {
             };
             match u32::try_from(id) {
                 Ok(id) if (id as usize) < tokens.len() => Ok(Some(id)),
-                _ => Err(bad(
-                    key,
-                    format!(
-                        "token id {id} is out of range: the vocabulary has {} tokens",
-                        tokens.len()
-                    ),
-                )),
+                _ => Err(bad(key, format!("token id {id} is out of range: the vocabulary has {} tokens", tokens.len()))),
             }
         };
-        let flag = |key: &str| -> Result<bool, TokenizerError> {
-            Ok(optional(file, key, |f, k| f.meta_bool(k))?.unwrap_or(false))
-        };
+        let flag = |key: &str| -> Result<bool, TokenizerError> { Ok(optional(file, key, |f, k| f.meta_bool(k))?.unwrap_or(false)) };
         Ok(GgufTokenizerSpec {
             model,
             pre,
@@ -162,8 +127,7 @@ impl GgufTokenizerSpec {
             padding_token_id: token_id("tokenizer.ggml.padding_token_id")?,
             add_bos_token: flag("tokenizer.ggml.add_bos_token")?,
             add_eos_token: flag("tokenizer.ggml.add_eos_token")?,
-            chat_template: optional(file, "tokenizer.chat_template", |f, k| f.meta_str(k))?
-                .map(str::to_string),
+            chat_template: optional(file, "tokenizer.chat_template", |f, k| f.meta_str(k))?.map(str::to_string),
             tokens,
             token_types,
             merges,
@@ -192,11 +156,7 @@ impl GgufTokenizerSpec {
 }
 
 /// `Ok(None)` when `key` is absent, else the typed value (a wrong type is an error).
-fn optional<'a, T>(
-    file: &'a GgufFile,
-    key: &str,
-    get: impl FnOnce(&'a GgufFile, &str) -> Result<T, GgufError>,
-) -> Result<Option<T>, TokenizerError> {
+fn optional<'a, T>(file: &'a GgufFile, key: &str, get: impl FnOnce(&'a GgufFile, &str) -> Result<T, GgufError>) -> Result<Option<T>, TokenizerError> {
     match file.meta(key) {
         None => Ok(None),
         Some(_) => Ok(Some(get(file, key)?)),
@@ -206,9 +166,7 @@ fn optional<'a, T>(
 /// The `tokenizer.json` document (Hugging Face `tokenizers` format) for `spec`.
 pub fn tokenizer_json(spec: &GgufTokenizerSpec) -> Result<String, TokenizerError> {
     if spec.model != "gpt2" {
-        return Err(TokenizerError::UnsupportedModel {
-            model: spec.model.clone(),
-        });
+        return Err(TokenizerError::UnsupportedModel { model: spec.model.clone() });
     }
     let bad = |reason: String| TokenizerError::BadSpec { reason };
     if spec.token_types.len() != spec.tokens.len() {
@@ -219,9 +177,7 @@ pub fn tokenizer_json(spec: &GgufTokenizerSpec) -> Result<String, TokenizerError
         )));
     }
     if spec.merges.is_empty() {
-        return Err(bad(
-            "tokenizer.ggml.merges is empty; byte-level BPE needs merges".into(),
-        ));
+        return Err(bad("tokenizer.ggml.merges is empty; byte-level BPE needs merges".into()));
     }
     let pre = spec.pre.as_deref().unwrap_or("default");
     let (normalizer, pre_tokenizer, ignore_merges) = pre_tokenizer_for(pre)?;
@@ -229,9 +185,7 @@ pub fn tokenizer_json(spec: &GgufTokenizerSpec) -> Result<String, TokenizerError
     let mut vocab = serde_json::Map::with_capacity(spec.tokens.len());
     for (id, token) in spec.tokens.iter().enumerate() {
         if vocab.insert(token.clone(), json!(id)).is_some() {
-            return Err(bad(format!(
-                "token {token:?} appears twice in tokenizer.ggml.tokens (second at id {id})"
-            )));
+            return Err(bad(format!("token {token:?} appears twice in tokenizer.ggml.tokens (second at id {id})")));
         }
     }
     let merges = spec
@@ -239,14 +193,8 @@ pub fn tokenizer_json(spec: &GgufTokenizerSpec) -> Result<String, TokenizerError
         .iter()
         .enumerate()
         .map(|(i, merge)| match merge.split_once(' ') {
-            Some((left, right))
-                if !left.is_empty() && !right.is_empty() && !right.contains(' ') =>
-            {
-                Ok(json!([left, right]))
-            }
-            _ => Err(bad(format!(
-                "tokenizer.ggml.merges[{i}] = {merge:?}, expected \"left right\""
-            ))),
+            Some((left, right)) if !left.is_empty() && !right.is_empty() && !right.contains(' ') => Ok(json!([left, right])),
+            _ => Err(bad(format!("tokenizer.ggml.merges[{i}] = {merge:?}, expected \"left right\""))),
         })
         .collect::<Result<Vec<Value>, _>>()?;
 
@@ -303,29 +251,20 @@ fn pre_tokenizer_for(pre: &str) -> Result<(Value, Value, bool), TokenizerError> 
         "qwen2" => (json!({"type": "NFC"}), split_then_bytes(QWEN2_REGEX), false),
         // Llama 3's tokenizer.json sets ignore_merges: a piece that is a whole token is kept.
         "llama-bpe" => (Value::Null, split_then_bytes(LLAMA3_REGEX), true),
-        other => {
-            return Err(TokenizerError::UnsupportedPre {
-                pre: other.to_string(),
-            })
-        }
+        other => return Err(TokenizerError::UnsupportedPre { pre: other.to_string() }),
     })
 }
 
 /// A template that adds BOS/EOS when the spec asks for them, else none.
 fn post_processor(spec: &GgufTokenizerSpec) -> Result<Value, TokenizerError> {
-    let special = |flag: bool,
-                   id: Option<u32>,
-                   what: &str|
-     -> Result<Option<(String, u32)>, TokenizerError> {
+    let special = |flag: bool, id: Option<u32>, what: &str| -> Result<Option<(String, u32)>, TokenizerError> {
         if !flag {
             return Ok(None);
         }
         let id = id.ok_or_else(|| TokenizerError::BadSpec {
             reason: format!("tokenizer.ggml.add_{what}_token is true but tokenizer.ggml.{what}_token_id is missing"),
         })?;
-        let token = spec.token(id).ok_or_else(|| TokenizerError::BadSpec {
-            reason: format!("tokenizer.ggml.{what}_token_id = {id} is not a token id"),
-        })?;
+        let token = spec.token(id).ok_or_else(|| TokenizerError::BadSpec { reason: format!("tokenizer.ggml.{what}_token_id = {id} is not a token id") })?;
         Ok(Some((token.to_string(), id)))
     };
     let bos = special(spec.add_bos_token, spec.bos_token_id, "bos")?;
@@ -333,8 +272,7 @@ fn post_processor(spec: &GgufTokenizerSpec) -> Result<Value, TokenizerError> {
     if bos.is_none() && eos.is_none() {
         return Ok(Value::Null);
     }
-    let piece =
-        |t: &(String, u32), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
+    let piece = |t: &(String, u32), type_id: u32| json!({"SpecialToken": {"id": t.0, "type_id": type_id}});
     let seq = |name: &str, type_id: u32| json!({"Sequence": {"id": name, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
@@ -351,38 +289,23 @@ fn post_processor(spec: &GgufTokenizerSpec) -> Result<Value, TokenizerError> {
     let pair: Vec<Value> = single.iter().cloned().chain(pair).collect();
     let mut specials = serde_json::Map::new();
     for (token, id) in bos.iter().chain(eos.iter()) {
-        specials.insert(
-            token.clone(),
-            json!({"id": token, "ids": [id], "tokens": [token]}),
-        );
+        specials.insert(token.clone(), json!({"id": token, "ids": [id], "tokens": [token]}));
     }
-    Ok(
-        json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}),
-    )
+    Ok(json!({"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": specials}))
 }
 
 /// Builds the tokenizer by loading [`tokenizer_json`]'s document.
 pub fn build_tokenizer(spec: &GgufTokenizerSpec) -> Result<tokenizers::Tokenizer, TokenizerError> {
     let doc = tokenizer_json(spec)?;
-    let tokenizer = tokenizers::Tokenizer::from_str(&doc).map_err(|e| TokenizerError::Build {
-        message: e.to_string(),
-    })?;
+    let tokenizer = tokenizers::Tokenizer::from_str(&doc).map_err(|e| TokenizerError::Build { message: e.to_string() })?;
     let size = tokenizer.get_vocab_size(true);
     if size != spec.tokens.len() {
-        return Err(TokenizerError::Build {
-            message: format!(
-                "vocabulary has {size} entries, expected {}",
-                spec.tokens.len()
-            ),
-        });
+        return Err(TokenizerError::Build { message: format!("vocabulary has {size} entries, expected {}", spec.tokens.len()) });
     }
     Ok(tokenizer)
 }
 
 /// Loads a Hugging Face `tokenizer.json` (for models stored as HF directories).
 pub fn load_tokenizer_file(path: &Path) -> Result<tokenizers::Tokenizer, TokenizerError> {
-    tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::LoadFile {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+    tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::LoadFile { path: path.to_path_buf(), message: e.to_string() })
 }

@@ -453,7 +453,9 @@ fn persistent_load(pid: Value) -> std::result::Result<Value, String> {
 
 fn ints(v: &Value, what: &str) -> std::result::Result<Vec<i64>, String> {
     match v {
-        Value::Tuple(t) | Value::List(t) => t.iter().map(|x| if let Value::Int(i) = x { Ok(*i) } else { Err(format!("{what}: {} is not an integer", short(x))) }).collect(),
+        Value::Tuple(t) | Value::List(t) => {
+            t.iter().map(|x| if let Value::Int(i) = x { Ok(*i) } else { Err(format!("{what}: {} is not an integer", short(x))) }).collect()
+        }
         _ => Err(format!("{what}: {} is not a tuple", short(v))),
     }
 }
@@ -477,7 +479,12 @@ fn reduce(callable: Value, args: Value) -> std::result::Result<Value, String> {
                 let last = size.iter().zip(&stride).try_fold(offset, |acc, (&n, &s)| (n - 1).checked_mul(s).and_then(|x| acc.checked_add(x)));
                 match last {
                     Some(l) if l < storage.numel => {}
-                    _ => return Err(format!("tensor view (size {size:?}, stride {stride:?}, offset {offset}) reaches past its storage of {} elements", storage.numel)),
+                    _ => {
+                        return Err(format!(
+                            "tensor view (size {size:?}, stride {stride:?}, offset {offset}) reaches past its storage of {} elements",
+                            storage.numel
+                        ))
+                    }
                 }
             }
             Ok(Value::Tensor(TensorRef { storage: storage.clone(), offset, size, stride }))

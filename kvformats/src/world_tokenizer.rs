@@ -69,7 +69,10 @@ impl WorldTokenizer {
         // The id table is sized by the largest id: a hostile line `4294967295 'x' 1` must not
         // allocate 100 GB. Real vocabularies are dense (65,529 lines, largest id 65,529).
         if max_id as usize > 2 * entries.len() + 1024 {
-            return Err(WorldTokenizerError::Vocab { path: path.into(), problem: format!("id {max_id} with only {} tokens: ids must be (nearly) dense", entries.len()) });
+            return Err(WorldTokenizerError::Vocab {
+                path: path.into(),
+                problem: format!("id {max_id} with only {} tokens: ids must be (nearly) dense", entries.len()),
+            });
         }
         let mut id_to_bytes: Vec<Option<Vec<u8>>> = vec![None; max_id as usize + 1];
         let mut bytes_to_id = HashMap::with_capacity(entries.len());
@@ -302,7 +305,7 @@ mod tests {
         let e = WorldTokenizer::from_vocab_str("1 'a' 2\n", Path::new("v.txt")).err().unwrap().to_string();
         assert!(e.contains("v.txt: line 1") && e.contains("1 bytes"), "{e}");
         let e = WorldTokenizer::from_vocab_str("1 'a' 1\n", Path::new("v.txt")).err().unwrap().to_string();
-        assert!(e.contains("single byte 0x00"), "{e}");        // A huge id is refused before its table is allocated.
+        assert!(e.contains("single byte 0x00"), "{e}"); // A huge id is refused before its table is allocated.
         let e = WorldTokenizer::from_vocab_str(&format!("{vocab}4294967295 'zz' 2\n"), Path::new("v.txt")).err().unwrap().to_string();
         assert!(e.contains("4294967295") && e.contains("dense"), "{e}");
     }

@@ -12,22 +12,13 @@ use kvformats::tokenizer::GgufTokenizerSpec;
 use serde_json::{json, Value};
 
 mod common;
-use common::{workspace_root, python, model};
+use common::{model, python, workspace_root};
 
 fn conversations() -> Vec<(&'static str, Vec<ChatMessage>)> {
     let m = ChatMessage::new;
     vec![
-        (
-            "user only",
-            vec![m("user", "Hi there! What is KV-cache compression?")],
-        ),
-        (
-            "system and user",
-            vec![
-                m("system", "You are a concise assistant."),
-                m("user", "Summarise: the cache grows linearly with context."),
-            ],
-        ),
+        ("user only", vec![m("user", "Hi there! What is KV-cache compression?")]),
+        ("system and user", vec![m("system", "You are a concise assistant."), m("user", "Summarise: the cache grows linearly with context.")]),
         (
             "multi-turn with system",
             vec![
@@ -39,12 +30,7 @@ fn conversations() -> Vec<(&'static str, Vec<ChatMessage>)> {
         ),
         (
             "multi-turn without system",
-            vec![
-                m("user", "Hi"),
-                m("assistant", "Hello! <b>How</b> can I help & 'why'?"),
-                m("user", "Count: 1\t2\t3"),
-                m("assistant", "1, 2, 3."),
-            ],
+            vec![m("user", "Hi"), m("assistant", "Hello! <b>How</b> can I help & 'why'?"), m("user", "Count: 1\t2\t3"), m("assistant", "1, 2, 3.")],
         ),
     ]
 }
@@ -59,12 +45,7 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     let mut out = Vec::new();
-    let mut add = |name: &str,
-                   source: &str,
-                   bos: Option<&str>,
-                   eos: Option<&str>,
-                   gguf: Option<&Path>,
-                   convs: &[(&str, Vec<ChatMessage>)]| {
+    let mut add = |name: &str, source: &str, bos: Option<&str>, eos: Option<&str>, gguf: Option<&Path>, convs: &[(&str, Vec<ChatMessage>)]| {
         for (conv, messages) in convs {
             for generation in [false, true] {
                 out.push(Case {
@@ -80,50 +61,22 @@ fn cases() -> Vec<Case> {
             }
         }
     };
-    for relative in [
-        "smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf",
-        "qwen2.5-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-    ] {
+    for relative in ["smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf", "qwen2.5-0.5b/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"] {
         let path = model(relative);
-        let spec =
-            GgufTokenizerSpec::from_gguf(&GgufFile::open(&path).expect("open")).expect("spec");
-        let source = spec
-            .chat_template
-            .clone()
-            .expect("the GGUF has tokenizer.chat_template");
-        add(
-            relative,
-            &source,
-            spec.bos_token(),
-            spec.eos_token(),
-            Some(&path),
-            &conversations(),
-        );
+        let spec = GgufTokenizerSpec::from_gguf(&GgufFile::open(&path).expect("open")).expect("spec");
+        let source = spec.chat_template.clone().expect("the GGUF has tokenizer.chat_template");
+        add(relative, &source, spec.bos_token(), spec.eos_token(), Some(&path), &conversations());
     }
-    let fixtures: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates.json"),
-        )
-        .expect("fixture"),
-    )
-    .expect("fixture is JSON");
+    let fixtures: Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat_templates.json")).expect("fixture"))
+            .expect("fixture is JSON");
     for (name, fixture) in fixtures.as_object().expect("object") {
         let mut convs = conversations();
         if name == "mistral_inst" {
             // Roles must alternate: this one makes the template call raise_exception.
-            convs.push((
-                "roles not alternating",
-                vec![ChatMessage::new("user", "a"), ChatMessage::new("user", "b")],
-            ));
+            convs.push(("roles not alternating", vec![ChatMessage::new("user", "a"), ChatMessage::new("user", "b")]));
         }
-        add(
-            name,
-            fixture["template"].as_str().expect("template"),
-            fixture["bos_token"].as_str(),
-            fixture["eos_token"].as_str(),
-            None,
-            &convs,
-        );
+        add(name, fixture["template"].as_str().expect("template"), fixture["bos_token"].as_str(), fixture["eos_token"].as_str(), None, &convs);
     }
     out
 }
@@ -137,19 +90,9 @@ fn renders_match_transformers() {
     let requests: Vec<&Value> = cases.iter().map(|c| &c.request).collect();
     std::fs::write(&request, json!({ "cases": requests }).to_string()).expect("write request");
     let script = workspace_root().join("scripts/reference/chat_reference.py");
-    let status = Command::new(python())
-        .arg(&script)
-        .arg(&request)
-        .arg(&result)
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(
-        status.success(),
-        "{} failed ({status}); its stderr is above",
-        script.display()
-    );
-    let results: Value =
-        serde_json::from_slice(&std::fs::read(&result).expect("result")).expect("JSON");
+    let status = Command::new(python()).arg(&script).arg(&request).arg(&result).status().unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(status.success(), "{} failed ({status}); its stderr is above", script.display());
+    let results: Value = serde_json::from_slice(&std::fs::read(&result).expect("result")).expect("JSON");
     let results = results["results"].as_array().expect("results");
     assert_eq!(results.len(), cases.len());
 
@@ -157,11 +100,7 @@ fn renders_match_transformers() {
     let mut errors = 0;
     for (case, expected) in cases.iter().zip(results) {
         let ours = case.template.render(&case.messages, case.generation);
-        match (
-            ours,
-            expected["rendered"].as_str(),
-            expected["error"].as_str(),
-        ) {
+        match (ours, expected["rendered"].as_str(), expected["error"].as_str()) {
             (Ok(ours), Some(reference), _) if ours == reference => {}
             (Err(ChatError::Render(e)), None, Some(reference)) => {
                 // Both raise; the message given to raise_exception must be the same.
@@ -170,34 +109,15 @@ fn renders_match_transformers() {
                 if ours.contains(message) {
                     errors += 1;
                 } else {
-                    failures.push(format!(
-                        "{}: error {ours:?}, transformers {reference:?}",
-                        case.label
-                    ));
+                    failures.push(format!("{}: error {ours:?}, transformers {reference:?}", case.label));
                 }
             }
-            (ours, reference, error) => failures.push(format!(
-                "{}:\n  ours         {ours:?}\n  transformers {reference:?} {error:?}",
-                case.label
-            )),
+            (ours, reference, error) => failures.push(format!("{}:\n  ours         {ours:?}\n  transformers {reference:?} {error:?}", case.label)),
         }
     }
-    eprintln!(
-        "{} renders compared ({} of them errors raised by both)",
-        cases.len(),
-        errors
-    );
-    assert!(
-        failures.is_empty(),
-        "{} of {} renders differ:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
-    assert!(
-        errors >= 2,
-        "the alternating-roles case must raise in both renderers"
-    );
+    eprintln!("{} renders compared ({} of them errors raised by both)", cases.len(), errors);
+    assert!(failures.is_empty(), "{} of {} renders differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(errors >= 2, "the alternating-roles case must raise in both renderers");
 }
 
 #[test]
@@ -209,51 +129,27 @@ fn tokenizer_config_forms_are_read() {
 
     std::fs::write(&config, json!({"chat_template": template, "bos_token": "<s>", "eos_token": {"content": "</s>", "lstrip": false}}).to_string())
         .expect("write");
-    let rendered = ChatTemplate::from_tokenizer_config(&config)
-        .expect("load")
-        .render(&messages, false)
-        .expect("render");
+    let rendered = ChatTemplate::from_tokenizer_config(&config).expect("load").render(&messages, false).expect("render");
     assert_eq!(rendered, "<s>[user] hi</s>");
 
     std::fs::write(
         &config,
-        json!({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": template}], "bos_token": null})
-            .to_string(),
+        json!({"chat_template": [{"name": "tool_use", "template": "x"}, {"name": "default", "template": template}], "bos_token": null}).to_string(),
     )
     .expect("write");
-    let rendered = ChatTemplate::from_tokenizer_config(&config)
-        .expect("load")
-        .render(&messages, false)
-        .expect("render");
+    let rendered = ChatTemplate::from_tokenizer_config(&config).expect("load").render(&messages, false).expect("render");
     assert_eq!(rendered, "[user] hi");
 
     std::fs::write(&config, json!({"eos_token": "E"}).to_string()).expect("write");
-    let err = ChatTemplate::from_tokenizer_config(&config)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("tokenizer_config.json") && err.contains("chat_template"),
-        "{err}"
-    );
+    let err = ChatTemplate::from_tokenizer_config(&config).unwrap_err().to_string();
+    assert!(err.contains("tokenizer_config.json") && err.contains("chat_template"), "{err}");
     std::fs::write(dir.path().join("chat_template.jinja"), template).expect("write");
-    let rendered = ChatTemplate::from_tokenizer_config(&config)
-        .expect("load")
-        .render(&messages, false)
-        .expect("render");
+    let rendered = ChatTemplate::from_tokenizer_config(&config).expect("load").render(&messages, false).expect("render");
     assert_eq!(rendered, "[user] hiE");
 
-    std::fs::write(
-        &config,
-        json!({"chat_template": template, "bos_token": 5}).to_string(),
-    )
-    .expect("write");
-    let err = ChatTemplate::from_tokenizer_config(&config)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("bos_token") && err.contains("expected"),
-        "{err}"
-    );
+    std::fs::write(&config, json!({"chat_template": template, "bos_token": 5}).to_string()).expect("write");
+    let err = ChatTemplate::from_tokenizer_config(&config).unwrap_err().to_string();
+    assert!(err.contains("bos_token") && err.contains("expected"), "{err}");
 }
 
 #[test]

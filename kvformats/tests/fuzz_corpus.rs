@@ -173,8 +173,14 @@ fn malformed_safetensors_are_refused_with_the_key() {
         (safetensors("{\"a\":", b""), &["(header)", "not valid JSON"]),
         ([&2u64.to_le_bytes()[..], b"{\xff"].concat(), &["(header)", "UTF-8 at byte 9"]),
         // 1 TiB claimed by a file of a few bytes: refused from the header alone.
-        (safetensors(r#"{"w":{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,1099511627776]}}"#, &[0; 8]), &["tensor \"w\".data_offsets", "beyond the 8-byte data section"]),
-        (safetensors(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, &[0; 8]), &["tensor \"w\".shape", "overflows"]),
+        (
+            safetensors(r#"{"w":{"dtype":"F32","shape":[262144,1048576],"data_offsets":[0,1099511627776]}}"#, &[0; 8]),
+            &["tensor \"w\".data_offsets", "beyond the 8-byte data section"],
+        ),
+        (
+            safetensors(r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}}"#, &[0; 8]),
+            &["tensor \"w\".shape", "overflows"],
+        ),
         (safetensors(r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, &[0; 8]), &["tensor \"w\".data_offsets", "needs 12"]),
         (safetensors(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[4,0]}}"#, &[0; 8]), &["begin 4 is after end 0"]),
         (safetensors(r#"{"w":{"dtype":"F4","shape":[3],"data_offsets":[0,1]}}"#, &[0]), &["12 bits"]),
@@ -184,8 +190,14 @@ fn malformed_safetensors_are_refused_with_the_key() {
         (safetensors(r#"{"w":{"dtype":"U8","shape":[1]}}"#, &[0]), &["tensor \"w\".data_offsets", "missing"]),
         (safetensors(r#"{"w":[]}"#, &[]), &["tensor \"w\"", "expected an object"]),
         (safetensors(r#"{"__metadata__":{"a":1}}"#, &[]), &["__metadata__.a", "expected a string"]),
-        (safetensors(r#"{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, &[0, 0]), &["\"w\"", "appears twice"]),
-        (safetensors(r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#, &[0; 3]), &["tensor \"b\".data_offsets", "inside tensor \"a\""]),
+        (
+            safetensors(r#"{"w":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},"w":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, &[0, 0]),
+            &["\"w\"", "appears twice"],
+        ),
+        (
+            safetensors(r#"{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}}"#, &[0; 3]),
+            &["tensor \"b\".data_offsets", "inside tensor \"a\""],
+        ),
         (safetensors(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[1,2]}}"#, &[0; 2]), &["tensor \"a\".data_offsets", "data bytes 0..1 unused"]),
         (safetensors(r#"{"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]}}"#, &[0; 3]), &["(data)", "end at data byte 1", "holds 3 bytes"]),
     ];

@@ -21,15 +21,7 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
 
 impl Builder {
     fn new() -> Builder {
-        Builder {
-            version: 3,
-            n_kv: 0,
-            kv: Vec::new(),
-            n_tensors: 0,
-            infos: Vec::new(),
-            data: Vec::new(),
-            alignment: 32,
-        }
+        Builder { version: 3, n_kv: 0, kv: Vec::new(), n_tensors: 0, infos: Vec::new(), data: Vec::new(), alignment: 32 }
     }
 
     /// A metadata pair with a raw (type id, encoded value).
@@ -54,8 +46,7 @@ impl Builder {
     /// A tensor info with explicit offset; no data is written.
     fn tensor_info(mut self, name: &str, dims: &[u64], type_id: u32, offset: u64) -> Builder {
         put_str(&mut self.infos, name.as_bytes());
-        self.infos
-            .extend_from_slice(&(dims.len() as u32).to_le_bytes());
+        self.infos.extend_from_slice(&(dims.len() as u32).to_le_bytes());
         for d in dims {
             self.infos.extend_from_slice(&d.to_le_bytes());
         }
@@ -98,15 +89,13 @@ fn q8_0_block() -> Vec<u8> {
 }
 
 fn valid() -> Builder {
-    let f32s: Vec<u8> = [1.5f32, -2.0, 0.0, 3.25]
-        .iter()
-        .flat_map(|x| x.to_le_bytes())
-        .collect();
-    Builder::new()
-        .kv_str("general.architecture", "llama")
-        .kv_u32("llama.block_count", 2)
-        .tensor("w.q8", &[32, 1], 8, &q8_0_block())
-        .tensor("w.f32", &[4], 0, &f32s)
+    let f32s: Vec<u8> = [1.5f32, -2.0, 0.0, 3.25].iter().flat_map(|x| x.to_le_bytes()).collect();
+    Builder::new().kv_str("general.architecture", "llama").kv_u32("llama.block_count", 2).tensor("w.q8", &[32, 1], 8, &q8_0_block()).tensor(
+        "w.f32",
+        &[4],
+        0,
+        &f32s,
+    )
 }
 
 fn parse(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
@@ -122,10 +111,7 @@ fn expect_error(bytes: Vec<u8>, needles: &[&str]) -> String {
     for n in needles {
         assert!(msg.contains(n), "error {msg:?} does not mention {n:?}");
     }
-    assert!(
-        msg.contains("test.gguf"),
-        "error {msg:?} does not name the file"
-    );
+    assert!(msg.contains("test.gguf"), "error {msg:?} does not name the file");
     msg
 }
 
@@ -138,18 +124,9 @@ fn valid_file_parses_and_dequantises() {
     let q = file.dequantize_f32("w.q8").expect("q8");
     let want: Vec<f32> = (0..32).map(|i| (i as f32 - 16.0) * 0.25).collect();
     assert_eq!(q, want);
-    assert_eq!(
-        file.dequantize_f32("w.f32").expect("f32"),
-        [1.5, -2.0, 0.0, 3.25]
-    );
-    assert_eq!(
-        file.tensor_info("w.q8").expect("info").torch_shape(),
-        [1, 32]
-    );
-    let e = file
-        .dequantize_f32("nope")
-        .expect_err("no such tensor")
-        .to_string();
+    assert_eq!(file.dequantize_f32("w.f32").expect("f32"), [1.5, -2.0, 0.0, 3.25]);
+    assert_eq!(file.tensor_info("w.q8").expect("info").torch_shape(), [1, 32]);
+    let e = file.dequantize_f32("nope").expect_err("no such tensor").to_string();
     assert!(e.contains("nope"), "{e}");
 }
 
@@ -157,18 +134,11 @@ fn valid_file_parses_and_dequantises() {
 fn every_prefix_is_an_error_until_the_data_is_complete() {
     let bytes = valid().build();
     let file = parse(bytes.clone()).expect("valid");
-    let needed = file
-        .tensors
-        .iter()
-        .map(|t| file.data_offset() + t.offset + t.n_bytes)
-        .max()
-        .expect("tensors");
+    let needed = file.tensors.iter().map(|t| file.data_offset() + t.offset + t.n_bytes).max().expect("tensors");
     for len in 0..bytes.len() {
         let r = parse(bytes[..len].to_vec());
         if (len as u64) < needed {
-            let e = r
-                .err()
-                .unwrap_or_else(|| panic!("prefix of {len} bytes parsed"));
+            let e = r.err().unwrap_or_else(|| panic!("prefix of {len} bytes parsed"));
             let msg = e.to_string();
             assert!(msg.contains("test.gguf"), "{msg}");
             // Cuts inside the header say what was being read; cuts inside the data name the tensor.
@@ -190,11 +160,7 @@ fn bad_magic_and_versions() {
     b[..4].copy_from_slice(b"GGML");
     expect_error(b, &["not a GGUF file"]);
     expect_error(Vec::new(), &["truncated", "magic"]);
-    for (version, hint) in [
-        (1u32, "v1"),
-        (4, "supported versions are 2 and 3"),
-        (3u32.swap_bytes(), "big-endian"),
-    ] {
+    for (version, hint) in [(1u32, "v1"), (4, "supported versions are 2 and 3"), (3u32.swap_bytes(), "big-endian")] {
         let mut v = valid();
         v.version = version;
         expect_error(v.build(), &["unsupported GGUF version", hint]);
@@ -226,20 +192,14 @@ fn absurd_counts_and_lengths() {
     let mut v = Vec::new();
     v.extend_from_slice(&(1u64 << 40).to_le_bytes());
     v.extend_from_slice(b"short");
-    expect_error(
-        Builder::new().kv_raw(b"s", 8, &v).build(),
-        &["truncated", "\"s\""],
-    );
+    expect_error(Builder::new().kv_raw(b"s", 8, &v).build(), &["truncated", "\"s\""]);
 
     // Arrays with 2^60 elements, of bytes and of strings.
     for elem in [0u32, 8, 9] {
         let mut v = elem.to_le_bytes().to_vec();
         v.extend_from_slice(&(1u64 << 60).to_le_bytes());
         v.extend_from_slice(&[0u8; 64]);
-        expect_error(
-            Builder::new().kv_raw(b"arr", 9, &v).build(),
-            &["element count", "\"arr\"", "impossible"],
-        );
+        expect_error(Builder::new().kv_raw(b"arr", 9, &v).build(), &["element count", "\"arr\"", "impossible"]);
     }
 
     // Arrays nested 100 deep.
@@ -249,122 +209,54 @@ fn absurd_counts_and_lengths() {
         v.extend_from_slice(&1u64.to_le_bytes());
     }
     v.extend_from_slice(&[0u8; 16]);
-    expect_error(
-        Builder::new().kv_raw(b"deep", 9, &v).build(),
-        &["nested deeper"],
-    );
+    expect_error(Builder::new().kv_raw(b"deep", 9, &v).build(), &["nested deeper"]);
 }
 
 #[test]
 fn bad_values_and_keys() {
-    expect_error(
-        Builder::new().kv_raw(b"k", 13, &[0; 8]).build(),
-        &["unknown value type id 13", "\"k\""],
-    );
+    expect_error(Builder::new().kv_raw(b"k", 13, &[0; 8]).build(), &["unknown value type id 13", "\"k\""]);
     let mut v = 77u32.to_le_bytes().to_vec();
     v.extend_from_slice(&1u64.to_le_bytes());
-    expect_error(
-        Builder::new().kv_raw(b"arr", 9, &v).build(),
-        &["unknown value type id 77"],
-    );
-    expect_error(
-        Builder::new().kv_raw(b"flag", 7, &[2]).build(),
-        &["bool", "\"flag\""],
-    );
-    expect_error(
-        Builder::new().kv_raw(b"bad\xff", 4, &[0; 4]).build(),
-        &["UTF-8", "key of metadata pair 0"],
-    );
+    expect_error(Builder::new().kv_raw(b"arr", 9, &v).build(), &["unknown value type id 77"]);
+    expect_error(Builder::new().kv_raw(b"flag", 7, &[2]).build(), &["bool", "\"flag\""]);
+    expect_error(Builder::new().kv_raw(b"bad\xff", 4, &[0; 4]).build(), &["UTF-8", "key of metadata pair 0"]);
     let mut s = Vec::new();
     put_str(&mut s, b"\xc3\x28");
-    expect_error(
-        Builder::new().kv_raw(b"str", 8, &s).build(),
-        &["UTF-8", "\"str\""],
-    );
-    expect_error(
-        valid().kv_u32("llama.block_count", 3).build(),
-        &["appears twice", "llama.block_count"],
-    );
-    expect_error(
-        valid().kv_u32("general.alignment", 48).build(),
-        &["general.alignment", "power of two"],
-    );
-    expect_error(
-        valid().kv_str("general.alignment", "32").build(),
-        &["general.alignment", "power of two"],
-    );
+    expect_error(Builder::new().kv_raw(b"str", 8, &s).build(), &["UTF-8", "\"str\""]);
+    expect_error(valid().kv_u32("llama.block_count", 3).build(), &["appears twice", "llama.block_count"]);
+    expect_error(valid().kv_u32("general.alignment", 48).build(), &["general.alignment", "power of two"]);
+    expect_error(valid().kv_str("general.alignment", "32").build(), &["general.alignment", "power of two"]);
 }
 
 #[test]
 fn bad_tensors_are_named() {
     let base = || Builder::new().kv_str("general.architecture", "llama");
     // Beyond EOF: a 1 TB tensor, and a small tensor at a far offset.
-    expect_error(
-        base()
-            .tensor_info("huge", &[1 << 20, 1 << 20, 1 << 18], 0, 0)
-            .build(),
-        &["\"huge\"", "beyond the end"],
-    );
-    expect_error(
-        base().tensor_info("far", &[32], 0, 1 << 40).build(),
-        &["\"far\"", "beyond the end"],
-    );
+    expect_error(base().tensor_info("huge", &[1 << 20, 1 << 20, 1 << 18], 0, 0).build(), &["\"huge\"", "beyond the end"]);
+    expect_error(base().tensor_info("far", &[32], 0, 1 << 40).build(), &["\"far\"", "beyond the end"]);
     // Element count overflow, too many dims, unknown type, block size mismatch, unaligned offset.
-    expect_error(
-        base()
-            .tensor_info("ovf", &[1 << 32, 1 << 32, 1 << 2], 0, 0)
-            .build(),
-        &["\"ovf\"", "overflows"],
-    );
-    expect_error(
-        base().tensor_info("d5", &[1, 1, 1, 1, 1], 0, 0).build(),
-        &["\"d5\"", "5 dimensions"],
-    );
-    expect_error(
-        base().tensor("odd", &[4], 99, &[0; 32]).build(),
-        &["\"odd\"", "unknown ggml type id 99"],
-    );
-    expect_error(
-        base().tensor("part", &[16], 8, &[0; 34]).build(),
-        &["\"part\"", "block size 32"],
-    );
-    expect_error(
-        base().tensor_info("mis", &[4], 0, 4).build(),
-        &["\"mis\"", "alignment"],
-    );
+    expect_error(base().tensor_info("ovf", &[1 << 32, 1 << 32, 1 << 2], 0, 0).build(), &["\"ovf\"", "overflows"]);
+    expect_error(base().tensor_info("d5", &[1, 1, 1, 1, 1], 0, 0).build(), &["\"d5\"", "5 dimensions"]);
+    expect_error(base().tensor("odd", &[4], 99, &[0; 32]).build(), &["\"odd\"", "unknown ggml type id 99"]);
+    expect_error(base().tensor("part", &[16], 8, &[0; 34]).build(), &["\"part\"", "block size 32"]);
+    expect_error(base().tensor_info("mis", &[4], 0, 4).build(), &["\"mis\"", "alignment"]);
     // Overlap and duplicates.
     let f32s = [0u8; 64];
-    let overlapping = base()
-        .tensor("a", &[16], 0, &f32s)
-        .tensor_info("b", &[8], 0, 32);
+    let overlapping = base().tensor("a", &[16], 0, &f32s).tensor_info("b", &[8], 0, 32);
     expect_error(overlapping.build(), &["\"a\"", "\"b\"", "overlap"]);
-    let dup = base()
-        .tensor("same", &[4], 0, &f32s[..16])
-        .tensor("same", &[4], 0, &f32s[..16]);
+    let dup = base().tensor("same", &[4], 0, &f32s[..16]).tensor("same", &[4], 0, &f32s[..16]);
     expect_error(dup.build(), &["\"same\"", "appears twice"]);
 }
 
 #[test]
 fn unsupported_type_opens_but_does_not_dequantise() {
     // Q2_K (id 10) has a known size, so the file opens; dequantising names the tensor and type.
-    let file = parse(valid().tensor("w.q2k", &[256], 10, &[0u8; 84]).build())
-        .expect("file with Q2_K opens");
-    assert_eq!(
-        file.tensor_info("w.q2k").expect("info").ggml_type,
-        GgmlType::Q2_K
-    );
+    let file = parse(valid().tensor("w.q2k", &[256], 10, &[0u8; 84]).build()).expect("file with Q2_K opens");
+    assert_eq!(file.tensor_info("w.q2k").expect("info").ggml_type, GgmlType::Q2_K);
     assert_eq!(file.tensor_bytes("w.q2k").expect("bytes").len(), 84);
-    let e = file
-        .dequantize_f32("w.q2k")
-        .expect_err("Q2_K unsupported")
-        .to_string();
-    assert!(
-        e.contains("w.q2k") && e.contains("Q2_K") && e.contains("test.gguf"),
-        "{e}"
-    );
-    let e = dequantize(GgmlType::Other(20), &[0u8; 18], 32, &mut [0f32; 32])
-        .expect_err("IQ4_NL")
-        .to_string();
+    let e = file.dequantize_f32("w.q2k").expect_err("Q2_K unsupported").to_string();
+    assert!(e.contains("w.q2k") && e.contains("Q2_K") && e.contains("test.gguf"), "{e}");
+    let e = dequantize(GgmlType::Other(20), &[0u8; 18], 32, &mut [0f32; 32]).expect_err("IQ4_NL").to_string();
     assert!(e.contains("IQ4_NL"), "{e}");
 }
 
@@ -405,9 +297,7 @@ fn random_corruption_never_panics() {
                 ok += 1;
                 for t in &f.tensors {
                     if t.ggml_type.can_dequantize() {
-                        let v = f
-                            .dequantize_f32(&t.name)
-                            .expect("checked tensor dequantises");
+                        let v = f.dequantize_f32(&t.name).expect("checked tensor dequantises");
                         assert_eq!(v.len() as u64, t.n_elements());
                     }
                 }

@@ -12,18 +12,17 @@ use kvformats::gguf::{GgmlType, GgufFile, GgufValue};
 use serde_json::Value;
 
 mod common;
-use common::{workspace_root, python};
+use common::{python, workspace_root};
 
 /// Runs gguf_reference.py with `args`; panics with a clear message when python or gguf-py is missing.
 fn run_reference(args: &[&str]) {
     let script = workspace_root().join("scripts/reference/gguf_reference.py");
     let py = python();
-    let out = Command::new(&py).arg(&script).args(args).output().unwrap_or_else(|e| {
-        panic!(
-            "cannot run the reference python {} ({e}); set KVBENCH_PYTHON or run scripts/bootstrap.sh --test",
-            py.display()
-        )
-    });
+    let out = Command::new(&py)
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the reference python {} ({e}); set KVBENCH_PYTHON or run scripts/bootstrap.sh --test", py.display()));
     assert!(
         out.status.success(),
         "{} {} {} failed ({}):\n{}",
@@ -42,10 +41,7 @@ fn load_json(path: &Path) -> Value {
 
 fn read_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// Compares one metadata value with its typed JSON form `{"t": type, "v": value}`.
@@ -68,11 +64,7 @@ fn check_value(v: &GgufValue, j: &Value) -> Result<(), String> {
         ("array", GgufValue::Array(items)) => {
             let refs = jv.as_array().ok_or("reference array is not a list")?;
             if refs.len() != items.len() {
-                return Err(format!(
-                    "array has {} items, reference {}",
-                    items.len(),
-                    refs.len()
-                ));
+                return Err(format!("array has {} items, reference {}", items.len(), refs.len()));
             }
             for (i, (item, r)) in items.iter().zip(refs).enumerate() {
                 check_value(item, r).map_err(|e| format!("item {i}: {e}"))?;
@@ -89,9 +81,7 @@ fn check_value(v: &GgufValue, j: &Value) -> Result<(), String> {
 }
 
 fn check_metadata(file: &GgufFile, reference: &Value) {
-    let expected = reference["metadata"]
-        .as_object()
-        .expect("reference metadata");
+    let expected = reference["metadata"].as_object().expect("reference metadata");
     let ours: Vec<&String> = file.metadata.keys().collect();
     let mut theirs: Vec<&String> = expected.keys().collect();
     theirs.sort();
@@ -106,72 +96,30 @@ fn check_metadata(file: &GgufFile, reference: &Value) {
 
 /// Compares tensor infos and every dequantised tensor the reference holds; returns
 /// (tensor name, type, max |ours - ref|, max |ref|) for each compared tensor.
-fn check_tensors(
-    file: &GgufFile,
-    reference: &Value,
-    dir: &Path,
-) -> Vec<(String, GgmlType, f32, f32)> {
+fn check_tensors(file: &GgufFile, reference: &Value, dir: &Path) -> Vec<(String, GgmlType, f32, f32)> {
     let expected = reference["tensors"].as_array().expect("reference tensors");
     assert_eq!(file.tensors.len(), expected.len(), "tensor count");
     let mut report = Vec::new();
     for (t, r) in file.tensors.iter().zip(expected) {
         assert_eq!(t.name, r["name"].as_str().expect("name"));
-        assert_eq!(
-            u64::from(t.ggml_type.id()),
-            r["type"].as_u64().expect("type"),
-            "{}",
-            t.name
-        );
-        let dims: Vec<u64> = r["dims"]
-            .as_array()
-            .expect("dims")
-            .iter()
-            .map(|d| d.as_u64().expect("dim"))
-            .collect();
+        assert_eq!(u64::from(t.ggml_type.id()), r["type"].as_u64().expect("type"), "{}", t.name);
+        let dims: Vec<u64> = r["dims"].as_array().expect("dims").iter().map(|d| d.as_u64().expect("dim")).collect();
         assert_eq!(t.dims, dims, "{}: dims", t.name);
-        assert_eq!(
-            file.data_offset() + t.offset,
-            r["data_offset"].as_u64().expect("offset"),
-            "{}",
-            t.name
-        );
-        assert_eq!(
-            t.n_bytes,
-            r["n_bytes"].as_u64().expect("n_bytes"),
-            "{}",
-            t.name
-        );
+        assert_eq!(file.data_offset() + t.offset, r["data_offset"].as_u64().expect("offset"), "{}", t.name);
+        assert_eq!(t.n_bytes, r["n_bytes"].as_u64().expect("n_bytes"), "{}", t.name);
         let shape: Vec<i64> = dims.iter().rev().map(|&d| d as i64).collect();
         assert_eq!(t.torch_shape(), shape);
         let Some(f32_name) = r["f32"].as_str() else {
             continue;
         };
         let want = read_f32(&dir.join(f32_name));
-        let got = file
-            .dequantize_f32(&t.name)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let got = file.dequantize_f32(&t.name).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(got.len() as u64, t.n_elements(), "{}", t.name);
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{}: element count vs reference",
-            t.name
-        );
-        assert!(
-            want.iter().all(|x| x.is_finite()),
-            "{}: reference has non-finite values",
-            t.name
-        );
+        assert_eq!(got.len(), want.len(), "{}: element count vs reference", t.name);
+        assert!(want.iter().all(|x| x.is_finite()), "{}: reference has non-finite values", t.name);
         let max_ref = want.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let max_diff = got
-            .iter()
-            .zip(&want)
-            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-        let bit_mismatches = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let max_diff = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let bit_mismatches = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         println!(
             "{:<28} {:>5} {:>10} elems  max|ref| {:<12.6e} max diff {:e}  bitwise mismatches {}",
             t.name,
@@ -181,12 +129,7 @@ fn check_tensors(
             max_diff,
             bit_mismatches
         );
-        assert!(
-            max_diff <= 1e-6 * max_ref,
-            "{}: {} dequantisation differs from gguf-py by {max_diff} (max |x| {max_ref})",
-            t.name,
-            t.ggml_type.name()
-        );
+        assert!(max_diff <= 1e-6 * max_ref, "{}: {} dequantisation differs from gguf-py by {max_diff} (max |x| {max_ref})", t.name, t.ggml_type.name());
         report.push((t.name.clone(), t.ggml_type, max_diff, max_ref));
     }
     report
@@ -201,10 +144,7 @@ fn synthetic_file_matches_gguf_py() {
     let reference = load_json(&dir.path().join("reference.json"));
 
     let file = GgufFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        u64::from(file.version),
-        reference["version"].as_u64().expect("version")
-    );
+    assert_eq!(u64::from(file.version), reference["version"].as_u64().expect("version"));
     assert_eq!(file.alignment(), 64);
     assert_eq!(file.data_offset() % 64, 0);
     assert_eq!(file.architecture().expect("arch"), "synthetic");
@@ -230,29 +170,13 @@ fn synthetic_file_matches_gguf_py() {
     // Typed accessors on the same file.
     assert_eq!(file.meta_u64("test.u64").expect("u64"), u64::MAX - 2);
     assert_eq!(file.meta_u64("test.u8").expect("u8"), 250);
-    assert!(
-        file.meta_u64("test.i8").is_err(),
-        "negative value read as u64"
-    );
+    assert!(file.meta_u64("test.i8").is_err(), "negative value read as u64");
     assert_eq!(file.meta_f64("test.f64").expect("f64"), -1.0e300 / 3.0);
-    assert_eq!(
-        file.meta_string_array("test.array_string")
-            .expect("strings"),
-        ["a", "", "<|im_start|>", "Ġworld"]
-    );
-    let err = file
-        .meta_str("test.u32")
-        .expect_err("u32 is not a string")
-        .to_string();
+    assert_eq!(file.meta_string_array("test.array_string").expect("strings"), ["a", "", "<|im_start|>", "Ġworld"]);
+    let err = file.meta_str("test.u32").expect_err("u32 is not a string").to_string();
     assert!(err.contains("test.u32") && err.contains("string"), "{err}");
-    let err = file
-        .meta_u64("no.such.key")
-        .expect_err("missing")
-        .to_string();
-    assert!(
-        err.contains("no.such.key") && err.contains("missing"),
-        "{err}"
-    );
+    let err = file.meta_u64("no.such.key").expect_err("missing").to_string();
+    assert!(err.contains("no.such.key") && err.contains("missing"), "{err}");
 
     // The same bytes from memory, and relabelled as GGUF v2 (identical layout), parse identically.
     let bytes = std::fs::read(&path).expect("read synth.gguf");
@@ -264,32 +188,18 @@ fn synthetic_file_matches_gguf_py() {
     let v2 = GgufFile::from_bytes(v2, "synth-v2").expect("v2 file");
     assert_eq!(v2.version, 2);
     assert_eq!(v2.tensors, file.tensors);
-    assert_eq!(
-        v2.dequantize_f32("t.q6_k").expect("q6_k"),
-        file.dequantize_f32("t.q6_k").expect("q6_k")
-    );
+    assert_eq!(v2.dequantize_f32("t.q6_k").expect("q6_k"), file.dequantize_f32("t.q6_k").expect("q6_k"));
 
     // Every strict prefix that cuts into the header or tensor data is an error, never a panic;
     // prefixes that only drop trailing padding still hold every tensor.
-    let needed = file
-        .tensors
-        .iter()
-        .map(|t| file.data_offset() + t.offset + t.n_bytes)
-        .max()
-        .unwrap_or(0);
+    let needed = file.tensors.iter().map(|t| file.data_offset() + t.offset + t.n_bytes).max().unwrap_or(0);
     for len in 0..bytes.len() {
         let r = GgufFile::from_bytes(bytes[..len].to_vec(), "prefix");
         if (len as u64) < needed {
-            let e = r
-                .err()
-                .unwrap_or_else(|| panic!("prefix of {len} bytes (need {needed}) parsed"));
+            let e = r.err().unwrap_or_else(|| panic!("prefix of {len} bytes (need {needed}) parsed"));
             assert!(!e.to_string().is_empty());
         } else {
-            assert!(
-                r.is_ok(),
-                "prefix of {len} bytes holds all tensors but failed: {:?}",
-                r.err()
-            );
+            assert!(r.is_ok(), "prefix of {len} bytes holds all tensors but failed: {:?}", r.err());
         }
     }
 }
@@ -297,16 +207,10 @@ fn synthetic_file_matches_gguf_py() {
 fn model_path(dir: &str, file: &str) -> PathBuf {
     let home = match std::env::var_os("KVBENCH_HOME") {
         Some(h) => PathBuf::from(h),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/kvbench")
-        }
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is not set")).join(".cache/kvbench"),
     };
     let path = home.join("models").join(dir).join(file);
-    assert!(
-        path.is_file(),
-        "model file {} is missing: run `kvbench model fetch {dir}` (scripts/test.sh does this) or set KVBENCH_HOME",
-        path.display()
-    );
+    assert!(path.is_file(), "model file {} is missing: run `kvbench model fetch {dir}` (scripts/test.sh does this) or set KVBENCH_HOME", path.display());
     path
 }
 
@@ -321,18 +225,11 @@ fn type_counts(file: &GgufFile) -> BTreeMap<String, usize> {
 /// Dumps `path` with gguf-py (dequantising `names`) and compares everything with our reader.
 fn compare_with_dump(file: &GgufFile, path: &Path, names: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut args = vec![
-        "dump",
-        path.to_str().expect("utf-8 path"),
-        dir.path().to_str().expect("utf-8"),
-    ];
+    let mut args = vec!["dump", path.to_str().expect("utf-8 path"), dir.path().to_str().expect("utf-8")];
     args.extend_from_slice(names);
     run_reference(&args);
     let reference = load_json(&dir.path().join("reference.json"));
-    assert_eq!(
-        u64::from(file.version),
-        reference["version"].as_u64().expect("version")
-    );
+    assert_eq!(u64::from(file.version), reference["version"].as_u64().expect("version"));
     check_metadata(file, &reference);
     let report = check_tensors(file, &reference, dir.path());
     assert_eq!(report.len(), names.len(), "compared tensors");
@@ -345,30 +242,12 @@ fn smollm2_matches_gguf_py() {
     assert_eq!(file.architecture().expect("arch"), "llama");
     assert_eq!(file.meta_u64("llama.block_count").expect("blocks"), 30);
     assert_eq!(file.meta_u64("llama.embedding_length").expect("embd"), 576);
-    assert_eq!(
-        file.meta_u64("llama.feed_forward_length").expect("ffn"),
-        1536
-    );
-    assert_eq!(
-        file.meta_u64("llama.attention.head_count").expect("heads"),
-        9
-    );
-    assert_eq!(
-        file.meta_u64("llama.attention.head_count_kv")
-            .expect("kv heads"),
-        3
-    );
+    assert_eq!(file.meta_u64("llama.feed_forward_length").expect("ffn"), 1536);
+    assert_eq!(file.meta_u64("llama.attention.head_count").expect("heads"), 9);
+    assert_eq!(file.meta_u64("llama.attention.head_count_kv").expect("kv heads"), 3);
     assert_eq!(file.meta_u64("llama.context_length").expect("ctx"), 8192);
-    assert_eq!(
-        file.meta_f64("llama.rope.freq_base").expect("rope"),
-        100000.0
-    );
-    assert_eq!(
-        file.meta_string_array("tokenizer.ggml.tokens")
-            .expect("tokens")
-            .len(),
-        49152
-    );
+    assert_eq!(file.meta_f64("llama.rope.freq_base").expect("rope"), 100000.0);
+    assert_eq!(file.meta_string_array("tokenizer.ggml.tokens").expect("tokens").len(), 49152);
     assert_eq!(file.alignment(), 32);
     assert_eq!(file.tensors.len(), 272);
     let counts = type_counts(&file);
@@ -378,22 +257,8 @@ fn smollm2_matches_gguf_py() {
     let embd = file.tensor_info("token_embd.weight").expect("token_embd");
     assert_eq!(embd.ggml_type, GgmlType::Q8_0);
     assert_eq!(embd.torch_shape(), [49152, 576]);
-    assert_eq!(
-        file.tensor_info("blk.0.attn_k.weight")
-            .expect("attn_k")
-            .torch_shape(),
-        [192, 576]
-    );
-    compare_with_dump(
-        &file,
-        &path,
-        &[
-            "token_embd.weight",
-            "blk.0.attn_q.weight",
-            "blk.29.ffn_down.weight",
-            "output_norm.weight",
-        ],
-    );
+    assert_eq!(file.tensor_info("blk.0.attn_k.weight").expect("attn_k").torch_shape(), [192, 576]);
+    compare_with_dump(&file, &path, &["token_embd.weight", "blk.0.attn_q.weight", "blk.29.ffn_down.weight", "output_norm.weight"]);
 }
 
 #[test]
@@ -406,9 +271,7 @@ fn smollm2_whole_file_dequantisation_time() {
     let mut non_finite = 0usize;
     let start = Instant::now();
     for t in &file.tensors {
-        let v = file
-            .dequantize_f32(&t.name)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let v = file.dequantize_f32(&t.name).unwrap_or_else(|e| panic!("{e}"));
         n += v.len();
         non_finite += v.iter().filter(|x| !x.is_finite()).count();
     }
@@ -421,15 +284,9 @@ fn smollm2_whole_file_dequantisation_time() {
         took.as_secs_f64() * 1e9 / n as f64
     );
     assert_eq!(non_finite, 0);
-    assert_eq!(
-        n as u64,
-        file.tensors.iter().map(|t| t.n_elements()).sum::<u64>()
-    );
+    assert_eq!(n as u64, file.tensors.iter().map(|t| t.n_elements()).sum::<u64>());
     // Generous bound for a shared 2-core machine; the measured time is printed above.
-    assert!(
-        took.as_secs_f64() < 5.0,
-        "whole-file dequantisation took {took:?}"
-    );
+    assert!(took.as_secs_f64() < 5.0, "whole-file dequantisation took {took:?}");
 }
 
 #[test]
@@ -439,46 +296,18 @@ fn qwen_matches_gguf_py() {
     assert_eq!(file.architecture().expect("arch"), "qwen2");
     assert_eq!(file.meta_u64("qwen2.block_count").expect("blocks"), 24);
     assert_eq!(file.meta_u64("qwen2.embedding_length").expect("embd"), 896);
-    assert_eq!(
-        file.meta_u64("qwen2.attention.head_count").expect("heads"),
-        14
-    );
-    assert_eq!(
-        file.meta_u64("qwen2.attention.head_count_kv")
-            .expect("kv heads"),
-        2
-    );
+    assert_eq!(file.meta_u64("qwen2.attention.head_count").expect("heads"), 14);
+    assert_eq!(file.meta_u64("qwen2.attention.head_count_kv").expect("kv heads"), 2);
     assert_eq!(file.meta_u64("qwen2.context_length").expect("ctx"), 32768);
-    assert_eq!(
-        file.meta_string_array("tokenizer.ggml.tokens")
-            .expect("tokens")
-            .len(),
-        151936
-    );
+    assert_eq!(file.meta_string_array("tokenizer.ggml.tokens").expect("tokens").len(), 151936);
     let counts = type_counts(&file);
-    for (ty, n) in [
-        ("Q5_0", 133),
-        ("Q8_0", 13),
-        ("Q6_K", 12),
-        ("Q4_K", 12),
-        ("F32", 121),
-    ] {
+    for (ty, n) in [("Q5_0", 133), ("Q8_0", 13), ("Q6_K", 12), ("Q4_K", 12), ("F32", 121)] {
         assert_eq!(counts.get(ty), Some(&n), "{ty}: {counts:?}");
     }
     // The smallest tensor of each quantised type, plus a bias (F32).
     let mut names: Vec<&str> = Vec::new();
-    for ty in [
-        GgmlType::Q5_0,
-        GgmlType::Q6_K,
-        GgmlType::Q4_K,
-        GgmlType::Q8_0,
-    ] {
-        let t = file
-            .tensors
-            .iter()
-            .filter(|t| t.ggml_type == ty)
-            .min_by_key(|t| t.n_bytes)
-            .unwrap_or_else(|| panic!("no {ty} tensor"));
+    for ty in [GgmlType::Q5_0, GgmlType::Q6_K, GgmlType::Q4_K, GgmlType::Q8_0] {
+        let t = file.tensors.iter().filter(|t| t.ggml_type == ty).min_by_key(|t| t.n_bytes).unwrap_or_else(|| panic!("no {ty} tensor"));
         names.push(&t.name);
     }
     names.push("blk.0.attn_q.bias");

@@ -1,14 +1,11 @@
 //! The GGUF tokenizer on the real SmolLM2 and Qwen2.5 files (known ids, special tokens, BOS
 //! handling, the written tokenizer.json) and on small hand-made GGUFs (error messages).
 
-
 use kvformats::gguf::GgufFile;
-use kvformats::tokenizer::{
-    build_tokenizer, load_tokenizer_file, tokenizer_json, GgufTokenizerSpec, TokenizerError,
-};
+use kvformats::tokenizer::{build_tokenizer, load_tokenizer_file, tokenizer_json, GgufTokenizerSpec, TokenizerError};
 
 mod common;
-use common::{model};
+use common::model;
 
 fn smollm2() -> GgufTokenizerSpec {
     let path = model("smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -21,29 +18,17 @@ fn qwen() -> GgufTokenizerSpec {
 }
 
 fn encode(tok: &tokenizers::Tokenizer, text: &str, special: bool) -> Vec<u32> {
-    tok.encode(text, special)
-        .expect("encode")
-        .get_ids()
-        .to_vec()
+    tok.encode(text, special).expect("encode").get_ids().to_vec()
 }
 
 #[test]
 fn smollm2_metadata_and_known_ids() {
     let spec = smollm2();
-    assert_eq!(
-        (spec.model.as_str(), spec.pre.as_deref()),
-        ("gpt2", Some("smollm"))
-    );
+    assert_eq!((spec.model.as_str(), spec.pre.as_deref()), ("gpt2", Some("smollm")));
     assert_eq!((spec.tokens.len(), spec.merges.len()), (49152, 48900));
-    assert_eq!(
-        (spec.bos_token(), spec.eos_token()),
-        (Some("<|im_start|>"), Some("<|im_end|>"))
-    );
+    assert_eq!((spec.bos_token(), spec.eos_token()), (Some("<|im_start|>"), Some("<|im_end|>")));
     assert!(!spec.add_bos_token);
-    assert!(spec
-        .chat_template
-        .as_deref()
-        .is_some_and(|t| t.contains("<|im_start|>")));
+    assert!(spec.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
     let tok = build_tokenizer(&spec).expect("build");
     assert_eq!(encode(&tok, "Hello world", true), [19556, 905]);
     // Digits are split one by one, whitespace runs stay whole before them.
@@ -66,15 +51,9 @@ fn qwen_known_ids_specials_and_nfc() {
     assert_eq!(encode(&tok, "<|fim_prefix|>", true), [151659]);
     assert_eq!(encode(&tok, "<|im_end|>", true), [151645]);
     // NFC: a decomposed é encodes like the composed one.
-    assert_eq!(
-        encode(&tok, "cafe\u{301}", true),
-        encode(&tok, "caf\u{e9}", true)
-    );
+    assert_eq!(encode(&tok, "cafe\u{301}", true), encode(&tok, "caf\u{e9}", true));
     let ids = encode(&tok, "x = 12345\n\tprint('ok') 你好 👍", true);
-    assert_eq!(
-        tok.decode(&ids, false).expect("decode"),
-        "x = 12345\n\tprint('ok') 你好 👍"
-    );
+    assert_eq!(tok.decode(&ids, false).expect("decode"), "x = 12345\n\tprint('ok') 你好 👍");
 }
 
 #[test]
@@ -108,16 +87,10 @@ fn unsupported_pre_and_model_are_named() {
     let mut spec = smollm2();
     spec.pre = Some("deepseek-llm".into());
     let err = build_tokenizer(&spec).unwrap_err().to_string();
-    assert!(
-        err.contains("deepseek-llm") && err.contains("smollm") && err.contains("qwen2"),
-        "{err}"
-    );
+    assert!(err.contains("deepseek-llm") && err.contains("smollm") && err.contains("qwen2"), "{err}");
     spec.model = "llama".into();
     let err = tokenizer_json(&spec).unwrap_err();
-    assert!(
-        matches!(err, TokenizerError::UnsupportedModel { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, TokenizerError::UnsupportedModel { .. }), "{err}");
 }
 
 #[test]
@@ -125,10 +98,7 @@ fn malformed_merge_is_reported_with_its_index() {
     let mut spec = smollm2();
     spec.merges[7] = "nospace".into();
     let err = tokenizer_json(&spec).unwrap_err().to_string();
-    assert!(
-        err.contains("tokenizer.ggml.merges[7]") && err.contains("nospace"),
-        "{err}"
-    );
+    assert!(err.contains("tokenizer.ggml.merges[7]") && err.contains("nospace"), "{err}");
 }
 
 /// A minimal GGUF v3 file with the given metadata and no tensors.
@@ -175,16 +145,10 @@ enum Kv {
 #[test]
 fn missing_merges_and_bad_ids_name_the_file_and_key() {
     let tokens = || Kv::Strs(vec!["a", "b", "ab"]);
-    let bytes = gguf_bytes(&[
-        ("tokenizer.ggml.model", Kv::Str("gpt2")),
-        ("tokenizer.ggml.tokens", tokens()),
-    ]);
+    let bytes = gguf_bytes(&[("tokenizer.ggml.model", Kv::Str("gpt2")), ("tokenizer.ggml.tokens", tokens())]);
     let file = GgufFile::from_bytes(bytes, "tiny.gguf").expect("parse");
     let err = GgufTokenizerSpec::from_gguf(&file).unwrap_err().to_string();
-    assert!(
-        err.contains("tiny.gguf") && err.contains("tokenizer.ggml.merges"),
-        "{err}"
-    );
+    assert!(err.contains("tiny.gguf") && err.contains("tokenizer.ggml.merges"), "{err}");
 
     let bytes = gguf_bytes(&[
         ("tokenizer.ggml.model", Kv::Str("gpt2")),
@@ -194,21 +158,12 @@ fn missing_merges_and_bad_ids_name_the_file_and_key() {
     ]);
     let file = GgufFile::from_bytes(bytes, "tiny.gguf").expect("parse");
     let err = GgufTokenizerSpec::from_gguf(&file).unwrap_err().to_string();
-    assert!(
-        err.contains("tokenizer.ggml.eos_token_id") && err.contains("out of range"),
-        "{err}"
-    );
+    assert!(err.contains("tokenizer.ggml.eos_token_id") && err.contains("out of range"), "{err}");
 
-    let bytes = gguf_bytes(&[
-        ("tokenizer.ggml.model", Kv::U32(2)),
-        ("tokenizer.ggml.tokens", tokens()),
-    ]);
+    let bytes = gguf_bytes(&[("tokenizer.ggml.model", Kv::U32(2)), ("tokenizer.ggml.tokens", tokens())]);
     let file = GgufFile::from_bytes(bytes, "tiny.gguf").expect("parse");
     let err = GgufTokenizerSpec::from_gguf(&file).unwrap_err().to_string();
-    assert!(
-        err.contains("tokenizer.ggml.model") && err.contains("string"),
-        "{err}"
-    );
+    assert!(err.contains("tokenizer.ggml.model") && err.contains("string"), "{err}");
 
     // A tiny but complete vocabulary builds and merges "a b".
     let bytes = gguf_bytes(&[

@@ -44,47 +44,24 @@ fn rich_cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
     for (model, params, speed) in models {
         for (method, label, ratio, mparams, loss, achieved) in &methods {
             let lr = ratio.map(|r: f64| r.log2()).unwrap_or(if *method == "kivi" { 1.0 } else { 0.0 });
-            let tasks: [(&str, &str, usize); 4] = [
-                ("passkey", "needle", 25),
-                ("longbench/qasper", "single_doc_qa", 12),
-                ("longbench/lcc", "code", 12),
-                ("ruler/niah_single_1", "ruler", 12),
-            ];
+            let tasks: [(&str, &str, usize); 4] =
+                [("passkey", "needle", 25), ("longbench/qasper", "single_doc_qa", 12), ("longbench/lcc", "code", 12), ("ruler/niah_single_1", "ruler", 12)];
             for (task, category, n) in tasks {
-                let id = format!(
-                    "{model}.{label}.{}.{}",
-                    ratio.map(|r| r.to_string()).unwrap_or("-".into()),
-                    task.replace('/', "-")
-                );
+                let id = format!("{model}.{label}.{}.{}", ratio.map(|r| r.to_string()).unwrap_or("-".into()), task.replace('/', "-"));
                 let mut recs = Vec::new();
                 for i in 0..n {
                     let (input, meta, answers, sid) = if task == "passkey" {
                         let len = [512, 1024, 2048, 3072, 4096][i / 5];
                         let depth = [0.0, 0.25, 0.5, 0.75, 1.0][i % 5];
-                        let meta = BTreeMap::from([
-                            ("background_len_words".to_string(), json!(len)),
-                            ("depth".to_string(), json!(depth)),
-                        ]);
-                        (
-                            (len as f64 * 1.32) as usize,
-                            meta,
-                            vec!["4817263".to_string()],
-                            format!("len{len}-depth{depth}"),
-                        )
+                        let meta = BTreeMap::from([("background_len_words".to_string(), json!(len)), ("depth".to_string(), json!(depth))]);
+                        ((len as f64 * 1.32) as usize, meta, vec!["4817263".to_string()], format!("len{len}-depth{depth}"))
                     } else {
                         let input = 800 + (rng.next() * 3200.0) as usize;
-                        (
-                            input,
-                            BTreeMap::new(),
-                            vec!["the committee approved the budget".to_string()],
-                            format!("{}-{i}", task.rsplit('/').next().unwrap()),
-                        )
+                        (input, BTreeMap::new(), vec!["the committee approved the budget".to_string()], format!("{}-{i}", task.rsplit('/').next().unwrap()))
                     };
                     let base = if params > 2e8 { 0.85 } else { 0.7 };
-                    let depth_pen =
-                        meta.get("depth").and_then(|d| d.as_f64()).map(|d| (0.5 - d).abs() * 0.2).unwrap_or(0.0);
-                    let p =
-                        (base - loss * lr - depth_pen * lr * 0.5 + (input as f64 / 4000.0) * -0.05).clamp(0.02, 0.99);
+                    let depth_pen = meta.get("depth").and_then(|d| d.as_f64()).map(|d| (0.5 - d).abs() * 0.2).unwrap_or(0.0);
+                    let p = (base - loss * lr - depth_pen * lr * 0.5 + (input as f64 / 4000.0) * -0.05).clamp(0.02, 0.99);
                     let score = if task == "passkey" || task.starts_with("ruler") {
                         if rng.next() < p {
                             100.0
@@ -119,8 +96,7 @@ fn rich_cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
                         input_tokens: input,
                         generated_tokens: generated,
                         prefill_seconds: input as f64 / (600.0 * speed * (1.0 - 0.04 * lr)),
-                        decode_tokens_per_s: 18.0 * speed * (1.0 - input as f64 / 20000.0) * (1.0 + 0.03 * lr)
-                            + rng.next(),
+                        decode_tokens_per_s: 18.0 * speed * (1.0 - input as f64 / 20000.0) * (1.0 + 0.03 * lr) + rng.next(),
                         kv_bytes_held: held,
                         kv_bytes_attended: held,
                         kv_bytes_full: full,

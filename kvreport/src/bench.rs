@@ -43,8 +43,7 @@ pub struct BenchError {
 pub fn load_bench(path: &Path) -> Result<Vec<BenchRow>, BenchError> {
     let file = if path.is_dir() { path.join("bench.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).map_err(|e| BenchError { path: file.clone(), problem: e.to_string() })?;
-    let parsed: BenchFile = serde_json::from_str(&text)
-        .map_err(|e| BenchError { path: file.clone(), problem: format!("not a kvbench bench file ({e})") })?;
+    let parsed: BenchFile = serde_json::from_str(&text).map_err(|e| BenchError { path: file.clone(), problem: format!("not a kvbench bench file ({e})") })?;
     Ok(parsed.rows)
 }
 
@@ -109,7 +108,12 @@ pub fn bench_section(rows: &[BenchRow]) -> String {
                     let mut pts: Vec<&&BenchRow> = mine.iter().filter(|r| r.label == *full).collect();
                     pts.sort_by_key(|r| r.context_tokens);
                     for r in pts {
-                        s.points.push(Point { x: r.context_tokens as f64, y: r.decode_ceiling_tokens_per_s, tip: format!("ceiling at {} tokens: {}", r.context_tokens, fixed(r.decode_ceiling_tokens_per_s, 1)), label: None });
+                        s.points.push(Point {
+                            x: r.context_tokens as f64,
+                            y: r.decode_ceiling_tokens_per_s,
+                            tip: format!("ceiling at {} tokens: {}", r.context_tokens, fixed(r.decode_ceiling_tokens_per_s, 1)),
+                            label: None,
+                        });
                     }
                     chart.series.push(s);
                 }

@@ -91,17 +91,8 @@ pub struct ExampleGroup {
     pub samples: Vec<ExampleSample>,
 }
 
-const FACT_KEYS: [&str; 9] = [
-    "length",
-    "context_length",
-    "words",
-    "background_len_words",
-    "context_length_tokens",
-    "depth",
-    "depth_percent",
-    "dataset",
-    "max_seq_length",
-];
+const FACT_KEYS: [&str; 9] =
+    ["length", "context_length", "words", "background_len_words", "context_length_tokens", "depth", "depth_percent", "dataset", "max_seq_length"];
 
 /// Picks the samples and lines up every method's prediction (see the module doc).
 pub fn collect_examples(cells: &[Cell], per_task: usize) -> Vec<ExampleGroup> {
@@ -109,10 +100,7 @@ pub fn collect_examples(cells: &[Cell], per_task: usize) -> Vec<ExampleGroup> {
     type TaskKey = (String, (usize, String), String);
     let mut by_task: BTreeMap<TaskKey, Vec<&Cell>> = BTreeMap::new();
     for c in cells {
-        by_task
-            .entry((c.info.model.clone(), category_rank(&c.info.category), c.info.task.clone()))
-            .or_default()
-            .push(c);
+        by_task.entry((c.info.model.clone(), category_rank(&c.info.category), c.info.task.clone())).or_default().push(c);
     }
     let mut groups = Vec::new();
     for ((model, (_, category), task), mut cs) in by_task {
@@ -125,24 +113,21 @@ pub fn collect_examples(cells: &[Cell], per_task: usize) -> Vec<ExampleGroup> {
             }
         }
         chosen.sort_by(|a, b| {
-            b.info
-                .is_full()
-                .cmp(&a.info.is_full())
-                .then_with(|| a.info.method_label.cmp(&b.info.method_label))
-                .then_with(|| match (a.info.ratio, b.info.ratio) {
+            b.info.is_full().cmp(&a.info.is_full()).then_with(|| a.info.method_label.cmp(&b.info.method_label)).then_with(|| {
+                match (a.info.ratio, b.info.ratio) {
                     (None, None) => std::cmp::Ordering::Equal,
                     (None, Some(_)) => std::cmp::Ordering::Less,
                     (Some(_), None) => std::cmp::Ordering::Greater,
                     (Some(x), Some(y)) => x.total_cmp(&y),
-                })
+                }
+            })
         });
         let full = chosen.iter().find(|c| c.info.is_full()).copied();
         let reference = full.or_else(|| chosen.iter().find(|c| !c.records.is_empty()).copied());
         let Some(reference) = reference else { continue };
         let mut samples = Vec::new();
         for rec in reference.records.iter().take(per_task) {
-            let full_pred =
-                full.and_then(|f| f.records.iter().find(|r| r.sample_id == rec.sample_id)).map(|r| &r.prediction);
+            let full_pred = full.and_then(|f| f.records.iter().find(|r| r.sample_id == rec.sample_id)).map(|r| &r.prediction);
             let entries = chosen
                 .iter()
                 .map(|c| {
@@ -162,16 +147,8 @@ pub fn collect_examples(cells: &[Cell], per_task: usize) -> Vec<ExampleGroup> {
                     }
                 })
                 .collect();
-            let facts = FACT_KEYS
-                .iter()
-                .filter_map(|k| rec.metadata.get(*k).map(|v| format!("{k}={}", compact_json(v))))
-                .collect();
-            samples.push(ExampleSample {
-                sample_id: rec.sample_id.clone(),
-                answers: rec.answers.clone(),
-                facts,
-                entries,
-            });
+            let facts = FACT_KEYS.iter().filter_map(|k| rec.metadata.get(*k).map(|v| format!("{k}={}", compact_json(v)))).collect();
+            samples.push(ExampleSample { sample_id: rec.sample_id.clone(), answers: rec.answers.clone(), facts, entries });
         }
         groups.push(ExampleGroup { model, task, category, has_full: full.is_some(), samples });
     }
@@ -247,12 +224,8 @@ pub fn examples_markdown(groups: &[ExampleGroup], experiment: &str) -> String {
                 o.push_str(&format!("{}\n\n", md_escape(&s.facts.join(", "))));
             }
             let answers: Vec<String> = s.answers.iter().map(|a| format!("“{}”", md_escape(a))).collect();
-            o.push_str(&format!(
-                "Reference answer(s): {}\n\n",
-                if answers.is_empty() { "–".into() } else { answers.join(" · ") }
-            ));
-            let header: Vec<String> =
-                ["method", "budget", "score", "vs. full", "prediction"].iter().map(|s| s.to_string()).collect();
+            o.push_str(&format!("Reference answer(s): {}\n\n", if answers.is_empty() { "–".into() } else { answers.join(" · ") }));
+            let header: Vec<String> = ["method", "budget", "score", "vs. full", "prediction"].iter().map(|s| s.to_string()).collect();
             let rows: Vec<Vec<String>> = s
                 .entries
                 .iter()
@@ -281,12 +254,9 @@ fn html_prediction(pred: &str, div: Option<&Divergence>) -> String {
         return "<i>(empty)</i>".into();
     }
     match div {
-        Some(Divergence { span: Some((a, b)), .. }) => format!(
-            "{}<mark>{}</mark><span class=\"after\">{}</span>",
-            html_escape(&pred[..*a]),
-            html_escape(&pred[*a..*b]),
-            html_escape(&pred[*b..])
-        ),
+        Some(Divergence { span: Some((a, b)), .. }) => {
+            format!("{}<mark>{}</mark><span class=\"after\">{}</span>", html_escape(&pred[..*a]), html_escape(&pred[*a..*b]), html_escape(&pred[*b..]))
+        }
         Some(Divergence { span: None, .. }) => format!("{}<mark>⟂ ends here</mark>", html_escape(pred)),
         None => html_escape(pred),
     }
@@ -407,9 +377,6 @@ mod tests {
         let p = "The pass key is 7654321.";
         let d = divergence("The pass key is 1234567.", p);
         assert_eq!(md_prediction(p, d.as_ref()), "The pass key is **7654321.**");
-        assert_eq!(
-            html_prediction(p, d.as_ref()),
-            "The pass key is <mark>7654321.</mark><span class=\"after\"></span>"
-        );
+        assert_eq!(html_prediction(p, d.as_ref()), "The pass key is <mark>7654321.</mark><span class=\"after\"></span>");
     }
 }

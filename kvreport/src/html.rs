@@ -75,8 +75,7 @@ pub struct Palette {
     markers: BTreeMap<(String, String, Option<u64>), Marker>,
 }
 
-const COLORS: [&str; 10] =
-    ["#3366cc", "#e8743b", "#19a979", "#d64550", "#945ecf", "#13a4b4", "#b6992d", "#bf399e", "#6c8893", "#ed4a7b"];
+const COLORS: [&str; 10] = ["#3366cc", "#e8743b", "#19a979", "#d64550", "#945ecf", "#13a4b4", "#b6992d", "#bf399e", "#6c8893", "#ed4a7b"];
 const FULL_COLOR: &str = "#1d2330";
 
 impl Palette {
@@ -84,8 +83,7 @@ impl Palette {
         let mut names: Vec<&str> = rows.iter().filter(|r| !r.is_full()).map(|r| r.method.as_str()).collect();
         names.sort();
         names.dedup();
-        let families =
-            names.iter().enumerate().map(|(i, n)| (n.to_string(), COLORS[i % COLORS.len()].to_string())).collect();
+        let families = names.iter().enumerate().map(|(i, n)| (n.to_string(), COLORS[i % COLORS.len()].to_string())).collect();
         let mut variants: BTreeMap<&str, Vec<&LeaderboardRow>> = BTreeMap::new();
         for r in rows {
             let v = variants.entry(r.method.as_str()).or_default();
@@ -117,10 +115,7 @@ impl Palette {
     }
 
     pub fn marker(&self, row: &LeaderboardRow) -> Marker {
-        self.markers
-            .get(&(row.method.clone(), row.method_label.clone(), row.ratio.map(f64::to_bits)))
-            .copied()
-            .unwrap_or(Marker::Circle)
+        self.markers.get(&(row.method.clone(), row.method_label.clone(), row.ratio.map(f64::to_bits))).copied().unwrap_or(Marker::Circle)
     }
 }
 
@@ -171,11 +166,7 @@ struct NavLink<'a> {
 
 /// `name (short hash), ...` and its tip, `name: hash` per line, of a name -> hash map.
 fn hashes_field(name: &'static str, hashes: &BTreeMap<String, String>) -> ProvField {
-    let value = if hashes.is_empty() {
-        "–".into()
-    } else {
-        hashes.iter().map(|(k, v)| format!("{k} ({})", short_hash(v))).collect::<Vec<_>>().join(", ")
-    };
+    let value = if hashes.is_empty() { "–".into() } else { hashes.iter().map(|(k, v)| format!("{k} ({})", short_hash(v))).collect::<Vec<_>>().join(", ") };
     let tip = hashes.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join("\n");
     ProvField { name, value, tip }
 }
@@ -194,20 +185,11 @@ fn header<'a>(runs: &[RunInfo], kicker: &'a str, nav: &[(&'a str, &'a str)]) -> 
         plain("threads", distinct(runs, |r| r.threads.to_string())),
         plain("libtorch", distinct(runs, |r| r.libtorch_version.clone())),
         plain("kvbench", distinct(runs, |r| r.kvbench_version.clone())),
-        ProvField {
-            name: "config sha256",
-            value: distinct(runs, |r| short_hash(&r.config_hash)),
-            tip: distinct(runs, |r| r.config_hash.clone()),
-        },
+        ProvField { name: "config sha256", value: distinct(runs, |r| short_hash(&r.config_hash)), tip: distinct(runs, |r| r.config_hash.clone()) },
         hashes_field("models", &models),
         hashes_field("data", &data),
     ];
-    Header {
-        kicker,
-        title: distinct(runs, |r| r.experiment.clone()),
-        fields,
-        nav: nav.iter().map(|&(href, text)| NavLink { href, text }).collect(),
-    }
+    Header { kicker, title: distinct(runs, |r| r.experiment.clone()), fields, nav: nav.iter().map(|&(href, text)| NavLink { href, text }).collect() }
 }
 
 /// The report's page header (experiment and provenance), shared with examples.html.
@@ -318,10 +300,7 @@ fn leaderboard_tables(lb: &Leaderboard, palette: &Palette) -> Vec<LeaderboardTab
                     held: dash(r.kv_bytes_held.map(human_bytes)),
                     held_tip: r.kv_bytes_held.map(|v| format!("{} bytes", fixed(v, 0))).unwrap_or_default(),
                     attended: dash(r.kv_bytes_attended.map(human_bytes)),
-                    attended_tip: r
-                        .kv_bytes_attended
-                        .map(|v| format!("{} bytes read by the last decoding step", fixed(v, 0)))
-                        .unwrap_or_default(),
+                    attended_tip: r.kv_bytes_attended.map(|v| format!("{} bytes read by the last decoding step", fixed(v, 0))).unwrap_or_default(),
                     peak: dash(r.peak_memory_bytes.map(|v| human_bytes(v as f64))),
                     peak_tip: r.peak_memory_bytes.map(|v| format!("{v} bytes")).unwrap_or_default(),
                     prefill: dash(r.prefill_tokens_per_s.map(|v| fixed(v, 1))),
@@ -329,12 +308,7 @@ fn leaderboard_tables(lb: &Leaderboard, palette: &Palette) -> Vec<LeaderboardTab
                 }
             })
             .collect();
-        out.push(LeaderboardTable {
-            attended: rows.iter().any(|r| r.kv_bytes_attended != r.kv_bytes_held),
-            model,
-            categories,
-            rows: lines,
-        });
+        out.push(LeaderboardTable { attended: rows.iter().any(|r| r.kv_bytes_attended != r.kv_bytes_held), model, categories, rows: lines });
     }
     out
 }
@@ -391,10 +365,7 @@ fn per_task_tables(lb: &Leaderboard) -> Vec<PerTaskTable> {
                     full: r.is_full(),
                     label: r.method_label.clone(),
                     budget: budget_label(r.ratio),
-                    tasks: tasks
-                        .iter()
-                        .map(|(_, t)| r.tasks.get(t).map(|s| TaskCell { score: Score::of(s), records: s.records }))
-                        .collect(),
+                    tasks: tasks.iter().map(|(_, t)| r.tasks.get(t).map(|s| TaskCell { score: Score::of(s), records: s.records })).collect(),
                 })
                 .collect();
             let tasks = tasks.into_iter().map(|(category, name)| TaskColumn { category, name }).collect();
@@ -423,10 +394,7 @@ fn task_lines(cells: &[Cell]) -> Vec<TaskLine> {
         e.1 += c.records.len();
         e.2 = e.2.max(c.info.samples);
     }
-    tasks
-        .into_iter()
-        .map(|(((_, category), task), (cells, records, samples))| TaskLine { category, task, cells, samples, records })
-        .collect()
+    tasks.into_iter().map(|(((_, category), task), (cells, records, samples))| TaskLine { category, task, cells, samples, records }).collect()
 }
 
 /// The counts at the top of the page, with thousands separators.
@@ -469,12 +437,7 @@ pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra
         cells: count(cells.len()),
         records: count(cells.iter().map(|c| c.records.len()).sum()),
     };
-    let widest = lb.widest_task_ci().map(|(ci, r, t)| WidestCi {
-        ci: fixed(ci, 2),
-        model: r.model.clone(),
-        row: r.display_name(),
-        task: t.to_string(),
-    });
+    let widest = lb.widest_task_ci().map(|(ci, r, t)| WidestCi { ci: fixed(ci, 2), model: r.model.clone(), row: r.display_name(), task: t.to_string() });
     render(
         "index.html.j2",
         context! {

@@ -118,16 +118,12 @@ pub fn category_rank(category: &str) -> (usize, String) {
 
 /// Orders two rows: model, full first, method label, ratio ascending with none first.
 pub fn row_order(a: &LeaderboardRow, b: &LeaderboardRow) -> Ordering {
-    a.model
-        .cmp(&b.model)
-        .then_with(|| b.is_full().cmp(&a.is_full()))
-        .then_with(|| a.method_label.cmp(&b.method_label))
-        .then_with(|| match (a.ratio, b.ratio) {
-            (None, None) => Ordering::Equal,
-            (None, Some(_)) => Ordering::Less,
-            (Some(_), None) => Ordering::Greater,
-            (Some(x), Some(y)) => x.total_cmp(&y),
-        })
+    a.model.cmp(&b.model).then_with(|| b.is_full().cmp(&a.is_full())).then_with(|| a.method_label.cmp(&b.method_label)).then_with(|| match (a.ratio, b.ratio) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Less,
+        (Some(_), None) => Ordering::Greater,
+        (Some(x), Some(y)) => x.total_cmp(&y),
+    })
 }
 
 fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
@@ -154,12 +150,7 @@ fn ci95(values: &[f64]) -> Option<f64> {
 fn stat(cells: &[&Cell]) -> Option<CategoryStat> {
     let cell_means: Vec<f64> = cells.iter().filter_map(|c| c.mean_score()).collect();
     let scores: Vec<f64> = cells.iter().flat_map(|c| c.records.iter().map(|r| r.score)).collect();
-    Some(CategoryStat {
-        mean: mean(cell_means.iter().copied())?,
-        ci95: ci95(&scores),
-        records: scores.len(),
-        cells: cell_means.len(),
-    })
+    Some(CategoryStat { mean: mean(cell_means.iter().copied())?, ci95: ci95(&scores), records: scores.len(), cells: cell_means.len() })
 }
 
 fn build_row(cells: &[&Cell]) -> LeaderboardRow {
@@ -170,10 +161,8 @@ fn build_row(cells: &[&Cell]) -> LeaderboardRow {
         by_category.entry(c.info.category.clone()).or_default().push(c);
         by_task.entry(c.info.task.clone()).or_default().push(c);
     }
-    let categories: BTreeMap<String, CategoryStat> =
-        by_category.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
-    let tasks: BTreeMap<String, CategoryStat> =
-        by_task.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
+    let categories: BTreeMap<String, CategoryStat> = by_category.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
+    let tasks: BTreeMap<String, CategoryStat> = by_task.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
     let records: Vec<_> = cells.iter().flat_map(|c| c.records.iter()).collect();
     let input_tokens: f64 = records.iter().map(|r| r.input_tokens as f64).sum();
     let prefill_seconds: f64 = records.iter().map(|r| r.prefill_seconds).sum();
@@ -238,11 +227,7 @@ impl Leaderboard {
 
     /// Category columns any row of `model` has, in display order.
     pub fn categories_of(&self, model: &str) -> Vec<String> {
-        self.categories
-            .iter()
-            .filter(|c| self.rows.iter().any(|r| r.model == model && r.categories.contains_key(*c)))
-            .cloned()
-            .collect()
+        self.categories.iter().filter(|c| self.rows.iter().any(|r| r.model == model && r.categories.contains_key(*c))).cloned().collect()
     }
 
     /// Tasks (category, task) any row of `model` has, in display order.
@@ -252,10 +237,7 @@ impl Leaderboard {
 
     /// The widest 95% half-width of any (row, task) average: (half-width, row, task).
     pub fn widest_task_ci(&self) -> Option<(f64, &LeaderboardRow, &str)> {
-        self.rows
-            .iter()
-            .flat_map(|r| r.tasks.iter().filter_map(move |(t, s)| Some((s.ci95?, r, t.as_str()))))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
+        self.rows.iter().flat_map(|r| r.tasks.iter().filter_map(move |(t, s)| Some((s.ci95?, r, t.as_str())))).max_by(|a, b| a.0.total_cmp(&b.0))
     }
 
     /// `tasks.csv`: one line per (row, task): the task average, its 95% half-width and samples.
@@ -339,8 +321,7 @@ impl Leaderboard {
     /// `leaderboard.csv`: a header row, plain numbers, empty fields where a figure is missing.
     pub fn to_csv(&self) -> Result<String, csv::Error> {
         let mut w = csv::Writer::from_writer(Vec::new());
-        let mut header: Vec<String> =
-            ["model", "method", "method_label", "ratio"].iter().map(|s| s.to_string()).collect();
+        let mut header: Vec<String> = ["model", "method", "method_label", "ratio"].iter().map(|s| s.to_string()).collect();
         for c in &self.categories {
             header.push(c.clone());
             header.push(format!("{c}_ci95"));
@@ -364,12 +345,7 @@ impl Leaderboard {
         );
         w.write_record(&header)?;
         for r in &self.rows {
-            let mut rec = vec![
-                r.model.clone(),
-                r.method.clone(),
-                r.method_label.clone(),
-                r.ratio.map(shortest).unwrap_or_default(),
-            ];
+            let mut rec = vec![r.model.clone(), r.method.clone(), r.method_label.clone(), r.ratio.map(shortest).unwrap_or_default()];
             for c in &self.categories {
                 let s = r.categories.get(c);
                 rec.push(s.map(|s| fixed(s.mean, 4)).unwrap_or_default());

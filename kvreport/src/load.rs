@@ -162,11 +162,8 @@ pub(crate) fn parse_record_lines(bytes: &[u8], path: &Path, cell_id: &str) -> Re
         let line = i + 1;
         let seg = seg.strip_suffix(b"\r").unwrap_or(seg);
         let is_last = i == last;
-        let truncated_warning = || LoadWarning {
-            path: path.to_path_buf(),
-            line: Some(line),
-            message: "truncated final line skipped (the run was interrupted mid-write)".into(),
-        };
+        let truncated_warning =
+            || LoadWarning { path: path.to_path_buf(), line: Some(line), message: "truncated final line skipped (the run was interrupted mid-write)".into() };
         let text = match std::str::from_utf8(seg) {
             Ok(t) => t,
             Err(_) if is_last && !ends_with_newline => {
@@ -187,12 +184,7 @@ pub(crate) fn parse_record_lines(bytes: &[u8], path: &Path, cell_id: &str) -> Re
             Err(source) => return Err(LoadError::Record { path: path.to_path_buf(), line, source }),
         };
         if record.cell != cell_id {
-            return Err(LoadError::WrongCell {
-                path: path.to_path_buf(),
-                line,
-                found: record.cell,
-                expected: cell_id.to_string(),
-            });
+            return Err(LoadError::WrongCell { path: path.to_path_buf(), line, found: record.cell, expected: cell_id.to_string() });
         }
         if let Some(&first) = seen.get(&record.sample_id) {
             let earlier = out.iter().find(|r| r.line == first).map(|r| &r.record);
@@ -200,19 +192,11 @@ pub(crate) fn parse_record_lines(bytes: &[u8], path: &Path, cell_id: &str) -> Re
                 warnings.push(LoadWarning {
                     path: path.to_path_buf(),
                     line: Some(line),
-                    message: format!(
-                        "sample {:?} recorded again (identical to line {first}); kept once",
-                        record.sample_id
-                    ),
+                    message: format!("sample {:?} recorded again (identical to line {first}); kept once", record.sample_id),
                 });
                 continue;
             }
-            return Err(LoadError::DuplicateSample {
-                path: path.to_path_buf(),
-                line,
-                first_line: first,
-                sample_id: record.sample_id,
-            });
+            return Err(LoadError::DuplicateSample { path: path.to_path_buf(), line, first_line: first, sample_id: record.sample_id });
         }
         seen.insert(record.sample_id.clone(), line);
         out.push(RecordLine { line, text: text.to_string(), record });
@@ -228,10 +212,8 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, LoadError
 /// A JSON file's bytes (read from `path`) as `T`; invalid UTF-8 is reported as reading the file
 /// as text would.
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8], path: &Path) -> Result<T, LoadError> {
-    let text = std::str::from_utf8(bytes).map_err(|_| LoadError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"),
-    })?;
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| LoadError::Io { path: path.to_path_buf(), source: io::Error::new(io::ErrorKind::InvalidData, "stream did not contain valid UTF-8") })?;
     serde_json::from_str(text).map_err(|source| LoadError::Json { path: path.to_path_buf(), source })
 }
 
@@ -267,11 +249,7 @@ fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>
         if records_path.exists() {
             return Err(LoadError::MissingCellInfo(dir.to_path_buf()));
         }
-        warnings.push(LoadWarning {
-            path: dir.to_path_buf(),
-            line: None,
-            message: "cell directory without cell.json skipped".into(),
-        });
+        warnings.push(LoadWarning { path: dir.to_path_buf(), line: None, message: "cell directory without cell.json skipped".into() });
         return Ok(None);
     }
     let info_bytes = fs::read(&info_path).map_err(|source| LoadError::Io { path: info_path.clone(), source })?;
@@ -312,11 +290,7 @@ pub fn load_run(dir: &Path) -> Result<(LoadedRun, Vec<Cell>, Vec<LoadWarning>), 
             }
         }
     } else {
-        warnings.push(LoadWarning {
-            path: cells_dir,
-            line: None,
-            message: "no cells directory: the run has no results".into(),
-        });
+        warnings.push(LoadWarning { path: cells_dir, line: None, message: "no cells directory: the run has no results".into() });
     }
     Ok((LoadedRun { dir: dir.to_path_buf(), info }, cells, warnings))
 }

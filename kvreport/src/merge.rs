@@ -71,23 +71,13 @@ fn combine(runs: &[LoadedRun], get: impl Fn(&RunInfo) -> &str) -> String {
     distinct.join(" + ")
 }
 
-fn merge_maps(
-    runs: &[LoadedRun],
-    field: &'static str,
-    get: impl Fn(&RunInfo) -> &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, String>, MergeError> {
+fn merge_maps(runs: &[LoadedRun], field: &'static str, get: impl Fn(&RunInfo) -> &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, MergeError> {
     let mut out: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
     for r in runs {
         for (k, v) in get(&r.info) {
             match out.get(k) {
                 Some((existing, dir)) if existing != v => {
-                    return Err(MergeError::Mismatch {
-                        field,
-                        a: format!("{k}={existing}"),
-                        b: format!("{k}={v}"),
-                        a_dir: dir.clone(),
-                        b_dir: r.dir.clone(),
-                    })
+                    return Err(MergeError::Mismatch { field, a: format!("{k}={existing}"), b: format!("{k}={v}"), a_dir: dir.clone(), b_dir: r.dir.clone() })
                 }
                 Some(_) => {}
                 None => {
@@ -105,18 +95,9 @@ fn merge_maps(
 pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
     let first = runs.first().ok_or(MergeError::NoInput)?;
     for r in &runs[1..] {
-        for (field, a, b) in [
-            ("experiment", &first.info.experiment, &r.info.experiment),
-            ("config_hash", &first.info.config_hash, &r.info.config_hash),
-        ] {
+        for (field, a, b) in [("experiment", &first.info.experiment, &r.info.experiment), ("config_hash", &first.info.config_hash, &r.info.config_hash)] {
             if a != b {
-                return Err(MergeError::Mismatch {
-                    field,
-                    a: a.clone(),
-                    b: b.clone(),
-                    a_dir: first.dir.clone(),
-                    b_dir: r.dir.clone(),
-                });
+                return Err(MergeError::Mismatch { field, a: a.clone(), b: b.clone(), a_dir: first.dir.clone(), b_dir: r.dir.clone() });
             }
         }
     }

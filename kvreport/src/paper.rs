@@ -46,8 +46,8 @@ use serde::Deserialize;
 
 use crate::format::{budget_label, fixed, md_escape};
 // The paper's 15 averaged datasets, in the order its summary script adds them up.
-use kvtasks::longbench::prompts::AVERAGE_15 as DATASETS;
 use crate::leaderboard::{markdown_table, LeaderboardRow};
+use kvtasks::longbench::prompts::AVERAGE_15 as DATASETS;
 
 /// The published numbers, as transcribed.
 pub const PAPER_RESULTS_CSV: &str = include_str!("../data/paper_results.csv");
@@ -146,7 +146,6 @@ const CATEGORIES: &[(&str, &[&str], f64)] = &[
     ("Code", &["code", "codecompletion"], 2.0),
 ];
 
-
 /// The paper's category for a kvbench category.
 pub fn paper_category(category: &str) -> Option<&'static str> {
     let n = norm(category);
@@ -233,16 +232,14 @@ pub fn comparisons(rows: &[LeaderboardRow], paper: &[PaperResult]) -> Vec<Compar
                 source: p.source.clone(),
             })
         };
-        let mut cats: Vec<(&'static str, f64)> =
-            row.categories.iter().filter_map(|(c, s)| Some((paper_category(c)?, s.mean))).collect();
+        let mut cats: Vec<(&'static str, f64)> = row.categories.iter().filter_map(|(c, s)| Some((paper_category(c)?, s.mean))).collect();
         cats.sort_by_key(|(c, _)| CATEGORIES.iter().position(|(p, _, _)| p == c));
         for (c, v) in cats {
             if let Some(p) = find(model, method, ratio, c) {
                 push(c.to_string(), v, p);
             }
         }
-        let mut tasks: Vec<(&'static str, f64)> =
-            row.tasks.iter().filter_map(|(t, s)| Some((paper_dataset(t)?, s.mean))).collect();
+        let mut tasks: Vec<(&'static str, f64)> = row.tasks.iter().filter_map(|(t, s)| Some((paper_dataset(t)?, s.mean))).collect();
         tasks.sort_by_key(|(d, _)| DATASETS.iter().position(|x| x == d));
         for (d, v) in tasks {
             if let Some(p) = find(model, method, ratio, d) {
@@ -309,10 +306,7 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
             these.len(),
             fixed(mean_abs, 2)
         ));
-        let header: Vec<String> = ["method", "budget", "paper method", "category", "kvbench", "paper", "Δ", "source"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let header: Vec<String> = ["method", "budget", "paper method", "category", "kvbench", "paper", "Δ", "source"].iter().map(|s| s.to_string()).collect();
         let table: Vec<Vec<String>> = these
             .iter()
             .map(|c| {
@@ -342,15 +336,7 @@ mod tests {
         let p = paper_results().unwrap();
         // 3 transformer models × 20 method-budgets × 7 columns, 5 linear models × 7, 6 × 15 KIVI datasets
         assert_eq!(p.len(), 3 * 20 * 7 + 5 * 7 + 6 * 15);
-        let h2o = p
-            .iter()
-            .find(|r| {
-                r.model == "llama3-8b-instruct"
-                    && r.method_label == "H2O"
-                    && r.ratio == Some(4.0)
-                    && r.category == "Code"
-            })
-            .unwrap();
+        let h2o = p.iter().find(|r| r.model == "llama3-8b-instruct" && r.method_label == "H2O" && r.ratio == Some(4.0) && r.category == "Code").unwrap();
         assert_eq!(h2o.score, 53.01);
         assert!(p.iter().all(|r| !r.source.is_empty()));
     }
@@ -360,17 +346,12 @@ mod tests {
         // The 15-task average is (3·SD + 3·MD + 3·Sum + 3·FS + Syn + 2·Code)/15: checks every
         // transcribed category row against the average printed next to it.
         let p = paper_results().unwrap();
-        let mut keys: Vec<(String, String, Option<u64>)> =
-            p.iter().map(|r| (r.model.clone(), r.method_label.clone(), r.ratio.map(f64::to_bits))).collect();
+        let mut keys: Vec<(String, String, Option<u64>)> = p.iter().map(|r| (r.model.clone(), r.method_label.clone(), r.ratio.map(f64::to_bits))).collect();
         keys.sort();
         keys.dedup();
         let mut checked = 0;
         for (m, l, r) in keys {
-            let get = |c: &str| {
-                p.iter()
-                    .find(|x| x.model == m && x.method_label == l && x.ratio.map(f64::to_bits) == r && x.category == c)
-                    .map(|x| x.score)
-            };
+            let get = |c: &str| p.iter().find(|x| x.model == m && x.method_label == l && x.ratio.map(f64::to_bits) == r && x.category == c).map(|x| x.score);
             let Some(avg) = get(AVERAGE_15) else { continue };
             let sum: f64 = CATEGORIES.iter().map(|(c, _, w)| w * get(c).unwrap()).sum();
             assert!((sum / 15.0 - avg).abs() < 0.011, "{m} {l} {r:?}: {} vs {avg}", sum / 15.0);
@@ -384,20 +365,9 @@ mod tests {
         let p = paper_results().unwrap();
         for model in ["longchat-7b-v1.5-32k", "mistral-7b-instruct-v0.2"] {
             for method in ["Baseline", "KIVI-2bit", "KIVI-4bit"] {
-                let vals: Vec<f64> = DATASETS
-                    .iter()
-                    .map(|d| {
-                        p.iter()
-                            .find(|x| x.model == model && x.method_label == method && x.category == *d)
-                            .unwrap()
-                            .score
-                    })
-                    .collect();
-                let avg = p
-                    .iter()
-                    .find(|x| x.model == model && x.method_label == method && x.category == AVERAGE_15)
-                    .unwrap()
-                    .score;
+                let vals: Vec<f64> =
+                    DATASETS.iter().map(|d| p.iter().find(|x| x.model == model && x.method_label == method && x.category == *d).unwrap().score).collect();
+                let avg = p.iter().find(|x| x.model == model && x.method_label == method && x.category == AVERAGE_15).unwrap().score;
                 assert!((vals.iter().sum::<f64>() / 15.0 - avg).abs() < 0.006, "{model} {method}");
             }
         }

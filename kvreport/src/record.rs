@@ -127,10 +127,7 @@ impl CellInfo {
 
     /// Quantization bits from the method parameters (`bits`, `k_bits` or `nbits`), if any.
     pub fn quant_bits(&self) -> Option<u32> {
-        ["bits", "k_bits", "nbits"]
-            .iter()
-            .find_map(|k| self.method_params.get(k).and_then(|v| v.as_u64()))
-            .and_then(|b| u32::try_from(b).ok())
+        ["bits", "k_bits", "nbits"].iter().find_map(|k| self.method_params.get(k).and_then(|v| v.as_u64())).and_then(|b| u32::try_from(b).ok())
     }
 
     /// True for the needle-in-a-haystack cells the heatmaps show.

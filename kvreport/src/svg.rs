@@ -44,16 +44,7 @@ pub struct Series {
 
 impl Series {
     pub fn new(name: impl Into<String>, color: impl Into<String>, marker: Marker) -> Series {
-        Series {
-            name: name.into(),
-            color: color.into(),
-            marker,
-            points: Vec::new(),
-            line: false,
-            dashed: false,
-            opacity: 1.0,
-            size: 4.5,
-        }
+        Series { name: name.into(), color: color.into(), marker, points: Vec::new(), line: false, dashed: false, opacity: 1.0, size: 4.5 }
     }
 }
 
@@ -215,12 +206,7 @@ fn f1(v: f64) -> String {
 pub fn marker_svg(m: Marker, x: f64, y: f64, r: f64, color: &str, opacity: f64) -> String {
     let op = if opacity < 1.0 { format!(" fill-opacity=\"{}\"", fixed(opacity, 2)) } else { String::new() };
     match m {
-        Marker::Circle => format!(
-            "<circle cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{color}\"{op} stroke=\"#fff\" stroke-width=\"0.8\"/>",
-            f1(x),
-            f1(y),
-            f1(r)
-        ),
+        Marker::Circle => format!("<circle cx=\"{}\" cy=\"{}\" r=\"{}\" fill=\"{color}\"{op} stroke=\"#fff\" stroke-width=\"0.8\"/>", f1(x), f1(y), f1(r)),
         Marker::Square => {
             let s = r * 0.9;
             format!(
@@ -289,28 +275,14 @@ const LEGEND_W: f64 = 170.0;
 
 impl XyChart {
     pub fn new(title: impl Into<String>, x: Axis, y: Axis) -> XyChart {
-        XyChart {
-            title: title.into(),
-            subtitle: None,
-            x,
-            y,
-            series: Vec::new(),
-            reference: Vec::new(),
-            width: 640.0,
-            height: 380.0,
-            legend_below: false,
-        }
+        XyChart { title: title.into(), subtitle: None, x, y, series: Vec::new(), reference: Vec::new(), width: 640.0, height: 380.0, legend_below: false }
     }
 
     /// Top-left corners of the legend entries (series, then reference lines) and the height
     /// the legend adds below the plot.
     fn legend_layout(&self, top: f64, left: f64) -> (Vec<(f64, f64)>, f64) {
-        let names: Vec<String> = self
-            .series
-            .iter()
-            .map(|s| truncate_chars(&s.name, 22))
-            .chain(self.reference.iter().map(|r| truncate_chars(&r.label, 22)))
-            .collect();
+        let names: Vec<String> =
+            self.series.iter().map(|s| truncate_chars(&s.name, 22)).chain(self.reference.iter().map(|r| truncate_chars(&r.label, 22))).collect();
         if !self.legend_below {
             let lx = self.width - LEGEND_W;
             return (names.iter().enumerate().map(|(i, _)| (lx, top + 4.0 + 18.0 * i as f64)).collect(), 0.0);
@@ -337,11 +309,8 @@ impl XyChart {
         let top = if self.subtitle.is_some() { 62.0 } else { 46.0 };
         let left = 66.0;
         let (mut legend_pos, legend_h) = self.legend_layout(top, left);
-        let (height, right) = if self.legend_below {
-            (self.height + legend_h, 22.0)
-        } else {
-            (self.height.max(top + 18.0 * legend_rows as f64 + 24.0), LEGEND_W + 20.0)
-        };
+        let (height, right) =
+            if self.legend_below { (self.height + legend_h, 22.0) } else { (self.height.max(top + 18.0 * legend_rows as f64 + 24.0), LEGEND_W + 20.0) };
         let bottom = 54.0 + legend_h;
         let (px0, px1) = (left, self.width - right);
         let (py0, py1) = (height - bottom, top);
@@ -353,10 +322,8 @@ impl XyChart {
         let xs: Vec<f64> = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.x)).collect();
         let mut ys: Vec<f64> = self.series.iter().flat_map(|s| s.points.iter().map(|p| p.y)).collect();
         ys.extend(self.reference.iter().map(|r| r.y));
-        let sx =
-            if self.x.log { log_scale(&xs, px0, px1) } else { linear_scale(&xs, self.x.zero, self.x.limit, px0, px1) };
-        let sy =
-            if self.y.log { log_scale(&ys, py0, py1) } else { linear_scale(&ys, self.y.zero, self.y.limit, py0, py1) };
+        let sx = if self.x.log { log_scale(&xs, px0, px1) } else { linear_scale(&xs, self.x.zero, self.x.limit, px0, px1) };
+        let sy = if self.y.log { log_scale(&ys, py0, py1) } else { linear_scale(&ys, self.y.zero, self.y.limit, py0, py1) };
 
         let mut o = String::new();
         o.push_str(&format!(
@@ -366,32 +333,15 @@ impl XyChart {
             t = html_escape(&self.title)
         ));
         o.push_str(&format!("<title>{}</title>", html_escape(&self.title)));
-        o.push_str(&format!(
-            "<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>",
-            f1(self.width),
-            f1(height)
-        ));
-        o.push_str(&format!(
-            "<text class=\"c-title\" x=\"{}\" y=\"22\">{}</text>",
-            f1(left - 50.0),
-            html_escape(&self.title)
-        ));
+        o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(self.width), f1(height)));
+        o.push_str(&format!("<text class=\"c-title\" x=\"{}\" y=\"22\">{}</text>", f1(left - 50.0), html_escape(&self.title)));
         if let Some(sub) = &self.subtitle {
-            o.push_str(&format!(
-                "<text class=\"c-sub\" x=\"{}\" y=\"40\">{}</text>",
-                f1(left - 50.0),
-                html_escape(sub)
-            ));
+            o.push_str(&format!("<text class=\"c-sub\" x=\"{}\" y=\"40\">{}</text>", f1(left - 50.0), html_escape(sub)));
         }
         // grid and ticks
         for &t in &sx.ticks {
             let x = sx.map(t);
-            o.push_str(&format!(
-                "<line class=\"c-grid\" x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\"/>",
-                f1(py0),
-                f1(py1),
-                x = f1(x)
-            ));
+            o.push_str(&format!("<line class=\"c-grid\" x1=\"{x}\" y1=\"{}\" x2=\"{x}\" y2=\"{}\"/>", f1(py0), f1(py1), x = f1(x)));
             o.push_str(&format!(
                 "<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
                 f1(x),
@@ -401,12 +351,7 @@ impl XyChart {
         }
         for &t in &sy.ticks {
             let y = sy.map(t);
-            o.push_str(&format!(
-                "<line class=\"c-grid\" x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/>",
-                f1(px0),
-                f1(px1),
-                y = f1(y)
-            ));
+            o.push_str(&format!("<line class=\"c-grid\" x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\"/>", f1(px0), f1(px1), y = f1(y)));
             o.push_str(&format!(
                 "<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>",
                 f1(px0 - 7.0),
@@ -414,15 +359,7 @@ impl XyChart {
                 html_escape(&tick_text(t, self.y.format))
             ));
         }
-        o.push_str(&format!(
-            "<path class=\"c-axis\" d=\"M{},{}L{},{}L{},{}\"/>",
-            f1(px0),
-            f1(py1),
-            f1(px0),
-            f1(py0),
-            f1(px1),
-            f1(py0)
-        ));
+        o.push_str(&format!("<path class=\"c-axis\" d=\"M{},{}L{},{}L{},{}\"/>", f1(px0), f1(py1), f1(px0), f1(py0), f1(px1), f1(py0)));
         o.push_str(&format!(
             "<text class=\"c-label\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
             f1((px0 + px1) / 2.0),
@@ -457,11 +394,8 @@ impl XyChart {
             if s.line && pts.len() > 1 {
                 let mut sorted = pts.clone();
                 sorted.sort_by(|a, b| a.x.total_cmp(&b.x));
-                let d: Vec<String> = sorted
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| format!("{}{},{}", if i == 0 { "M" } else { "L" }, f1(sx.map(p.x)), f1(sy.map(p.y))))
-                    .collect();
+                let d: Vec<String> =
+                    sorted.iter().enumerate().map(|(i, p)| format!("{}{},{}", if i == 0 { "M" } else { "L" }, f1(sx.map(p.x)), f1(sy.map(p.y)))).collect();
                 o.push_str(&format!(
                     "<path d=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"{} stroke-linejoin=\"round\"/>",
                     d.join(""),
@@ -479,24 +413,14 @@ impl XyChart {
                 if let Some(l) = &p.label {
                     // first free spot among above-right, below-right, above-left, below-left
                     let w = 6.0 * l.chars().count() as f64;
-                    let spots =
-                        [(x + 7.0, y - 6.0), (x + 7.0, y + 14.0), (x - 7.0 - w, y - 6.0), (x - 7.0 - w, y + 14.0)];
+                    let spots = [(x + 7.0, y - 6.0), (x + 7.0, y + 14.0), (x - 7.0 - w, y - 6.0), (x - 7.0 - w, y + 14.0)];
                     let free = spots.iter().find(|(lx, ly)| {
                         let b = (*lx, *ly - 10.0, *lx + w, *ly + 2.0);
-                        *lx >= px0
-                            && b.2 <= self.width
-                            && !placed
-                                .iter()
-                                .any(|q: &(f64, f64, f64, f64)| b.0 < q.2 && q.0 < b.2 && b.1 < q.3 && q.1 < b.3)
+                        *lx >= px0 && b.2 <= self.width && !placed.iter().any(|q: &(f64, f64, f64, f64)| b.0 < q.2 && q.0 < b.2 && b.1 < q.3 && q.1 < b.3)
                     });
                     if let Some(&(lx, ly)) = free {
                         placed.push((lx, ly - 10.0, lx + w, ly + 2.0));
-                        o.push_str(&format!(
-                            "<text class=\"c-plabel\" x=\"{}\" y=\"{}\">{}</text>",
-                            f1(lx),
-                            f1(ly),
-                            html_escape(l)
-                        ));
+                        o.push_str(&format!("<text class=\"c-plabel\" x=\"{}\" y=\"{}\">{}</text>", f1(lx), f1(ly), html_escape(l)));
                     }
                 }
                 o.push_str("</g>");
@@ -544,11 +468,7 @@ impl XyChart {
             ));
         }
         if self.series.iter().all(|s| s.points.is_empty()) {
-            o.push_str(&format!(
-                "<text class=\"c-sub\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">no data</text>",
-                f1((px0 + px1) / 2.0),
-                f1((py0 + py1) / 2.0)
-            ));
+            o.push_str(&format!("<text class=\"c-sub\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">no data</text>", f1((px0 + px1) / 2.0), f1((py0 + py1) / 2.0)));
         }
         o.push_str("</svg>");
         o
@@ -557,13 +477,8 @@ impl XyChart {
 
 /// Red (0) → yellow (50) → green (100) for a 0–100 score.
 pub fn score_color(score: f64) -> String {
-    const STOPS: [(f64, [f64; 3]); 5] = [
-        (0.0, [215.0, 48.0, 39.0]),
-        (25.0, [252.0, 141.0, 89.0]),
-        (50.0, [254.0, 224.0, 139.0]),
-        (75.0, [145.0, 207.0, 96.0]),
-        (100.0, [26.0, 152.0, 80.0]),
-    ];
+    const STOPS: [(f64, [f64; 3]); 5] =
+        [(0.0, [215.0, 48.0, 39.0]), (25.0, [252.0, 141.0, 89.0]), (50.0, [254.0, 224.0, 139.0]), (75.0, [145.0, 207.0, 96.0]), (100.0, [26.0, 152.0, 80.0])];
     let s = score.clamp(0.0, 100.0);
     let mut i = 0;
     while i + 2 < STOPS.len() && s > STOPS[i + 1].0 {
@@ -673,12 +588,7 @@ impl Heatmap {
                     html_escape(t)
                 ));
             } else {
-                o.push_str(&format!(
-                    "<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>",
-                    f1(x),
-                    f1(y),
-                    html_escape(t)
-                ));
+                o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>", f1(x), f1(y), html_escape(t)));
             }
         }
         o.push_str(&format!(
@@ -708,18 +618,9 @@ impl Heatmap {
             ));
         }
         for (v, frac) in [(100, 0.0), (50, 0.5), (0, 1.0)] {
-            o.push_str(&format!(
-                "<text class=\"c-tick\" x=\"{}\" y=\"{}\">{}</text>",
-                f1(bx + 17.0),
-                f1(top + frac * bh * steps as f64 + 4.0),
-                v
-            ));
+            o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\">{}</text>", f1(bx + 17.0), f1(top + frac * bh * steps as f64 + 4.0), v));
         }
-        o.push_str(&format!(
-            "<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">score</text>",
-            f1(bx + 8.0),
-            f1(top - 6.0)
-        ));
+        o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">score</text>", f1(bx + 8.0), f1(top - 6.0)));
         o.push_str("</svg>");
         o
     }

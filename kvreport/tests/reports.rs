@@ -100,7 +100,9 @@ fn per_task_averages_and_half_widths_equal_hand_computed_ones() {
     let n_expected: usize = lb.rows.iter().map(|r| r.tasks.len()).sum();
     assert_eq!(rows.len(), n_expected);
     let find = |label: &str, ratio: &str, task: &str| {
-        rows.iter().find(|x| &x[0] == "tiny-llama" && &x[2] == label && &x[3] == ratio && x[5].rsplit('/').next() == Some(task)).unwrap_or_else(|| panic!("{label} {ratio} {task}"))
+        rows.iter()
+            .find(|x| &x[0] == "tiny-llama" && &x[2] == label && &x[3] == ratio && x[5].rsplit('/').next() == Some(task))
+            .unwrap_or_else(|| panic!("{label} {ratio} {task}"))
     };
     // qasper full scores 40, 60, 80: mean 60, sd 20, n 3.
     let q = find("full", "", "qasper");
@@ -149,7 +151,8 @@ fn csv_parses_back() {
             "decode_tokens_per_s",
             "records",
             "cells",
-            "incomplete_cells", "kv_bytes_attended"
+            "incomplete_cells",
+            "kv_bytes_attended"
         ]
     );
     let rows: Vec<csv::StringRecord> = r.records().map(|r| r.unwrap()).collect();
@@ -182,19 +185,7 @@ fn markdown_has_the_papers_layout() {
     assert_eq!(headers.len(), 2);
     assert_eq!(
         headers[1],
-        [
-            "method",
-            "budget",
-            "single_doc_qa",
-            "code",
-            "needle",
-            "average",
-            "ratio",
-            "KV held",
-            "peak memory",
-            "prefill tok/s",
-            "decode tok/s"
-        ]
+        ["method", "budget", "single_doc_qa", "code", "needle", "average", "ratio", "KV held", "peak memory", "prefill tok/s", "decode tok/s"]
     );
     let full = md.lines().filter(|l| l.starts_with("| full")).map(cells).nth(1).unwrap();
     assert_eq!(full[1], "–");
@@ -216,12 +207,8 @@ fn reports_are_written_and_html_is_safe() {
     write_fixture(&run);
     let out = dir.path().join("report");
     let summary = write_reports(&[run], &out, true).unwrap();
-    let names: Vec<String> =
-        summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(
-        names,
-        ["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]
-    );
+    let names: Vec<String> = summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]);
     assert_eq!(summary.cells, 14);
     assert_eq!(fs::read_to_string(out.join("leaderboard.md")).unwrap(), summary.leaderboard_markdown);
     // no temp files left behind
@@ -303,7 +290,11 @@ fn attended_bytes_get_their_own_column_where_they_differ_from_held() {
     let headers: Vec<&str> = md.lines().filter(|l| l.starts_with("| method")).collect();
     // model-b's table (first) has no such column; tiny-llama's has it, after KV held.
     assert!(!headers[0].contains("KV attended"), "{}", headers[0]);
-    assert!(headers[1].contains("| KV held | KV attended | peak memory |") || headers[1].contains("KV held") && headers[1].contains("KV attended"), "{}", headers[1]);
+    assert!(
+        headers[1].contains("| KV held | KV attended | peak memory |") || headers[1].contains("KV held") && headers[1].contains("KV attended"),
+        "{}",
+        headers[1]
+    );
     let csv = lb.to_csv().unwrap();
     let mut rdr = csv::Reader::from_reader(csv.as_bytes());
     let h = rdr.headers().unwrap().clone();
@@ -336,7 +327,7 @@ fn bench_files_add_a_speed_section_to_the_page() {
     let file = serde_json::json!({"calibration": {}, "rows": [row("full", 1024, 24.0), row("full", 4096, 19.0), row("snapkv(ratio=8)", 1024, 21.0)]});
     fs::write(bench_dir.join("bench.json"), file.to_string()).unwrap();
     let out = dir.path().join("report");
-    kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, &[bench_dir.clone()]).unwrap();
+    kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, std::slice::from_ref(&bench_dir)).unwrap();
     let html = fs::read_to_string(out.join("index.html")).unwrap();
     assert!(html.contains("id=\"bench\""), "no bench section");
     assert!(html.contains("Decode speed — tiny-llama") && html.contains("full ceiling (estimate)"));
@@ -345,6 +336,6 @@ fn bench_files_add_a_speed_section_to_the_page() {
     write_reports(&[dir.path().to_path_buf()], &out, false).unwrap();
     assert!(!fs::read_to_string(out.join("index.html")).unwrap().contains("id=\"bench\""));
     fs::write(bench_dir.join("bench.json"), "{\"rows\": 3}").unwrap();
-    let err = kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, &[bench_dir.clone()]).unwrap_err().to_string();
+    let err = kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, std::slice::from_ref(&bench_dir)).unwrap_err().to_string();
     assert!(err.contains("bench.json") && err.contains("not a kvbench bench file"), "{err}");
 }

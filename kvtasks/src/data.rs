@@ -8,7 +8,6 @@ use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-
 /// Marker file written last into a complete data folder.
 pub const MARKER: &str = ".kvbench-dataset.json";
 
@@ -205,9 +204,7 @@ pub fn known_datasets() -> &'static [DatasetSpec] {
 
 /// The spec named `name`.
 pub fn spec(name: &str) -> Result<&'static DatasetSpec, DataError> {
-    DATASETS.iter().find(|d| d.name == name).ok_or_else(|| {
-        DataError::Unknown(name.to_string(), DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", "))
-    })
+    DATASETS.iter().find(|d| d.name == name).ok_or_else(|| DataError::Unknown(name.to_string(), DATASETS.iter().map(|d| d.name).collect::<Vec<_>>().join(", ")))
 }
 
 /// kvbench's cache directory (`kvformats::home`: `$KVBENCH_HOME`, else `<user cache>/kvbench`),
@@ -335,11 +332,7 @@ fn run_client(a: &Artifact, dir: &Path) -> Result<PathBuf, DataError> {
             (c, format!("apt-get download {}={}", a.package, a.version))
         }
     };
-    let out = cmd.output().map_err(|e| DataError::Command {
-        command: shown.clone(),
-        status: "could not start".into(),
-        stderr: e.to_string(),
-    })?;
+    let out = cmd.output().map_err(|e| DataError::Command { command: shown.clone(), status: "could not start".into(), stderr: e.to_string() })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: String = stderr.chars().rev().take(2000).collect::<Vec<_>>().into_iter().rev().collect();
@@ -368,10 +361,7 @@ fn python_pip() -> (PathBuf, Vec<&'static str>) {
 }
 
 fn assemble_into(spec: &DatasetSpec, files: &[PathBuf], out: &Path) -> Result<(), DataError> {
-    let first = files.first().ok_or_else(|| DataError::Archive {
-        archive: out.to_path_buf(),
-        detail: "no artifact".into(),
-    })?;
+    let first = files.first().ok_or_else(|| DataError::Archive { archive: out.to_path_buf(), detail: "no artifact".into() })?;
     match spec.assemble {
         Assemble::ZipPrefix { prefix, suffix } => {
             let n = extract_zip(first, prefix, suffix, out)?;
@@ -399,15 +389,13 @@ fn assemble_into(spec: &DatasetSpec, files: &[PathBuf], out: &Path) -> Result<()
             let bible = staging.join("usr/bin/bible");
             let lib = staging.join("usr/lib");
             let shown = format!("{} -p {} gen1:1-rev22:21", bible.display(), lib.display());
-            let res = Command::new(&bible).arg("-p").arg(&lib).arg("gen1:1-rev22:21").output().map_err(|e| {
-                DataError::Command { command: shown.clone(), status: "could not start".into(), stderr: e.to_string() }
+            let res = Command::new(&bible).arg("-p").arg(&lib).arg("gen1:1-rev22:21").output().map_err(|e| DataError::Command {
+                command: shown.clone(),
+                status: "could not start".into(),
+                stderr: e.to_string(),
             })?;
             if !res.status.success() || res.stdout.is_empty() {
-                return Err(DataError::Command {
-                    command: shown,
-                    status: res.status.to_string(),
-                    stderr: String::from_utf8_lossy(&res.stderr).into_owned(),
-                });
+                return Err(DataError::Command { command: shown, status: res.status.to_string(), stderr: String::from_utf8_lossy(&res.stderr).into_owned() });
             }
             let dest = out.join("kjv.txt");
             std::fs::write(&dest, &res.stdout).map_err(io(&dest))?;
@@ -427,11 +415,7 @@ fn require_some(n: usize, archive: &Path, prefix: &str) -> Result<(), DataError>
 /// `root` joined with the archive entry `entry`, or an error when the entry is absolute, has a
 /// `..`/root/prefix component, or is empty.
 pub fn safe_join(root: &Path, entry: &str, archive: &Path) -> Result<PathBuf, DataError> {
-    let unsafe_entry = |why: &str| DataError::UnsafeEntry {
-        archive: archive.to_path_buf(),
-        entry: entry.to_string(),
-        why: why.to_string(),
-    };
+    let unsafe_entry = |why: &str| DataError::UnsafeEntry { archive: archive.to_path_buf(), entry: entry.to_string(), why: why.to_string() };
     if entry.contains('\0') || entry.contains('\\') {
         return Err(unsafe_entry("NUL or backslash in name"));
     }
@@ -494,14 +478,11 @@ fn copy_limited(r: &mut dyn Read, dest: &Path, what: &Path) -> Result<u64, DataE
 /// Every entry of the archive is checked, not only the selected ones. Returns the file count.
 pub fn extract_zip(archive: &Path, prefix: &str, suffix: &str, out: &Path) -> Result<usize, DataError> {
     let f = std::fs::File::open(archive).map_err(io(archive))?;
-    let mut z = zip::ZipArchive::new(f)
-        .map_err(|e| DataError::Archive { archive: archive.to_path_buf(), detail: e.to_string() })?;
+    let mut z = zip::ZipArchive::new(f).map_err(|e| DataError::Archive { archive: archive.to_path_buf(), detail: e.to_string() })?;
     let mut count = 0;
     let mut total = 0u64;
     for i in 0..z.len() {
-        let mut e = z
-            .by_index(i)
-            .map_err(|e| DataError::Archive { archive: archive.to_path_buf(), detail: e.to_string() })?;
+        let mut e = z.by_index(i).map_err(|e| DataError::Archive { archive: archive.to_path_buf(), detail: e.to_string() })?;
         let name = e.name().to_string();
         safe_join(out, &name, archive)?;
         if e.is_symlink() {
@@ -540,10 +521,7 @@ pub fn extract_tar<R: Read>(archive: &Path, reader: R, prefix: &str, out: &Path)
         safe_join(out, &name, archive)?;
         let kind = e.header().entry_type();
         if kind.is_symlink() || kind.is_hard_link() {
-            let target = e
-                .link_name_bytes()
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-                .unwrap_or_default();
+            let target = e.link_name_bytes().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
             let target = if kind.is_hard_link() { format!("/{target}") } else { target };
             // Hard-link targets are archive-root relative: check them as such.
             let inside = if kind.is_hard_link() {
@@ -587,11 +565,7 @@ pub fn extract_deb(deb: &Path, out: &Path) -> Result<usize, DataError> {
         stderr: e.to_string(),
     })?;
     if !res.status.success() {
-        return Err(DataError::Command {
-            command: shown,
-            status: res.status.to_string(),
-            stderr: String::from_utf8_lossy(&res.stderr).into_owned(),
-        });
+        return Err(DataError::Command { command: shown, status: res.status.to_string(), stderr: String::from_utf8_lossy(&res.stderr).into_owned() });
     }
     let n = extract_tar(deb, std::io::Cursor::new(res.stdout), "", out)?;
     // Executables must stay executable (the kjv assembly runs `usr/bin/bible`).

@@ -48,7 +48,8 @@ impl Essays {
 // ---------------------------------------------------------------------------------------------
 
 /// The paper's instruction (prefix).
-pub const PASSKEY_INSTRUCTION: &str = "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n";
+pub const PASSKEY_INSTRUCTION: &str =
+    "There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. I will quiz you about the important information there.\n";
 /// The paper's retrieval question (after the content).
 pub const PASSKEY_QUESTION: &str = "\nWhat is the pass key? The pass key is ";
 /// The needle template; `<PASS KEY>` is replaced by the key.
@@ -106,10 +107,7 @@ pub fn spaced_values(min: f64, max: f64, n: usize) -> Vec<f64> {
 impl PasskeyConfig {
     /// Haystack lengths in words, e.g. [512, 2730, 4949, ..., 20480].
     pub fn background_lens(&self) -> Vec<usize> {
-        spaced_values(self.background_len_min as f64, self.background_len_max as f64, self.n_background_lens)
-            .into_iter()
-            .map(|v| v as usize)
-            .collect()
+        spaced_values(self.background_len_min as f64, self.background_len_max as f64, self.n_background_lens).into_iter().map(|v| v as usize).collect()
     }
     /// Needle depths in [0, 1].
     pub fn depths(&self) -> Vec<f64> {
@@ -222,13 +220,11 @@ pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sampl
 // ---------------------------------------------------------------------------------------------
 
 /// Kamradt's needle (`run.py`).
-pub const KAMRADT_NEEDLE: &str =
-    "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n";
+pub const KAMRADT_NEEDLE: &str = "\nThe best thing to do in San Francisco is eat a sandwich and sit in Dolores Park on a sunny day.\n";
 /// Kamradt's question.
 pub const KAMRADT_QUESTION: &str = "What is the best thing to do in San Francisco?";
 /// The system message of Kamradt's OpenAI provider, used here as the prefix instruction.
-pub const KAMRADT_SYSTEM: &str =
-    "You are a helpful AI bot that answers questions for a user. Keep your response short and direct";
+pub const KAMRADT_SYSTEM: &str = "You are a helpful AI bot that answers questions for a user. Keep your response short and direct";
 /// Phrases a correct answer contains (scored with [`crate::sample::key_phrase_match`]).
 pub const KAMRADT_KEY_PHRASES: [&str; 2] = ["eat a sandwich", "Dolores Park"];
 
@@ -253,10 +249,7 @@ pub fn linspace_rounded(min: f64, max: f64, n: usize) -> Vec<i64> {
         return vec![min.round_ties_even() as i64];
     }
     let step = (max - min) / (n - 1) as f64;
-    (0..n)
-        .map(|i| if i == n - 1 { max } else { min + i as f64 * step })
-        .map(|v| v.round_ties_even() as i64)
-        .collect()
+    (0..n).map(|i| if i == n - 1 { max } else { min + i as f64 * step }).map(|v| v.round_ties_even() as i64).collect()
 }
 
 impl Default for KamradtConfig {
@@ -326,8 +319,7 @@ pub fn kamradt_samples(essays: &Essays, tok: &dyn TextTokenizer, cfg: &KamradtCo
     let mut out = Vec::new();
     for &len in &cfg.context_lengths {
         for &depth in &cfg.depth_percents {
-            let (context, pos, hay_len) =
-                kamradt_context(&tokens, tok, len, depth, &cfg.needle, cfg.final_context_length_buffer);
+            let (context, pos, hay_len) = kamradt_context(&tokens, tok, len, depth, &cfg.needle, cfg.final_context_length_buffer);
             let mut metadata = BTreeMap::new();
             metadata.insert("context_length_tokens".into(), json!(len));
             metadata.insert("depth_percent".into(), json!(depth));

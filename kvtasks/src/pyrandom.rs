@@ -46,9 +46,7 @@ impl PyRandom {
         let mut k = N.max(klen);
         while k > 0 {
             let prev = self.mt[i - 1];
-            self.mt[i] = (self.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1664525))
-                .wrapping_add(key[j])
-                .wrapping_add(j as u32);
+            self.mt[i] = (self.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1664525)).wrapping_add(key[j]).wrapping_add(j as u32);
             i += 1;
             j += 1;
             if i >= N {
@@ -63,8 +61,7 @@ impl PyRandom {
         k = N - 1;
         while k > 0 {
             let prev = self.mt[i - 1];
-            self.mt[i] = (self.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1566083941))
-                .wrapping_sub(i as u32);
+            self.mt[i] = (self.mt[i] ^ (prev ^ (prev >> 30)).wrapping_mul(1566083941)).wrapping_sub(i as u32);
             i += 1;
             if i >= N {
                 self.mt[0] = self.mt[N - 1];
@@ -195,10 +192,7 @@ impl PyRandom {
 
     /// `random.sample(population, k)` returning clones.
     pub fn sample<T: Clone>(&mut self, population: &[T], k: usize) -> Vec<T> {
-        self.sample_indices(population.len(), k)
-            .into_iter()
-            .filter_map(|i| population.get(i).cloned())
-            .collect()
+        self.sample_indices(population.len(), k).into_iter().filter_map(|i| population.get(i).cloned()).collect()
     }
 }
 

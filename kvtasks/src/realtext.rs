@@ -65,8 +65,7 @@ impl Corpus {
             CorpusName::Sotu => {
                 let mut docs = Vec::new();
                 for p in sorted_files(dir, ".json")? {
-                    let v: serde_json::Value =
-                        serde_json::from_str(&read_text(&p)?).map_err(|e| parse_err(&p, e.to_string()))?;
+                    let v: serde_json::Value = serde_json::from_str(&read_text(&p)?).map_err(|e| parse_err(&p, e.to_string()))?;
                     let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| parse_err(&p, "no `text` string"))?;
                     let year = v.get("year").map(|y| y.to_string()).unwrap_or_default();
                     let who = v.get("name").and_then(|n| n.as_str()).unwrap_or("");
@@ -80,8 +79,7 @@ impl Corpus {
                 for p in sorted_files(dir, ".json")? {
                     let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                     let Some(n) = stem.strip_prefix("chapter_").and_then(|n| n.parse::<u32>().ok()) else { continue };
-                    let v: serde_json::Value =
-                        serde_json::from_str(&read_text(&p)?).map_err(|e| parse_err(&p, e.to_string()))?;
+                    let v: serde_json::Value = serde_json::from_str(&read_text(&p)?).map_err(|e| parse_err(&p, e.to_string()))?;
                     let text = v.get("text").and_then(|t| t.as_str()).ok_or_else(|| parse_err(&p, "no `text` string"))?;
                     let title = v.get("title").and_then(|t| t.as_str()).unwrap_or("");
                     numbered.push((n, Doc { id: stem.clone(), title: format!("CHAPTER {n}. {title}"), text: text.to_string() }));
@@ -215,7 +213,10 @@ pub fn passage_retrieval_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn
     for i in 0..cfg.num_samples {
         let mut rng = PyRandom::new(derive_seed(cfg.seed, i as u64));
         let prefix = |n: usize| {
-            format!("Here are {n} paragraphs from {}, along with a quote from one of them. Please determine which paragraph the quote is from.\n\n", corpus.name.described())
+            format!(
+                "Here are {n} paragraphs from {}, along with a quote from one of them. Please determine which paragraph the quote is from.\n\n",
+                corpus.name.described()
+            )
         };
         let question = |q: &str| {
             format!("\n\nThe following is a quote.\n\n{q}\n\nPlease enter the number of the paragraph that the quote is from. The answer format must be like \"Paragraph 1\", \"Paragraph 2\", etc.\n\nThe answer is: ")
@@ -331,12 +332,12 @@ pub struct CodeRepo {
     pub files: Vec<(String, String)>,
 }
 
-fn collect_py(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TaskError> {
+fn collect_py(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TaskError> {
     let rd = std::fs::read_dir(dir).map_err(|source| TaskError::Io { path: dir.to_path_buf(), source })?;
     for e in rd {
         let p = e.map_err(|source| TaskError::Io { path: dir.to_path_buf(), source })?.path();
         if p.is_dir() {
-            collect_py(root, &p, out)?;
+            collect_py(&p, out)?;
         } else if p.extension().is_some_and(|x| x == "py") {
             out.push(p);
         }
@@ -348,7 +349,7 @@ impl CodeRepo {
     /// Every `.py` file under `dir`.
     pub fn load(package: &str, dir: &Path) -> Result<Self, TaskError> {
         let mut paths = Vec::new();
-        collect_py(dir, dir, &mut paths)?;
+        collect_py(dir, &mut paths)?;
         let mut files = Vec::new();
         for p in paths {
             let rel = p.strip_prefix(dir).unwrap_or(&p).to_string_lossy().replace('\\', "/");
@@ -412,10 +413,7 @@ pub fn code_completion_samples(repo: &CodeRepo, cfg: &CodeConfig, tok: &dyn Text
     const PREFIX: &str = "Please complete the code given below. \n";
     const QUESTION: &str = "Next line of code:\n";
     let fixed = tok.count(PREFIX) + tok.count(QUESTION);
-    let budget = cfg.target_tokens.checked_sub(fixed).filter(|b| *b > 64).ok_or(TaskError::TooShort {
-        target: cfg.target_tokens,
-        needed: fixed + 64,
-    })?;
+    let budget = cfg.target_tokens.checked_sub(fixed).filter(|b| *b > 64).ok_or(TaskError::TooShort { target: cfg.target_tokens, needed: fixed + 64 })?;
     let eligible: Vec<usize> = (0..repo.files.len()).filter(|&i| repo.files[i].1.lines().count() >= 40).collect();
     if eligible.is_empty() {
         return Err(TaskError::NotEnoughData { name: repo.package.clone(), detail: "no file with 40+ lines".into() });

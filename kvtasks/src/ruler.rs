@@ -339,7 +339,8 @@ fn niah_parts(spec: &NiahSpec, n: usize, rng: &mut PyRandom, res: &RulerResource
         Some((last, _)) => last.to_string(),
         None => String::new(),
     };
-    let mut prefix = String::from("Some special magic {v} are hidden within the following text. Make sure to memorize it. I will quiz you about the {v} afterwards.\n");
+    let mut prefix =
+        String::from("Some special magic {v} are hidden within the following text. Make sure to memorize it. I will quiz you about the {v} afterwards.\n");
     let mut question = String::from("\nWhat are all the special magic {v} for {q} mentioned in the provided text?");
     let mut answer_prefix = String::from(" The special magic {v} for {q} mentioned in the provided text are");
     let mut v = vplural.to_string();
@@ -383,7 +384,10 @@ fn vt_core(n_noise: usize, hops: usize, var_len: usize, rng: &mut PyRandom) -> P
         prefix: "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n".into(),
         context,
         question: format!("\nQuestion: Find all variables that are assigned the value {value} in the text above."),
-        answer_prefix: format!(" Answer: According to the chain(s) of variable assignment in the text above, {} variables are assigned the value {value}, they are: ", hops + 1),
+        answer_prefix: format!(
+            " Answer: According to the chain(s) of variable assignment in the text above, {} variables are assigned the value {value}, they are: ",
+            hops + 1
+        ),
         answers: vars,
         meta: BTreeMap::new(),
     }
@@ -410,7 +414,8 @@ fn vt_parts(n: usize, rng: &mut PyRandom, icl: &str) -> Parts {
     p
 }
 
-const CWE_TEMPLATE_HEAD: &str = "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n";
+const CWE_TEMPLATE_HEAD: &str =
+    "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n";
 const CWE_QUESTION: &str = "\nQuestion: What are the 10 most common words in the above list?";
 const CWE_ANSWER_PREFIX: &str = " Answer: The top 10 words that appear most often in the list are:";
 
@@ -513,19 +518,13 @@ fn largest_fitting(lo: usize, cap: usize, fits: &dyn Fn(usize) -> bool) -> Optio
 /// Generate `cfg.num_samples` samples of `task`, each as long as possible with
 /// `tokens(prompt + answer_prefix) + tokens_to_generate <= max_seq_length` (the haystack size is
 /// searched once on sample 0's stream, then shrunk per sample by RULER's increment if needed).
-pub fn ruler_samples(
-    task: RulerTask,
-    cfg: &RulerConfig,
-    res: &RulerResources,
-    tok: &dyn TextTokenizer,
-) -> Result<Vec<Sample>, TaskError> {
+pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
     let ttg = task.tokens_to_generate();
     let budget = cfg.max_seq_length.saturating_sub(ttg);
     let mut cwe_words: Vec<String> = Vec::new();
     let mut icls: Vec<String> = Vec::new();
     if task == RulerTask::Cwe {
-        let set: BTreeSet<String> =
-            res.nouns.iter().chain(&res.adjectives).chain(&res.verbs).cloned().collect();
+        let set: BTreeSet<String> = res.nouns.iter().chain(&res.adjectives).chain(&res.verbs).cloned().collect();
         cwe_words = set.into_iter().collect();
         PyRandom::new(cfg.seed).shuffle(&mut cwe_words);
     }

@@ -60,19 +60,13 @@ pub enum ScoringKind {
     /// function name (`qa_f1_score`, ...). Serialised as
     /// `{"longbench":{"metric":"qa_f1","first_line_only":false}}`. `classification_score` needs
     /// the sample's `all_classes`: score with [`Sample::score`] or [`score_with_classes`].
-    Longbench {
-        metric: crate::longbench::metrics::Metric,
-        first_line_only: bool,
-    },
+    Longbench { metric: crate::longbench::metrics::Metric, first_line_only: bool },
 }
 
 impl ScoringKind {
     /// The scoring of a LongBench v1 subset (its `eval.py` metric and first-line rule).
     pub fn longbench(subset: &crate::longbench::prompts::Subset) -> ScoringKind {
-        ScoringKind::Longbench {
-            metric: subset.metric,
-            first_line_only: subset.first_line_only,
-        }
+        ScoringKind::Longbench { metric: subset.metric, first_line_only: subset.first_line_only }
     }
 }
 
@@ -109,26 +103,13 @@ impl Sample {
     /// `metadata["all_classes"]` as a list of strings (LongBench trec/lsht samples); `None` if
     /// absent, null or not a list of strings.
     pub fn all_classes(&self) -> Option<Vec<String>> {
-        self.metadata
-            .get("all_classes")?
-            .as_array()?
-            .iter()
-            .map(|v| v.as_str().map(str::to_string))
-            .collect()
+        self.metadata.get("all_classes")?.as_array()?.iter().map(|v| v.as_str().map(str::to_string)).collect()
     }
 
     /// Scores of `pred` for this sample: [`score_with_classes`] with the sample's scoring, answers
     /// and `all_classes`. Use this rather than [`score`] for LongBench samples.
-    pub fn score(
-        &self,
-        pred: &str,
-    ) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
-        score_with_classes(
-            self.scoring,
-            pred,
-            &self.answers,
-            self.all_classes().as_deref(),
-        )
+    pub fn score(&self, pred: &str) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
+        score_with_classes(self.scoring, pred, &self.answers, self.all_classes().as_deref())
     }
 }
 
@@ -221,11 +202,7 @@ pub fn key_phrase_match(pred: &str, phrases: &[String]) -> f64 {
 /// Same as [`score_with_classes`] without `all_classes`, so a [`ScoringKind::Longbench`] kind
 /// with `classification_score` fails with [`MissingClasses`](crate::longbench::MetricError):
 /// use [`Sample::score`] for LongBench samples.
-pub fn score(
-    kind: ScoringKind,
-    pred: &str,
-    answers: &[String],
-) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
+pub fn score(kind: ScoringKind, pred: &str, answers: &[String]) -> Result<BTreeMap<&'static str, f64>, crate::longbench::metrics::MetricError> {
     score_with_classes(kind, pred, answers, None)
 }
 
@@ -270,13 +247,7 @@ pub fn score_with_classes(
             m.insert("code_sim_score", best(&|a| Ok(lb::code_sim_score(pred, a)))?);
         }
         ScoringKind::Longbench { metric, first_line_only } => {
-            let s = crate::longbench::score::score_with_metric(
-                metric,
-                first_line_only,
-                pred,
-                answers,
-                all_classes,
-            )?;
+            let s = crate::longbench::score::score_with_metric(metric, first_line_only, pred, answers, all_classes)?;
             m.insert(metric.function_name(), s);
         }
     }

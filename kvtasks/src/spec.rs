@@ -40,14 +40,22 @@ pub const TASK_NAMES: &str = "passkey, kamradt, ruler/<name>, retrieval/<corpus>
 
 impl TaskSpec {
     fn lengths_or(&self, default: &[usize]) -> Vec<usize> {
-        if self.lengths.is_empty() { default.to_vec() } else { self.lengths.clone() }
+        if self.lengths.is_empty() {
+            default.to_vec()
+        } else {
+            self.lengths.clone()
+        }
     }
 
     /// Passkey: the haystack lengths of the grid.
     fn passkey_lengths(&self) -> usize {
         let l = self.lengths_or(&[1024, 4096]);
         let (lo, hi) = (l.iter().min().copied().unwrap_or(0), l.iter().max().copied().unwrap_or(0));
-        if lo == hi { 1 } else { self.steps.unwrap_or(l.len().max(2)) }
+        if lo == hi {
+            1
+        } else {
+            self.steps.unwrap_or(l.len().max(2))
+        }
     }
 
     fn corpus(c: &str) -> Result<CorpusName, TaskError> {
@@ -97,7 +105,11 @@ impl TaskSpec {
             let loaded = Corpus::from_cache(corpus)?;
             for len in self.lengths_or(&[2048]) {
                 let cfg = PassageConfig { corpus, target_tokens: len, passage_tokens: 150, num_samples: self.samples, seed: self.seed };
-                samples.extend(if name.starts_with("retrieval/") { passage_retrieval_samples(&loaded, &cfg, tok)? } else { passage_count_samples(&loaded, &cfg, tok)? });
+                samples.extend(if name.starts_with("retrieval/") {
+                    passage_retrieval_samples(&loaded, &cfg, tok)?
+                } else {
+                    passage_count_samples(&loaded, &cfg, tok)?
+                });
             }
         } else if name == "code" {
             let repo = CodeRepo::from_cache()?;

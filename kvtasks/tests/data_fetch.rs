@@ -66,8 +66,7 @@ fn tar_extraction_rejects_escaping_entries() {
         let root = tempfile::tempdir().unwrap();
         let out = root.path().join("out");
         std::fs::create_dir_all(&out).unwrap();
-        let err = data::extract_tar(Path::new("bad.tar"), std::io::Cursor::new(tar), "package/data/", &out)
-            .expect_err(&format!("case {i} must be rejected"));
+        let err = data::extract_tar(Path::new("bad.tar"), std::io::Cursor::new(tar), "package/data/", &out).expect_err(&format!("case {i} must be rejected"));
         assert!(matches!(err, DataError::UnsafeEntry { .. }), "case {i}: {err}");
         assert!(!root.path().join("evil.txt").exists());
     }
@@ -115,10 +114,7 @@ fn checksums_are_checked() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("f");
     std::fs::write(&f, b"abc").unwrap();
-    assert_eq!(
-        data::sha256_file(&f).unwrap(),
-        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-    );
+    assert_eq!(data::sha256_file(&f).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     let err = data::verify_sha256(&f, "00").unwrap_err();
     assert!(matches!(err, DataError::Checksum { .. }));
 }
@@ -162,11 +158,8 @@ fn real_fetch_of_wonderwords_into_fresh_home() {
     assert!(dir.join("adjectivelist.txt").is_file() && dir.join("verblist.txt").is_file());
     assert!(!dir.join("__init__.py").exists() && !dir.join("random_word.py").exists(), "only the word lists are kept");
     // No staging leftovers.
-    let leftovers: Vec<_> = std::fs::read_dir(home.path().join("data"))
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(".staging"))
-        .collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(home.path().join("data")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".staging")).collect();
     assert!(leftovers.is_empty());
     // Cache hit: deleting the download cache does not matter any more.
     std::fs::remove_dir_all(home.path().join("data/.downloads")).unwrap();

@@ -17,24 +17,14 @@ fn fixture_zip() -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());
     {
         let mut zip = zip::ZipWriter::new(&mut buf);
-        let opts = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.add_directory("data/", opts).expect("dir");
-        let mut names: Vec<_> = std::fs::read_dir(fixture_dir())
-            .expect("fixtures")
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let mut names: Vec<_> = std::fs::read_dir(fixture_dir()).expect("fixtures").flatten().map(|e| e.path()).collect();
         names.sort();
         for p in names {
-            let name = p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .expect("name")
-                .to_string();
+            let name = p.file_name().and_then(|n| n.to_str()).expect("name").to_string();
             zip.start_file(format!("data/{name}"), opts).expect("entry");
-            zip.write_all(&std::fs::read(&p).expect("read"))
-                .expect("write");
+            zip.write_all(&std::fs::read(&p).expect("read")).expect("write");
         }
         zip.start_file("data/README.txt", opts).expect("entry");
         zip.write_all(b"not data").expect("write");
@@ -83,12 +73,8 @@ fn serve_paths(routes: Vec<(String, Vec<u8>)>, requests: usize) -> String {
                 }
             }
             let response = if let Some((_, body)) = routes.iter().find(|(prefix, _)| request_line.starts_with(prefix.as_str())) {
-                let mut r = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .into_bytes();
-                r.extend_from_slice(&body);
+                let mut r = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).into_bytes();
+                r.extend_from_slice(body);
                 r
             } else {
                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec()
@@ -122,23 +108,12 @@ fn missing_and_bad_files_say_what_to_do() {
     assert!(msg.contains("Hugging Face hub"), "{msg}");
 
     std::fs::write(dir.path().join("lcc.jsonl"), "{\"input\": \"x\"}\n").expect("write");
-    let msg = load_subset(dir.path(), "lcc", false)
-        .expect_err("bad")
-        .to_string();
+    let msg = load_subset(dir.path(), "lcc", false).expect_err("bad").to_string();
     assert!(msg.contains("lcc.jsonl:1"), "{msg}");
 
-    assert!(matches!(
-        load_subset(dir.path(), "nope", false),
-        Err(DataError::UnknownSubset { .. })
-    ));
-    assert!(matches!(
-        load_subset(dir.path(), "narrativeqa", true),
-        Err(DataError::NotInLongBenchE { .. })
-    ));
-    assert_eq!(
-        subset_path(dir.path(), "lcc", true).ok(),
-        Some(dir.path().join("lcc_e.jsonl"))
-    );
+    assert!(matches!(load_subset(dir.path(), "nope", false), Err(DataError::UnknownSubset { .. })));
+    assert!(matches!(load_subset(dir.path(), "narrativeqa", true), Err(DataError::NotInLongBenchE { .. })));
+    assert_eq!(subset_path(dir.path(), "lcc", true).ok(), Some(dir.path().join("lcc_e.jsonl")));
 }
 
 #[test]
@@ -146,26 +121,13 @@ fn fetches_and_unpacks_over_http() {
     let zip = fixture_zip();
     let base = serve_with_listing(DATA_ZIP_PATH, zip.clone(), listing(&sha256sum(&zip)), 4);
     let dir = tempfile::tempdir().expect("tempdir");
-    let summary =
-        fetch_longbench_from(&format!("{base}/{DATA_ZIP_PATH}"), dir.path()).expect("fetch");
-    assert_eq!(
-        summary.files,
-        ["passage_retrieval_en.jsonl", "qasper_e.jsonl", "trec.jsonl"]
-    );
+    let summary = fetch_longbench_from(&format!("{base}/{DATA_ZIP_PATH}"), dir.path()).expect("fetch");
+    assert_eq!(summary.files, ["passage_retrieval_en.jsonl", "qasper_e.jsonl", "trec.jsonl"]);
     for f in &summary.files {
-        assert_eq!(
-            std::fs::read(dir.path().join(f)).ok(),
-            std::fs::read(fixture_dir().join(f)).ok(),
-            "{f}"
-        );
+        assert_eq!(std::fs::read(dir.path().join(f)).ok(), std::fs::read(fixture_dir().join(f)).ok(), "{f}");
     }
     assert!(!dir.path().join("README.txt").exists());
-    assert_eq!(
-        load_subset(dir.path(), "trec", false)
-            .expect("fetched trec")
-            .len(),
-        2
-    );
+    assert_eq!(load_subset(dir.path(), "trec", false).expect("fetched trec").len(), 2);
 
     // a wrong path is a download error naming the URL
     let err = fetch_longbench_from(&format!("{base}/missing.zip"), dir.path()).expect_err("404");
@@ -203,10 +165,7 @@ fn endpoint_comes_from_env_and_file_urls_work() {
     std::fs::create_dir_all(zip_path.parent().expect("parent")).expect("mkdir");
     std::fs::write(&zip_path, fixture_zip()).expect("zip");
     std::env::set_var(HF_ENDPOINT_ENV, format!("file://{}/", mirror.display()));
-    assert_eq!(
-        data_zip_url(),
-        format!("file://{}/{DATA_ZIP_PATH}", mirror.display())
-    );
+    assert_eq!(data_zip_url(), format!("file://{}/{DATA_ZIP_PATH}", mirror.display()));
     let out = dir.path().join("out");
     let summary = fetch_longbench(&out).expect("fetch from file://");
     assert_eq!(summary.files.len(), 3);
@@ -215,7 +174,6 @@ fn endpoint_comes_from_env_and_file_urls_work() {
 
     // a file that is not a zip is an archive error
     std::fs::write(&zip_path, b"not a zip").expect("write");
-    let err =
-        fetch_longbench_from(&format!("file://{}", zip_path.display()), &out).expect_err("bad zip");
+    let err = fetch_longbench_from(&format!("file://{}", zip_path.display()), &out).expect_err("bad zip");
     assert!(matches!(err, DataError::Archive { .. }), "{err}");
 }

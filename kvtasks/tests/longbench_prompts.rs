@@ -6,16 +6,11 @@
 use std::path::Path;
 
 use kvtasks::longbench::prompts::{fill_template, postprocess_prediction};
-use kvtasks::longbench::{
-    build_request, load_subset, subset, truncate_middle, Category, Metric, PromptTokenizer,
-    AVERAGE_15, SUBSETS,
-};
+use kvtasks::longbench::{build_request, load_subset, subset, truncate_middle, Category, Metric, PromptTokenizer, AVERAGE_15, SUBSETS};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/longbench")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/longbench").join(name);
     serde_json::from_str(&std::fs::read_to_string(&path).expect("fixture")).expect("fixture json")
 }
 
@@ -58,33 +53,15 @@ fn prompts_and_lengths_are_the_official_ones() {
     sorted.sort_unstable();
     assert_eq!(sorted, official);
     for s in SUBSETS.iter() {
-        assert_eq!(
-            Some(s.prompt),
-            prompts[s.name].as_str(),
-            "prompt of {}",
-            s.name
-        );
-        assert_eq!(
-            Some(s.max_new_tokens as u64),
-            maxlen[s.name].as_u64(),
-            "max_new_tokens of {}",
-            s.name
-        );
+        assert_eq!(Some(s.prompt), prompts[s.name].as_str(), "prompt of {}", s.name);
+        assert_eq!(Some(s.max_new_tokens as u64), maxlen[s.name].as_u64(), "max_new_tokens of {}", s.name);
     }
 }
 
 #[test]
 fn metrics_rules_and_categories_follow_eval_py_and_the_paper() {
     let metric_of = |n: &str| subset(n).map(|s| s.metric);
-    for n in [
-        "narrativeqa",
-        "qasper",
-        "multifieldqa_en",
-        "hotpotqa",
-        "2wikimqa",
-        "musique",
-        "triviaqa",
-    ] {
+    for n in ["narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique", "triviaqa"] {
         assert_eq!(metric_of(n), Some(Metric::QaF1), "{n}");
     }
     for n in ["gov_report", "qmsum", "multi_news", "samsum"] {
@@ -101,17 +78,9 @@ fn metrics_rules_and_categories_follow_eval_py_and_the_paper() {
     assert_eq!(metric_of("lcc"), Some(Metric::CodeSim));
     assert_eq!(metric_of("repobench-p"), Some(Metric::CodeSim));
 
-    let names = |f: &dyn Fn(&kvtasks::longbench::Subset) -> bool| -> Vec<&str> {
-        SUBSETS.iter().filter(|s| f(s)).map(|s| s.name).collect()
-    };
-    assert_eq!(
-        names(&|s| !s.chat_template),
-        ["trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"]
-    );
-    assert_eq!(
-        names(&|s| s.first_line_only),
-        ["trec", "triviaqa", "samsum", "lsht"]
-    );
+    let names = |f: &dyn Fn(&kvtasks::longbench::Subset) -> bool| -> Vec<&str> { SUBSETS.iter().filter(|s| f(s)).map(|s| s.name).collect() };
+    assert_eq!(names(&|s| !s.chat_template), ["trec", "triviaqa", "samsum", "lsht", "lcc", "repobench-p"]);
+    assert_eq!(names(&|s| s.first_line_only), ["trec", "triviaqa", "samsum", "lsht"]);
     assert_eq!(names(&|s| s.stops_at_newline()), ["samsum"]);
     let mut e = names(&|s| s.in_longbench_e);
     e.sort_unstable();
@@ -160,15 +129,10 @@ struct CharTokenizer;
 
 impl PromptTokenizer for CharTokenizer {
     fn encode(&self, text: &str) -> Vec<u32> {
-        std::iter::once(0)
-            .chain(text.chars().map(|c| c as u32))
-            .collect()
+        std::iter::once(0).chain(text.chars().map(|c| c as u32)).collect()
     }
     fn decode(&self, ids: &[u32]) -> String {
-        ids.iter()
-            .filter(|&&i| i != 0)
-            .filter_map(|&i| char::from_u32(i))
-            .collect()
+        ids.iter().filter(|&&i| i != 0).filter_map(|&i| char::from_u32(i)).collect()
     }
 }
 
@@ -198,33 +162,15 @@ fn requests_carry_the_generation_rules() {
          Question: Name a {context} city.\nType: City\nWhich city hosts the {input} festival?"
     );
     assert!(!r.apply_chat_template);
-    assert_eq!(
-        (r.max_new_tokens, r.min_new_tokens, r.stop_at_newline),
-        (64, 0, false)
-    );
+    assert_eq!((r.max_new_tokens, r.min_new_tokens, r.stop_at_newline), (64, 0, false));
     assert_eq!(r.all_classes.as_deref().map(<[String]>::len), Some(3));
     let s = build_request(samsum, &trec[0], &CharTokenizer, Some(40));
     assert!(s.stop_at_newline && s.min_new_tokens == 1 && !s.apply_chat_template);
-    assert_eq!(
-        s.prompt.chars().count(),
-        39,
-        "20 + 20 tokens kept, one of them the BOS"
-    );
-    let qasper = build_request(
-        subset("qasper").expect("qasper"),
-        &trec[0],
-        &CharTokenizer,
-        None,
-    );
+    assert_eq!(s.prompt.chars().count(), 39, "20 + 20 tokens kept, one of them the BOS");
+    let qasper = build_request(subset("qasper").expect("qasper"), &trec[0], &CharTokenizer, None);
     assert!(qasper.apply_chat_template);
     assert_eq!(qasper.max_new_tokens, 128);
 
-    assert_eq!(
-        postprocess_prediction(trec_subset, "\n\nCity\nIndividual"),
-        "City"
-    );
-    assert_eq!(
-        postprocess_prediction(subset("qasper").expect("qasper"), "\na\nb"),
-        "\na\nb"
-    );
+    assert_eq!(postprocess_prediction(trec_subset, "\n\nCity\nIndividual"), "City");
+    assert_eq!(postprocess_prediction(subset("qasper").expect("qasper"), "\na\nb"), "\na\nb");
 }

@@ -4,23 +4,13 @@
 
 use std::path::Path;
 
-use kvtasks::longbench::metrics::{
-    classification_score, code_sim_score, qa_f1_score, rouge_score, Metric,
-};
+use kvtasks::longbench::metrics::{classification_score, code_sim_score, qa_f1_score, rouge_score, Metric};
 use kvtasks::longbench::prompts::first_line;
-use kvtasks::longbench::{
-    category_of, longbench_samples, split_prompt, subset, DataError, OTHER_CATEGORY,
-    PAPER_DATASETS, SUBSETS,
-};
+use kvtasks::longbench::{category_of, longbench_samples, split_prompt, subset, DataError, OTHER_CATEGORY, PAPER_DATASETS, SUBSETS};
 use kvtasks::sample::{self, Sample, ScoringKind};
 use serde_json::{json, Value};
 
-const TREC_CLASSES: [&str; 4] = [
-    "Abbreviation",
-    "Description of something",
-    "Description of a person",
-    "Other location",
-];
+const TREC_CLASSES: [&str; 4] = ["Abbreviation", "Description of something", "Description of a person", "Other location"];
 
 fn write_subset(dir: &Path, file: &str, rows: &[Value]) {
     let mut text = String::new();
@@ -31,15 +21,7 @@ fn write_subset(dir: &Path, file: &str, rows: &[Value]) {
     std::fs::write(dir.join(file), text).expect("write fixture");
 }
 
-fn row(
-    subset: &str,
-    id: &str,
-    context: &str,
-    input: &str,
-    answers: &[&str],
-    length: u64,
-    classes: Option<&[&str]>,
-) -> Value {
+fn row(subset: &str, id: &str, context: &str, input: &str, answers: &[&str], length: u64, classes: Option<&[&str]>) -> Value {
     json!({
         "input": input,
         "context": context,
@@ -70,24 +52,8 @@ fn fixture() -> tempfile::TempDir {
                 None,
             ),
             // braces inside the row stay literal (one-pass filling)
-            row(
-                "narrativeqa",
-                "nqa-1",
-                "A story with {input} and {context} in it.",
-                "What is {context}?",
-                &["a placeholder"],
-                8,
-                None,
-            ),
-            row(
-                "narrativeqa",
-                "nqa-2",
-                "Ünïcödé story — «quotes» 日本語.",
-                "Which language?",
-                &["Japanese"],
-                4,
-                None,
-            ),
+            row("narrativeqa", "nqa-1", "A story with {input} and {context} in it.", "What is {context}?", &["a placeholder"], 8, None),
+            row("narrativeqa", "nqa-2", "Ünïcödé story — «quotes» 日本語.", "Which language?", &["Japanese"], 4, None),
         ],
     );
     let classes: &[&str] = &TREC_CLASSES;
@@ -119,24 +85,8 @@ fn fixture() -> tempfile::TempDir {
         d,
         "lcc.jsonl",
         &[
-            row(
-                "lcc",
-                "lcc-0",
-                "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n",
-                "",
-                &["    return a - b"],
-                12,
-                None,
-            ),
-            row(
-                "lcc",
-                "lcc-1",
-                "int main() {\n    int x = 0;\n",
-                "",
-                &["    return x;"],
-                7,
-                None,
-            ),
+            row("lcc", "lcc-0", "def add(a, b):\n    return a + b\n\ndef sub(a, b):\n", "", &["    return a - b"], 12, None),
+            row("lcc", "lcc-1", "int main() {\n    int x = 0;\n", "", &["    return x;"], 7, None),
         ],
     );
     write_subset(
@@ -152,58 +102,29 @@ fn fixture() -> tempfile::TempDir {
                 14,
                 None,
             ),
-            row(
-                "samsum",
-                "samsum-1",
-                "Dialogue: A: x\nSummary: A says x.",
-                "Dialogue: Kim: I lost my keys.\nSummary: ",
-                &["Kim lost her keys."],
-                6,
-                None,
-            ),
+            row("samsum", "samsum-1", "Dialogue: A: x\nSummary: A says x.", "Dialogue: Kim: I lost my keys.\nSummary: ", &["Kim lost her keys."], 6, None),
         ],
     );
     write_subset(
         d,
         "qasper_e.jsonl",
-        &[row(
-            "qasper",
-            "qasper-e-0",
-            "We evaluate on a synthetic corpus.",
-            "Which dataset?",
-            &["a synthetic corpus"],
-            3500,
-            None,
-        )],
+        &[row("qasper", "qasper-e-0", "We evaluate on a synthetic corpus.", "Which dataset?", &["a synthetic corpus"], 3500, None)],
     );
     dir
 }
 
 fn records(dir: &Path, file: &str) -> Vec<Value> {
-    std::fs::read_to_string(dir.join(file))
-        .expect("read")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect()
+    std::fs::read_to_string(dir.join(file)).expect("read").lines().map(|l| serde_json::from_str(l).expect("json")).collect()
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_str().expect("string").to_string())
-        .collect()
+    v.as_array().expect("array").iter().map(|x| x.as_str().expect("string").to_string()).collect()
 }
 
 #[test]
 fn samples_follow_the_records_and_official_prompts() {
     let dir = fixture();
-    for (name, file, n) in [
-        ("narrativeqa", "narrativeqa.jsonl", 3usize),
-        ("trec", "trec.jsonl", 2),
-        ("lcc", "lcc.jsonl", 2),
-        ("samsum", "samsum.jsonl", 2),
-    ] {
+    for (name, file, n) in [("narrativeqa", "narrativeqa.jsonl", 3usize), ("trec", "trec.jsonl", 2), ("lcc", "lcc.jsonl", 2), ("samsum", "samsum.jsonl", 2)] {
         let s = subset(name).expect("subset");
         let rows = records(dir.path(), file);
         let samples = longbench_samples(dir.path(), name, false, None).expect("samples");
@@ -221,13 +142,7 @@ fn samples_follow_the_records_and_official_prompts() {
             assert_eq!(x.answers, strings(&r["answers"]));
             assert_eq!(x.max_new_tokens, s.max_new_tokens);
             assert_eq!(x.answer_prefix, None);
-            assert_eq!(
-                x.scoring,
-                ScoringKind::Longbench {
-                    metric: s.metric,
-                    first_line_only: s.first_line_only
-                }
-            );
+            assert_eq!(x.scoring, ScoringKind::Longbench { metric: s.metric, first_line_only: s.first_line_only });
             let m = &x.metadata;
             assert_eq!(m["subset"], json!(name));
             assert_eq!(m["category"], json!(category_of(name)));
@@ -236,10 +151,7 @@ fn samples_follow_the_records_and_official_prompts() {
             assert_eq!(m["chat_template"], json!(s.chat_template));
             assert_eq!(m["stop_at_newline"], json!(name == "samsum"));
             assert_eq!(m["longbench_e"], json!(false));
-            assert_eq!(
-                m.get("all_classes"),
-                r["all_classes"].as_array().map(|_| &r["all_classes"])
-            );
+            assert_eq!(m.get("all_classes"), r["all_classes"].as_array().map(|_| &r["all_classes"]));
         }
     }
     // concrete values
@@ -258,16 +170,10 @@ fn samples_follow_the_records_and_official_prompts() {
     assert_eq!(trec[0].max_new_tokens, 64);
     assert_eq!(trec[0].metadata["category"], json!("few_shots"));
     assert_eq!(trec[0].metadata["chat_template"], json!(false));
-    assert_eq!(
-        trec[1].all_classes(),
-        Some(TREC_CLASSES.iter().map(|c| c.to_string()).collect())
-    );
+    assert_eq!(trec[1].all_classes(), Some(TREC_CLASSES.iter().map(|c| c.to_string()).collect()));
     let lcc = longbench_samples(dir.path(), "lcc", false, None).expect("lcc");
     assert_eq!(lcc[0].question, "Next line of code:\n");
-    assert_eq!(
-        lcc[0].prefix_instruction.as_deref(),
-        Some("Please complete the code given below. \n")
-    );
+    assert_eq!(lcc[0].prefix_instruction.as_deref(), Some("Please complete the code given below. \n"));
     assert_eq!(lcc[0].metadata["category"], json!("code"));
     assert_eq!(lcc[0].all_classes(), None);
     assert!(!lcc[0].metadata.contains_key("all_classes"));
@@ -280,19 +186,9 @@ fn samples_follow_the_records_and_official_prompts() {
 fn limit_and_longbench_e() {
     let dir = fixture();
     let two = longbench_samples(dir.path(), "narrativeqa", false, Some(2)).expect("limit");
-    assert_eq!(
-        two.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-        ["nqa-0", "nqa-1"]
-    );
-    assert!(longbench_samples(dir.path(), "narrativeqa", false, Some(0))
-        .expect("zero")
-        .is_empty());
-    assert_eq!(
-        longbench_samples(dir.path(), "lcc", false, Some(10))
-            .expect("big")
-            .len(),
-        2
-    );
+    assert_eq!(two.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ["nqa-0", "nqa-1"]);
+    assert!(longbench_samples(dir.path(), "narrativeqa", false, Some(0)).expect("zero").is_empty());
+    assert_eq!(longbench_samples(dir.path(), "lcc", false, Some(10)).expect("big").len(), 2);
     let e = longbench_samples(dir.path(), "qasper", true, None).expect("qasper_e");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0].task, "longbench_e/qasper");
@@ -306,26 +202,16 @@ fn limit_and_longbench_e() {
 #[test]
 fn scoring_matches_the_metrics() {
     let dir = fixture();
-    let max_over = |answers: &[String], f: &dyn Fn(&str) -> f64| {
-        answers.iter().map(|a| f(a)).fold(0.0f64, f64::max)
-    };
+    let max_over = |answers: &[String], f: &dyn Fn(&str) -> f64| answers.iter().map(|a| f(a)).fold(0.0f64, f64::max);
 
     // narrativeqa: qa_f1, no cut (the second line counts)
     let nqa = longbench_samples(dir.path(), "narrativeqa", false, None).expect("nqa");
-    for pred in [
-        "Camelot",
-        "He rode to Camelot\nand then home",
-        "",
-        "the dragon",
-    ] {
+    for pred in ["Camelot", "He rode to Camelot\nand then home", "", "the dragon"] {
         let got = nqa[0].score(pred).expect("score");
         let want = max_over(&nqa[0].answers, &|a| qa_f1_score(pred, a));
         assert_eq!(got.len(), 1);
         assert_eq!(got["qa_f1_score"], want, "{pred:?}");
-        assert_eq!(
-            sample::score(nqa[0].scoring, pred, &nqa[0].answers).expect("no classes needed"),
-            got
-        );
+        assert_eq!(sample::score(nqa[0].scoring, pred, &nqa[0].answers).expect("no classes needed"), got);
     }
     assert_eq!(nqa[0].score("Camelot").expect("s")["qa_f1_score"], 1.0);
 
@@ -342,68 +228,34 @@ fn scoring_matches_the_metrics() {
     ] {
         for x in &trec {
             let got = x.score(pred).expect("score");
-            let want = max_over(&x.answers, &|a| {
-                classification_score(first_line(pred), a, &classes)
-            });
+            let want = max_over(&x.answers, &|a| classification_score(first_line(pred), a, &classes));
             assert_eq!(got["classification_score"], want, "{} {pred:?}", x.id);
         }
     }
-    assert_eq!(
-        trec[0]
-            .score("\n\nDescription of something\nAbbreviation")
-            .expect("s")["classification_score"],
-        1.0
-    );
-    assert_eq!(
-        trec[0]
-            .score("Abbreviation\nDescription of something")
-            .expect("s")["classification_score"],
-        0.0
-    );
-    assert_eq!(
-        trec[0]
-            .score("Description of something, Abbreviation")
-            .expect("s")["classification_score"],
-        0.5
-    );
+    assert_eq!(trec[0].score("\n\nDescription of something\nAbbreviation").expect("s")["classification_score"], 1.0);
+    assert_eq!(trec[0].score("Abbreviation\nDescription of something").expect("s")["classification_score"], 0.0);
+    assert_eq!(trec[0].score("Description of something, Abbreviation").expect("s")["classification_score"], 0.5);
     // without all_classes the classification metric refuses, as the official code would crash
     assert!(sample::score(trec[0].scoring, "Abbreviation", &trec[0].answers).is_err());
     assert_eq!(
-        sample::score_with_classes(
-            trec[0].scoring,
-            "Abbreviation",
-            &trec[0].answers,
-            Some(&classes)
-        )
-        .expect("with classes"),
+        sample::score_with_classes(trec[0].scoring, "Abbreviation", &trec[0].answers, Some(&classes)).expect("with classes"),
         trec[0].score("Abbreviation").expect("s")
     );
 
     // lcc: code_sim, no first-line cut (code_sim has its own first-code-line rule)
     let lcc = longbench_samples(dir.path(), "lcc", false, None).expect("lcc");
-    for pred in [
-        "    return a - b\n",
-        "# subtract\n    return a - b",
-        "```python\nreturn a-b\n```",
-        "",
-    ] {
+    for pred in ["    return a - b\n", "# subtract\n    return a - b", "```python\nreturn a-b\n```", ""] {
         let got = lcc[0].score(pred).expect("score");
         let want = max_over(&lcc[0].answers, &|a| code_sim_score(pred, a));
         assert_eq!(got["code_sim_score"], want, "{pred:?}");
     }
-    assert_eq!(
-        lcc[0].score("# c\n    return a - b").expect("s")["code_sim_score"],
-        1.0
-    );
+    assert_eq!(lcc[0].score("# c\n    return a - b").expect("s")["code_sim_score"], 1.0);
 
     // samsum: rouge-L, first line only
     let samsum = longbench_samples(dir.path(), "samsum", false, None).expect("samsum");
-    for pred in [
-        "Tom and Sue will have lunch at noon.",
-        "\nTom and Sue will have lunch.\nDialogue: more text that would change the score",
-        "Kim lost her keys.",
-        "",
-    ] {
+    for pred in
+        ["Tom and Sue will have lunch at noon.", "\nTom and Sue will have lunch.\nDialogue: more text that would change the score", "Kim lost her keys.", ""]
+    {
         for x in &samsum {
             let got = x.score(pred).expect("score");
             let want = max_over(&x.answers, &|a| rouge_score(first_line(pred), a));
@@ -412,12 +264,7 @@ fn scoring_matches_the_metrics() {
         }
     }
     let two_lines = "Tom and Sue will have lunch at noon.\nUnrelated words here entirely";
-    assert_eq!(
-        samsum[0].score(two_lines).expect("s")["rouge_score"],
-        samsum[0]
-            .score("Tom and Sue will have lunch at noon.")
-            .expect("s")["rouge_score"]
-    );
+    assert_eq!(samsum[0].score(two_lines).expect("s")["rouge_score"], samsum[0].score("Tom and Sue will have lunch at noon.").expect("s")["rouge_score"]);
 }
 
 #[test]
@@ -425,40 +272,16 @@ fn serde_round_trip_and_stable_form() {
     let dir = fixture();
     let trec = longbench_samples(dir.path(), "trec", false, None).expect("trec");
     let line = sample::to_jsonl(&trec).expect("jsonl");
-    let back: Vec<Sample> = line
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("parse"))
-        .collect();
+    let back: Vec<Sample> = line.lines().map(|l| serde_json::from_str(l).expect("parse")).collect();
     assert_eq!(back, trec);
-    assert_eq!(
-        back[0].score("Description of something").expect("s"),
-        trec[0].score("Description of something").expect("s")
-    );
+    assert_eq!(back[0].score("Description of something").expect("s"), trec[0].score("Description of something").expect("s"));
     let v: Value = serde_json::from_str(line.lines().next().expect("line")).expect("json");
-    assert_eq!(
-        v["scoring"],
-        json!({"longbench": {"metric": "classification", "first_line_only": true}})
-    );
-    let kind: ScoringKind = serde_json::from_value(
-        json!({"longbench": {"metric": "code_sim", "first_line_only": false}}),
-    )
-    .expect("kind");
-    assert_eq!(
-        kind,
-        ScoringKind::Longbench {
-            metric: Metric::CodeSim,
-            first_line_only: false
-        }
-    );
+    assert_eq!(v["scoring"], json!({"longbench": {"metric": "classification", "first_line_only": true}}));
+    let kind: ScoringKind = serde_json::from_value(json!({"longbench": {"metric": "code_sim", "first_line_only": false}})).expect("kind");
+    assert_eq!(kind, ScoringKind::Longbench { metric: Metric::CodeSim, first_line_only: false });
     // the existing kinds keep their names
-    assert_eq!(
-        serde_json::to_value(ScoringKind::Passkey).expect("v"),
-        json!("passkey")
-    );
-    assert_eq!(
-        serde_json::to_value(ScoringKind::LongbenchCodeSim).expect("v"),
-        json!("longbench_code_sim")
-    );
+    assert_eq!(serde_json::to_value(ScoringKind::Passkey).expect("v"), json!("passkey"));
+    assert_eq!(serde_json::to_value(ScoringKind::LongbenchCodeSim).expect("v"), json!("longbench_code_sim"));
 }
 
 #[test]
@@ -485,29 +308,12 @@ fn categories_and_kinds_of_every_subset() {
     for (name, cat) in expect {
         assert_eq!(category_of(name), cat, "{name}");
     }
-    for zh in [
-        "multifieldqa_zh",
-        "dureader",
-        "vcsum",
-        "lsht",
-        "passage_retrieval_zh",
-    ] {
+    for zh in ["multifieldqa_zh", "dureader", "vcsum", "lsht", "passage_retrieval_zh"] {
         assert_eq!(category_of(zh), OTHER_CATEGORY);
     }
     assert_eq!(category_of("no_such_subset"), OTHER_CATEGORY);
-    let first_line: Vec<&str> = SUBSETS
-        .iter()
-        .filter(|s| {
-            matches!(
-                ScoringKind::longbench(s),
-                ScoringKind::Longbench {
-                    first_line_only: true,
-                    ..
-                }
-            )
-        })
-        .map(|s| s.name)
-        .collect();
+    let first_line: Vec<&str> =
+        SUBSETS.iter().filter(|s| matches!(ScoringKind::longbench(s), ScoringKind::Longbench { first_line_only: true, .. })).map(|s| s.name).collect();
     assert_eq!(first_line, ["trec", "triviaqa", "samsum", "lsht"]);
     // every official template splits cleanly at its single {context}
     for s in &SUBSETS {
@@ -526,10 +332,7 @@ fn templates_without_a_clean_split_keep_the_whole_prompt_in_context() {
     assert_eq!(p.context, "Q: why?\nDoc: the doc\nA:");
     assert_eq!(p.question, "");
     let p = split_prompt("{context} and again {context}", "c", "i");
-    assert_eq!(
-        (p.prefix_instruction.as_str(), p.context.as_str()),
-        ("", "c and again c")
-    );
+    assert_eq!((p.prefix_instruction.as_str(), p.context.as_str()), ("", "c and again c"));
     let p = split_prompt("no placeholder {x}", "c", "i");
     assert_eq!(p.context, "no placeholder {x}");
     // a stray brace before {context} stays in the prefix

@@ -37,10 +37,7 @@ fn scores_a_small_file_by_hand() {
     let order: Vec<&str> = report.datasets.iter().map(|d| d.dataset.as_str()).collect();
     assert_eq!(order, ["hotpotqa", "trec", "passage_count"]);
     assert_eq!(by("trec").and_then(|d| d.score), Some(75.0));
-    assert_eq!(
-        by("trec").map(|d| (d.samples, d.metric)),
-        Some((2, "classification_score"))
-    );
+    assert_eq!(by("trec").map(|d| (d.samples, d.metric)), Some((2, "classification_score")));
     assert_eq!(by("passage_count").and_then(|d| d.score), Some(50.0));
     assert_eq!(by("hotpotqa").and_then(|d| d.score), Some(50.0));
     // a partial run: no category is complete, so no category score and no 15-task average
@@ -51,28 +48,14 @@ fn scores_a_small_file_by_hand() {
     assert_eq!(json["datasets"][1]["score"], json!(75.0));
     assert_eq!(json["categories"][0]["category"], json!("single_doc_qa"));
     let text = report.to_text();
-    assert!(
-        text.contains("trec") && text.contains("75.00") && text.contains("average (15 tasks)"),
-        "{text}"
-    );
+    assert!(text.contains("trec") && text.contains("75.00") && text.contains("average (15 tasks)"), "{text}");
 
     // -e: buckets by length (<4000, <8000, rest); empty buckets are null
     let e = score_predictions_file(&path, true).expect("score -e");
-    let trec = e
-        .datasets
-        .iter()
-        .find(|d| d.dataset == "trec")
-        .and_then(|d| d.buckets)
-        .expect("buckets");
-    assert_eq!(
-        (trec.short, trec.medium, trec.long),
-        (Some(100.0), Some(50.0), None)
-    );
+    let trec = e.datasets.iter().find(|d| d.dataset == "trec").and_then(|d| d.buckets).expect("buckets");
+    assert_eq!((trec.short, trec.medium, trec.long), (Some(100.0), Some(50.0), None));
     let json = serde_json::to_value(&e).expect("serialize");
-    assert_eq!(
-        json["datasets"][1]["buckets"],
-        json!({"0-4k": 100.0, "4-8k": 50.0, "8k+": null})
-    );
+    assert_eq!(json["datasets"][1]["buckets"], json!({"0-4k": 100.0, "4-8k": 50.0, "8k+": null}));
     assert!(e.to_text().contains("8k+"));
 }
 
@@ -82,21 +65,9 @@ fn categories_and_average_use_the_paper_grouping() {
     let mut datasets: Vec<DatasetScore> = AVERAGE_15
         .iter()
         .enumerate()
-        .map(|(i, d)| DatasetScore {
-            dataset: d.to_string(),
-            metric: "x",
-            samples: 1,
-            score: Some(i as f64 + 1.0),
-            buckets: None,
-        })
+        .map(|(i, d)| DatasetScore { dataset: d.to_string(), metric: "x", samples: 1, score: Some(i as f64 + 1.0), buckets: None })
         .collect();
-    datasets.push(DatasetScore {
-        dataset: "passage_count".into(),
-        metric: "x",
-        samples: 1,
-        score: Some(1000.0),
-        buckets: None,
-    });
+    datasets.push(DatasetScore { dataset: "passage_count".into(), metric: "x", samples: 1, score: Some(1000.0), buckets: None });
     let (cats, avg) = summarize(&datasets);
     let got: Vec<(&str, Option<f64>)> = cats.iter().map(|c| (c.category, c.score)).collect();
     assert_eq!(
@@ -131,29 +102,14 @@ fn bad_lines_name_file_and_line() {
         std::fs::write(&path, text).expect("write");
         let err = score_predictions_file(&path, false).expect_err(text);
         let msg = err.to_string();
-        assert!(
-            msg.starts_with(&format!("{}:{line}:", path.display())),
-            "{msg}"
-        );
+        assert!(msg.starts_with(&format!("{}:{line}:", path.display())), "{msg}");
         assert!(msg.contains(needle), "{msg}");
     }
-    std::fs::write(
-        &path,
-        "{\"dataset\": \"lcc\", \"pred\": \"x\", \"answers\": [\"y\"], \"all_classes\": null}\n",
-    )
-    .expect("write");
-    let msg = score_predictions_file(&path, true)
-        .expect_err("-e needs length")
-        .to_string();
+    std::fs::write(&path, "{\"dataset\": \"lcc\", \"pred\": \"x\", \"answers\": [\"y\"], \"all_classes\": null}\n").expect("write");
+    let msg = score_predictions_file(&path, true).expect_err("-e needs length").to_string();
     assert!(msg.contains(":1:") && msg.contains("length"), "{msg}");
     std::fs::write(&path, "\n\n").expect("write");
-    assert!(matches!(
-        score_predictions_file(&path, false),
-        Err(ScoreError::Empty { .. })
-    ));
+    assert!(matches!(score_predictions_file(&path, false), Err(ScoreError::Empty { .. })));
     let missing = dir.path().join("absent.jsonl");
-    assert!(score_predictions_file(&missing, false)
-        .expect_err("missing")
-        .to_string()
-        .contains("absent.jsonl"));
+    assert!(score_predictions_file(&missing, false).expect_err("missing").to_string().contains("absent.jsonl"));
 }

@@ -14,13 +14,13 @@ fn root() -> PathBuf {
 }
 
 fn python_ref(args: &[&str]) -> serde_json::Value {
-    let py = std::env::var_os("KVBENCH_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let py = std::env::var_os("KVBENCH_PYTHON").map(PathBuf::from).unwrap_or_else(|| root().join(".venv/bin/python"));
     let script = root().join("scripts/reference/kvtasks_reference.py");
-    let out = Command::new(&py).arg(&script).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run the Python reference {} (set KVBENCH_PYTHON to a python3): {e}", py.display())
-    });
+    let out = Command::new(&py)
+        .arg(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run the Python reference {} (set KVBENCH_PYTHON to a python3): {e}", py.display()));
     assert!(out.status.success(), "{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
 }
@@ -144,11 +144,7 @@ fn passkey_metrics_match_python_reference() {
 fn kamradt_needle_within_one_percent_of_depth() {
     let es = essays();
     let tok = ByteTokenizer;
-    let cfg = KamradtConfig {
-        context_lengths: vec![50_000, 120_000],
-        depth_percents: vec![0.0, 10.0, 25.0, 50.0, 77.0, 100.0],
-        ..Default::default()
-    };
+    let cfg = KamradtConfig { context_lengths: vec![50_000, 120_000], depth_percents: vec![0.0, 10.0, 25.0, 50.0, 77.0, 100.0], ..Default::default() };
     let samples = needle::kamradt_samples(&es, &tok, &cfg).unwrap();
     assert_eq!(samples.len(), 12);
     for s in &samples {

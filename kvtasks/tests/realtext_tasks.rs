@@ -12,11 +12,7 @@ fn corpus(n: CorpusName) -> Corpus {
 }
 
 fn split_paragraphs(context: &str) -> Vec<String> {
-    context
-        .split("\n\n")
-        .enumerate()
-        .map(|(i, p)| p.strip_prefix(&format!("Paragraph {}: ", i + 1)).expect("numbered paragraph").to_string())
-        .collect()
+    context.split("\n\n").enumerate().map(|(i, p)| p.strip_prefix(&format!("Paragraph {}: ", i + 1)).expect("numbered paragraph").to_string()).collect()
 }
 
 #[test]

@@ -126,7 +126,7 @@ fn word_extraction_answers_are_the_most_frequent_words() {
             }
             freq.remove("...");
             let mut ranked: Vec<(&str, usize)> = freq.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.cmp(&a.1));
+            ranked.sort_by_key(|r| std::cmp::Reverse(r.1));
             let top: Vec<String> = ranked[..3].iter().map(|(w, _)| w.to_string()).collect();
             assert_eq!(top, x.answers);
             assert!(ranked[2].1 > ranked[3].1, "top-3 are strictly more frequent");

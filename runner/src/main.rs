@@ -29,7 +29,9 @@ fn main() {
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }
-        let disk_full = e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC)));
+        let disk_full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(libc::ENOSPC))
+        });
         if disk_full {
             eprintln!("hint: the disk is full. Every record written before this point is complete and kept (a half-written one is dropped on resume); free some space and rerun the same command with --resume.");
         }

@@ -56,7 +56,10 @@ fn unknown_architecture_is_a_clear_error() {
     let dir = tmp.path().join("gpt");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("config.json"), r#"{"model_type": "gpt_bigcode", "hidden_size": 8}"#).unwrap();
-    fails_with(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--device", "cpu"], &["unsupported architecture `gpt_bigcode`", "config.json"]);
+    fails_with(
+        &["generate", "--model", dir.to_str().unwrap(), "--prompt", "hi", "--device", "cpu"],
+        &["unsupported architecture `gpt_bigcode`", "config.json"],
+    );
 }
 
 #[test]
@@ -78,10 +81,34 @@ fn long_prompt_needs_truncate_and_json_has_the_documented_keys() {
     let m = model.to_str().unwrap();
     fails_with(&["generate", "--model", m, "--prompt-file", pf.to_str().unwrap(), "--device", "cpu"], &["--truncate", "4096"]);
 
-    let o = kvbench(&["generate", "--model", m, "--prompt-file", pf.to_str().unwrap(), "--device", "cpu", "--truncate", "--max-new-tokens", "4", "--min-new-tokens", "4", "--json"]);
+    let o = kvbench(&[
+        "generate",
+        "--model",
+        m,
+        "--prompt-file",
+        pf.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--truncate",
+        "--max-new-tokens",
+        "4",
+        "--min-new-tokens",
+        "4",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
-    for key in ["text", "prompt_tokens", "generated_tokens", "prefill_seconds", "prefill_tokens_per_s", "decode_tokens_per_s", "kv_bytes_held", "kv_bytes_full", "peak_rss_bytes"] {
+    for key in [
+        "text",
+        "prompt_tokens",
+        "generated_tokens",
+        "prefill_seconds",
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "kv_bytes_held",
+        "kv_bytes_full",
+        "peak_rss_bytes",
+    ] {
         assert!(v.get(key).is_some(), "missing key {key} in {v}");
     }
     assert_eq!(v["prompt_tokens"], 4096 - 4);
@@ -99,8 +126,21 @@ fn each_architecture_runs_and_dumps_logits() {
         let model = tiny_model(tmp.path(), arch);
         let npy = tmp.path().join(format!("{arch}.npy"));
         let o = kvbench(&[
-            "generate", "--model", model.to_str().unwrap(), "--chat", "--prompt", "Hello there", "--device", "cpu",
-            "--max-new-tokens", "3", "--dump-logits", npy.to_str().unwrap(), "--all-positions", "--kv-dtype", "bf16",
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--chat",
+            "--prompt",
+            "Hello there",
+            "--device",
+            "cpu",
+            "--max-new-tokens",
+            "3",
+            "--dump-logits",
+            npy.to_str().unwrap(),
+            "--all-positions",
+            "--kv-dtype",
+            "bf16",
         ]);
         assert!(o.status.success(), "{arch}: {}", stderr(&o));
         let t = tch::Tensor::read_npy(&npy).unwrap();

@@ -35,7 +35,9 @@ fn cell_dirs(run: &Path) -> Vec<PathBuf> {
 fn conformance_runs_the_template_through_its_c_interface() {
     let lib = built_library("libkvplugin_example_external.so");
     let out = ok(&["--plugin", lib.to_str().unwrap(), "conformance", "example-recent"]);
-    for trial in ["example-recent/ratio=4/budget", "example-recent/ratio1/identical-to-full", "example-recent/ratio4/fewer-bytes", "example-recent/batch2-gqa/shapes"] {
+    for trial in
+        ["example-recent/ratio=4/budget", "example-recent/ratio1/identical-to-full", "example-recent/ratio4/fewer-bytes", "example-recent/batch2-gqa/shapes"]
+    {
         assert!(out.lines().any(|l| l.starts_with("ok") && l.ends_with(trial)), "trial {trial} should pass:\n{out}");
     }
     assert!(out.contains(" 0 failed"), "{out}");
@@ -121,7 +123,10 @@ fn the_template_builds_outside_the_repository_and_passes_conformance() {
         .replace("name = \"kvplugin-example-external\"", "name = \"kvplugin-mine\"")
         .replace("path = \"../../kvcache\"", &format!("path = \"{}\"", repo.join("kvcache").display()))
         .replace("path = \"../kvmethods\"", &format!("path = \"{}\"", repo.join("plugins/kvmethods").display()));
-    assert!(manifest.contains("kvplugin-mine") && !manifest.contains("\"../"), "the template's manifest changed; update plugins/README.md and this test:\n{manifest}");
+    assert!(
+        manifest.contains("kvplugin-mine") && !manifest.contains("\"../"),
+        "the template's manifest changed; update plugins/README.md and this test:\n{manifest}"
+    );
     std::fs::write(dir.join("Cargo.toml"), manifest).unwrap();
     let lib = std::fs::read_to_string(dir.join("src/lib.rs")).unwrap().replace("\"example-recent\"", "\"mine-recent\"");
     std::fs::write(dir.join("src/lib.rs"), lib).unwrap();

@@ -23,7 +23,9 @@ fn linear_time_models_generate_with_constant_state_and_refuse_cache_methods() {
     // mamba2: 2 layers × (conv [160 = 128 + 2·16, 4] + SSM [8 heads, 16, 16]);
     // recurrent_gemma: 2 recurrent layers × (conv [64, 3] + RG-LRU [64]) + 1 attention layer's
     // key and value rings of 32 positions × 1 head × 16 (full once the prompt passes the window).
-    for (arch, state) in [("mamba", 2 * 128 * (4 + 16) * 4), ("mamba2", 2 * (160 * 4 + 8 * 16 * 16) * 4), ("recurrent_gemma", (2 * (64 * 3 + 64) + 2 * 32 * 16) * 4)] {
+    for (arch, state) in
+        [("mamba", 2 * 128 * (4 + 16) * 4), ("mamba2", 2 * (160 * 4 + 8 * 16 * 16) * 4), ("recurrent_gemma", (2 * (64 * 3 + 64) + 2 * 32 * 16) * 4)]
+    {
         let model = tmp.path().join(arch);
         ok(&["model", "init", "--arch", arch, "--preset", "tiny", "--random", "--seed", "4", model.to_str().unwrap()]);
         let shorter = generate_json(&model, &"The cat sat on the mat. ".repeat(10));

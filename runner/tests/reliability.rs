@@ -102,7 +102,10 @@ fn a_run_killed_at_ten_random_moments_resumes_to_the_same_report() {
             eprintln!("draw {draws}: the run finished before the kill ({status}); drawing again");
             continue;
         }
-        eprintln!("kill {kills}: SIGKILL after {after_records} record(s) + {extra_ms} ms ({:.2} s in, {at} of {total} records on disk); resuming", t0.elapsed().as_secs_f64());
+        eprintln!(
+            "kill {kills}: SIGKILL after {after_records} record(s) + {extra_ms} ms ({:.2} s in, {at} of {total} records on disk); resuming",
+            t0.elapsed().as_secs_f64()
+        );
         ok(&["run", e, "--out", out.to_str().unwrap(), "--zero-measurements", "--resume"]);
         assert_eq!(records(&out), reference_records, "kill {kills}: the records differ from the uninterrupted run's");
         assert_same_tree(&reference_report, &out.join("report"), &format!("kill {kills}"));
@@ -159,7 +162,10 @@ fn a_full_disk_gives_a_clear_error_and_keeps_every_earlier_record() {
 
     // Every complete record is readable; the reports can be written from what survived.
     let saved_records = records(&saved);
-    let complete: usize = saved_records.iter().map(|(_, b)| b.split(|&c| c == b'\n').filter(|l| !l.is_empty() && serde_json::from_slice::<serde_json::Value>(l).is_ok()).count()).sum();
+    let complete: usize = saved_records
+        .iter()
+        .map(|(_, b)| b.split(|&c| c == b'\n').filter(|l| !l.is_empty() && serde_json::from_slice::<serde_json::Value>(l).is_ok()).count())
+        .sum();
     assert!(complete > 0, "some records should have been written before the disk filled up");
     let total: usize = records(&reference).iter().map(|(_, b)| b.iter().filter(|&&c| c == b'\n').count()).sum();
     assert!(complete < total, "the disk should fill up before the end ({complete} of {total} records)");
@@ -203,7 +209,11 @@ fn the_memory_guard_refuses_what_cannot_fit_and_force_overrides_it() {
 
     // The environment variable works too, and `run` checks before loading.
     let exp = config_tree(tmp.path(), &["full"]);
-    let o = Command::new(env!("CARGO_BIN_EXE_kvbench")).args(["run", exp.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()]).env("KVBENCH_MEMORY_LIMIT", "2MiB").output().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_kvbench"))
+        .args(["run", exp.to_str().unwrap(), "--out", tmp.path().join("r").to_str().unwrap()])
+        .env("KVBENCH_MEMORY_LIMIT", "2MiB")
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("memory guard") && err.contains("loading model") && err.contains("2.0 MiB"), "{err}");
     assert!(!tmp.path().join("r/cells").read_dir().is_ok_and(|mut d| d.next().is_some()), "nothing should run after a refusal");

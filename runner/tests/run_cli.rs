@@ -37,7 +37,18 @@ fn run_shards_merge_and_resume_give_identical_reports() {
     assert_eq!(total, 4 * 9, "4 cells (full, snapkv 2x and 4x, kivi) x 9 passkey samples");
     let line = std::fs::read_dir(single.join("cells")).unwrap().next().unwrap().unwrap().path().join("records.jsonl");
     let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(line).unwrap().lines().next().unwrap()).unwrap();
-    for key in ["prediction", "score", "input_tokens", "generated_tokens", "prefill_seconds", "decode_tokens_per_s", "kv_bytes_held", "kv_bytes_attended", "compression_ratio", "peak_memory_bytes"] {
+    for key in [
+        "prediction",
+        "score",
+        "input_tokens",
+        "generated_tokens",
+        "prefill_seconds",
+        "decode_tokens_per_s",
+        "kv_bytes_held",
+        "kv_bytes_attended",
+        "compression_ratio",
+        "peak_memory_bytes",
+    ] {
         assert!(first.get(key).is_some(), "record lacks `{key}`: {first}");
     }
     let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("run.json")).unwrap()).unwrap();
@@ -131,7 +142,23 @@ fn the_offline_v1_grid_covers_every_method_and_ratio() {
         let dry = ok(&["run", file.to_str().unwrap(), "--dry-run"]);
         // 5 unbudgeted methods + 10 budgeted x 3 ratios = 35 method rows, x 10 tasks.
         assert!(dry.contains("350 cell(s)"), "{dry}");
-        for label in ["full", "kivi-2bit", "kivi-4bit", "flexgen-4bit", "int8", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "infllm", "quest", "selective-context"] {
+        for label in [
+            "full",
+            "kivi-2bit",
+            "kivi-4bit",
+            "flexgen-4bit",
+            "int8",
+            "streamingllm",
+            "h2o",
+            "snapkv",
+            "pyramidkv",
+            "tova",
+            "knorm",
+            "adakv",
+            "infllm",
+            "quest",
+            "selective-context",
+        ] {
             assert!(dry.contains(&format!(" {label} ")), "{model}: no `{label}` cell:\n{dry}");
         }
         for ratio in ["2x", "4x", "8x"] {

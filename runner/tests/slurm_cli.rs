@@ -36,7 +36,24 @@ fn slurm_writes_array_and_merge_scripts_that_run_the_shards() {
     let e = exp.to_str().unwrap();
     let out = base.join("it's out");
     let o = out.to_str().unwrap();
-    let printed = ok(&["slurm", e, "--shards", "3", "--max-parallel", "2", "--partition", "gpu", "--gpus-per-task", "1", "--cpus-per-task", "4", "--time", "1:00:00", "--out", o]);
+    let printed = ok(&[
+        "slurm",
+        e,
+        "--shards",
+        "3",
+        "--max-parallel",
+        "2",
+        "--partition",
+        "gpu",
+        "--gpus-per-task",
+        "1",
+        "--cpus-per-task",
+        "4",
+        "--time",
+        "1:00:00",
+        "--out",
+        o,
+    ]);
 
     let array = out.join("slurm/shards.sbatch");
     let merge = out.join("slurm/merge.sbatch");

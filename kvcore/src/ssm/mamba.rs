@@ -21,10 +21,10 @@
 //! recursive doubling in `log2(block)` whole-block tensor ops ([`ScanMode::Doubling`]). Parity
 //! with transformers is checked in `kvcore/tests/mamba_parity.rs`.
 
-use crate::norm::{rms_norm, RmsScale};
 use super::tensor_map::TensorMap;
 use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
+use crate::norm::{rms_norm, RmsScale};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -144,8 +144,7 @@ impl MambaConfig {
             Some(Value::String(s)) if s == "auto" => hidden_size.div_ceil(16),
             Some(v) => positive(
                 "time_step_rank",
-                uint("time_step_rank", v)
-                    .map_err(|_| err("time_step_rank", format!("expected a positive integer or \"auto\", found {v}")))?,
+                uint("time_step_rank", v).map_err(|_| err("time_step_rank", format!("expected a positive integer or \"auto\", found {v}")))?,
             )?,
         };
         let layer_norm_epsilon = match get("layer_norm_epsilon") {
@@ -201,7 +200,10 @@ fn from_mamba_ssm_config(c: &Value, path: &Path) -> Result<Value> {
     let ssm = c.get("ssm_cfg").filter(|v| !v.is_null()).unwrap_or(&empty);
     if let Some(layer) = ssm.get("layer").and_then(Value::as_str) {
         if layer != "Mamba1" {
-            return Err(err("ssm_cfg.layer", format!("`{layer}` is not Mamba v1 (this reader takes Mamba1 mamba_ssm checkpoints; use a Hugging Face Mamba2 conversion for Mamba-2)")));
+            return Err(err(
+                "ssm_cfg.layer",
+                format!("`{layer}` is not Mamba v1 (this reader takes Mamba1 mamba_ssm checkpoints; use a Hugging Face Mamba2 conversion for Mamba-2)"),
+            ));
         }
     }
     if c.get("rms_norm").and_then(Value::as_bool) == Some(false) {
@@ -263,11 +265,7 @@ impl MambaState {
 
     /// A deep copy (e.g. to branch several continuations from one prefix).
     pub fn deep_clone(&self) -> Self {
-        MambaState {
-            conv: self.conv.iter().map(Tensor::copy).collect(),
-            ssm: self.ssm.iter().map(Tensor::copy).collect(),
-            tokens: self.tokens,
-        }
+        MambaState { conv: self.conv.iter().map(Tensor::copy).collect(), ssm: self.ssm.iter().map(Tensor::copy).collect(), tokens: self.tokens }
     }
 }
 
@@ -306,7 +304,6 @@ pub struct MambaModel {
     /// Time steps per scan block: bounds the `[block, B, I, N]` temporaries.
     pub scan_block: usize,
 }
-
 
 /// `h_t = a_t * h_{t-1} + b_t` over the leading (time) axis of `a`, `b` (`[L, B, I, N]`, `b`
 /// contiguous and owned: overwritten with the result), from `h0` (`[B, I, N]`).
@@ -642,7 +639,11 @@ impl RecurrentLm for MambaModel {
     fn forward(&self, ids: &[u32], state: &mut RecurrentState, all_positions: bool) -> Result<Tensor> {
         let n = self.config.num_hidden_layers;
         if state.tensors.len() != 2 * n {
-            return Err(Error::InvalidArgument { what: "Mamba state", value: format!("{} tensors", state.tensors.len()), expected: format!("{} (from new_state)", 2 * n) });
+            return Err(Error::InvalidArgument {
+                what: "Mamba state",
+                value: format!("{} tensors", state.tensors.len()),
+                expected: format!("{} (from new_state)", 2 * n),
+            });
         }
         let input = self.ids_tensor(ids)?;
         let mut conv = std::mem::take(&mut state.tensors);

@@ -23,10 +23,10 @@
 //! single token takes the recurrence directly. Parity with transformers is checked in
 //! `kvcore/tests/mamba2_parity.rs`.
 
-use crate::norm::{rms_norm, RmsScale};
 use super::tensor_map::TensorMap;
 use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
+use crate::norm::{rms_norm, RmsScale};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,8 +85,7 @@ impl Mamba2Config {
     /// `{"__float__": "Infinity"}` (transformers 5) and the string `"Infinity"`.
     pub fn from_json_str(text: &str, path: &Path) -> Result<Self> {
         let err = |key: &str, problem: String| Error::Config { file: path.to_path_buf(), key: key.into(), problem };
-        let root: Value =
-            serde_json::from_str(&quote_bare_non_finite(text)).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
+        let root: Value = serde_json::from_str(&quote_bare_non_finite(text)).map_err(|e| err("(file)", format!("not valid JSON: {e}")))?;
         let obj = root.as_object().ok_or_else(|| err("(file)", "expected a JSON object".into()))?;
         let get = |key: &str| obj.get(key).filter(|v| !v.is_null());
 
@@ -141,10 +140,7 @@ impl Mamba2Config {
             Some(v) => float("expand", v)?,
         };
         if expand * hidden_size as f64 != intermediate_size as f64 {
-            return Err(err(
-                "expand",
-                format!("expand * hidden_size = {expand} * {hidden_size} must equal num_heads * head_dim = {num_heads} * {head_dim}"),
-            ));
+            return Err(err("expand", format!("expand * hidden_size = {expand} * {hidden_size} must equal num_heads * head_dim = {num_heads} * {head_dim}")));
         }
         if num_heads % n_groups != 0 {
             return Err(err("n_groups", format!("{n_groups} groups do not divide num_heads = {num_heads}")));
@@ -258,7 +254,6 @@ struct Layer {
     out_proj_b: Option<Tensor>,
 }
 
-
 /// `rmsnorm(y * silu(gate))` over the whole last axis (`y` f32), as transformers'
 /// `MambaRMSNormGated`.
 fn gated_rms_norm(y: &Tensor, gate: &Tensor, weight: &Tensor, eps: f64) -> Tensor {
@@ -290,14 +285,8 @@ impl Layer {
     /// One block over `x` `[B, T, D]` (residual stream), advancing `conv` `[B, conv_dim, K]` and
     /// `ssm` `[B, H, P, N]` in place.
     fn forward(&self, x: &Tensor, conv: &mut Tensor, ssm: &mut Tensor, cfg: &Mamba2Config, chunk: i64) -> Tensor {
-        let (i, h, p, n, g, k) = (
-            cfg.intermediate_size as i64,
-            cfg.num_heads as i64,
-            cfg.head_dim as i64,
-            cfg.state_size as i64,
-            cfg.n_groups as i64,
-            cfg.conv_kernel as i64,
-        );
+        let (i, h, p, n, g, k) =
+            (cfg.intermediate_size as i64, cfg.num_heads as i64, cfg.head_dim as i64, cfg.state_size as i64, cfg.n_groups as i64, cfg.conv_kernel as i64);
         let (b, t) = (x.size()[0], x.size()[1]);
         let conv_dim = i + 2 * g * n;
         let residual = if cfg.residual_in_fp32 { x.to_kind(Kind::Float) } else { x.shallow_clone() };
@@ -353,7 +342,7 @@ impl Layer {
             let scores = c_c.matmul(&b_c.transpose(2, 3)).unsqueeze(2); // [B, G, 1, L, L]
             let weights = (segment_sums(&log_decay).exp().view([b, g, h / g, l, l]) * scores).view([b, h, l, l]);
             let y_within = weights.matmul(&u_dt); // [B, H, L, P]
-            // From the state at the chunk's start: y_t += exp(cum_t) C_t · s.
+                                                  // From the state at the chunk's start: y_t += exp(cum_t) C_t · s.
             let y_state = per_head(&c_c, h).matmul(&ssm.transpose(2, 3)) * cum.exp().unsqueeze(-1);
             ys.push(y_within + y_state);
 
@@ -412,8 +401,7 @@ impl Mamba2Model {
         let _g = tch::no_grad_guard();
         let _rng = super::seeded_rng(seed);
         let c = config;
-        let (v, d, i, h, k) =
-            (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);
+        let (v, d, i, h, k) = (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);
         let conv_dim = c.conv_dim() as i64;
         let opts = (Kind::Float, device);
         let normal = |shape: &[i64], std: f64| Tensor::randn(shape, opts) * std;
@@ -450,8 +438,7 @@ impl Mamba2Model {
 
     fn from_tensors(config: Mamba2Config, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {
         let c = &config;
-        let (v, d, i, h, k) =
-            (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);
+        let (v, d, i, h, k) = (c.vocab_size as i64, c.hidden_size as i64, c.intermediate_size as i64, c.num_heads as i64, c.conv_kernel as i64);
         let conv_dim = c.conv_dim() as i64;
         let mut weight_bytes = 0usize;
         let mut count = |t: &Tensor| weight_bytes += t.numel() * t.kind().elt_size_in_bytes();

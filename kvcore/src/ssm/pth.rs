@@ -39,10 +39,12 @@ pub struct PthTensor {
 }
 
 type Archive = zip::ZipArchive<std::fs::File>;
+/// An opened `.pth`: the archive, the record prefix, and the tensors in file order.
+type Opened = (Archive, String, Vec<(String, TensorRef)>);
 
 /// Opens the zip, checks the byte order and interprets `<archive>/data.pkl`: the archive, the
 /// record prefix, and the tensors in file order.
-fn open(path: &Path) -> Result<(Archive, String, Vec<(String, TensorRef)>)> {
+fn open(path: &Path) -> Result<Opened> {
     let bad = |problem: String| Error::File { file: path.into(), problem };
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(file)
@@ -95,7 +97,11 @@ pub fn load_pth(path: &Path, kind: Kind, device: Device) -> Result<TensorMap> {
             storages.insert(s.key.clone(), storage);
         }
         let storage = &storages[&s.key];
-        let view = storage.f_as_strided(&t.size, &t.stride, Some(t.offset)).map_err(|e| Error::Tensor { file: path.into(), tensor: name.clone(), problem: e.to_string() })?;
+        let view = storage.f_as_strided(&t.size, &t.stride, Some(t.offset)).map_err(|e| Error::Tensor {
+            file: path.into(),
+            tensor: name.clone(),
+            problem: e.to_string(),
+        })?;
         let target = if view.is_floating_point() { kind } else { view.kind() };
         map.insert(name, view.to_kind(target).to_device(device).contiguous());
     }

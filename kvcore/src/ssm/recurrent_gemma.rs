@@ -27,10 +27,10 @@
 //! the keys its window reaches, so prefill time is linear in length. Parity with transformers is
 //! checked in `kvcore/tests/recurrent_gemma_parity.rs`.
 
-use crate::norm::{rms_norm, RmsScale};
 use super::tensor_map::TensorMap;
 use super::{RecurrentLm, RecurrentState};
 use crate::error::{Error, Result};
+use crate::norm::{rms_norm, RmsScale};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -80,7 +80,6 @@ impl Weights {
         Ok(Linear { w, b })
     }
 }
-
 
 struct RecurrentBlock {
     linear_y: Linear,
@@ -366,7 +365,9 @@ impl RecurrentGemmaModel {
             put("channel_pre_norm.weight", zeros(&[h]));
             match c.block_type(l) {
                 BlockType::Recurrent => {
-                    for (name, shape, s) in [("linear_x", [lru, h], std_in), ("linear_y", [lru, h], std_in), ("linear_out", [h, lru], (final_scale / lru as f64).sqrt())] {
+                    for (name, shape, s) in
+                        [("linear_x", [lru, h], std_in), ("linear_y", [lru, h], std_in), ("linear_out", [h, lru], (final_scale / lru as f64).sqrt())]
+                    {
                         put(&format!("temporal_block.{name}.weight"), normal(&shape, s));
                         put(&format!("temporal_block.{name}.bias"), zeros(&[shape[0]]));
                     }
@@ -482,7 +483,9 @@ impl RecurrentGemmaModel {
     /// Fails unless `state` has this model's layout, with ring lengths matching its token count.
     fn check_state(&self, state: &RecurrentState) -> Result<()> {
         let c = &self.config;
-        let bad = |problem: String| Err(Error::InvalidArgument { what: "RecurrentGemma state", value: problem, expected: "a state from this model's new_state".into() });
+        let bad = |problem: String| {
+            Err(Error::InvalidArgument { what: "RecurrentGemma state", value: problem, expected: "a state from this model's new_state".into() })
+        };
         if state.tensors.len() != 2 * c.num_hidden_layers {
             return bad(format!("{} tensors (expected {})", state.tensors.len(), 2 * c.num_hidden_layers));
         }

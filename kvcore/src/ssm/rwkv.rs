@@ -94,7 +94,10 @@ impl RwkvConfig {
         } else if has(".ln_x.weight") && has(".att.gate.weight") {
             RwkvVersion::V5
         } else {
-            return Err(err("blocks.0.att", "neither RWKV-6 (`time_maa_x`) nor RWKV-5.2 (`ln_x` and `gate`): RWKV-4 and v5.0/5.1 files are not supported".into()));
+            return Err(err(
+                "blocks.0.att",
+                "neither RWKV-6 (`time_maa_x`) nor RWKV-5.2 (`ln_x` and `gate`): RWKV-4 and v5.0/5.1 files are not supported".into(),
+            ));
         };
         let num_layers = shapes
             .keys()
@@ -106,7 +109,10 @@ impl RwkvConfig {
         let (attention_size, c) = matrix("blocks.0.att.key.weight")?;
         if c != hidden_size || attention_size != hidden_size {
             // The reference splits heads by n_embd, so a wider attention is not a model it runs.
-            return Err(err("blocks.0.att.key.weight", format!("shape [{attention_size}, {c}], expected [{hidden_size}, {hidden_size}] (attention width = n_embd)")));
+            return Err(err(
+                "blocks.0.att.key.weight",
+                format!("shape [{attention_size}, {c}], expected [{hidden_size}, {hidden_size}] (attention width = n_embd)"),
+            ));
         }
         let (ffn_size, _) = matrix("blocks.0.ffn.key.weight")?;
         let faaaa = has(".att.time_faaaa");
@@ -307,9 +313,12 @@ fn safetensors_shapes(path: &Path) -> Result<HashMap<String, Vec<i64>>> {
     Ok(header.tensors.iter().map(|t| (t.name.clone(), t.shape.iter().map(|&d| d as i64).collect())).collect())
 }
 
+/// A checkpoint file and the shape of each tensor in it, by name.
+type CheckpointShapes = (PathBuf, HashMap<String, Vec<i64>>);
+
 /// Where an RWKV directory keeps its weights, and their names and shapes (no tensor data read:
 /// a `.pth`'s pickle, or a safetensors header).
-fn checkpoint_shapes(dir: &Path) -> Result<Option<(PathBuf, HashMap<String, Vec<i64>>)>> {
+fn checkpoint_shapes(dir: &Path) -> Result<Option<CheckpointShapes>> {
     if !dir.is_dir() {
         return Ok(None);
     }
@@ -387,7 +396,8 @@ impl RwkvModel {
         let _g = tch::no_grad_guard();
         let _rng = super::seeded_rng(seed);
         let c = config;
-        let (v, e, a, f, hh, n) = (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
+        let (v, e, a, f, hh, n) =
+            (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
         let opts = (Kind::Float, device);
         let normal = |shape: &[i64], std: f64| Tensor::randn(shape, opts) * std;
         let unit = |shape: &[i64]| Tensor::rand(shape, opts);
@@ -446,7 +456,8 @@ impl RwkvModel {
     fn from_tensors(config: RwkvConfig, mut w: TensorMap, kind: Kind, device: Device) -> Result<Self> {
         let _g = tch::no_grad_guard();
         let c = &config;
-        let (v, e, a, f, h, n) = (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
+        let (v, e, a, f, h, n) =
+            (c.vocab_size as i64, c.hidden_size as i64, c.attention_size as i64, c.ffn_size as i64, c.num_heads as i64, c.head_size() as i64);
         let f32 = |t: Tensor| t.to_kind(Kind::Float);
         let mut weight_bytes = 0usize;
 
@@ -455,7 +466,9 @@ impl RwkvModel {
         let mut layers = Vec::with_capacity(c.num_layers);
         for l in 0..c.num_layers {
             let p = |s: &str| format!("blocks.{l}.{s}");
-            let pair = |w: &mut TensorMap, s: &str| -> Result<(Tensor, Tensor)> { Ok((w.take(&p(&format!("{s}.weight")), &[e])?, w.take(&p(&format!("{s}.bias")), &[e])?)) };
+            let pair = |w: &mut TensorMap, s: &str| -> Result<(Tensor, Tensor)> {
+                Ok((w.take(&p(&format!("{s}.weight")), &[e])?, w.take(&p(&format!("{s}.bias")), &[e])?))
+            };
             let ln1 = pair(&mut w, "ln1")?;
             let ln2 = pair(&mut w, "ln2")?;
             let vec_c = |w: &mut TensorMap, s: &str| take_squeezed(w, &p(s), &[e]);
@@ -558,7 +571,19 @@ impl RwkvModel {
 
 impl Layer {
     fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.ln1.0, &self.ln1.1, &self.ln2.0, &self.ln2.1, &self.decay, &self.bonus, &self.receptance, &self.key, &self.value, &self.gate, &self.output];
+        let mut v = vec![
+            &self.ln1.0,
+            &self.ln1.1,
+            &self.ln2.0,
+            &self.ln2.1,
+            &self.decay,
+            &self.bonus,
+            &self.receptance,
+            &self.key,
+            &self.value,
+            &self.gate,
+            &self.output,
+        ];
         v.extend([&self.ln_x.0, &self.ln_x.1, &self.ffn_mix_k.0, &self.ffn_mix_r.0, &self.ffn_key, &self.ffn_receptance, &self.ffn_value]);
         match &self.mix {
             AttentionMix::V5 { mix } => v.extend(mix.iter().map(|m| &m.0)),

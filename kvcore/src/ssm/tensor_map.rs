@@ -53,7 +53,11 @@ impl TensorMap {
 
     /// [`take`](Self::take) for a tensor that may be absent.
     pub fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Tensor>> {
-        if self.map.contains_key(name) { self.take(name, shape).map(Some) } else { Ok(None) }
+        if self.map.contains_key(name) {
+            self.take(name, shape).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Removes `name` whatever its shape (a tensor the model ignores).
@@ -83,11 +87,7 @@ impl TensorMap {
 /// Fails unless `t` has `shape`, naming the file and tensor.
 pub fn check_shape(t: &Tensor, file: &Path, name: &str, shape: &[i64]) -> Result<()> {
     if t.size() != shape {
-        return Err(Error::Tensor {
-            file: file.to_path_buf(),
-            tensor: name.into(),
-            problem: format!("shape {:?}, expected {:?}", t.size(), shape),
-        });
+        return Err(Error::Tensor { file: file.to_path_buf(), tensor: name.into(), problem: format!("shape {:?}, expected {:?}", t.size(), shape) });
     }
     Ok(())
 }
@@ -100,11 +100,8 @@ fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![dir.join("model.safetensors")]);
     }
     let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
-    let v: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-        file: index.clone(),
-        key: "(file)".into(),
-        problem: format!("not valid JSON: {e}"),
-    })?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| Error::Config { file: index.clone(), key: "(file)".into(), problem: format!("not valid JSON: {e}") })?;
     let map = v.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::Config {
         file: index.clone(),
         key: "weight_map".into(),

@@ -11,46 +11,27 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 20;
 /// Converts `n_elements` values of type `ty`, stored in `bytes`, to f32 in `out`.
 /// `bytes` must hold exactly the blocks for `n_elements` and `out` must have `n_elements` slots.
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize, out: &mut [f32]) -> Result<()> {
-    let fail = |reason: String| GgufError::Dequantize {
-        context: "dequantize".into(),
-        ty: ty.name(),
-        reason,
-    };
+    let fail = |reason: String| GgufError::Dequantize { context: "dequantize".into(), ty: ty.name(), reason };
     if !ty.can_dequantize() {
-        return Err(fail(
-            "type not supported (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K)"
-                .into(),
-        ));
+        return Err(fail("type not supported (supported: F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q4_K Q5_K Q6_K)".into()));
     }
     let (Some(block), Some(type_size)) = (ty.block_size(), ty.type_size()) else {
         return Err(fail("type has no known block layout".into()));
     };
     if !n_elements.is_multiple_of(block) {
-        return Err(fail(format!(
-            "{n_elements} elements is not a multiple of the block size {block}"
-        )));
+        return Err(fail(format!("{n_elements} elements is not a multiple of the block size {block}")));
     }
-    let expected = (n_elements / block)
-        .checked_mul(type_size)
-        .ok_or_else(|| fail(format!("byte size of {n_elements} elements overflows")))?;
+    let expected = (n_elements / block).checked_mul(type_size).ok_or_else(|| fail(format!("byte size of {n_elements} elements overflows")))?;
     if bytes.len() != expected {
-        return Err(fail(format!(
-            "{n_elements} elements need {expected} bytes but {} were given",
-            bytes.len()
-        )));
+        return Err(fail(format!("{n_elements} elements need {expected} bytes but {} were given", bytes.len())));
     }
     if out.len() != n_elements {
-        return Err(fail(format!(
-            "output has {} slots for {n_elements} elements",
-            out.len()
-        )));
+        return Err(fail(format!("output has {} slots for {n_elements} elements", out.len())));
     }
     match ty {
         GgmlType::F32 => run::<1, 4>(bytes, out, |b, o| o[0] = f32::from_le_bytes(*b)),
         GgmlType::F16 => run::<1, 2>(bytes, out, |b, o| o[0] = f16(b[0], b[1])),
-        GgmlType::BF16 => run::<1, 2>(bytes, out, |b, o| {
-            o[0] = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16)
-        }),
+        GgmlType::BF16 => run::<1, 2>(bytes, out, |b, o| o[0] = f32::from_bits(u32::from(u16::from_le_bytes(*b)) << 16)),
         GgmlType::Q4_0 => run::<32, 18>(bytes, out, block_q4_0),
         GgmlType::Q4_1 => run::<32, 20>(bytes, out, block_q4_1),
         GgmlType::Q5_0 => run::<32, 22>(bytes, out, block_q5_0),
@@ -66,11 +47,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize, out: &mut [f32]
 
 /// Applies `kernel` to every (block bytes, block output) pair, splitting large tensors across
 /// threads. Callers have checked that `bytes` and `out` hold the same number of whole blocks.
-fn run<const B: usize, const N: usize>(
-    bytes: &[u8],
-    out: &mut [f32],
-    kernel: fn(&[u8; N], &mut [f32; B]),
-) {
+fn run<const B: usize, const N: usize>(bytes: &[u8], out: &mut [f32], kernel: fn(&[u8; N], &mut [f32; B])) {
     let serial = |bytes: &[u8], out: &mut [f32]| {
         for (b, o) in bytes.chunks_exact(N).zip(out.chunks_exact_mut(B)) {
             // chunks_exact yields exactly N and B items, so both conversions always succeed.
@@ -79,13 +56,7 @@ fn run<const B: usize, const N: usize>(
             }
         }
     };
-    let threads = if out.len() < PARALLEL_MIN_ELEMENTS {
-        1
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(16)
-    };
+    let threads = if out.len() < PARALLEL_MIN_ELEMENTS { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()).min(16) };
     let n_blocks = out.len() / B;
     if threads <= 1 || n_blocks < 2 {
         serial(bytes, out);
@@ -93,10 +64,7 @@ fn run<const B: usize, const N: usize>(
     }
     let per_thread = n_blocks.div_ceil(threads);
     std::thread::scope(|s| {
-        for (b, o) in bytes
-            .chunks(per_thread * N)
-            .zip(out.chunks_mut(per_thread * B))
-        {
+        for (b, o) in bytes.chunks(per_thread * N).zip(out.chunks_mut(per_thread * B)) {
             s.spawn(move || serial(b, o));
         }
     });
@@ -191,10 +159,7 @@ fn block_q4_k(b: &[u8; 144], o: &mut [f32; 256]) {
     let (sc, mn) = k_scales(&b[4..16]);
     for c in 0..4 {
         let (d1, m1) = (d * f32::from(sc[2 * c]), dmin * f32::from(mn[2 * c]));
-        let (d2, m2) = (
-            d * f32::from(sc[2 * c + 1]),
-            dmin * f32::from(mn[2 * c + 1]),
-        );
+        let (d2, m2) = (d * f32::from(sc[2 * c + 1]), dmin * f32::from(mn[2 * c + 1]));
         for l in 0..32 {
             let q = b[16 + 32 * c + l];
             o[64 * c + l] = d1 * f32::from(q & 0x0f) - m1;
@@ -211,10 +176,7 @@ fn block_q5_k(b: &[u8; 176], o: &mut [f32; 256]) {
     let (sc, mn) = k_scales(&b[4..16]);
     for c in 0..4 {
         let (d1, m1) = (d * f32::from(sc[2 * c]), dmin * f32::from(mn[2 * c]));
-        let (d2, m2) = (
-            d * f32::from(sc[2 * c + 1]),
-            dmin * f32::from(mn[2 * c + 1]),
-        );
+        let (d2, m2) = (d * f32::from(sc[2 * c + 1]), dmin * f32::from(mn[2 * c + 1]));
         for l in 0..32 {
             let q = b[48 + 32 * c + l];
             let h = b[16 + l];

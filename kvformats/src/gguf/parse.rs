@@ -29,20 +29,11 @@ impl<'a> Reader<'a> {
     }
 
     fn truncated(&self, what: &dyn Fn() -> String, needed: u64) -> GgufError {
-        GgufError::Truncated {
-            file: self.file.to_string(),
-            offset: self.offset(),
-            what: what(),
-            needed,
-            available: self.remaining(),
-        }
+        GgufError::Truncated { file: self.file.to_string(), offset: self.offset(), what: what(), needed, available: self.remaining() }
     }
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8]> {
-        let slice = usize::try_from(n)
-            .ok()
-            .and_then(|n| self.pos.checked_add(n))
-            .and_then(|end| self.bytes.get(self.pos..end).map(|s| (s, end)));
+        let slice = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).and_then(|end| self.bytes.get(self.pos..end).map(|s| (s, end)));
         match slice {
             Some((s, end)) => {
                 self.pos = end;
@@ -75,21 +66,12 @@ impl<'a> Reader<'a> {
         let bytes = self.take(len, &|| format!("{} ({len} bytes)", what()))?;
         match std::str::from_utf8(bytes) {
             Ok(s) => Ok(s.to_string()),
-            Err(_) => Err(GgufError::BadUtf8 {
-                file: self.file.to_string(),
-                offset: start,
-                what: what(),
-            }),
+            Err(_) => Err(GgufError::BadUtf8 { file: self.file.to_string(), offset: start, what: what() }),
         }
     }
 
     /// Reads one value of type `type_id`; `what` describes it for errors.
-    fn value(
-        &mut self,
-        type_id: u32,
-        depth: usize,
-        what: &dyn Fn() -> String,
-    ) -> Result<GgufValue> {
+    fn value(&mut self, type_id: u32, depth: usize, what: &dyn Fn() -> String) -> Result<GgufValue> {
         Ok(match type_id {
             0 => GgufValue::U8(u8::from_le_bytes(self.array(what)?)),
             1 => GgufValue::I8(i8::from_le_bytes(self.array(what)?)),
@@ -119,14 +101,7 @@ impl<'a> Reader<'a> {
             10 => GgufValue::U64(u64::from_le_bytes(self.array(what)?)),
             11 => GgufValue::I64(i64::from_le_bytes(self.array(what)?)),
             12 => GgufValue::F64(f64::from_le_bytes(self.array(what)?)),
-            _ => {
-                return Err(GgufError::BadValueType {
-                    file: self.file.to_string(),
-                    offset: self.offset().saturating_sub(4),
-                    what: what(),
-                    type_id,
-                })
-            }
+            _ => return Err(GgufError::BadValueType { file: self.file.to_string(), offset: self.offset().saturating_sub(4), what: what(), type_id }),
         })
     }
 
@@ -143,9 +118,7 @@ impl<'a> Reader<'a> {
             reason,
         };
         if depth >= MAX_ARRAY_DEPTH {
-            return Err(bad_count(format!(
-                "arrays nested deeper than {MAX_ARRAY_DEPTH} levels"
-            )));
+            return Err(bad_count(format!("arrays nested deeper than {MAX_ARRAY_DEPTH} levels")));
         }
         let min_size = min_value_size(elem_type).ok_or_else(|| GgufError::BadValueType {
             file: self.file.to_string(),
@@ -155,17 +128,13 @@ impl<'a> Reader<'a> {
         })?;
         let remaining = self.remaining();
         if count > remaining / min_size {
-            return Err(bad_count(format!(
-                "{count} elements of at least {min_size} bytes each do not fit in the {remaining} bytes left"
-            )));
+            return Err(bad_count(format!("{count} elements of at least {min_size} bytes each do not fit in the {remaining} bytes left")));
         }
         // The count is bounded by the file size now; still grow gradually so that a large array of
         // small items does not reserve 32 bytes per element up front.
         let mut items = Vec::with_capacity(usize::try_from(count.min(1 << 16)).unwrap_or(0));
         for i in 0..count {
-            items.push(self.value(elem_type, depth + 1, &|| {
-                format!("element {i} of {}", what())
-            })?);
+            items.push(self.value(elem_type, depth + 1, &|| format!("element {i} of {}", what()))?);
         }
         Ok(GgufValue::Array(items))
     }
@@ -184,17 +153,10 @@ fn min_value_size(type_id: u32) -> Option<u64> {
 }
 
 pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
-    let mut r = Reader {
-        bytes,
-        pos: 0,
-        file,
-    };
+    let mut r = Reader { bytes, pos: 0, file };
     let magic: [u8; 4] = r.array(&|| "magic".into())?;
     if magic != GGUF_MAGIC {
-        return Err(GgufError::BadMagic {
-            file: file.to_string(),
-            found: magic,
-        });
+        return Err(GgufError::BadMagic { file: file.to_string(), found: magic });
     }
     let version = r.u32(&|| "version".into())?;
     match version {
@@ -206,20 +168,8 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
                 hint: "this looks like a big-endian GGUF; only little-endian files are supported",
             })
         }
-        1 => {
-            return Err(GgufError::UnsupportedVersion {
-                file: file.to_string(),
-                version,
-                hint: "GGUF v1 is obsolete; supported versions are 2 and 3",
-            })
-        }
-        _ => {
-            return Err(GgufError::UnsupportedVersion {
-                file: file.to_string(),
-                version,
-                hint: "supported versions are 2 and 3",
-            })
-        }
+        1 => return Err(GgufError::UnsupportedVersion { file: file.to_string(), version, hint: "GGUF v1 is obsolete; supported versions are 2 and 3" }),
+        _ => return Err(GgufError::UnsupportedVersion { file: file.to_string(), version, hint: "supported versions are 2 and 3" }),
     }
     let tensor_count_offset = r.offset();
     let tensor_count = r.u64(&|| "tensor count".into())?;
@@ -232,9 +182,7 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
             offset: kv_count_offset,
             what: "metadata count".into(),
             count: kv_count,
-            reason: format!(
-                "needs at least {MIN_KV_BYTES} bytes each but only {remaining} bytes follow"
-            ),
+            reason: format!("needs at least {MIN_KV_BYTES} bytes each but only {remaining} bytes follow"),
         });
     }
     if tensor_count > remaining / MIN_TENSOR_INFO_BYTES {
@@ -243,9 +191,7 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
             offset: tensor_count_offset,
             what: "tensor count".into(),
             count: tensor_count,
-            reason: format!(
-                "needs at least {MIN_TENSOR_INFO_BYTES} bytes each but only {remaining} bytes follow"
-            ),
+            reason: format!("needs at least {MIN_TENSOR_INFO_BYTES} bytes each but only {remaining} bytes follow"),
         });
     }
 
@@ -257,11 +203,7 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
         let type_id = r.u32(&|| format!("value type of metadata key {key:?}"))?;
         let value = r.value(type_id, 0, &what)?;
         if metadata.contains_key(&key) {
-            return Err(GgufError::DuplicateKey {
-                file: file.to_string(),
-                key,
-                offset: key_offset,
-            });
+            return Err(GgufError::DuplicateKey { file: file.to_string(), key, offset: key_offset });
         }
         metadata.insert(key, value);
     }
@@ -287,28 +229,19 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
             offset: tensor_count_offset,
             what: "tensor count".into(),
             count: tensor_count,
-            reason: format!(
-                "needs at least {MIN_TENSOR_INFO_BYTES} bytes each but only {remaining} bytes follow the metadata"
-            ),
+            reason: format!("needs at least {MIN_TENSOR_INFO_BYTES} bytes each but only {remaining} bytes follow the metadata"),
         });
     }
-    let mut tensors: Vec<GgufTensorInfo> =
-        Vec::with_capacity(usize::try_from(tensor_count).unwrap_or(0));
+    let mut tensors: Vec<GgufTensorInfo> = Vec::with_capacity(usize::try_from(tensor_count).unwrap_or(0));
     let mut seen: HashMap<String, ()> = HashMap::new();
     for i in 0..tensor_count {
         let info_offset = r.offset();
         let name = r.string(&|| format!("name of tensor {i}"))?;
-        let bad = |reason: String| GgufError::BadTensor {
-            file: file.to_string(),
-            name: name.clone(),
-            reason,
-        };
+        let bad = |reason: String| GgufError::BadTensor { file: file.to_string(), name: name.clone(), reason };
         let n_dims_offset = r.offset();
         let n_dims = r.u32(&|| format!("dimension count of tensor {name:?}"))?;
         if n_dims as usize > MAX_DIMS {
-            return Err(bad(format!(
-                "{n_dims} dimensions at byte {n_dims_offset}; ggml allows at most {MAX_DIMS}"
-            )));
+            return Err(bad(format!("{n_dims} dimensions at byte {n_dims_offset}; ggml allows at most {MAX_DIMS}")));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
@@ -320,49 +253,27 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
         let (Some(block), Some(type_size)) = (ggml_type.block_size(), ggml_type.type_size()) else {
             return Err(bad(format!("unknown ggml type id {type_id}")));
         };
-        let n_elements = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| bad(format!("element count of dims {dims:?} overflows")))?;
+        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).ok_or_else(|| bad(format!("element count of dims {dims:?} overflows")))?;
         let inner = dims.first().copied().unwrap_or(1);
         if !inner.is_multiple_of(block as u64) {
-            return Err(bad(format!(
-                "innermost dimension {inner} is not a multiple of the {} block size {block}",
-                ggml_type.name()
-            )));
+            return Err(bad(format!("innermost dimension {inner} is not a multiple of the {} block size {block}", ggml_type.name())));
         }
-        let n_bytes = (n_elements / block as u64)
-            .checked_mul(type_size as u64)
-            .ok_or_else(|| bad(format!("byte size of dims {dims:?} overflows")))?;
+        let n_bytes = (n_elements / block as u64).checked_mul(type_size as u64).ok_or_else(|| bad(format!("byte size of dims {dims:?} overflows")))?;
         if !offset.is_multiple_of(alignment) {
-            return Err(bad(format!(
-                "data offset {offset} is not a multiple of the alignment {alignment}"
-            )));
+            return Err(bad(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
         }
         if seen.insert(name.clone(), ()).is_some() {
-            return Err(GgufError::DuplicateTensor {
-                file: file.to_string(),
-                name,
-                offset: info_offset,
-            });
+            return Err(GgufError::DuplicateTensor { file: file.to_string(), name, offset: info_offset });
         }
-        tensors.push(GgufTensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset,
-            n_bytes,
-        });
+        tensors.push(GgufTensorInfo { name, dims, ggml_type, offset, n_bytes });
     }
 
     let header_end = r.offset();
-    let data_offset = header_end
-        .checked_next_multiple_of(alignment)
-        .ok_or_else(|| GgufError::BadMetadata {
-            file: file.to_string(),
-            key: "general.alignment".into(),
-            reason: format!("aligning the data section at {header_end} to {alignment} overflows"),
-        })?;
+    let data_offset = header_end.checked_next_multiple_of(alignment).ok_or_else(|| GgufError::BadMetadata {
+        file: file.to_string(),
+        key: "general.alignment".into(),
+        reason: format!("aligning the data section at {header_end} to {alignment} overflows"),
+    })?;
     let file_len = bytes.len() as u64;
     let data_len = file_len.saturating_sub(data_offset);
     for t in &tensors {
@@ -404,11 +315,5 @@ pub(super) fn parse(bytes: &[u8], file: &str) -> Result<Header> {
         }
     }
 
-    Ok(Header {
-        version,
-        metadata,
-        tensors,
-        data_offset,
-        alignment,
-    })
+    Ok(Header { version, metadata, tensors, data_offset, alignment })
 }

@@ -11,10 +11,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// The Python with the reference packages: `$KVBENCH_PYTHON`, else the project venv.
 pub fn python() -> PathBuf {
-    let python = std::env::var_os("KVBENCH_PYTHON")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    let python = std::env::var_os("KVBENCH_PYTHON").filter(|p| !p.is_empty()).map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
     assert!(
         python.exists(),
         "reference python {} not found: set KVBENCH_PYTHON or run scripts/bootstrap.sh --test \
@@ -32,10 +29,6 @@ pub fn kvbench_home() -> PathBuf {
 /// A model file under `$KVBENCH_HOME/models`, which the test command fetches first.
 pub fn model(relative: &str) -> PathBuf {
     let path = kvbench_home().join("models").join(relative);
-    assert!(
-        path.exists(),
-        "model file {} is missing: run `./kvbench model fetch smollm2-135m qwen2.5-0.5b` (scripts/test.sh does)",
-        path.display()
-    );
+    assert!(path.exists(), "model file {} is missing: run `./kvbench model fetch smollm2-135m qwen2.5-0.5b` (scripts/test.sh does)", path.display());
     path
 }

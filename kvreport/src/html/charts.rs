@@ -65,8 +65,7 @@ pub(super) fn quality_charts(lb: &Leaderboard, palette: &Palette) -> Vec<Value> 
             let members: Vec<&&LeaderboardRow> = rows.iter().filter(|r| &r.method == fam).collect();
             let first = members[0];
             let name = if first.is_full() { "full cache".to_string() } else { fam.clone() };
-            let mut s =
-                Series::new(name, palette.color(first), if first.is_full() { Marker::Diamond } else { Marker::Circle });
+            let mut s = Series::new(name, palette.color(first), if first.is_full() { Marker::Diamond } else { Marker::Circle });
             s.line = true;
             s.size = 5.0;
             for r in &members {
@@ -83,20 +82,11 @@ pub(super) fn quality_charts(lb: &Leaderboard, palette: &Palette) -> Vec<Value> 
                 } else {
                     None
                 };
-                s.points.push(Point {
-                    x,
-                    y,
-                    tip: format!("{}: average {}, measured ratio {}×", r.display_name(), fixed(y, 1), fixed(x, 2)),
-                    label,
-                });
+                s.points.push(Point { x, y, tip: format!("{}: average {}, measured ratio {}×", r.display_name(), fixed(y, 1), fixed(x, 2)), label });
             }
             if first.is_full() {
                 if let Some(avg) = first.average {
-                    chart.reference.push(RefLine {
-                        y: avg,
-                        label: format!("full cache ({})", fixed(avg, 1)),
-                        color: "#8a91a0".into(),
-                    });
+                    chart.reference.push(RefLine { y: avg, label: format!("full cache ({})", fixed(avg, 1)), color: "#8a91a0".into() });
                 }
             }
             chart.series.push(s);
@@ -106,16 +96,8 @@ pub(super) fn quality_charts(lb: &Leaderboard, palette: &Palette) -> Vec<Value> 
     out
 }
 
-const LENGTH_KEYS: [&str; 8] = [
-    "length",
-    "context_length",
-    "words",
-    "background_len_words",
-    "context_length_tokens",
-    "context_length_words",
-    "length_words",
-    "length_tokens",
-];
+const LENGTH_KEYS: [&str; 8] =
+    ["length", "context_length", "words", "background_len_words", "context_length_tokens", "context_length_words", "length_words", "length_tokens"];
 const DEPTH_KEYS: [&str; 4] = ["depth", "depth_percent", "depth_fraction", "needle_depth"];
 
 fn length_unit(key: &str, task: &str) -> &'static str {
@@ -171,12 +153,7 @@ pub(super) fn needle_groups(cells: &[Cell], lb: &Leaderboard) -> Vec<NeedleGroup
         let mut heatmaps = Vec::new();
         // rows in leaderboard order
         let mut keys: Vec<&RowKey> = by_row.keys().collect();
-        let pos = |k: &RowKey| {
-            lb.rows
-                .iter()
-                .position(|r| r.model == k.0 && r.method_label == k.1 && r.ratio.map(f64::to_bits) == k.2)
-                .unwrap_or(usize::MAX)
-        };
+        let pos = |k: &RowKey| lb.rows.iter().position(|r| r.model == k.0 && r.method_label == k.1 && r.ratio.map(f64::to_bits) == k.2).unwrap_or(usize::MAX);
         keys.sort_by_key(|k| pos(k));
         for k in keys {
             let recs: Vec<&SampleRecord> = by_row[k].iter().flat_map(|c| c.records.iter()).collect();
@@ -186,21 +163,10 @@ pub(super) fn needle_groups(cells: &[Cell], lb: &Leaderboard) -> Vec<NeedleGroup
                 let mut vrow = Vec::new();
                 let mut trow = Vec::new();
                 for &l in &lengths {
-                    let s: Vec<f64> = recs
-                        .iter()
-                        .filter(|r| r.meta_f64(lkey) == Some(l) && r.meta_f64(dkey) == Some(d))
-                        .map(|r| r.score)
-                        .collect();
+                    let s: Vec<f64> = recs.iter().filter(|r| r.meta_f64(lkey) == Some(l) && r.meta_f64(dkey) == Some(d)).map(|r| r.score).collect();
                     let m = (!s.is_empty()).then(|| s.iter().sum::<f64>() / s.len() as f64);
                     trow.push(match m {
-                        Some(m) => format!(
-                            "{}{}, depth {}: mean {} over {} sample(s)",
-                            len_text(l),
-                            unit,
-                            depth_text(d),
-                            fixed(m, 1),
-                            s.len()
-                        ),
+                        Some(m) => format!("{}{}, depth {}: mean {} over {} sample(s)", len_text(l), unit, depth_text(d), fixed(m, 1), s.len()),
                         None => format!("{}{}, depth {}: no samples", len_text(l), unit, depth_text(d)),
                     });
                     vrow.push(m);
@@ -208,8 +174,7 @@ pub(super) fn needle_groups(cells: &[Cell], lb: &Leaderboard) -> Vec<NeedleGroup
                 values.push(vrow);
                 tips.push(trow);
             }
-            let overall =
-                if recs.is_empty() { 0.0 } else { recs.iter().map(|r| r.score).sum::<f64>() / recs.len() as f64 };
+            let overall = if recs.is_empty() { 0.0 } else { recs.iter().map(|r| r.score).sum::<f64>() / recs.len() as f64 };
             let name = match k.2 {
                 Some(bits) => format!("{} {}", k.1, budget_label(Some(f64::from_bits(bits)))),
                 None => k.1.clone(),
@@ -257,20 +222,13 @@ pub(super) fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) 
     for model in lb.models() {
         let rows: Vec<&LeaderboardRow> = lb.rows.iter().filter(|r| r.model == model).collect();
         let records_of = |r: &LeaderboardRow| -> Vec<&SampleRecord> {
-            let mut cs: Vec<&Cell> = cells
-                .iter()
-                .filter(|c| c.info.model == r.model && c.info.method_label == r.method_label && c.info.ratio == r.ratio)
-                .collect();
+            let mut cs: Vec<&Cell> =
+                cells.iter().filter(|c| c.info.model == r.model && c.info.method_label == r.method_label && c.info.ratio == r.ratio).collect();
             cs.sort_by(|a, b| a.info.id.cmp(&b.info.id));
             cs.into_iter().flat_map(|c| c.records.iter()).collect()
         };
         let max_peak = rows.iter().filter_map(|r| r.peak_memory_bytes).max().unwrap_or(0) as f64;
-        let max_kv = cells
-            .iter()
-            .filter(|c| c.info.model == model)
-            .flat_map(|c| c.records.iter().map(|r| r.kv_bytes_held))
-            .max()
-            .unwrap_or(0) as f64;
+        let max_kv = cells.iter().filter(|c| c.info.model == model).flat_map(|c| c.records.iter().map(|r| r.kv_bytes_held)).max().unwrap_or(0) as f64;
         let unit = |max: f64| if max >= 1024f64.powi(3) { ("GiB", 1024f64.powi(3)) } else { ("MiB", 1024f64.powi(2)) };
         let (peak_unit, peak_div) = unit(max_peak);
         let (kv_unit, kv_div) = unit(max_kv);
@@ -297,20 +255,13 @@ pub(super) fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) 
         ];
         let mut charts = Vec::new();
         for (title, ylabel, get, div) in specs {
-            let mut chart = XyChart::new(
-                title,
-                Axis::linear("input tokens (prompt length)"),
-                Axis { zero: true, ..Axis::linear(ylabel) },
-            );
+            let mut chart = XyChart::new(title, Axis::linear("input tokens (prompt length)"), Axis { zero: true, ..Axis::linear(ylabel) });
             chart.subtitle = Some("one marker per sample (averaged in bins when dense)".into());
             chart.width = 440.0;
             chart.height = 340.0;
             chart.legend_below = true;
             for r in &rows {
-                let pts: Vec<(f64, f64)> = records_of(r)
-                    .iter()
-                    .filter_map(|rec| get(rec).map(|y| (rec.input_tokens as f64, y / div)))
-                    .collect();
+                let pts: Vec<(f64, f64)> = records_of(r).iter().filter_map(|rec| get(rec).map(|y| (rec.input_tokens as f64, y / div))).collect();
                 let mut s = Series::new(r.display_name(), palette.color(r), palette.marker(r));
                 s.opacity = 0.8;
                 s.size = 4.0;
@@ -336,4 +287,3 @@ pub(super) fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) 
     }
     out
 }
-

@@ -21,10 +21,7 @@ pub fn run_info(shard: &str) -> RunInfo {
         device: "cpu (2 threads)".into(),
         threads: 2,
         shard: shard.into(),
-        model_hashes: BTreeMap::from([
-            ("tiny-llama".to_string(), "aa11".repeat(16)),
-            ("model-b".to_string(), "bb22".repeat(16)),
-        ]),
+        model_hashes: BTreeMap::from([("tiny-llama".to_string(), "aa11".repeat(16)), ("model-b".to_string(), "bb22".repeat(16))]),
         data_hashes: BTreeMap::from([("paul-graham".to_string(), "cc33".repeat(16))]),
         plugins: Vec::new(),
     }
@@ -156,23 +153,10 @@ pub fn cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
         let id = cell_id("tiny-llama", label, ratio, "passkey");
         let scores = passkey_scores(label, ratio);
         let mut recs = Vec::new();
-        for (i, (len, depth)) in
-            [(512, 0.0), (512, 0.5), (512, 1.0), (1024, 0.0), (1024, 0.5), (1024, 1.0)].iter().enumerate()
-        {
+        for (i, (len, depth)) in [(512, 0.0), (512, 0.5), (512, 1.0), (1024, 0.0), (1024, 0.5), (1024, 1.0)].iter().enumerate() {
             let pred = if scores[i] == 100.0 { FULL_PASSKEY } else { WRONG_PASSKEY };
             let meta = BTreeMap::from([("length".to_string(), json!(len)), ("depth".to_string(), json!(depth))]);
-            recs.push(record(
-                &id,
-                i,
-                format!("L{len}-D{depth}"),
-                pred,
-                &["1234567"],
-                scores[i],
-                PASSKEY_INPUT[i],
-                8,
-                m,
-                meta,
-            ));
+            recs.push(record(&id, i, format!("L{len}-D{depth}"), pred, &["1234567"], scores[i], PASSKEY_INPUT[i], 8, m, meta));
         }
         out.push((info(&id, "tiny-llama", m, "passkey", "needle", 6), recs));
 
@@ -181,11 +165,8 @@ pub fn cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
         let scores = qasper_scores(label, ratio);
         let mut recs = Vec::new();
         for i in 0..3 {
-            let pred = if label == "snapkv" && ratio == Some(4.0) && i == 0 {
-                SCRIPT_PREDICTION.to_string()
-            } else {
-                format!("answer number {i} from {label}")
-            };
+            let pred =
+                if label == "snapkv" && ratio == Some(4.0) && i == 0 { SCRIPT_PREDICTION.to_string() } else { format!("answer number {i} from {label}") };
             let pred = if label == "full" { format!("answer number {i} from the model") } else { pred };
             recs.push(record(
                 &id,
@@ -207,18 +188,7 @@ pub fn cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
         let scores = lcc_scores(label, ratio);
         let mut recs = Vec::new();
         for i in 0..2 {
-            recs.push(record(
-                &id,
-                i,
-                format!("lcc-{i}"),
-                "return x + 1",
-                &["return x + 1"],
-                scores[i],
-                LCC_INPUT[i],
-                16,
-                m,
-                BTreeMap::new(),
-            ));
+            recs.push(record(&id, i, format!("lcc-{i}"), "return x + 1", &["return x + 1"], scores[i], LCC_INPUT[i], 16, m, BTreeMap::new()));
         }
         out.push((info(&id, "tiny-llama", m, "longbench/lcc", "code", 2), recs));
     }
@@ -226,22 +196,7 @@ pub fn cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
     for (m, scores) in [(METHODS[0], [10.0, 20.0, 30.0]), (METHODS[3], [0.0, 20.0, 10.0])] {
         let (_, label, ratio, ..) = m;
         let id = cell_id("model-b", label, ratio, "longbench/qasper");
-        let recs = (0..3)
-            .map(|i| {
-                record(
-                    &id,
-                    i,
-                    format!("qasper-{i}"),
-                    "an answer",
-                    &["answer"],
-                    scores[i],
-                    QASPER_INPUT[i],
-                    8,
-                    m,
-                    BTreeMap::new(),
-                )
-            })
-            .collect();
+        let recs = (0..3).map(|i| record(&id, i, format!("qasper-{i}"), "an answer", &["answer"], scores[i], QASPER_INPUT[i], 8, m, BTreeMap::new())).collect();
         out.push((info(&id, "model-b", m, "longbench/qasper", "single_doc_qa", 3), recs));
     }
     out

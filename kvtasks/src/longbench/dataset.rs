@@ -34,16 +34,9 @@ pub enum DataError {
     )]
     Missing { path: PathBuf },
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: not a LongBench record: {message}")]
-    BadRecord {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    BadRecord { path: PathBuf, line: usize, message: String },
     #[error("download of {url} failed: {message}")]
     Download { url: String, message: String },
     #[error("{path}: not a usable LongBench archive: {message}")]
@@ -72,50 +65,29 @@ pub fn default_data_dir() -> PathBuf {
 
 /// Where `<subset>[_e].jsonl` lives under `dir`, after checking the subset exists.
 pub fn subset_path(dir: &Path, name: &str, longbench_e: bool) -> Result<PathBuf, DataError> {
-    let s = subset(name).ok_or_else(|| DataError::UnknownSubset {
-        name: name.to_string(),
-    })?;
+    let s = subset(name).ok_or_else(|| DataError::UnknownSubset { name: name.to_string() })?;
     if longbench_e && !s.in_longbench_e {
-        return Err(DataError::NotInLongBenchE {
-            name: name.to_string(),
-        });
+        return Err(DataError::NotInLongBenchE { name: name.to_string() });
     }
-    Ok(dir.join(if longbench_e {
-        format!("{name}_e.jsonl")
-    } else {
-        format!("{name}.jsonl")
-    }))
+    Ok(dir.join(if longbench_e { format!("{name}_e.jsonl") } else { format!("{name}.jsonl") }))
 }
 
 /// All records of one subset, in file order.
-pub fn load_subset(
-    dir: &Path,
-    name: &str,
-    longbench_e: bool,
-) -> Result<Vec<LongBenchRecord>, DataError> {
+pub fn load_subset(dir: &Path, name: &str, longbench_e: bool) -> Result<Vec<LongBenchRecord>, DataError> {
     let path = subset_path(dir, name, longbench_e)?;
     let file = match File::open(&path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(DataError::Missing { path })
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(DataError::Missing { path }),
         Err(source) => return Err(DataError::Io { path, source }),
     };
     let mut records = Vec::new();
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|source| DataError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let line = line.map_err(|source| DataError::Io { path: path.clone(), source })?;
         if line.trim().is_empty() {
             continue;
         }
         let record: LongBenchRecord =
-            serde_json::from_str(&line).map_err(|e| DataError::BadRecord {
-                path: path.clone(),
-                line: i + 1,
-                message: e.to_string(),
-            })?;
+            serde_json::from_str(&line).map_err(|e| DataError::BadRecord { path: path.clone(), line: i + 1, message: e.to_string() })?;
         records.push(record);
     }
     Ok(records)
@@ -132,8 +104,7 @@ pub struct FetchSummary {
 
 /// The archive URL: `$KVBENCH_HF_ENDPOINT` (default the hub) + [`DATA_ZIP_PATH`].
 pub fn data_zip_url() -> String {
-    let endpoint =
-        std::env::var(HF_ENDPOINT_ENV).unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_string());
+    let endpoint = std::env::var(HF_ENDPOINT_ENV).unwrap_or_else(|_| DEFAULT_HF_ENDPOINT.to_string());
     format!("{}/{DATA_ZIP_PATH}", endpoint.trim_end_matches('/'))
 }
 
@@ -145,20 +116,14 @@ pub fn fetch_longbench(dir: &Path) -> Result<FetchSummary, DataError> {
 
 /// Download the archive at `url` (`http(s)://` or `file://`) and unpack its `*.jsonl` into `dir`.
 pub fn fetch_longbench_from(url: &str, dir: &Path) -> Result<FetchSummary, DataError> {
-    std::fs::create_dir_all(dir).map_err(|source| DataError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })?;
+    std::fs::create_dir_all(dir).map_err(|source| DataError::Io { path: dir.to_path_buf(), source })?;
     let zip_path = dir.join("data.zip");
     let part = dir.join("data.zip.part");
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DataError::Io { path, source }
     };
-    let download_err = |message: String| DataError::Download {
-        url: url.to_string(),
-        message,
-    };
+    let download_err = |message: String| DataError::Download { url: url.to_string(), message };
     {
         let mut reader: Box<dyn Read> = if let Some(local) = url.strip_prefix("file://") {
             Box::new(File::open(local).map_err(|e| download_err(format!("{local}: {e}")))?)
@@ -184,18 +149,16 @@ pub fn fetch_longbench_from(url: &str, dir: &Path) -> Result<FetchSummary, DataE
     }
     std::fs::rename(&part, &zip_path).map_err(io_err(&zip_path))?;
     let files = unpack_jsonl(&zip_path, dir)?;
-    Ok(FetchSummary {
-        url: url.to_string(),
-        dir: dir.to_path_buf(),
-        files,
-    })
+    Ok(FetchSummary { url: url.to_string(), dir: dir.to_path_buf(), files })
 }
 
 /// Checks `file` (downloaded from `url`, which ends with [`DATA_ZIP_PATH`]) against the sha256 of
 /// `data.zip` in the hub's listing at the same endpoint.
 fn verify_against_listing(url: &str, file: &Path) -> Result<(), DataError> {
     let err = |message: String| DataError::Download { url: url.to_string(), message };
-    let base = url.strip_suffix(DATA_ZIP_PATH).ok_or_else(|| err(format!("cannot verify: the URL does not end with {DATA_ZIP_PATH}, so the hub's file listing is unknown")))?;
+    let base = url
+        .strip_suffix(DATA_ZIP_PATH)
+        .ok_or_else(|| err(format!("cannot verify: the URL does not end with {DATA_ZIP_PATH}, so the hub's file listing is unknown")))?;
     let listing_url = format!("{base}{LISTING_PATH}?blobs=true");
     let mut req = ureq::get(&listing_url);
     if let Ok(token) = std::env::var("HF_TOKEN") {
@@ -223,50 +186,29 @@ fn verify_against_listing(url: &str, file: &Path) -> Result<(), DataError> {
 
 /// Extract every `*.jsonl` entry of the archive (any folder inside it) into `dir` by file name.
 pub fn unpack_jsonl(zip_path: &Path, dir: &Path) -> Result<Vec<String>, DataError> {
-    let archive_err = |message: String| DataError::Archive {
-        path: zip_path.to_path_buf(),
-        message,
-    };
-    let file = File::open(zip_path).map_err(|source| DataError::Io {
-        path: zip_path.to_path_buf(),
-        source,
-    })?;
+    let archive_err = |message: String| DataError::Archive { path: zip_path.to_path_buf(), message };
+    let file = File::open(zip_path).map_err(|source| DataError::Io { path: zip_path.to_path_buf(), source })?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| archive_err(e.to_string()))?;
     let mut written = Vec::new();
     for i in 0..archive.len() {
-        let mut entry = archive
-            .by_index(i)
-            .map_err(|e| archive_err(e.to_string()))?;
+        let mut entry = archive.by_index(i).map_err(|e| archive_err(e.to_string()))?;
         if entry.is_dir() {
             continue;
         }
-        let Some(name) = entry
-            .enclosed_name()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        else {
+        let Some(name) = entry.enclosed_name().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned())) else {
             continue;
         };
         if !name.ends_with(".jsonl") || name.starts_with('.') {
             continue;
         }
         if entry.size() > MAX_ENTRY_BYTES {
-            return Err(archive_err(format!(
-                "entry {name} is {} bytes",
-                entry.size()
-            )));
+            return Err(archive_err(format!("entry {name} is {} bytes", entry.size())));
         }
         let target = dir.join(&name);
         let tmp = dir.join(format!("{name}.part"));
-        let mut out = File::create(&tmp).map_err(|source| DataError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        std::io::copy(&mut (&mut entry).take(MAX_ENTRY_BYTES), &mut out)
-            .map_err(|e| archive_err(format!("entry {name}: {e}")))?;
-        std::fs::rename(&tmp, &target).map_err(|source| DataError::Io {
-            path: target.clone(),
-            source,
-        })?;
+        let mut out = File::create(&tmp).map_err(|source| DataError::Io { path: tmp.clone(), source })?;
+        std::io::copy(&mut (&mut entry).take(MAX_ENTRY_BYTES), &mut out).map_err(|e| archive_err(format!("entry {name}: {e}")))?;
+        std::fs::rename(&tmp, &target).map_err(|source| DataError::Io { path: target.clone(), source })?;
         written.push(name);
     }
     if written.is_empty() {

@@ -29,13 +29,7 @@ impl<'a> SequenceMatcher<'a> {
 
     /// `find_longest_match(alo, ahi, blo, bhi)`; with no junk function, `bjunk` is empty, so only
     /// the first pair of extension loops (over non-junk, i.e. also popular, elements) does anything.
-    fn find_longest_match(
-        &self,
-        alo: usize,
-        ahi: usize,
-        blo: usize,
-        bhi: usize,
-    ) -> (usize, usize, usize) {
+    fn find_longest_match(&self, alo: usize, ahi: usize, blo: usize, bhi: usize) -> (usize, usize, usize) {
         let (a, b) = (self.a, self.b);
         let (mut besti, mut bestj, mut bestsize) = (alo, blo, 0usize);
         let mut j2len: HashMap<usize, usize> = HashMap::new();
@@ -49,12 +43,7 @@ impl<'a> SequenceMatcher<'a> {
                     if j >= bhi {
                         break;
                     }
-                    let k = j
-                        .checked_sub(1)
-                        .and_then(|p| j2len.get(&p))
-                        .copied()
-                        .unwrap_or(0)
-                        + 1;
+                    let k = j.checked_sub(1).and_then(|p| j2len.get(&p)).copied().unwrap_or(0) + 1;
                     newj2len.insert(j, k);
                     if k > bestsize {
                         besti = i + 1 - k;
@@ -70,10 +59,7 @@ impl<'a> SequenceMatcher<'a> {
             bestj -= 1;
             bestsize += 1;
         }
-        while besti + bestsize < ahi
-            && bestj + bestsize < bhi
-            && a.get(besti + bestsize) == b.get(bestj + bestsize)
-        {
+        while besti + bestsize < ahi && bestj + bestsize < bhi && a.get(besti + bestsize) == b.get(bestj + bestsize) {
             bestsize += 1;
         }
         (besti, bestj, bestsize)

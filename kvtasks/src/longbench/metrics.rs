@@ -17,11 +17,7 @@ use super::rouge::rouge_l_f;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricError {
     #[error("{metric}: reference {reference:?} contains no {pattern}<number>")]
-    NoReferenceId {
-        metric: &'static str,
-        pattern: &'static str,
-        reference: String,
-    },
+    NoReferenceId { metric: &'static str, pattern: &'static str, reference: String },
     #[error("{metric} needs all_classes, but the sample has none (null)")]
     MissingClasses { metric: &'static str },
 }
@@ -74,21 +70,14 @@ impl Metric {
     }
 
     /// `metric(prediction, ground_truth, all_classes=all_classes)`, in [0, 1].
-    pub fn score(
-        self,
-        prediction: &str,
-        ground_truth: &str,
-        all_classes: Option<&[String]>,
-    ) -> Result<f64, MetricError> {
+    pub fn score(self, prediction: &str, ground_truth: &str, all_classes: Option<&[String]>) -> Result<f64, MetricError> {
         Ok(match self {
             Metric::QaF1 => qa_f1_score(prediction, ground_truth),
             Metric::QaF1Zh => qa_f1_zh_score(prediction, ground_truth),
             Metric::Rouge => rouge_score(prediction, ground_truth),
             Metric::RougeZh => rouge_zh_score(prediction, ground_truth),
             Metric::Classification => {
-                let classes = all_classes.ok_or(MetricError::MissingClasses {
-                    metric: "classification_score",
-                })?;
+                let classes = all_classes.ok_or(MetricError::MissingClasses { metric: "classification_score" })?;
                 classification_score(prediction, ground_truth, classes)
             }
             Metric::Retrieval => retrieval_score(prediction, ground_truth)?,
@@ -104,7 +93,8 @@ fn is_ascii_punct(c: char) -> bool {
     c.is_ascii_punctuation()
 }
 
-const ZH_PUNCTUATION: &str = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.";
+const ZH_PUNCTUATION: &str =
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.";
 
 /// `normalize_answer`: lower, drop ASCII punctuation, articles -> " ", collapse whitespace.
 pub fn normalize_answer(s: &str) -> String {
@@ -114,10 +104,7 @@ pub fn normalize_answer(s: &str) -> String {
 
 /// `normalize_zh_answer`: lower, drop ASCII and Chinese punctuation, remove all whitespace.
 pub fn normalize_zh_answer(s: &str) -> String {
-    let no_punc: String = lower(s)
-        .chars()
-        .filter(|&c| !is_ascii_punct(c) && !ZH_PUNCTUATION.contains(c))
-        .collect();
+    let no_punc: String = lower(s).chars().filter(|&c| !is_ascii_punct(c) && !ZH_PUNCTUATION.contains(c)).collect();
     split_whitespace(&no_punc).concat()
 }
 
@@ -162,13 +149,7 @@ pub fn jieba_cut(text: &str) -> Vec<&str> {
 }
 
 pub fn qa_f1_zh_score(prediction: &str, ground_truth: &str) -> f64 {
-    let tokens = |s: &str| -> Vec<String> {
-        jieba_cut(s)
-            .into_iter()
-            .map(normalize_zh_answer)
-            .filter(|t| !t.is_empty())
-            .collect()
-    };
+    let tokens = |s: &str| -> Vec<String> { jieba_cut(s).into_iter().map(normalize_zh_answer).filter(|t| !t.is_empty()).collect() };
     let p = tokens(prediction);
     let g = tokens(ground_truth);
     let p: Vec<&str> = p.iter().map(String::as_str).collect();
@@ -192,11 +173,7 @@ pub fn rouge_zh_score(prediction: &str, ground_truth: &str) -> f64 {
 /// `classification_score`, including the official loop that removes from the list it iterates
 /// (so the element after a removed one is skipped) and `list.remove`'s first-occurrence rule.
 pub fn classification_score(prediction: &str, ground_truth: &str, all_classes: &[String]) -> f64 {
-    let mut matches: Vec<&str> = all_classes
-        .iter()
-        .map(String::as_str)
-        .filter(|c| prediction.contains(c))
-        .collect();
+    let mut matches: Vec<&str> = all_classes.iter().map(String::as_str).filter(|c| prediction.contains(c)).collect();
     let mut idx = 0;
     while let Some(&term) = matches.get(idx) {
         if ground_truth.contains(term) && term != ground_truth {
@@ -224,23 +201,20 @@ fn share_equal(prediction: &str, id: &str) -> f64 {
 }
 
 pub fn retrieval_score(prediction: &str, ground_truth: &str) -> Result<f64, MetricError> {
-    let id = first_number_after(ground_truth, "Paragraph ").ok_or_else(|| {
-        MetricError::NoReferenceId {
-            metric: "retrieval_score",
-            pattern: "Paragraph ",
-            reference: ground_truth.to_string(),
-        }
+    let id = first_number_after(ground_truth, "Paragraph ").ok_or_else(|| MetricError::NoReferenceId {
+        metric: "retrieval_score",
+        pattern: "Paragraph ",
+        reference: ground_truth.to_string(),
     })?;
     Ok(share_equal(prediction, id))
 }
 
 pub fn retrieval_zh_score(prediction: &str, ground_truth: &str) -> Result<f64, MetricError> {
-    let id =
-        first_number_after(ground_truth, "段落").ok_or_else(|| MetricError::NoReferenceId {
-            metric: "retrieval_zh_score",
-            pattern: "段落",
-            reference: ground_truth.to_string(),
-        })?;
+    let id = first_number_after(ground_truth, "段落").ok_or_else(|| MetricError::NoReferenceId {
+        metric: "retrieval_zh_score",
+        pattern: "段落",
+        reference: ground_truth.to_string(),
+    })?;
     Ok(share_equal(prediction, id))
 }
 
@@ -251,11 +225,7 @@ pub fn count_score(prediction: &str, ground_truth: &str) -> f64 {
 /// The line `code_sim_score` compares: the first line (after leading newlines) containing none
 /// of `` ` ``, `#`, `//`; empty if there is none.
 pub fn first_code_line(prediction: &str) -> &str {
-    prediction
-        .trim_start_matches('\n')
-        .split('\n')
-        .find(|line| !line.contains('`') && !line.contains('#') && !line.contains("//"))
-        .unwrap_or("")
+    prediction.trim_start_matches('\n').split('\n').find(|line| !line.contains('`') && !line.contains('#') && !line.contains("//")).unwrap_or("")
 }
 
 pub fn code_sim_score(prediction: &str, ground_truth: &str) -> f64 {
@@ -269,43 +239,20 @@ mod tests {
     #[test]
     fn small_known_values() {
         assert_eq!(normalize_answer("The  Cat, a DOG!"), "cat dog");
-        assert_eq!(
-            qa_f1_score("the cat sat", "a cat sat down"),
-            2.0 * 1.0 * (2.0 / 3.0) / (1.0 + 2.0 / 3.0)
-        );
+        assert_eq!(qa_f1_score("the cat sat", "a cat sat down"), 2.0 * 1.0 * (2.0 / 3.0) / (1.0 + 2.0 / 3.0));
         assert_eq!(count_score("3 and 3 or 4", "3"), 2.0 / 3.0);
-        assert_eq!(
-            retrieval_score("Paragraph 12", "Paragraph 12").ok(),
-            Some(1.0)
-        );
+        assert_eq!(retrieval_score("Paragraph 12", "Paragraph 12").ok(), Some(1.0));
         assert!(retrieval_score("1", "nothing").is_err());
         assert_eq!(first_code_line("\n\n# c\n```\nx = 1\ny"), "x = 1");
-        let classes: Vec<String> = [
-            "Description of something",
-            "Description of a person",
-            "Other",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        assert_eq!(
-            classification_score(
-                "Other, Description of a person",
-                "Description of a person",
-                &classes
-            ),
-            0.5
-        );
+        let classes: Vec<String> = ["Description of something", "Description of a person", "Other"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(classification_score("Other, Description of a person", "Description of a person", &classes), 0.5);
     }
 
     #[test]
     fn classification_skips_after_removal() {
         // ["ab", "a", "b"] all in the prediction; gt "abc": "ab" is removed, so "a" is skipped
         // and stays; "b" is removed. Left: ["a", "abc"...] -> gt present among 2 -> 0.5
-        let classes: Vec<String> = ["ab", "a", "b", "abc"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let classes: Vec<String> = ["ab", "a", "b", "abc"].iter().map(|s| s.to_string()).collect();
         assert_eq!(classification_score("abc", "abc", &classes), 0.5);
     }
 }

@@ -22,14 +22,8 @@ pub enum Category {
 }
 
 impl Category {
-    pub const ALL: [Category; 6] = [
-        Category::SingleDocQa,
-        Category::MultiDocQa,
-        Category::Summarization,
-        Category::FewShot,
-        Category::Synthetic,
-        Category::Code,
-    ];
+    pub const ALL: [Category; 6] =
+        [Category::SingleDocQa, Category::MultiDocQa, Category::Summarization, Category::FewShot, Category::Synthetic, Category::Code];
 
     /// The key used by longctx_bench's `longbench_result_summary.json`.
     pub fn key(self) -> &'static str {
@@ -411,22 +405,14 @@ pub trait PromptTokenizer {
 /// the first and last `max_input_tokens / 2` (integer half) and decode each half separately.
 /// It runs on the raw prompt, before any chat template. As in Python, a half of 0 keeps the
 /// whole prompt on the right (`ids[-0:]` is everything).
-pub fn truncate_middle(
-    prompt: &str,
-    tokenizer: &dyn PromptTokenizer,
-    max_input_tokens: usize,
-) -> String {
+pub fn truncate_middle(prompt: &str, tokenizer: &dyn PromptTokenizer, max_input_tokens: usize) -> String {
     let ids = tokenizer.encode(prompt);
     if ids.len() <= max_input_tokens {
         return prompt.to_string();
     }
     let half = max_input_tokens / 2;
     let head = ids.get(..half).unwrap_or(&[]);
-    let tail = if half == 0 {
-        &ids[..]
-    } else {
-        ids.get(ids.len() - half..).unwrap_or(&[])
-    };
+    let tail = if half == 0 { &ids[..] } else { ids.get(ids.len() - half..).unwrap_or(&[]) };
     let mut out = tokenizer.decode(head);
     out.push_str(&tokenizer.decode(tail));
     out
@@ -454,12 +440,7 @@ pub struct GenerationRequest {
 /// Turn a data row into a request: fill the prompt, truncate it in the middle to
 /// `max_input_tokens` (the model's `model2maxlen`, e.g. 7500 for Llama-3-8B-Instruct; `None`
 /// disables truncation as longctx_bench does for InfLLM/StreamingLLM/LLMLingua-2).
-pub fn build_request(
-    subset: &Subset,
-    record: &LongBenchRecord,
-    tokenizer: &dyn PromptTokenizer,
-    max_input_tokens: Option<usize>,
-) -> GenerationRequest {
+pub fn build_request(subset: &Subset, record: &LongBenchRecord, tokenizer: &dyn PromptTokenizer, max_input_tokens: Option<usize>) -> GenerationRequest {
     let mut prompt = subset.format_prompt(&record.context, &record.input);
     if let Some(max) = max_input_tokens {
         prompt = truncate_middle(&prompt, tokenizer, max);
@@ -490,9 +471,5 @@ pub fn postprocess_prediction<'a>(subset: &Subset, prediction: &'a str) -> &'a s
 
 /// `prediction.lstrip('\n').split('\n')[0]`: `eval.py`'s cut for trec, triviaqa, samsum, lsht.
 pub fn first_line(prediction: &str) -> &str {
-    prediction
-        .trim_start_matches('\n')
-        .split('\n')
-        .next()
-        .unwrap_or("")
+    prediction.trim_start_matches('\n').split('\n').next().unwrap_or("")
 }

@@ -47,11 +47,7 @@ pub fn collapse_whitespace(s: &str) -> String {
 /// `s.lower()` with Python's (Unicode 14) mapping. The final-sigma context of `Σ` is taken from
 /// Rust's `to_lowercase`, which implements the same Unicode rule.
 pub fn lower(s: &str) -> String {
-    let contextual: Vec<char> = if s.contains('Σ') {
-        s.to_lowercase().chars().collect()
-    } else {
-        Vec::new()
-    };
+    let contextual: Vec<char> = if s.contains('Σ') { s.to_lowercase().chars().collect() } else { Vec::new() };
     let mut pos = 0usize; // position in `contextual`, advanced by what std emits for each char
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -60,20 +56,12 @@ pub fn lower(s: &str) -> String {
         } else if c == '\u{130}' {
             out.push_str("i\u{307}");
         } else {
-            let mapped = LOWER
-                .binary_search_by_key(&(c as u32), |&(from, _)| from)
-                .ok()
-                .and_then(|i| LOWER.get(i))
-                .and_then(|&(_, to)| char::from_u32(to))
-                .unwrap_or(c);
+            let mapped =
+                LOWER.binary_search_by_key(&(c as u32), |&(from, _)| from).ok().and_then(|i| LOWER.get(i)).and_then(|&(_, to)| char::from_u32(to)).unwrap_or(c);
             out.push(mapped);
         }
         if !contextual.is_empty() {
-            pos += if c == 'Σ' {
-                1
-            } else {
-                c.to_lowercase().count()
-            };
+            pos += if c == 'Σ' { 1 } else { c.to_lowercase().count() };
         }
     }
     out
@@ -81,9 +69,7 @@ pub fn lower(s: &str) -> String {
 
 /// `re.findall(r"\d+", s)`: maximal runs of decimal characters.
 pub fn decimal_runs(s: &str) -> Vec<&str> {
-    s.split(|c: char| !is_decimal(c))
-        .filter(|r| !r.is_empty())
-        .collect()
+    s.split(|c: char| !is_decimal(c)).filter(|r| !r.is_empty()).collect()
 }
 
 /// `re.findall(PREFIX + r"(\d+)", s)[0]`: the digits after the leftmost `prefix` that is
@@ -93,19 +79,12 @@ pub fn first_number_after<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     while let Some(found) = s.get(from..).and_then(|rest| rest.find(prefix)) {
         let start = from + found + prefix.len();
         let rest = s.get(start..).unwrap_or("");
-        let len: usize = rest
-            .chars()
-            .take_while(|&c| is_decimal(c))
-            .map(char::len_utf8)
-            .sum();
+        let len: usize = rest.chars().take_while(|&c| is_decimal(c)).map(char::len_utf8).sum();
         if len > 0 {
             return rest.get(..len);
         }
         // advance by one character past the match start and search again
-        from += found
-            + s.get(from + found..)
-                .and_then(|r| r.chars().next())
-                .map_or(1, char::len_utf8);
+        from += found + s.get(from + found..).and_then(|r| r.chars().next()).map_or(1, char::len_utf8);
     }
     None
 }
@@ -121,9 +100,7 @@ pub fn replace_articles(s: &str) -> String {
         if boundary_before {
             for word in ["a", "an", "the"] {
                 let n = word.chars().count();
-                let same = chars
-                    .get(i..i + n)
-                    .is_some_and(|w| w.iter().copied().eq(word.chars()));
+                let same = chars.get(i..i + n).is_some_and(|w| w.iter().copied().eq(word.chars()));
                 let boundary_after = !chars.get(i + n).is_some_and(|&c| is_word(c));
                 if same && boundary_after {
                     matched = n;
@@ -150,20 +127,11 @@ mod tests {
 
     #[test]
     fn python_edges() {
-        assert_eq!(
-            split_whitespace("a\x1cb\u{a0}c  d"),
-            vec!["a", "b", "c", "d"]
-        );
-        assert_eq!(
-            replace_articles("a b the\u{301} an²x the_ an"),
-            "  b  \u{301} an²x the_  "
-        );
+        assert_eq!(split_whitespace("a\x1cb\u{a0}c  d"), vec!["a", "b", "c", "d"]);
+        assert_eq!(replace_articles("a b the\u{301} an²x the_ an"), "  b  \u{301} an²x the_  ");
         assert_eq!(replace_articles("a\u{301}"), " \u{301}");
         assert_eq!(decimal_runs("x12 ١٢ y３"), vec!["12", "١٢", "３"]);
-        assert_eq!(
-            first_number_after("Paragraph x Paragraph 12, Paragraph 3", "Paragraph "),
-            Some("12")
-        );
+        assert_eq!(first_number_after("Paragraph x Paragraph 12, Paragraph 3", "Paragraph "), Some("12"));
         assert_eq!(first_number_after("段落٣", "段落"), Some("٣"));
         assert_eq!(first_number_after("Paragraph", "Paragraph "), None);
         assert_eq!(lower("ΣΟΦΟΣ İ ÀB"), "σοφος i\u{307} àb");

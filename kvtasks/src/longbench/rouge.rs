@@ -34,10 +34,7 @@ pub enum RougeError {
 
 /// `[" ".join(s.split()) for s in text.split(".") if len(s) > 0]`
 fn sentences(text: &str) -> Vec<String> {
-    text.split('.')
-        .filter(|s| !s.is_empty())
-        .map(collapse_whitespace)
-        .collect()
+    text.split('.').filter(|s| !s.is_empty()).map(collapse_whitespace).collect()
 }
 
 /// `_split_into_words`: `s.split(" ")` for each sentence, flattened (an empty sentence gives `""`).
@@ -47,17 +44,11 @@ fn words(sentences: &[String]) -> Vec<&str> {
 
 /// `_recon_lcs(x, y)`: the LCS words of `x` against `y`, following rouge's tie-breaking, or the
 /// `RecursionError` Python hits when the recursive `_recon` needs more than `max_calls` calls.
-fn recon_lcs<'a>(
-    x: &[&'a str],
-    y: &[&'a str],
-    max_calls: usize,
-) -> Result<Vec<&'a str>, RougeError> {
+fn recon_lcs<'a>(x: &[&'a str], y: &[&'a str], max_calls: usize) -> Result<Vec<&'a str>, RougeError> {
     let (n, m) = (x.len(), y.len());
     // every call moves i or j (or both) one step towards 0, so at least min(n, m) + 1 calls
     if n.min(m) + 1 > max_calls {
-        return Err(RougeError::Recursion {
-            calls: n.min(m) + 1,
-        });
+        return Err(RougeError::Recursion { calls: n.min(m) + 1 });
     }
     let width = m + 1;
     let cells = (n + 1).saturating_mul(width);
@@ -67,11 +58,8 @@ fn recon_lcs<'a>(
     let mut table = vec![0u32; cells];
     for i in 1..=n {
         for j in 1..=m {
-            table[i * width + j] = if x[i - 1] == y[j - 1] {
-                table[(i - 1) * width + j - 1] + 1
-            } else {
-                table[(i - 1) * width + j].max(table[i * width + j - 1])
-            };
+            table[i * width + j] =
+                if x[i - 1] == y[j - 1] { table[(i - 1) * width + j - 1] + 1 } else { table[(i - 1) * width + j].max(table[i * width + j - 1]) };
         }
     }
     let (mut i, mut j) = (n, m);
@@ -137,10 +125,7 @@ mod tests {
         assert_eq!(rouge_l_f("...", "a", 2), Err(RougeError::HypothesisEmpty));
         assert_eq!(rouge_l_f("a", ". .", 2).map(|f| f > 0.0), Ok(false));
         // identical single sentence: P = R = 1, F = 2/(2 + 1e-8)
-        assert_eq!(
-            rouge_l_f("the cat sat", "the cat sat", 2),
-            Ok(2.0 * (1.0 / (2.0 + 1e-8)))
-        );
+        assert_eq!(rouge_l_f("the cat sat", "the cat sat", 2), Ok(2.0 * (1.0 / (2.0 + 1e-8))));
         // repeated words count once
         let f = rouge_l_f("a a a b", "a b", 2).unwrap_or(-1.0);
         assert!((f - 2.0 * (1.0 / (2.0 + 1e-8))).abs() < 1e-15);
@@ -152,9 +137,6 @@ mod tests {
         let t990: Vec<String> = (0..990).map(|i| format!("w{i}")).collect();
         let t991: Vec<String> = (0..991).map(|i| format!("w{i}")).collect();
         assert!(rouge_l_f(&t990.join(" "), &t990.join(" "), 2).is_ok());
-        assert_eq!(
-            rouge_l_f(&t991.join(" "), &t991.join(" "), 2),
-            Err(RougeError::Recursion { calls: 992 })
-        );
+        assert_eq!(rouge_l_f(&t991.join(" "), &t991.join(" "), 2), Err(RougeError::Recursion { calls: 992 }));
     }
 }

@@ -27,9 +27,7 @@ pub const OTHER_CATEGORY: &str = "other";
 /// `few_shots`, `synthetic` (passage_retrieval_en only), `code`; [`OTHER_CATEGORY`] for the
 /// subsets no category average includes, and for unknown names.
 pub fn category_of(subset_name: &str) -> &'static str {
-    subset(subset_name)
-        .and_then(|s| s.category)
-        .map_or(OTHER_CATEGORY, |c| c.key())
+    subset(subset_name).and_then(|s| s.category).map_or(OTHER_CATEGORY, |c| c.key())
 }
 
 /// The task name of a subset: `longbench/<subset>`, or `longbench_e/<subset>` for LongBench-E.
@@ -86,17 +84,9 @@ pub fn split_prompt(template: &str, context: &str, input: &str) -> PromptParts {
         Some(&(at, true)) if contexts == 1 => {
             let before = template.get(..at).unwrap_or("");
             let after = template.get(at + "{context}".len()..).unwrap_or("");
-            PromptParts {
-                prefix_instruction: before.to_string(),
-                context: context.to_string(),
-                question: fill_template(after, "", input),
-            }
+            PromptParts { prefix_instruction: before.to_string(), context: context.to_string(), question: fill_template(after, "", input) }
         }
-        _ => PromptParts {
-            prefix_instruction: String::new(),
-            context: fill_template(template, context, input),
-            question: String::new(),
-        },
+        _ => PromptParts { prefix_instruction: String::new(), context: fill_template(template, context, input), question: String::new() },
     }
 }
 
@@ -105,23 +95,11 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
     let parts = split_prompt(subset.prompt, &record.context, &record.input);
     let mut metadata = BTreeMap::new();
     metadata.insert("subset".to_string(), Value::from(subset.name));
-    metadata.insert(
-        "category".to_string(),
-        Value::from(category_of(subset.name)),
-    );
-    metadata.insert(
-        "language".to_string(),
-        Value::from(record.language.as_str()),
-    );
+    metadata.insert("category".to_string(), Value::from(category_of(subset.name)));
+    metadata.insert("language".to_string(), Value::from(record.language.as_str()));
     metadata.insert("length".to_string(), Value::from(record.length));
-    metadata.insert(
-        "chat_template".to_string(),
-        Value::from(subset.chat_template),
-    );
-    metadata.insert(
-        "stop_at_newline".to_string(),
-        Value::from(subset.stops_at_newline()),
-    );
+    metadata.insert("chat_template".to_string(), Value::from(subset.chat_template));
+    metadata.insert("stop_at_newline".to_string(), Value::from(subset.stops_at_newline()));
     metadata.insert("longbench_e".to_string(), Value::from(longbench_e));
     if let Some(classes) = &record.all_classes {
         metadata.insert("all_classes".to_string(), Value::from(classes.clone()));
@@ -129,8 +107,7 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
     Sample {
         id: record.id.clone(),
         task: task_name(subset.name, longbench_e),
-        prefix_instruction: (!parts.prefix_instruction.is_empty())
-            .then_some(parts.prefix_instruction),
+        prefix_instruction: (!parts.prefix_instruction.is_empty()).then_some(parts.prefix_instruction),
         context: parts.context,
         question: parts.question,
         answer_prefix: None,
@@ -156,21 +133,11 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
 ///
 /// Errors: unknown subset, a subset without a LongBench-E file, a missing file (naming its path
 /// and the fetch command), unreadable or malformed lines.
-pub fn longbench_samples(
-    dir: &Path,
-    subset_name: &str,
-    longbench_e: bool,
-    limit: Option<usize>,
-) -> Result<Vec<Sample>, DataError> {
-    let s = subset(subset_name).ok_or_else(|| DataError::UnknownSubset {
-        name: subset_name.to_string(),
-    })?;
+pub fn longbench_samples(dir: &Path, subset_name: &str, longbench_e: bool, limit: Option<usize>) -> Result<Vec<Sample>, DataError> {
+    let s = subset(subset_name).ok_or_else(|| DataError::UnknownSubset { name: subset_name.to_string() })?;
     let mut records = load_subset(dir, subset_name, longbench_e)?;
     if let Some(n) = limit {
         records.truncate(n);
     }
-    Ok(records
-        .iter()
-        .map(|r| sample_from_record(s, r, longbench_e))
-        .collect())
+    Ok(records.iter().map(|r| sample_from_record(s, r, longbench_e)).collect())
 }

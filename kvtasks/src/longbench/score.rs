@@ -16,22 +16,11 @@ use super::prompts::{first_line, subset, Category, Subset, AVERAGE_15, SUBSETS};
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
     #[error("cannot read predictions file {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}:{line}: {message}")]
-    BadLine {
-        path: PathBuf,
-        line: usize,
-        message: String,
-    },
+    BadLine { path: PathBuf, line: usize, message: String },
     #[error("{path}:{line}: {source}")]
-    Metric {
-        path: PathBuf,
-        line: usize,
-        source: MetricError,
-    },
+    Metric { path: PathBuf, line: usize, source: MetricError },
     #[error("{path}: no predictions in the file")]
     Empty { path: PathBuf },
 }
@@ -47,19 +36,8 @@ pub struct Prediction {
 }
 
 /// `max(0.0, metric(pred, gt) for gt in answers)` after the first-line rule, as `scorer` does.
-pub fn score_sample(
-    subset: &Subset,
-    prediction: &str,
-    answers: &[String],
-    all_classes: Option<&[String]>,
-) -> Result<f64, MetricError> {
-    score_with_metric(
-        subset.metric,
-        subset.first_line_only,
-        prediction,
-        answers,
-        all_classes,
-    )
+pub fn score_sample(subset: &Subset, prediction: &str, answers: &[String], all_classes: Option<&[String]>) -> Result<f64, MetricError> {
+    score_with_metric(subset.metric, subset.first_line_only, prediction, answers, all_classes)
 }
 
 /// [`score_sample`] given the subset's metric and first-line rule instead of the subset (what a
@@ -73,11 +51,7 @@ pub fn score_with_metric(
     answers: &[String],
     all_classes: Option<&[String]>,
 ) -> Result<f64, MetricError> {
-    let prediction = if first_line_only {
-        first_line(prediction)
-    } else {
-        prediction
-    };
+    let prediction = if first_line_only { first_line(prediction) } else { prediction };
     let mut score = 0.0f64;
     for gt in answers {
         let s = metric.score(prediction, gt, all_classes)?;
@@ -148,9 +122,7 @@ pub fn bucket_score(scores: &[f64]) -> Option<f64> {
     if scores.is_empty() {
         return None;
     }
-    Some(numpy_round2(
-        100.0 * (numpy_sum(scores) / scores.len() as f64),
-    ))
+    Some(numpy_round2(100.0 * (numpy_sum(scores) / scores.len() as f64)))
 }
 
 /// LongBench-E scores by input length (`length` field): `<4000`, `<8000`, the rest.
@@ -166,13 +138,7 @@ pub struct Buckets {
 
 /// `scorer_e` over (score, length) pairs.
 pub fn length_buckets(scored: &[(f64, f64)]) -> Buckets {
-    let pick = |lo: f64, hi: f64| -> Vec<f64> {
-        scored
-            .iter()
-            .filter(|(_, len)| *len >= lo && *len < hi)
-            .map(|(s, _)| *s)
-            .collect()
-    };
+    let pick = |lo: f64, hi: f64| -> Vec<f64> { scored.iter().filter(|(_, len)| *len >= lo && *len < hi).map(|(s, _)| *s).collect() };
     Buckets {
         short: bucket_score(&pick(f64::NEG_INFINITY, 4000.0)),
         medium: bucket_score(&pick(4000.0, 8000.0)),
@@ -228,21 +194,12 @@ fn string_list(v: &Value) -> Option<Vec<String>> {
 pub fn parse_prediction_line(line: &str, need_length: bool) -> Result<Prediction, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let obj = v.as_object().ok_or("expected a JSON object")?;
-    let dataset = obj
-        .get("dataset")
-        .and_then(Value::as_str)
-        .ok_or("missing string field \"dataset\"")?;
+    let dataset = obj.get("dataset").and_then(Value::as_str).ok_or("missing string field \"dataset\"")?;
     if subset(dataset).is_none() {
         return Err(format!("unknown LongBench dataset {dataset:?}"));
     }
-    let pred = obj
-        .get("pred")
-        .and_then(Value::as_str)
-        .ok_or("missing string field \"pred\"")?;
-    let answers = obj
-        .get("answers")
-        .and_then(string_list)
-        .ok_or("\"answers\" must be a list of strings")?;
+    let pred = obj.get("pred").and_then(Value::as_str).ok_or("missing string field \"pred\"")?;
+    let answers = obj.get("answers").and_then(string_list).ok_or("\"answers\" must be a list of strings")?;
     let all_classes = match obj.get("all_classes") {
         None | Some(Value::Null) => None,
         Some(v) => Some(string_list(v).ok_or("\"all_classes\" must be null or a list of strings")?),
@@ -255,43 +212,24 @@ pub fn parse_prediction_line(line: &str, need_length: bool) -> Result<Prediction
     if need_length && length.is_none() {
         return Err("LongBench-E scoring needs a numeric \"length\" field".to_string());
     }
-    Ok(Prediction {
-        dataset: dataset.to_string(),
-        pred: pred.to_string(),
-        answers,
-        all_classes,
-        length,
-    })
+    Ok(Prediction { dataset: dataset.to_string(), pred: pred.to_string(), answers, all_classes, length })
 }
 
 /// Score a predictions JSONL file (`kvbench score FILE.jsonl [-e]`). Lines may mix datasets.
 /// As in `eval.py`, a dataset's `all_classes` is taken from its last line (they are constant
 /// within a LongBench subset). Blank lines are ignored.
 pub fn score_predictions_file(path: &Path, longbench_e: bool) -> Result<ScoreReport, ScoreError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ScoreError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ScoreError::Io { path: path.to_path_buf(), source })?;
     let mut by_dataset: HashMap<String, Vec<(usize, Prediction)>> = HashMap::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let p =
-            parse_prediction_line(line, longbench_e).map_err(|message| ScoreError::BadLine {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message,
-            })?;
-        by_dataset
-            .entry(p.dataset.clone())
-            .or_default()
-            .push((i + 1, p));
+        let p = parse_prediction_line(line, longbench_e).map_err(|message| ScoreError::BadLine { path: path.to_path_buf(), line: i + 1, message })?;
+        by_dataset.entry(p.dataset.clone()).or_default().push((i + 1, p));
     }
     if by_dataset.is_empty() {
-        return Err(ScoreError::Empty {
-            path: path.to_path_buf(),
-        });
+        return Err(ScoreError::Empty { path: path.to_path_buf() });
     }
     let mut datasets = Vec::new();
     for subset in SUBSETS.iter() {
@@ -301,13 +239,11 @@ pub fn score_predictions_file(path: &Path, longbench_e: bool) -> Result<ScoreRep
         let all_classes = rows.last().and_then(|(_, p)| p.all_classes.clone());
         let mut scored = Vec::with_capacity(rows.len());
         for (line, p) in rows {
-            let s = score_sample(subset, &p.pred, &p.answers, all_classes.as_deref()).map_err(
-                |source| ScoreError::Metric {
-                    path: path.to_path_buf(),
-                    line: *line,
-                    source,
-                },
-            )?;
+            let s = score_sample(subset, &p.pred, &p.answers, all_classes.as_deref()).map_err(|source| ScoreError::Metric {
+                path: path.to_path_buf(),
+                line: *line,
+                source,
+            })?;
             scored.push((s, p.length.unwrap_or(0.0)));
         }
         let scores: Vec<f64> = scored.iter().map(|(s, _)| *s).collect();
@@ -315,36 +251,17 @@ pub fn score_predictions_file(path: &Path, longbench_e: bool) -> Result<ScoreRep
             dataset: subset.name.to_string(),
             metric: subset.metric.function_name(),
             samples: rows.len(),
-            score: if longbench_e {
-                None
-            } else {
-                dataset_score(&scores)
-            },
+            score: if longbench_e { None } else { dataset_score(&scores) },
             buckets: longbench_e.then(|| length_buckets(&scored)),
         });
     }
-    let (categories, average_15) = if longbench_e {
-        (Vec::new(), None)
-    } else {
-        summarize(&datasets)
-    };
-    Ok(ScoreReport {
-        source: path.display().to_string(),
-        longbench_e,
-        datasets,
-        categories,
-        average_15,
-    })
+    let (categories, average_15) = if longbench_e { (Vec::new(), None) } else { summarize(&datasets) };
+    Ok(ScoreReport { source: path.display().to_string(), longbench_e, datasets, categories, average_15 })
 }
 
 /// longctx_bench's tasks summary: per-category `np.round(mean, 2)` and the 15-dataset average.
 pub fn summarize(datasets: &[DatasetScore]) -> (Vec<CategoryScore>, Option<f64>) {
-    let score_of = |name: &str| {
-        datasets
-            .iter()
-            .find(|d| d.dataset == name)
-            .and_then(|d| d.score)
-    };
+    let score_of = |name: &str| datasets.iter().find(|d| d.dataset == name).and_then(|d| d.score);
     let mean_of = |names: &[&str]| -> Option<f64> {
         let mut total = 0.0f64;
         for n in names {
@@ -352,14 +269,7 @@ pub fn summarize(datasets: &[DatasetScore]) -> (Vec<CategoryScore>, Option<f64>)
         }
         Some(numpy_round2(total / names.len() as f64))
     };
-    let categories = Category::ALL
-        .iter()
-        .map(|c| CategoryScore {
-            category: c.key(),
-            score: mean_of(c.datasets()),
-            datasets: c.datasets().to_vec(),
-        })
-        .collect();
+    let categories = Category::ALL.iter().map(|c| CategoryScore { category: c.key(), score: mean_of(c.datasets()), datasets: c.datasets().to_vec() }).collect();
     (categories, mean_of(&AVERAGE_15))
 }
 
@@ -371,63 +281,25 @@ impl ScoreReport {
     /// A plain-text table for the terminal.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "LongBench{} scores for {}",
-            if self.longbench_e { "-E" } else { "" },
-            self.source
-        );
+        let _ = writeln!(out, "LongBench{} scores for {}", if self.longbench_e { "-E" } else { "" }, self.source);
         if self.longbench_e {
-            let _ = writeln!(
-                out,
-                "{:<22} {:<22} {:>7} {:>8} {:>8} {:>8}",
-                "dataset", "metric", "n", "0-4k", "4-8k", "8k+"
-            );
+            let _ = writeln!(out, "{:<22} {:<22} {:>7} {:>8} {:>8} {:>8}", "dataset", "metric", "n", "0-4k", "4-8k", "8k+");
             for d in &self.datasets {
-                let b = d.buckets.unwrap_or(Buckets {
-                    short: None,
-                    medium: None,
-                    long: None,
-                });
-                let _ = writeln!(
-                    out,
-                    "{:<22} {:<22} {:>7} {:>8} {:>8} {:>8}",
-                    d.dataset,
-                    d.metric,
-                    d.samples,
-                    cell(b.short),
-                    cell(b.medium),
-                    cell(b.long)
-                );
+                let b = d.buckets.unwrap_or(Buckets { short: None, medium: None, long: None });
+                let _ = writeln!(out, "{:<22} {:<22} {:>7} {:>8} {:>8} {:>8}", d.dataset, d.metric, d.samples, cell(b.short), cell(b.medium), cell(b.long));
             }
             return out;
         }
-        let _ = writeln!(
-            out,
-            "{:<22} {:<22} {:>7} {:>8}",
-            "dataset", "metric", "n", "score"
-        );
+        let _ = writeln!(out, "{:<22} {:<22} {:>7} {:>8}", "dataset", "metric", "n", "score");
         for d in &self.datasets {
-            let _ = writeln!(
-                out,
-                "{:<22} {:<22} {:>7} {:>8}",
-                d.dataset,
-                d.metric,
-                d.samples,
-                cell(d.score)
-            );
+            let _ = writeln!(out, "{:<22} {:<22} {:>7} {:>8}", d.dataset, d.metric, d.samples, cell(d.score));
         }
         let _ = writeln!(out);
         let _ = writeln!(out, "{:<22} {:>8}", "category", "score");
         for c in &self.categories {
             let _ = writeln!(out, "{:<22} {:>8}", c.category, cell(c.score));
         }
-        let _ = writeln!(
-            out,
-            "{:<22} {:>8}",
-            "average (15 tasks)",
-            cell(self.average_15)
-        );
+        let _ = writeln!(out, "{:<22} {:>8}", "average (15 tasks)", cell(self.average_15));
         out
     }
 }

@@ -19,11 +19,11 @@
 //! kvpress's scores multiplied back by `S - j` (the number of queries that see key `j`).
 
 use kvcache::cache::CacheFactory;
-use kvcache::scorer::{ScoreInput, Scorer};
-use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory, Start};
 use kvcache::params::Params;
 use kvcache::registration::MethodRegistration;
+use kvcache::scorer::{ScoreInput, Scorer};
 use kvcache::MethodError;
+use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory, Start};
 use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::Tensor;

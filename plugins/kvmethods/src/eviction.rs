@@ -110,7 +110,15 @@ impl EvictionConfig {
     /// A config with defaults: uniform budgets, compress after prefill, no decode eviction,
     /// dense storage.
     pub fn new(name: &str, budget: Budget, scorer: Arc<dyn Scorer>) -> Self {
-        EvictionConfig { name: name.to_string(), budget, scorer, allocation: Allocation::Uniform, schedule: Schedule::default(), storage: Storage::Dense, gqa: GqaAgg::Mean }
+        EvictionConfig {
+            name: name.to_string(),
+            budget,
+            scorer,
+            allocation: Allocation::Uniform,
+            schedule: Schedule::default(),
+            storage: Storage::Dense,
+            gqa: GqaAgg::Mean,
+        }
     }
 }
 
@@ -268,7 +276,11 @@ impl EvictionCache {
 
     fn needs_queries(&self) -> usize {
         let w = self.cfg.scorer.query_window();
-        if self.prefilling || self.cfg.schedule.decode_evict { w } else { 0 }
+        if self.prefilling || self.cfg.schedule.decode_evict {
+            w
+        } else {
+            0
+        }
     }
 
     fn remember_queries(&mut self, q: &Tensor, start: usize) {
@@ -671,10 +683,7 @@ impl LayerCache for EvictionCache {
             steps_since_evict: self.steps_since_evict,
             since_evict: self.since_evict,
             seen: self.seen,
-            quantized: match &self.quantized {
-                Some(q) => Some(q.fork_quant()),
-                None => None,
-            },
+            quantized: self.quantized.as_ref().map(|q| q.fork_quant()),
         }))
     }
 }

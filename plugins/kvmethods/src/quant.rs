@@ -87,17 +87,21 @@ impl Quantizer {
     }
 
     fn offset(&self) -> f64 {
-        if self.symmetric { (1u32 << (self.bits - 1)) as f64 } else { 0.0 }
+        if self.symmetric {
+            (1u32 << (self.bits - 1)) as f64
+        } else {
+            0.0
+        }
     }
     /// Whether a last axis of `n` elements can be quantized (whole groups, whole bytes).
     pub fn check(&self, n: usize) -> Result<(), String> {
         if ![2, 4, 8].contains(&self.bits) {
             return Err(format!("bits = {}: expected 2, 4 or 8", self.bits));
         }
-        if self.group == 0 || n % self.group != 0 {
+        if self.group == 0 || !n.is_multiple_of(self.group) {
             return Err(format!("group size {} does not divide {n}", self.group));
         }
-        if self.group % self.per_byte() != 0 {
+        if !self.group.is_multiple_of(self.per_byte()) {
             return Err(format!("group size {} is not a multiple of {} ({}-bit codes per byte)", self.group, self.per_byte(), self.bits));
         }
         Ok(())
@@ -161,7 +165,11 @@ impl Quantizer {
         let mut out = lead.to_vec();
         out.push(n);
         let x = x.reshape(out.as_slice());
-        if x.kind() != out_kind { x.to_kind(out_kind) } else { x }
+        if x.kind() != out_kind {
+            x.to_kind(out_kind)
+        } else {
+            x
+        }
     }
 
     /// The decoded value of each of a byte's codes, `[256, 8/bits]`, offset removed: one

@@ -91,7 +91,7 @@ impl QuantConfig {
             KeyLayout::PerToken => self.key.check(head_dim).map_err(|e| bad(format!("keys: {e} (head_dim {head_dim})")))?,
             KeyLayout::PerChannel => {
                 self.key.check(self.key.group).map_err(|e| bad(format!("keys: {e}")))?;
-                if self.residual < self.key.group || self.residual % self.key.group != 0 {
+                if self.residual < self.key.group || !self.residual.is_multiple_of(self.key.group) {
                     return Err(bad(format!("residual_length {} to be a positive multiple of group_size {}", self.residual, self.key.group)));
                 }
             }
@@ -116,7 +116,12 @@ fn param_kind(kv: DType) -> Kind {
 
 /// Reads a quantized method's parameters (`kivi`, `flexgen`, `int8`, `int4`) from `p`.
 pub fn quant_config(method: &str, p: &mut Params) -> std::result::Result<QuantConfig, MethodError> {
-    let bad = |key: &str, value: String, expected: &str| MethodError::BadParam { method: method.to_string(), key: key.to_string(), value, expected: expected.to_string() };
+    let bad = |key: &str, value: String, expected: &str| MethodError::BadParam {
+        method: method.to_string(),
+        key: key.to_string(),
+        value,
+        expected: expected.to_string(),
+    };
     Ok(match method {
         "kivi" => {
             let bits = p.int("bits", 2, 2, 4)?;
@@ -172,7 +177,12 @@ pub fn storage_param(method: &str, p: &mut Params) -> std::result::Result<Option
     let mut sp = Params::new(&format!("{method} storage {name}"), &rest);
     let cfg = quant_config(&name, &mut sp)?;
     if cfg.fake {
-        return Err(MethodError::BadParam { method: method.to_string(), key: "storage.fake".into(), value: "true".into(), expected: "false (simulated storage saves nothing to compose with)".into() });
+        return Err(MethodError::BadParam {
+            method: method.to_string(),
+            key: "storage.fake".into(),
+            value: "true".into(),
+            expected: "false (simulated storage saves nothing to compose with)".into(),
+        });
     }
     sp.finish()?;
     Ok(Some(cfg))
@@ -644,7 +654,9 @@ impl LayerCache for QuantCache {
         }
         if let Some(p) = &self.pos {
             let (b, h) = (self.spec.batch as i64, self.spec.kv_heads as i64);
-            let new = Tensor::arange_start(step.start_pos as i64, (step.start_pos + l) as i64, (Kind::Int64, self.spec.device)).view([1, 1, -1]).expand([b, h, l as i64], false);
+            let new = Tensor::arange_start(step.start_pos as i64, (step.start_pos + l) as i64, (Kind::Int64, self.spec.device))
+                .view([1, 1, -1])
+                .expand([b, h, l as i64], false);
             self.pos = Some(Tensor::cat(&[p, &new], 2));
         }
         self.push(step.k, step.v);

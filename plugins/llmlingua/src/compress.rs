@@ -87,7 +87,11 @@ fn percentile(values: &[Prob], p: i64) -> f64 {
     if f64_mode {
         let (a, b) = (f64::from(a), f64::from(b));
         let d = b - a;
-        if gamma >= 0.5 { b - d * (1.0 - gamma) } else { a + d * gamma }
+        if gamma >= 0.5 {
+            b - d * (1.0 - gamma)
+        } else {
+            a + d * gamma
+        }
     } else {
         let d = b - a;
         f64::from(if gamma >= 0.5 { b - d * ((1.0 - gamma) as f32) } else { a + d * (gamma as f32) })

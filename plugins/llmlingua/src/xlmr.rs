@@ -150,7 +150,11 @@ impl XlmrTokenClassifier {
         let cw = w.take("classifier.weight")?;
         let num_labels = cw.size()[0];
         if cw.size() != [num_labels, h] {
-            return Err(Error::Tensor { file: dir.into(), tensor: "classifier.weight".into(), problem: format!("shape {:?}, expected [labels, {h}]", cw.size()) });
+            return Err(Error::Tensor {
+                file: dir.into(),
+                tensor: "classifier.weight".into(),
+                problem: format!("shape {:?}, expected [labels, {h}]", cw.size()),
+            });
         }
         w.check_shape("classifier.bias", &[num_labels])?;
         let classifier = Linear { w: cw, b: w.take("classifier.bias")? };
@@ -184,10 +188,7 @@ impl XlmrTokenClassifier {
         let (b, l) = ids.size2()?;
         let pad = self.config.pad_token_id;
         if l + pad + 1 > self.config.max_position_embeddings {
-            return Err(Error::Other(format!(
-                "XLM-RoBERTa: {l} tokens exceed the model's {} positions",
-                self.config.max_position_embeddings - pad - 1
-            )));
+            return Err(Error::Other(format!("XLM-RoBERTa: {l} tokens exceed the model's {} positions", self.config.max_position_embeddings - pad - 1)));
         }
         let not_pad = ids.ne(pad).to_kind(Kind::Int64);
         let positions = not_pad.cumsum(1, Kind::Int64) * &not_pad + pad;

@@ -12,10 +12,10 @@
 //! FlexGen-b: b + 32/G per element for both; int8: 8 + 16/D; int4: 4 + 16/D.
 
 use kvcache::cache::CacheFactory;
-use kvmethods::quantized::{quant_config, QuantFactory};
 use kvcache::params::{ParamDoc, Params};
 use kvcache::registration::MethodRegistration;
 use kvcache::MethodError;
+use kvmethods::quantized::{quant_config, QuantFactory};
 use std::sync::Arc;
 
 fn build_named(name: &str, t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {

@@ -272,7 +272,9 @@ impl InfLlmCache {
         let mut ks = Vec::new();
         let mut vs = Vec::new();
         let mut ps = Vec::new();
-        let pos_range = |start: usize, len: usize| Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, dev)).view([1, 1, -1]).expand([b, hkv, len as i64], false);
+        let pos_range = |start: usize, len: usize| {
+            Tensor::arange_start(start as i64, (start + len) as i64, (Kind::Int64, dev)).view([1, 1, -1]).expand([b, hkv, len as i64], false)
+        };
         if let Some((ik, iv)) = self.init.views() {
             ps.push(pos_range(first, self.init.len()));
             ks.push(ik);
@@ -386,7 +388,14 @@ impl LayerCache for InfLlmCache {
         let mut s = 0;
         while s < l {
             let n = chunk.min(l - s);
-            outs.push(self.attend_chunk(&step.q.narrow(2, s, n), &step.k.narrow(2, s, n), &step.v.narrow(2, s, n), step.start_pos + s as usize, step.scale, step.sliding_window));
+            outs.push(self.attend_chunk(
+                &step.q.narrow(2, s, n),
+                &step.k.narrow(2, s, n),
+                &step.v.narrow(2, s, n),
+                step.start_pos + s as usize,
+                step.scale,
+                step.sliding_window,
+            ));
             s += n;
         }
         Ok(if outs.len() == 1 { outs.pop().expect("one output") } else { Tensor::cat(&outs, 2) })

@@ -65,7 +65,17 @@ pub struct QuestCache {
 impl QuestCache {
     pub fn new(cfg: Arc<QuestConfig>, layer: usize, spec: CacheSpec) -> Self {
         let active = layer >= cfg.skip_layers && !cfg.budget.is_unbounded();
-        QuestCache { active, store: KvBuf::new(&spec, spec.device), first_pos: 0, page_min: None, page_max: None, context: spec.context_tokens, attended_tokens: 0, cfg, spec }
+        QuestCache {
+            active,
+            store: KvBuf::new(&spec, spec.device),
+            first_pos: 0,
+            page_min: None,
+            page_max: None,
+            context: spec.context_tokens,
+            attended_tokens: 0,
+            cfg,
+            spec,
+        }
     }
 
     /// Pages a decode step attends to (the page being filled included).

@@ -116,7 +116,12 @@ impl PromptCompressor for SelectiveContext {
             let ids = enc.get_ids().to_vec();
             let units = split_units(text);
             if ids.is_empty() || units.is_empty() {
-                return Ok(CompressedPrompt { text: text.to_string(), original_tokens: ids.len(), compressed_tokens: ids.len(), seconds: t0.elapsed().as_secs_f64() });
+                return Ok(CompressedPrompt {
+                    text: text.to_string(),
+                    original_tokens: ids.len(),
+                    compressed_tokens: ids.len(),
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
             }
             let surprisal = kvcore::generate::token_surprisal(lm, &ids, chunk)?;
             // Each token belongs to the unit holding its first byte.

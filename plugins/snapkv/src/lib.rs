@@ -59,11 +59,16 @@ impl Scorer for Snap {
         self.window
     }
     fn validate(&self, method: &str) -> std::result::Result<(), MethodError> {
-        let bad = |key: &str, value: usize, expected: &str| MethodError::BadParam { method: method.into(), key: key.into(), value: value.to_string(), expected: expected.into() };
+        let bad = |key: &str, value: usize, expected: &str| MethodError::BadParam {
+            method: method.into(),
+            key: key.into(),
+            value: value.to_string(),
+            expected: expected.into(),
+        };
         if !(1..=1 << 20).contains(&self.window) {
             return Err(bad("window", self.window, "an integer in [1, 1048576]"));
         }
-        if !(1..=1 << 10).contains(&self.kernel) || self.kernel % 2 == 0 {
+        if !(1..=1 << 10).contains(&self.kernel) || self.kernel.is_multiple_of(2) {
             return Err(bad("kernel", self.kernel, "an odd integer in [1, 1024]"));
         }
         Ok(())
@@ -97,11 +102,7 @@ register_scorer!(
     detail = "After the context prefill, the last `window` queries' attention (softmax, f32) is averaged over the window, \
               pooled with `kernel` (avg, as kvpress; max as the paper), combined per KV head by `gqa`; the window itself is \
               always kept; top floor(S/N) per head. kvpress SnapKVPress with compression_ratio = 1 - 1/N. arXiv 2404.14469.",
-    params = [
-        ("window", "64", "observation window (last queries of the context)"),
-        ("kernel", "5", "pooling kernel (odd)"),
-        ("pooling", "avg", "avg or max"),
-    ],
+    params = [("window", "64", "observation window (last queries of the context)"), ("kernel", "5", "pooling kernel (odd)"), ("pooling", "avg", "avg or max"),],
 );
 
 /// PyramidKV's per-layer budget (kvpress `get_layer_budget`, Python rounding half to even).
@@ -130,7 +131,8 @@ fn build_pyramidkv(t: &toml::Table) -> std::result::Result<Arc<dyn CacheFactory>
     let mut cfg = EvictionConfig::new("pyramidkv", budget, Arc::new(scorer));
     eviction_params(&mut p, &mut cfg, false)?;
     p.finish()?;
-    cfg.allocation = Allocation::PerLayer(Arc::new(move |layer, layers, len, budget: &Budget| pyramid_budget(layer, layers, len, budget.keep(len), window, beta)));
+    cfg.allocation =
+        Allocation::PerLayer(Arc::new(move |layer, layers, len, budget: &Budget| pyramid_budget(layer, layers, len, budget.keep(len), window, beta)));
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 

@@ -4,8 +4,8 @@
 //! Budget as in the paper's benchmark (longctx_bench via InfLLM's stream-llm): `ratio = N` gives
 //! `budget = floor(S/N)` for an `S`-token context, `sinks = int(budget · sink_ratio)` (0.021) and
 //! `local = budget - sinks`. `prefill = "chunked"` (default) compresses during prefill: every query
-//! sees only the sinks and the `local` tokens before it, and after each chunk the cache keeps sinks
-//! + the newest `local` tokens, so memory stays at the budget throughout (chunk size is the
+//! sees only the sinks and the `local` tokens before it, and after each chunk the cache keeps the
+//! sinks and the newest `local` tokens, so memory stays at the budget throughout (chunk size is the
 //! caller's `--prefill-chunk`; the result does not depend on it). `prefill = "full"` prefills with
 //! full attention and keeps sinks + recent afterwards (kvpress `StreamingLLMPress`, which uses
 //! `n_sink = 4`: set `sinks = 4`). Decoding keeps the window sliding at the budget.
@@ -16,11 +16,11 @@
 //! SmolLM2 (`kvcore/tests/kvpress_crosscheck.rs`).
 
 use kvcache::cache::CacheFactory;
-use kvcache::scorer::{ScoreInput, Scorer};
-use kvmethods::eviction::{EvictionConfig, EvictionFactory, Start, StreamingPrefill};
 use kvcache::params::Params;
 use kvcache::registration::MethodRegistration;
+use kvcache::scorer::{ScoreInput, Scorer};
 use kvcache::MethodError;
+use kvmethods::eviction::{EvictionConfig, EvictionFactory, Start, StreamingPrefill};
 use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::{Kind, Tensor};

@@ -190,7 +190,11 @@ fn prompt_ids(lm: &LoadedModel, n: usize) -> Result<Vec<u32>> {
             kvtasks::data::fetch("pg_essays", &kvtasks::data::kvbench_home()?)?
         }
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).with_context(|| dir.display().to_string())?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "txt")).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| dir.display().to_string())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+        .collect();
     files.sort();
     let mut ids = Vec::new();
     for f in files.iter().cycle().take(files.len() * 8) {
@@ -265,7 +269,11 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let mut rows = Vec::new();
     let total = (methods.len() * contexts.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} (eta {eta})").unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()).progress_chars("=> "));
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} (eta {eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
     for m in &methods {
         let factory = reg.build(&m.name, &m.params)?;
         let compressor = reg.build_prompt(&m.name, &m.params)?;
@@ -279,7 +287,13 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 compress_seconds = out.seconds;
                 ids = lm.tokenizer.encode(out.text.as_str(), false).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec();
             }
-            let opts = GenerateOptions { max_new_tokens: a.new_tokens, min_new_tokens: a.new_tokens, prefill_chunk: a.prefill_chunk, measure_decode_rss: true, ..Default::default() };
+            let opts = GenerateOptions {
+                max_new_tokens: a.new_tokens,
+                min_new_tokens: a.new_tokens,
+                prefill_chunk: a.prefill_chunk,
+                measure_decode_rss: true,
+                ..Default::default()
+            };
             for _ in 0..a.warmup {
                 generate(&mut lm, &ids, &opts, factory.as_ref())?;
             }

@@ -48,7 +48,14 @@ pub fn run(a: ConformanceArgs, plugins: &[PathBuf]) -> Result<()> {
         Err(e) => println!("FAIL  {}: {}", o.name, e.replace('\n', " ")),
     });
     let failed: Vec<&str> = outcomes.iter().filter(|o| o.result.is_err()).map(|o| o.name.as_str()).collect();
-    println!("\n{} trials: {} passed, {} failed ({} methods: {})", n, n - failed.len(), failed.len(), subjects.len(), subjects.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "\n{} trials: {} passed, {} failed ({} methods: {})",
+        n,
+        n - failed.len(),
+        failed.len(),
+        subjects.len(),
+        subjects.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
     if !failed.is_empty() {
         bail!("{} conformance trial(s) failed: {}", failed.len(), failed.join(", "));
     }

@@ -10,8 +10,7 @@ pub fn run(cmd: DataCommand) -> Result<()> {
     let home = kvtasks::data::kvbench_home()?;
     match cmd {
         DataCommand::Fetch { names } => {
-            let names: Vec<String> =
-                if names.is_empty() { known_datasets().iter().map(|d| d.name.to_string()).collect() } else { names };
+            let names: Vec<String> = if names.is_empty() { known_datasets().iter().map(|d| d.name.to_string()).collect() } else { names };
             for n in names {
                 if n == "longbench" {
                     // LongBench lives on the Hugging Face hub only (KVBENCH_HF_ENDPOINT overrides it).

@@ -100,63 +100,71 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
             (Some(p), Some(q)) => Some(p.max(q)),
             (_, q) => q,
         };
-    if a.json {
-        let v = json!({
-            "text": out.text,
-            "prompt_tokens": out.prompt_tokens,
-            "generated_tokens": out.generated_tokens,
-            "stop_reason": out.stop_reason,
-            "prefill_seconds": out.prefill_seconds,
-            "prefill_tokens_per_s": out.prefill_tokens_per_s(),
-            "decode_seconds": out.decode_seconds,
-            "decode_tokens_per_s": out.decode_tokens_per_s(),
-            "kv_bytes_held": out.kv_bytes_held,
-            "kv_bytes_attended": out.kv_bytes_attended,
-            "kv_bytes_allocated": out.kv_bytes_allocated,
-            "kv_bytes_full": out.kv_bytes_full,
-            "kv_bytes_held_prompt": out.kv_bytes_held_prompt,
-            "kv_bytes_full_prompt": out.kv_bytes_full_prompt,
-            "kv_bytes_offloaded": out.kv_bytes_offloaded,
-            "compression_ratio": out.compression_ratio(),
-            "compression_ratio_prompt": if out.kv_bytes_held_prompt > 0 { out.kv_bytes_full_prompt as f64 / out.kv_bytes_held_prompt as f64 } else { 0.0 },
-            "prompt_compression": &compressed.as_ref().map(|c| json!({"original_tokens": c.original_tokens, "compressed_tokens": c.compressed_tokens, "seconds": c.seconds})),
-            "method": &a.method,
-            "method_params": &method_params,
-            "query_aware": a.query_aware,
-            "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
-            "rss_end_bytes": out.rss_end_bytes,
-            "peak_rss_bytes": peak,
-            "weight_bytes": lm.weight_bytes(),
-            "architecture": lm.architecture(),
-            "load_seconds": lm.load_seconds,
-            "model": files.path(),
-            "device": kvcore::device::describe(settings.device),
-            "dtype": settings.dtype.name(),
-            "kv_dtype": settings.kv_dtype.name(),
-            "threads": threads,
-            "token_ids": out.token_ids,
-        });
-        println!("{}", serde_json::to_string(&v)?);
-    } else {
-        println!("{}", out.text);
-        if a.stats {
-            if let Some(c) = &compressed {
-                eprintln!("prompt compressed by {}: {} -> {} tokens ({:.2}x) in {:.2}s", a.method, c.original_tokens, c.compressed_tokens, c.ratio(), c.seconds);
+        if a.json {
+            let v = json!({
+                "text": out.text,
+                "prompt_tokens": out.prompt_tokens,
+                "generated_tokens": out.generated_tokens,
+                "stop_reason": out.stop_reason,
+                "prefill_seconds": out.prefill_seconds,
+                "prefill_tokens_per_s": out.prefill_tokens_per_s(),
+                "decode_seconds": out.decode_seconds,
+                "decode_tokens_per_s": out.decode_tokens_per_s(),
+                "kv_bytes_held": out.kv_bytes_held,
+                "kv_bytes_attended": out.kv_bytes_attended,
+                "kv_bytes_allocated": out.kv_bytes_allocated,
+                "kv_bytes_full": out.kv_bytes_full,
+                "kv_bytes_held_prompt": out.kv_bytes_held_prompt,
+                "kv_bytes_full_prompt": out.kv_bytes_full_prompt,
+                "kv_bytes_offloaded": out.kv_bytes_offloaded,
+                "compression_ratio": out.compression_ratio(),
+                "compression_ratio_prompt": if out.kv_bytes_held_prompt > 0 { out.kv_bytes_full_prompt as f64 / out.kv_bytes_held_prompt as f64 } else { 0.0 },
+                "prompt_compression": &compressed.as_ref().map(|c| json!({"original_tokens": c.original_tokens, "compressed_tokens": c.compressed_tokens, "seconds": c.seconds})),
+                "method": &a.method,
+                "method_params": &method_params,
+                "query_aware": a.query_aware,
+                "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
+                "rss_end_bytes": out.rss_end_bytes,
+                "peak_rss_bytes": peak,
+                "weight_bytes": lm.weight_bytes(),
+                "architecture": lm.architecture(),
+                "load_seconds": lm.load_seconds,
+                "model": files.path(),
+                "device": kvcore::device::describe(settings.device),
+                "dtype": settings.dtype.name(),
+                "kv_dtype": settings.kv_dtype.name(),
+                "threads": threads,
+                "token_ids": out.token_ids,
+            });
+            println!("{}", serde_json::to_string(&v)?);
+        } else {
+            println!("{}", out.text);
+            if a.stats {
+                if let Some(c) = &compressed {
+                    eprintln!(
+                        "prompt compressed by {}: {} -> {} tokens ({:.2}x) in {:.2}s",
+                        a.method,
+                        c.original_tokens,
+                        c.compressed_tokens,
+                        c.ratio(),
+                        c.seconds
+                    );
+                }
+                let attended =
+                    if out.kv_bytes_attended != out.kv_bytes_held { format!(" ({} attended)", human_bytes(out.kv_bytes_attended)) } else { String::new() };
+                eprintln!(
+                    "prompt {} tokens, prefill {:.2}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; KV {} held{attended} / {} full; peak RSS {}",
+                    out.prompt_tokens,
+                    out.prefill_seconds,
+                    out.prefill_tokens_per_s(),
+                    out.generated_tokens,
+                    out.decode_tokens_per_s(),
+                    human_bytes(out.kv_bytes_held),
+                    human_bytes(out.kv_bytes_full),
+                    peak.map(human_bytes).unwrap_or_else(|| "n/a".into()),
+                );
             }
-            let attended = if out.kv_bytes_attended != out.kv_bytes_held { format!(" ({} attended)", human_bytes(out.kv_bytes_attended)) } else { String::new() };
-            eprintln!(
-                "prompt {} tokens, prefill {:.2}s ({:.1} tok/s); generated {} tokens, decode {:.1} tok/s; KV {} held{attended} / {} full; peak RSS {}",
-                out.prompt_tokens,
-                out.prefill_seconds,
-                out.prefill_tokens_per_s(),
-                out.generated_tokens,
-                out.decode_tokens_per_s(),
-                human_bytes(out.kv_bytes_held),
-                human_bytes(out.kv_bytes_full),
-                peak.map(human_bytes).unwrap_or_else(|| "n/a".into()),
-            );
         }
-    }
     }
     Ok(())
 }

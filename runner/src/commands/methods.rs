@@ -31,8 +31,10 @@ pub fn run(a: MethodsArgs, plugins: &[PathBuf]) -> Result<()> {
     if a.json {
         let list: Vec<_> = reg
             .iter()
-            .map(|m| json!({"name": m.name, "family": m.family, "origin": m.origin, "summary": m.summary,
-                "params": m.params.iter().map(|(n, d, _)| json!({"name": n, "default": d})).collect::<Vec<_>>()}))
+            .map(|m| {
+                json!({"name": m.name, "family": m.family, "origin": m.origin, "summary": m.summary,
+                "params": m.params.iter().map(|(n, d, _)| json!({"name": n, "default": d})).collect::<Vec<_>>()})
+            })
             .collect();
         println!("{}", serde_json::to_string(&list)?);
         return Ok(());

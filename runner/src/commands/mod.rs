@@ -52,5 +52,11 @@ pub fn load_guarded(
     context_tokens: usize,
     guard: &GuardArgs,
 ) -> Result<kvcore::loader::LoadedModel> {
-    kvexperiment::runtime::load_guarded(files, settings, overrides, context_tokens, &kvexperiment::runtime::Guard { force: guard.force, memory_limit: guard.memory_limit.clone() })
+    kvexperiment::runtime::load_guarded(
+        files,
+        settings,
+        overrides,
+        context_tokens,
+        &kvexperiment::runtime::Guard { force: guard.force, memory_limit: guard.memory_limit.clone() },
+    )
 }

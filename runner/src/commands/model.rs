@@ -59,9 +59,10 @@ fn init(a: InitArgs, home: &std::path::Path) -> Result<()> {
         return Ok(());
     }
     let arch = Architecture::from_name(arch_name).with_context(|| format!("--arch `{arch_name}`: not a transformer architecture"))?;
-    let preset = *PRESETS.iter().find(|p| p.name == a.preset).with_context(|| {
-        format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", "))
-    })?;
+    let preset = *PRESETS
+        .iter()
+        .find(|p| p.name == a.preset)
+        .with_context(|| format!("--preset `{}`: expected one of {}", a.preset, PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")))?;
     let tokenizer_gguf = tokenizer_gguf_or_default(a.tokenizer_gguf, home)?;
     let opts = InitOptions { arch, preset, seed: a.seed, dtype: dtype.kind(), tokenizer_gguf, sliding_window: a.sliding_window };
     write_random_model(&opts, &a.out_dir)?;

@@ -51,15 +51,7 @@ pub fn run(a: SlurmArgs, plugins: &[PathBuf]) -> Result<()> {
     let (slurm_dir, logs) = (out.join("slurm"), out.join("slurm").join("logs"));
 
     let job_name = a.job_name.clone().unwrap_or_else(|| format!("kvbench-{}", exp.name));
-    let plan = Plan {
-        kvbench: &kvbench,
-        experiment: &experiment,
-        out: &out,
-        logs: &logs,
-        plugins: &plugins,
-        job_name: &job_name,
-        args: &a,
-    };
+    let plan = Plan { kvbench: &kvbench, experiment: &experiment, out: &out, logs: &logs, plugins: &plugins, job_name: &job_name, args: &a };
     let array_script = slurm_dir.join(ARRAY_SCRIPT);
     let merge_script = slurm_dir.join(MERGE_SCRIPT);
     write_script(&array_script, &plan.array_script()?)?;
@@ -67,7 +59,12 @@ pub fn run(a: SlurmArgs, plugins: &[PathBuf]) -> Result<()> {
 
     let limit = a.max_parallel.map(|k| format!(", at most {k} at once")).unwrap_or_default();
     println!("wrote {} (job array: {} shard task(s){limit})", array_script.display(), a.shards);
-    println!("wrote {} (merge into {} and report into {}, after every shard succeeds)", merge_script.display(), out.join("merged").display(), out.join("report").display());
+    println!(
+        "wrote {} (merge into {} and report into {}, after every shard succeeds)",
+        merge_script.display(),
+        out.join("merged").display(),
+        out.join("report").display()
+    );
     let array_cmd = format!("sbatch --parsable {}", sh_quote(&array_script.to_string_lossy()));
     let merge_cmd = |id: &str| format!("sbatch --parsable --dependency=afterok:{id} {}", sh_quote(&merge_script.to_string_lossy()));
     if !a.submit {
@@ -77,9 +74,8 @@ pub fn run(a: SlurmArgs, plugins: &[PathBuf]) -> Result<()> {
         return Ok(());
     }
 
-    let sbatch = find_on_path("sbatch").context(
-        "--submit: `sbatch` was not found on PATH; run this on a machine with the Slurm client tools, or submit the scripts above there yourself",
-    )?;
+    let sbatch = find_on_path("sbatch")
+        .context("--submit: `sbatch` was not found on PATH; run this on a machine with the Slurm client tools, or submit the scripts above there yourself")?;
     println!("{array_cmd}");
     let array_id = submit(&sbatch, &[], &array_script)?;
     println!("submitted array job {array_id} ({} task(s))", a.shards);
@@ -239,12 +235,7 @@ fn find_on_path(name: &str) -> Option<PathBuf> {
 /// Runs `sbatch --parsable [extra] script` and returns the job id (`--parsable` prints
 /// `id` or `id;cluster`).
 fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
-    let o = std::process::Command::new(sbatch)
-        .arg("--parsable")
-        .args(extra)
-        .arg(script)
-        .output()
-        .with_context(|| format!("running {}", sbatch.display()))?;
+    let o = std::process::Command::new(sbatch).arg("--parsable").args(extra).arg(script).output().with_context(|| format!("running {}", sbatch.display()))?;
     let stdout = String::from_utf8_lossy(&o.stdout);
     if !o.status.success() {
         bail!("sbatch {} failed ({}):\n{}{}", script.display(), o.status, String::from_utf8_lossy(&o.stderr), stdout);
@@ -255,4 +246,3 @@ fn submit(sbatch: &Path, extra: &[String], script: &Path) -> Result<String> {
     }
     Ok(id)
 }
-

@@ -32,7 +32,10 @@ pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
         ("models/tiny.toml", format!("source = \"{}\"\nchat_template = true\n", model.display())),
         ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\n".to_string()),
         ("methods/kivi-small.toml", "method = \"kivi\"\nlabel = \"kivi-2bit\"\n[params]\nbits = 2\ngroup_size = 8\nresidual_length = 16\n".to_string()),
-        ("experiments/t.toml", format!("name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [{list}]\nratios = [2, 4]\n[run]\nthreads = 1\ndevice = \"cpu\"\n")),
+        (
+            "experiments/t.toml",
+            format!("name = \"t\"\nmodels = [\"tiny\"]\ntasks = [\"needle\"]\nmethods = [{list}]\nratios = [2, 4]\n[run]\nthreads = 1\ndevice = \"cpu\"\n"),
+        ),
     ];
     for (rel, text) in files {
         let p = dir.join("configs").join(rel);

@@ -80,16 +80,13 @@ impl RecurrentGemmaConfig {
                 n => Ok(n),
             }
         };
-        let req = |key: &str| -> Result<usize> {
-            positive(key, get(key).ok_or_else(|| err(key, "missing (required for RecurrentGemma)".into()))?)
-        };
+        let req = |key: &str| -> Result<usize> { positive(key, get(key).ok_or_else(|| err(key, "missing (required for RecurrentGemma)".into()))?) };
         let opt = |key: &str, default: usize| -> Result<usize> { get(key).map_or(Ok(default), |v| positive(key, v)) };
         let flag = |key: &str, default: bool| -> Result<bool> {
             get(key).map_or(Ok(default), |v| v.as_bool().ok_or_else(|| err(key, format!("expected true or false, found {v}"))))
         };
-        let number = |key: &str, v: &Value| -> Result<f64> {
-            v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| err(key, format!("expected a number, found {v}")))
-        };
+        let number =
+            |key: &str, v: &Value| -> Result<f64> { v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| err(key, format!("expected a number, found {v}"))) };
 
         let vocab_size = req("vocab_size")?;
         let hidden_size = req("hidden_size")?;
@@ -169,7 +166,7 @@ impl RecurrentGemmaConfig {
             Some((k, v)) => {
                 let f = number(&k, v)?;
                 let d = (head_dim as f64 * f) as usize;
-                if !(f > 0.0 && f <= 1.0) || d < 2 || d % 2 != 0 {
+                if !(f > 0.0 && f <= 1.0) || d < 2 || !d.is_multiple_of(2) {
                     return Err(err(&k, format!("{v} x head_dim {head_dim} must give an even rotary width of at least 2")));
                 }
                 d
