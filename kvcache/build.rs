@@ -1,8 +1,10 @@
-//! Makes every kvcache test (and the API version string) find libtorch at run time and link libtorch_cuda.
+//! Gives kvcache's own test binary an rpath to libtorch (and links libtorch_cuda), and records
+//! the libtorch version that the plugin handshake carries (`KVCACHE_LIBTORCH_VERSION`, read from
+//! `torch/version.py` next to `torch/lib`).
 //!
-//! torch-sys does not give the final link an rpath, and `--as-needed` drops `libtorch_cuda.so`
-//! (so CUDA silently looks unavailable). `DEP_TCH_LIBTORCH_LIB` reaches only packages that depend
-//! directly on torch-sys, which is why kvcore lists it.
+//! torch-sys does not give the final link an rpath, and `--as-needed` drops `libtorch_cuda.so`.
+//! `DEP_TCH_LIBTORCH_LIB` reaches only packages that depend directly on torch-sys, which is why
+//! kvcache lists it.
 fn main() {
     if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         // Canonical path: torch's own libraries find the nvidia wheels through $ORIGIN/../../nvidia,

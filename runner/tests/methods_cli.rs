@@ -4,6 +4,9 @@
 //! example plugin and refuses, with a clear message and exit code 1, a plugin library built for
 //! another kvcore release (`plugins/version-skew`).
 
+mod common;
+
+use common::built_library;
 use std::process::{Command, Output};
 
 const EXPECTED: &[&str] = &["full", "random", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "kivi", "flexgen", "int8", "int4"];
@@ -95,19 +98,6 @@ fn a_bad_setting_names_the_method_and_the_key() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "an out-of-range ratio must fail");
     assert!(err.contains("snapkv") && err.contains("ratio"), "error should name method and key:\n{err}");
-}
-
-/// A shared library built by cargo next to this test's executable (a dev-dependency's cdylib).
-fn built_library(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    for dir in [deps.to_path_buf(), deps.parent().unwrap().to_path_buf()] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} not found next to {}: `cargo test --workspace` builds it", exe.display());
 }
 
 #[test]

@@ -5,21 +5,8 @@
 
 mod common;
 
-use common::{config_tree, kvbench, ok};
+use common::{built_library, config_tree, kvbench, ok};
 use std::path::{Path, PathBuf};
-
-/// A shared library built by cargo next to this test's executable (a dev-dependency's cdylib).
-fn built_library(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    for dir in [deps.to_path_buf(), deps.parent().unwrap().to_path_buf()] {
-        let p = dir.join(name);
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("{name} not found next to {}: `cargo test --workspace` builds it", exe.display());
-}
 
 fn sha256(p: &Path) -> String {
     kvformats::home::sha256_file(p).unwrap()

@@ -47,3 +47,16 @@ pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
 
 /// The files every report directory holds.
 pub const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html"];
+
+/// A shared library built by cargo next to this test's executable (a dev-dependency's cdylib).
+pub fn built_library(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let deps = exe.parent().unwrap();
+    for dir in [deps.to_path_buf(), deps.parent().unwrap().to_path_buf()] {
+        let p = dir.join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("{name} not found next to {}: `cargo test --workspace` builds it", exe.display());
+}
