@@ -110,15 +110,10 @@ fn cases(s: &Subject) -> Vec<Case> {
     }
 }
 
-/// The ratio-4 settings of a method (its small-block variant for retrieval caches).
+/// The ratio-4 settings of a method: its `ratio=4…` case (sized for the tiny model for
+/// retrieval caches), or `None` when it takes no budget.
 fn ratio4(s: &Subject) -> Option<Vec<String>> {
-    let v: Vec<&str> = match s.name.as_str() {
-        "infllm" => vec!["ratio=4", "block_size=4", "n_init=2", "n_local=8", "topk=2", "repr_topk=2", "exc_block_size=4"],
-        "quest" => vec!["ratio=4", "page_size=4", "skip_layers=0"],
-        _ if s.takes_budget() => vec!["ratio=4"],
-        _ => return None,
-    };
-    Some(v.into_iter().map(String::from).collect())
+    cases(s).into_iter().find(|c| c.label.starts_with("ratio=4")).map(|c| c.settings)
 }
 
 /// Eviction methods whose survivors can be stored quantized, with the settings that allow it.
