@@ -105,6 +105,15 @@ pub trait LayerCache: Send {
     fn fork(&self) -> Option<Box<dyn LayerCache>> {
         None
     }
+    /// Shared prefill: the step of a prefill chunk whose attention output the engine computes
+    /// once for every method of a group (plain causal attention over the same prompt, which is
+    /// what a method declaring [`CacheFactory::shared_prefill`] computes). The cache must end in
+    /// exactly the state [`LayerCache::attend`] would leave (same K/V stored, same queries and
+    /// attention statistics kept); it may skip computing the output. The default calls `attend`
+    /// and drops the output, which is always exact.
+    fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
+        self.attend(step).map(drop)
+    }
 }
 
 /// Bytes of a tensor's elements.
@@ -118,6 +127,14 @@ pub trait CacheFactory: Send + Sync {
     fn name(&self) -> &str;
     /// A fresh cache for `layer`.
     fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>>;
+    /// Whether this method's prefill is plain full causal attention over the exact K/V (it only
+    /// compresses at `end_prefill` or later), so one prefill of a prompt can serve it and every
+    /// other such method: the engine runs the prompt once and each method's caches
+    /// [`LayerCache::observe`] the same steps. Methods that change prefill itself (chunked
+    /// StreamingLLM, InfLLM, quantized prefill attention) keep the default, `false`.
+    fn shared_prefill(&self) -> bool {
+        false
+    }
 }
 
 /// The uncompressed cache.
@@ -130,6 +147,9 @@ impl CacheFactory for FullCacheFactory {
     }
     fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>> {
         Ok(Box::new(FullCache::new(*spec)))
+    }
+    fn shared_prefill(&self) -> bool {
+        true
     }
 }
 
@@ -160,8 +180,9 @@ impl FullCache {
     }
 }
 
-impl LayerCache for FullCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+impl FullCache {
+    /// Stores the step's K/V (a sliding layer first drops what its window no longer needs).
+    fn store(&mut self, step: &AttentionStep<'_>) {
         // A sliding layer only ever needs the last `window - 1` old tokens: compact lazily.
         if let (Some(w), false) = (step.sliding_window, self.buf.is_empty()) {
             let oldest_needed = step.start_pos.saturating_sub(w.saturating_sub(1));
@@ -171,8 +192,19 @@ impl LayerCache for FullCache {
             }
         }
         self.buf.append(step.k, step.v, step.start_pos);
+    }
+}
+
+impl LayerCache for FullCache {
+    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+        self.store(step);
         let (k, v) = self.buf.views().expect("storage allocated by append");
         Ok(attend_contiguous(step, &k, &v, self.buf.first_pos()))
+    }
+
+    fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
+        self.store(step);
+        Ok(())
     }
 
     fn stored_tokens(&self) -> usize {

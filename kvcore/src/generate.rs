@@ -294,6 +294,118 @@ fn full_bytes(lm: &LoadedModel, seq: &SequenceState, tokens: usize) -> u64 {
     }
 }
 
+/// One sequence's greedy choices and stop rules (EOS ids, stop strings, `min_new_tokens`,
+/// `max_new_tokens`), a token at a time: single-sequence and batched decoding share it.
+pub(crate) struct Greedy<'o> {
+    opts: &'o GenerateOptions,
+    stop_ids: Vec<u32>,
+    pub(crate) out_ids: Vec<u32>,
+    pub(crate) stop_reason: StopReason,
+    /// The text cut before a stop string (set when one ended generation).
+    cut_text: Option<String>,
+}
+
+impl<'o> Greedy<'o> {
+    pub(crate) fn new(lm: &LoadedModel, opts: &'o GenerateOptions) -> Self {
+        let mut stop_ids = lm.eos_token_ids.clone();
+        stop_ids.extend(&opts.extra_stop_token_ids);
+        Greedy { opts, stop_ids, out_ids: Vec::new(), stop_reason: StopReason::MaxNewTokens, cut_text: None }
+    }
+
+    /// Whether another token may be chosen (fewer than `max_new_tokens` so far).
+    pub(crate) fn wants_token(&self) -> bool {
+        self.out_ids.len() < self.opts.max_new_tokens
+    }
+
+    /// Chooses the next token from `logits` (the last position's); returns it when it must be
+    /// fed back to the model, `None` when generation ends here.
+    pub(crate) fn choose(&mut self, lm: &LoadedModel, logits: &mut Tensor) -> Result<Option<u32>> {
+        if self.out_ids.len() < self.opts.min_new_tokens {
+            let vocab = logits.size().last().copied().unwrap_or(0);
+            for &id in &self.stop_ids {
+                if (id as i64) < vocab {
+                    let _ = logits.narrow(-1, id as i64, 1).fill_(f64::NEG_INFINITY);
+                }
+            }
+        }
+        let next = argmax(logits)?;
+        if self.stop_ids.contains(&next) {
+            self.stop_reason = StopReason::EosToken;
+            return Ok(None);
+        }
+        self.out_ids.push(next);
+        if !self.opts.stop_strings.is_empty() {
+            let mut text = lm.tokenizer.decode(&self.out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            if let Some(cut) = self.opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(cut);
+                self.cut_text = Some(text);
+                self.stop_reason = StopReason::StopString;
+                return Ok(None);
+            }
+        }
+        Ok(self.wants_token().then_some(next))
+    }
+
+    /// The generated text (cut before the stop string that ended it, if any).
+    pub(crate) fn text(&mut self, lm: &LoadedModel) -> Result<String> {
+        match self.cut_text.take() {
+            Some(t) => Ok(t),
+            None => lm.tokenizer.decode(&self.out_ids, true).map_err(|e| Error::Tokenizer(e.to_string())),
+        }
+    }
+}
+
+/// What a sequence's prompt left, measured before its first decode step.
+pub(crate) struct PromptMeasure {
+    pub(crate) prompt_tokens: usize,
+    pub(crate) kv_bytes_held_prompt: u64,
+    pub(crate) kv_bytes_full_prompt: u64,
+}
+
+impl PromptMeasure {
+    pub(crate) fn of(lm: &LoadedModel, seq: &SequenceState, pos: usize) -> Self {
+        PromptMeasure { prompt_tokens: pos, kv_bytes_held_prompt: seq.bytes_held(), kv_bytes_full_prompt: full_bytes(lm, seq, pos) }
+    }
+
+    /// The output of a finished sequence that went through the model up to `stored` tokens.
+    pub(crate) fn output(
+        self,
+        lm: &LoadedModel,
+        seq: &SequenceState,
+        mut g: Greedy<'_>,
+        stored: usize,
+        prefill_seconds: f64,
+        total: f64,
+    ) -> Result<GenerationOutput> {
+        Ok(GenerationOutput {
+            text: g.text(lm)?,
+            generated_tokens: g.out_ids.len(),
+            token_ids: std::mem::take(&mut g.out_ids),
+            prompt_tokens: self.prompt_tokens,
+            stop_reason: g.stop_reason,
+            prefill_seconds,
+            decode_seconds: (total - prefill_seconds).max(0.0),
+            kv_bytes_held: seq.bytes_held(),
+            kv_bytes_attended: seq.bytes_attended(),
+            kv_bytes_allocated: seq.bytes_allocated(),
+            kv_bytes_full: full_bytes(lm, seq, stored),
+            kv_bytes_held_prompt: self.kv_bytes_held_prompt,
+            kv_bytes_full_prompt: self.kv_bytes_full_prompt,
+            kv_bytes_offloaded: seq.bytes_offloaded(),
+            peak_rss_prefill_bytes: None,
+            peak_rss_decode_bytes: None,
+            rss_end_bytes: None,
+        })
+    }
+}
+
+/// Waits for the device's queued work (CUDA), so wall times measure the work itself.
+pub(crate) fn sync_device(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// Greedy decoding from `logits` (the last prompt position's) with `seq` already holding `pos`
 /// tokens; `t0` is when the prompt started (for the prefill time).
 pub fn decode(
@@ -306,11 +418,7 @@ pub fn decode(
 ) -> Result<GenerationOutput> {
     let _guard = tch::no_grad_guard();
     let device = lm.settings.device;
-    let prompt_tokens = pos;
-    let mut stop_ids = lm.eos_token_ids.clone();
-    stop_ids.extend(&opts.extra_stop_token_ids);
-    let kv_bytes_held_prompt = seq.bytes_held();
-    let kv_bytes_full_prompt = full_bytes(lm, seq, pos);
+    let prompt = PromptMeasure::of(lm, seq, pos);
     let peak_rss_prefill_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
     if opts.measure_decode_rss {
         // Return the memory freed by compression to the OS first, so decoding's peak is its own.
@@ -325,81 +433,30 @@ pub fn decode(
         crate::memory::reset_peak_rss();
     }
 
-    let sync = || {
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
-    let suppress = |logits: &mut Tensor, generated: usize| {
-        if generated < opts.min_new_tokens {
-            let vocab = logits.size().last().copied().unwrap_or(0);
-            for &id in &stop_ids {
-                if (id as i64) < vocab {
-                    let _ = logits.narrow(-1, id as i64, 1).fill_(f64::NEG_INFINITY);
-                }
-            }
-        }
-    };
-    let mut out_ids: Vec<u32> = Vec::new();
-    let mut stop_reason = StopReason::MaxNewTokens;
+    let mut g = Greedy::new(lm, opts);
     let mut prefill_seconds = 0.0;
-    let mut text = String::new();
-    while out_ids.len() < opts.max_new_tokens {
-        suppress(&mut logits, out_ids.len());
-        let next = argmax(&logits)?;
-        if out_ids.is_empty() {
-            sync();
+    while g.wants_token() {
+        if g.out_ids.is_empty() {
+            sync_device(device);
             prefill_seconds = t0.elapsed().as_secs_f64();
         }
-        if stop_ids.contains(&next) {
-            stop_reason = StopReason::EosToken;
-            break;
-        }
-        out_ids.push(next);
-        if !opts.stop_strings.is_empty() {
-            text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-            if let Some(cut) = opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-                stop_reason = StopReason::StopString;
-                break;
-            }
-        }
-        if out_ids.len() >= opts.max_new_tokens {
-            break;
-        }
+        let Some(next) = g.choose(lm, &mut logits)? else { break };
         logits = forward_sequence(lm, seq, &[next], pos, None, false)?;
         pos += 1;
     }
-    sync();
+    sync_device(device);
     let total = t0.elapsed().as_secs_f64();
-    if out_ids.is_empty() {
+    if g.out_ids.is_empty() {
         prefill_seconds = total;
     }
-    if stop_reason != StopReason::StopString {
-        text = lm.tokenizer.decode(&out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
-    }
     let stored = pos; // every token that went through the model
-    let peak_rss_decode_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
-    let rss_end_bytes = if opts.measure_decode_rss { crate::memory::current_rss_bytes() } else { None };
-    Ok(GenerationOutput {
-        text,
-        generated_tokens: out_ids.len(),
-        token_ids: out_ids,
-        prompt_tokens,
-        stop_reason,
-        prefill_seconds,
-        decode_seconds: (total - prefill_seconds).max(0.0),
-        kv_bytes_held: seq.bytes_held(),
-        kv_bytes_attended: seq.bytes_attended(),
-        kv_bytes_allocated: seq.bytes_allocated(),
-        kv_bytes_full: full_bytes(lm, seq, stored),
-        kv_bytes_held_prompt,
-        kv_bytes_full_prompt,
-        kv_bytes_offloaded: seq.bytes_offloaded(),
-        peak_rss_prefill_bytes,
-        peak_rss_decode_bytes,
-        rss_end_bytes,
-    })
+    let mut out = prompt.output(lm, seq, g, stored, prefill_seconds, total)?;
+    if opts.measure_decode_rss {
+        out.peak_rss_prefill_bytes = peak_rss_prefill_bytes;
+        out.peak_rss_decode_bytes = crate::memory::peak_rss_bytes();
+        out.rss_end_bytes = crate::memory::current_rss_bytes();
+    }
+    Ok(out)
 }
 
 /// Logits of every position of `ids` (for parity checks and `--dump-logits --all-positions`).

@@ -32,6 +32,7 @@ pub mod prompt;
 pub mod random_init;
 pub mod registry;
 pub mod rope;
+pub mod shared;
 pub mod sources;
 pub mod ssm;
 pub mod weights;

@@ -41,9 +41,19 @@ struct Layer {
     w_down: Tensor,
 }
 
-/// `x @ w_t (+ b)` with `w_t` in `[in, out]` layout.
+/// `x @ w_t (+ b)` with `w_t` in `[in, out]` layout. A batch of several sequences (`[B, L, in]`,
+/// `B > 1`) is multiplied as a batched product over the one weight matrix (expanded, not
+/// copied): each sequence's rows go through the same kernel as alone, so batching changes no
+/// bit, and the matrix is read from memory once per step for the whole batch (then from cache).
+/// A single `[B·L, in]` product would be faster but sums in a different order.
 fn project(x: &Tensor, w_t: &Tensor, b: Option<&Tensor>) -> Tensor {
-    let y = x.matmul(w_t);
+    let batch = x.size()[0];
+    let y = if x.dim() == 3 && batch > 1 {
+        let w = w_t.size();
+        x.bmm(&w_t.unsqueeze(0).expand([batch, w[0], w[1]], false))
+    } else {
+        x.matmul(w_t)
+    };
     match b {
         Some(b) => y + b,
         None => y,
@@ -152,27 +162,84 @@ impl Model {
     /// Runs `input_ids` (`[B, L]`, int64) whose first token sits at absolute position `start_pos`,
     /// through every layer, each attending through its cache in `caches`.
     pub fn forward(&mut self, input_ids: &Tensor, start_pos: usize, caches: &mut [Box<dyn LayerCache>], logits: Logits) -> Result<Tensor> {
-        let c = &self.config;
         if caches.len() != self.layers.len() {
             return Err(Error::Other(format!("{} layer caches for {} layers", caches.len(), self.layers.len())));
         }
+        let b = input_ids.size2()?.0 as usize;
+        self.forward_with(input_ids, &vec![start_pos; b], logits, &mut |step| caches[step.layer].attend(step).map_err(Error::from))
+    }
+
+    /// Runs a batch of sequences (`input_ids` `[B, L]`), row `i` starting at absolute position
+    /// `starts[i]`; `attend` receives each layer's step for row `i` alone (`[1, H, L, D]`, its
+    /// own position), so every sequence attends through its own cache, of any method and length.
+    /// Projections and the MLP run once for the whole batch (see [`project`]): each row's logits
+    /// are bit-identical to the row run alone.
+    pub fn forward_batch(
+        &mut self,
+        input_ids: &Tensor,
+        starts: &[usize],
+        logits: Logits,
+        attend: &mut dyn FnMut(usize, &AttentionStep<'_>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let b = input_ids.size2()?.0;
+        if starts.len() != b as usize {
+            return Err(Error::Other(format!("{} start positions for a batch of {b}", starts.len())));
+        }
+        if b == 1 {
+            return self.forward_with(input_ids, starts, logits, &mut |step| attend(0, step));
+        }
+        self.forward_with(input_ids, starts, logits, &mut |step| {
+            let mut outs = Vec::with_capacity(b as usize);
+            for (row, &start_pos) in starts.iter().enumerate() {
+                let r = row as i64;
+                let (q, k, v) = (step.q.narrow(0, r, 1), step.k.narrow(0, r, 1), step.v.narrow(0, r, 1));
+                outs.push(attend(row, &AttentionStep { q: &q, k: &k, v: &v, start_pos, ..*step })?);
+            }
+            Ok(Tensor::cat(&outs, 0))
+        })
+    }
+
+    /// The decoder with attention delegated to `attend` (one call per layer, the whole batch).
+    /// With different `starts` per row, the step's `start_pos` is row 0's and the rotary tables
+    /// are per row.
+    pub fn forward_with(
+        &mut self,
+        input_ids: &Tensor,
+        starts: &[usize],
+        logits: Logits,
+        attend: &mut dyn FnMut(&AttentionStep<'_>) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
         let (b, l) = input_ids.size2()?;
         let (hq, hkv, d) = (c.num_attention_heads as i64, c.num_key_value_heads as i64, c.head_dim as i64);
         let eps = c.rms_norm_eps;
         let scale = 1.0 / (c.head_dim as f64).sqrt();
-        let (cos, sin) = self.rope.table(start_pos, l as usize);
+        let start_pos = starts.first().copied().unwrap_or(0);
+        let (cos, sin) = if starts.iter().all(|&s| s == start_pos) {
+            self.rope.table(start_pos, l as usize)
+        } else {
+            let tables: Vec<(Tensor, Tensor)> = starts.iter().map(|&s| self.rope.table(s, l as usize)).collect();
+            let (cs, ss): (Vec<Tensor>, Vec<Tensor>) = tables.into_iter().unzip();
+            (Tensor::cat(&cs, 0), Tensor::cat(&ss, 0))
+        };
         let mut x = match &self.embed {
             Some(e) => Tensor::embedding(e, input_ids, -1, false, false),
-            None => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]),
+            None if b == 1 => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]),
+            // A batch: each row laid out in memory as it is alone (a row's RMSNorm sums in the
+            // order of its memory layout, so the same row in another layout sums differently).
+            None => {
+                let rows: Vec<Tensor> = (0..b).map(|r| self.lm_head_t.index_select(1, &input_ids.get(r))).collect();
+                Tensor::stack(&rows, 0).transpose(1, 2)
+            }
         };
-        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+        for (i, layer) in self.layers.iter().enumerate() {
             let hn = rms_norm(&x, &layer.input_norm, eps, RmsScale::AfterCast);
             let qkv = project(&hn, &layer.wqkv, layer.bqkv.as_ref()).view([b, l, hq + 2 * hkv, d]).transpose(1, 2);
             let q = apply_rotary(&qkv.narrow(1, 0, hq), &cos, &sin);
             let k = apply_rotary(&qkv.narrow(1, hq, hkv), &cos, &sin);
             let v = qkv.narrow(1, hq + hkv, hkv);
             let step = AttentionStep { layer: i, q: &q, k: &k, v: &v, start_pos, sliding_window: c.sliding_window.get(i).copied().flatten(), scale };
-            let attn = cache.attend(&step)?;
+            let attn = attend(&step)?;
             let attn = attn.transpose(1, 2).reshape([b, l, hq * d]);
             x += project(&attn, &layer.wo, layer.bo.as_ref());
             let hn = rms_norm(&x, &layer.post_norm, eps, RmsScale::AfterCast);
@@ -186,7 +253,7 @@ impl Model {
             Logits::All => x,
         };
         let x = rms_norm(&x, &self.norm, eps, RmsScale::AfterCast);
-        let out = x.matmul(&self.lm_head_t).to_kind(Kind::Float);
+        let out = project(&x, &self.lm_head_t, None).to_kind(Kind::Float);
         Ok(match logits {
             Logits::Last => out.squeeze_dim(1),
             Logits::All => out,

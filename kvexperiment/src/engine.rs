@@ -9,7 +9,8 @@ use crate::samples::{compress_sample, datasets_for, encode_sample, select_fracti
 use crate::sink::{resume_records, write_atomic, RecordSink};
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Experiment, Template, Truncation};
-use kvcore::generate::{generate, GenerateOptions};
+use kvcore::cache::CacheFactory;
+use kvcore::generate::{generate, GenerateOptions, GenerationOutput};
 use kvcore::registry::Registry;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvreport::record::{CellInfo, SampleRecord};
@@ -33,6 +34,12 @@ pub struct RunOptions {
     pub zero_measurements: bool,
     /// Skip writing the report at the end.
     pub no_report: bool,
+    /// Run every cell alone, one sample at a time, each with its own prefill and decoding (the
+    /// reference a shared run is checked against, and the way to measure a method's own time
+    /// and memory).
+    pub isolated: bool,
+    /// Sequences decoded together in a shared run (default [`DEFAULT_BATCH`]).
+    pub max_batch: Option<usize>,
 }
 
 /// What a finished run left.
@@ -54,6 +61,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     if out.join("run.json").exists() && !opts.resume {
         bail!("{} already holds a run; pass --resume to continue it, or choose another --out", out.display());
     }
+    // One writer per run directory: a second run on it refuses, naming the holder.
+    let _lock = crate::lock::RunLock::acquire(out)?;
     std::fs::create_dir_all(out.join("cells")).with_context(|| format!("creating {}", out.display()))?;
     // Temp files of atomic writes a killed run left behind (readers skip them; this tidies up).
     kvreport::fsio::remove_stale_temps(out).with_context(|| format!("cleaning {}", out.display()))?;
@@ -138,6 +147,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         let overall = mp.add(indicatif::ProgressBar::new(model_cells.iter().map(|c| samples[&c.task].len() as u64).sum()));
         overall.set_style(style.clone());
         overall.set_prefix(format!("{model_name} (all cells)"));
+        let mut prepared: Vec<Prepared> = Vec::new();
         for c in model_cells {
             let ss = &samples[&c.task];
             let dir = out.join("cells").join(&c.id);
@@ -195,70 +205,88 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             }
             let factory = reg.build(&c.method.method, &c.method.params)?;
             let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
-            let kv_per_token = lm.kv_bytes_per_token();
             let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
             bar.set_style(style.clone());
             bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
             bar.set_position(start as u64);
             overall.inc(start as u64);
-            let mut sink = RecordSink::open(&records)?;
-            for (i, s) in ss.iter().enumerate().skip(start) {
-                let max_new = c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens);
-                let limit =
-                    [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(max_pos);
-                let truncation = c.task_config.truncation.unwrap_or(Truncation::Middle);
-                let where_ = || format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
-                let (ctx, q) = encode_sample(&lm, s, template == "chat", limit, truncation).with_context(where_)?;
-                // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
-                let (ctx, q, compression) = match &compressor {
-                    None => (ctx, q, None),
-                    Some(comp) => {
-                        let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(where_)?;
-                        let (cctx, cq) = encode_sample(&lm, &shorter, template == "chat", limit, truncation).with_context(where_)?;
-                        (cctx, cq, Some((ctx.len() + q.len(), seconds)))
-                    }
-                };
-                let gen_opts = GenerateOptions { max_new_tokens: max_new, prefill_chunk: exp.run.prefill_chunk, ..Default::default() };
-                kvcore::memory::reset_peak_rss();
-                let g = if q.is_empty() {
-                    generate(&mut lm, &ctx, &gen_opts, factory.as_ref())?
-                } else {
-                    let popts = kvcore::pipeline::PipelineOptions { query_aware: c.query_aware };
-                    kvcore::pipeline::answer(&mut lm, &ctx, std::slice::from_ref(&q), &gen_opts, popts, factory.as_ref())?.remove(0)
-                };
-                let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
-                // Full-cache bytes of the uncompressed prompt, for prompt compressors.
-                let kv_bytes_full = g.kv_bytes_full + compression.map_or(0, |(orig, _)| kv_per_token * orig.saturating_sub(ctx.len() + q.len()) as u64);
-                let scores = s.score(&g.text).with_context(|| format!("scoring sample {}", s.id))?;
-                let z = opts.zero_measurements;
-                let rec = SampleRecord {
-                    cell: c.id.clone(),
-                    sample_id: s.id.clone(),
-                    index: i,
-                    prediction: g.text.clone(),
-                    answers: s.answers.clone(),
-                    score: primary_score(&scores),
-                    scores: scores.iter().map(|(k, v)| (k.to_string(), v * 100.0)).collect(),
-                    input_tokens: ctx.len() + q.len(),
-                    generated_tokens: g.generated_tokens,
-                    prefill_seconds: if z { 0.0 } else { g.prefill_seconds + compression.map_or(0.0, |(_, secs)| secs) },
-                    decode_tokens_per_s: if z { 0.0 } else { g.decode_tokens_per_s() },
-                    kv_bytes_held: g.kv_bytes_held,
-                    kv_bytes_attended: g.kv_bytes_attended,
-                    kv_bytes_full,
-                    compression_ratio: if g.kv_bytes_held > 0 { kv_bytes_full as f64 / g.kv_bytes_held as f64 } else { 0.0 },
-                    peak_memory_bytes: if z { 0 } else { peak },
-                    metadata: s.metadata.clone(),
-                    original_input_tokens: compression.map(|(orig, _)| orig),
-                    prompt_compression_seconds: compression.map(|(_, secs)| if z { 0.0 } else { secs }),
-                };
-                sink.append(&rec)?;
-                bar.inc(1);
-                overall.inc(1);
-                total_done += 1;
+            let shared = !opts.isolated && compressor.is_none() && lm.recurrent().is_none() && factory.shared_prefill();
+            prepared.push(Prepared {
+                cell: c,
+                chat: template == "chat",
+                factory,
+                compressor,
+                shared,
+                dir,
+                sink: RecordSink::open(&records)?,
+                next: start,
+                bar,
+            });
+        }
+        let ctx = CellContext { exp, mc, max_pos, kv_per_token: lm.kv_bytes_per_token(), zero: opts.zero_measurements, memory_limit };
+        // Sample by sample, every cell of a task together: the cells that can share a prefill
+        // share it (unless --isolated), the others run alone, in cell order.
+        let mut tasks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (j, p) in prepared.iter().enumerate() {
+            tasks.entry(p.cell.task.as_str()).or_default().push(j);
+        }
+        if opts.isolated {
+            // Cell by cell, each sample alone: how every cell ran before shared prefill.
+            for p in prepared.iter_mut() {
+                let ss = &samples[&p.cell.task];
+                for (i, s) in ss.iter().enumerate().skip(p.next) {
+                    let rec = run_alone(&mut lm, &ctx, p, s, i)?;
+                    finish_sample(p, &rec, &overall)?;
+                    total_done += 1;
+                }
             }
-            write_atomic(&dir.join("done"), b"")?;
-            bar.finish_and_clear();
+            tasks.clear();
+        }
+        for (task, members) in &tasks {
+            let ss = &samples[*task];
+            for (i, s) in ss.iter().enumerate() {
+                let due: Vec<usize> = members.iter().copied().filter(|&j| prepared[j].next == i).collect();
+                let mut groups: Vec<(PromptKey, Vec<usize>)> = Vec::new();
+                for &j in &due {
+                    let p = &prepared[j];
+                    if !p.shared {
+                        let rec = run_alone(&mut lm, &ctx, p, s, i)?;
+                        finish_sample(&mut prepared[j], &rec, &overall)?;
+                        total_done += 1;
+                        continue;
+                    }
+                    let (cx, q) = encode_for(&lm, &ctx, p, s)?;
+                    let key = (cx, q, p.cell.query_aware);
+                    match groups.iter_mut().find(|(k, _)| *k == key) {
+                        Some((_, g)) => g.push(j),
+                        None => groups.push((key, vec![j])),
+                    }
+                }
+                for ((cx, q, query_aware), group) in groups {
+                    let max_new = ctx.max_new(prepared[group[0]].cell, s);
+                    for part in group.chunks(ctx.members_that_fit(&lm, cx.len() + q.len() + max_new)) {
+                        let factories: Vec<&dyn CacheFactory> = part.iter().map(|&j| prepared[j].factory.as_ref()).collect();
+                        let gen_opts = GenerateOptions { max_new_tokens: max_new, prefill_chunk: exp.run.prefill_chunk, ..Default::default() };
+                        let popts = kvcore::pipeline::PipelineOptions { query_aware };
+                        kvcore::memory::reset_peak_rss();
+                        let outs = kvcore::shared::answer_shared(&mut lm, &cx, &q, &gen_opts, popts, &factories, opts.max_batch.unwrap_or(DEFAULT_BATCH))
+                            .with_context(|| format!("task {task}, sample {}: the shared prefill of {} cells", s.id, part.len()))?;
+                        let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
+                        for (&j, g) in part.iter().zip(outs) {
+                            let mut rec = ctx.record(prepared[j].cell, s, i, &g, None, peak)?;
+                            rec.timing = Some(kvreport::record::TIMING_SHARED.to_string());
+                            finish_sample(&mut prepared[j], &rec, &overall)?;
+                            total_done += 1;
+                        }
+                    }
+                }
+            }
+        }
+        for p in prepared {
+            if p.next >= samples[&p.cell.task].len() {
+                write_atomic(&p.dir.join("done"), b"")?;
+            }
+            p.bar.finish_and_clear();
         }
         overall.finish_and_clear();
     }
@@ -271,4 +299,132 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         Some((report_dir, summary.leaderboard_markdown))
     };
     Ok(RunSummary { out: out.to_path_buf(), samples_recorded: total_done, report })
+}
+
+/// What makes two cells' prefills the same: context ids, question ids, and whether the question
+/// is prefilled with the context.
+type PromptKey = (Vec<u32>, Vec<u32>, bool);
+
+/// Sequences decoded together in a shared run when `--batch` is not given.
+pub const DEFAULT_BATCH: usize = 16;
+
+/// A cell about to run: its method, where its records go, the next sample it needs.
+struct Prepared<'c> {
+    cell: &'c Cell,
+    chat: bool,
+    factory: std::sync::Arc<dyn CacheFactory>,
+    compressor: Option<std::sync::Arc<dyn kvcore::prompt::PromptCompressor>>,
+    /// Runs in a shared prefill group (its method declares a plain full-attention prefill).
+    shared: bool,
+    dir: PathBuf,
+    sink: RecordSink,
+    next: usize,
+    bar: indicatif::ProgressBar,
+}
+
+/// What every cell of a model needs to turn a sample into a record.
+struct CellContext<'a> {
+    exp: &'a Experiment,
+    mc: &'a kvconfig::ModelConfig,
+    max_pos: usize,
+    kv_per_token: u64,
+    zero: bool,
+    memory_limit: Option<u64>,
+}
+
+impl CellContext<'_> {
+    fn max_new(&self, c: &Cell, s: &Sample) -> usize {
+        c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)
+    }
+
+    /// The input-token limit of a cell's samples.
+    fn limit(&self, c: &Cell, s: &Sample) -> usize {
+        let max_new = self.max_new(c, s);
+        [self.mc.context_limit, c.task_config.max_input_tokens, Some(self.max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(self.max_pos)
+    }
+
+    /// How many methods' caches fit in memory at once for a prompt of `tokens` (each holds the
+    /// full prompt until its `end_prefill`), besides the model and one sequence's activations.
+    fn members_that_fit(&self, lm: &kvcore::loader::LoadedModel, tokens: usize) -> usize {
+        let Some(avail) = kvcore::memory_guard::available(lm.settings.device, self.memory_limit) else { return usize::MAX };
+        let base = kvcore::memory_guard::MemoryEstimate::for_loaded(lm, tokens).total();
+        let per_member = (self.kv_per_token * tokens as u64).max(1);
+        (avail.bytes.saturating_sub(base) / per_member).max(1) as usize
+    }
+
+    /// A sample's record from what generation gave.
+    fn record(&self, c: &Cell, s: &Sample, i: usize, g: &GenerationOutput, compression: Option<(usize, f64)>, peak: u64) -> Result<SampleRecord> {
+        // Everything that went through the model before the first generated token.
+        let input_tokens = g.prompt_tokens;
+        // Full-cache bytes of the uncompressed prompt, for prompt compressors.
+        let kv_bytes_full = g.kv_bytes_full + compression.map_or(0, |(orig, _)| self.kv_per_token * orig.saturating_sub(input_tokens) as u64);
+        let scores = s.score(&g.text).with_context(|| format!("scoring sample {}", s.id))?;
+        let z = self.zero;
+        Ok(SampleRecord {
+            cell: c.id.clone(),
+            sample_id: s.id.clone(),
+            index: i,
+            prediction: g.text.clone(),
+            answers: s.answers.clone(),
+            score: primary_score(&scores),
+            scores: scores.iter().map(|(k, v)| (k.to_string(), v * 100.0)).collect(),
+            input_tokens,
+            generated_tokens: g.generated_tokens,
+            prefill_seconds: if z { 0.0 } else { g.prefill_seconds + compression.map_or(0.0, |(_, secs)| secs) },
+            decode_tokens_per_s: if z { 0.0 } else { g.decode_tokens_per_s() },
+            kv_bytes_held: g.kv_bytes_held,
+            kv_bytes_attended: g.kv_bytes_attended,
+            kv_bytes_full,
+            compression_ratio: if g.kv_bytes_held > 0 { kv_bytes_full as f64 / g.kv_bytes_held as f64 } else { 0.0 },
+            peak_memory_bytes: if z { 0 } else { peak },
+            metadata: s.metadata.clone(),
+            original_input_tokens: compression.map(|(orig, _)| orig),
+            prompt_compression_seconds: compression.map(|(_, secs)| if z { 0.0 } else { secs }),
+            timing: None,
+        })
+    }
+}
+
+fn where_(c: &Cell) -> String {
+    format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task)
+}
+
+/// A sample's context and question token ids as the cell prompts them.
+fn encode_for(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample) -> Result<(Vec<u32>, Vec<u32>)> {
+    let truncation = p.cell.task_config.truncation.unwrap_or(Truncation::Middle);
+    encode_sample(lm, s, p.chat, ctx.limit(p.cell, s), truncation).with_context(|| where_(p.cell))
+}
+
+/// One sample of one cell, alone: its own prefill (or prompt compression), its own decoding.
+fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample, i: usize) -> Result<SampleRecord> {
+    let c = p.cell;
+    let (cx, q) = encode_for(lm, ctx, p, s)?;
+    // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
+    let (cx, q, compression) = match &p.compressor {
+        None => (cx, q, None),
+        Some(comp) => {
+            let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(|| where_(c))?;
+            let (ccx, cq) = encode_for(lm, ctx, p, &shorter)?;
+            (ccx, cq, Some((cx.len() + q.len(), seconds)))
+        }
+    };
+    let gen_opts = GenerateOptions { max_new_tokens: ctx.max_new(c, s), prefill_chunk: ctx.exp.run.prefill_chunk, ..Default::default() };
+    kvcore::memory::reset_peak_rss();
+    let g = if q.is_empty() {
+        generate(lm, &cx, &gen_opts, p.factory.as_ref())?
+    } else {
+        let popts = kvcore::pipeline::PipelineOptions { query_aware: c.query_aware };
+        kvcore::pipeline::answer(lm, &cx, std::slice::from_ref(&q), &gen_opts, popts, p.factory.as_ref())?.remove(0)
+    };
+    let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
+    ctx.record(c, s, i, &g, compression, peak)
+}
+
+/// Appends a cell's record of its next sample.
+fn finish_sample(p: &mut Prepared<'_>, rec: &SampleRecord, overall: &indicatif::ProgressBar) -> Result<()> {
+    p.sink.append(rec)?;
+    p.next += 1;
+    p.bar.inc(1);
+    overall.inc(1);
+    Ok(())
 }

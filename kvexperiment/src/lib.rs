@@ -8,9 +8,11 @@
 //! * [`runtime`]: device/dtype/threads, and model loading behind the memory guard;
 //! * [`provenance`]: what run.json records (commit, libtorch, model, data and plugin hashes);
 //! * [`engine`]: the cell runner ([`engine::run_cells`]);
-//! * [`sink`]: atomic small files and fsync'd append-only records, resumable.
+//! * [`sink`]: atomic small files and fsync'd append-only records, resumable;
+//! * [`lock`]: `run.lock`, so only one run writes a run directory at a time (stale ones taken over).
 
 pub mod engine;
+pub mod lock;
 pub mod plan;
 pub mod provenance;
 pub mod runtime;

@@ -105,6 +105,7 @@ fn rich_cells() -> Vec<(CellInfo, Vec<SampleRecord>)> {
                         metadata: meta,
                         original_input_tokens: None,
                         prompt_compression_seconds: None,
+                        timing: None,
                     });
                 }
                 out.push((

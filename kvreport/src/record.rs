@@ -114,7 +114,16 @@ pub struct SampleRecord {
     /// Prompt compressors only: seconds spent compressing (included in `prefill_seconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prompt_compression_seconds: Option<f64>,
+    /// How the time and memory fields were measured: absent for a sample run alone
+    /// (`kvbench run --isolated`, or a method that keeps its own prefill); `"shared"` when its
+    /// prefill served several methods and it decoded batched with others, so `prefill_seconds`,
+    /// `decode_tokens_per_s` and `peak_memory_bytes` are the group's, not the method's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing: Option<String>,
 }
+
+/// The `timing` label of records whose time and memory fields a shared run measured.
+pub const TIMING_SHARED: &str = "shared";
 
 /// The methods whose rows are the reference ("full cache") in every report.
 pub const FULL_METHOD: &str = "full";

@@ -138,6 +138,15 @@ pub struct RunArgs {
     /// Skip the report at the end.
     #[arg(long)]
     pub no_report: bool,
+    /// Run every cell alone, cell by cell, each sample with its own prefill and decoding. By
+    /// default the cells of a task run sample by sample: methods whose prefill is plain full
+    /// attention share one prefill of each prompt and decode batched (same predictions and
+    /// bytes; their records' time and memory are labelled `"timing": "shared"`).
+    #[arg(long)]
+    pub isolated: bool,
+    /// Sequences decoded together in a shared run (default 16).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch: Option<u64>,
     /// Threads (overrides the experiment's run.threads).
     #[arg(long)]
     pub threads: Option<usize>,

@@ -243,3 +243,76 @@ fn a_prompt_compressor_runs_with_the_full_cache_on_the_shorter_prompt() {
     }
     assert_eq!(n, 9); // 3 steps × 3 depths
 }
+
+/// Every record of a run, cell by cell, as JSON values without the `timing` label (which says
+/// how time and memory were measured and is the one field a shared run adds).
+fn records_by_cell(run: &Path) -> Vec<(String, Vec<serde_json::Value>)> {
+    let mut cells: Vec<_> = std::fs::read_dir(run.join("cells")).unwrap().map(|c| c.unwrap().path()).collect();
+    cells.sort();
+    cells
+        .iter()
+        .map(|c| {
+            let recs = std::fs::read_to_string(c.join("records.jsonl"))
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                    v.as_object_mut().unwrap().remove("timing");
+                    v
+                })
+                .collect();
+            (c.file_name().unwrap().to_string_lossy().into_owned(), recs)
+        })
+        .collect()
+}
+
+/// Every method that declares a shared prefill (and two that keep their own: chunked
+/// StreamingLLM and FlexGen), run shared and `--isolated`: the same cell ids and, field by
+/// field, the same records (predictions, scores, token counts, bytes, ratios); only the shared
+/// run's records carry `"timing": "shared"`, and only for the shareable methods. Context-only
+/// and query-aware prefill, in one piece and in chunks.
+#[test]
+fn shared_and_isolated_runs_give_identical_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let methods = ["full", "kivi-small", "int8", "snapkv", "pyramidkv", "h2o", "tova", "knorm", "adakv", "quest", "random", "streamingllm", "flexgen-small"];
+    let exp = config_tree(tmp.path(), &methods);
+    // FlexGen's groups sized for the tiny model's 16-wide heads.
+    std::fs::write(
+        tmp.path().join("configs/methods/flexgen-small.toml"),
+        "method = \"flexgen\"\nlabel = \"flexgen-4bit\"\n[params]\nbits = 4\ngroup_size = 8\n",
+    )
+    .unwrap();
+    let base = std::fs::read_to_string(&exp).unwrap();
+    for (name, run_extra) in [("context-only", ""), ("query-aware-chunked", "query_aware = true\nprefill_chunk = 48\n")] {
+        let file = exp.with_file_name(format!("{name}.toml"));
+        std::fs::write(&file, base.replace("name = \"t\"", &format!("name = \"{name}\"")).replace("[run]\n", &format!("[run]\n{run_extra}"))).unwrap();
+        let e = file.to_str().unwrap();
+        let (shared, isolated) = (tmp.path().join(format!("{name}-shared")), tmp.path().join(format!("{name}-isolated")));
+        ok(&["run", e, "--out", shared.to_str().unwrap(), "--zero-measurements", "--no-report", "--batch", "5"]);
+        ok(&["run", e, "--out", isolated.to_str().unwrap(), "--zero-measurements", "--no-report", "--isolated"]);
+        let (a, b) = (records_by_cell(&shared), records_by_cell(&isolated));
+        assert_eq!(a.iter().map(|(c, _)| c).collect::<Vec<_>>(), b.iter().map(|(c, _)| c).collect::<Vec<_>>(), "{name}: cell ids");
+        for ((cell, ra), (_, rb)) in a.iter().zip(&b) {
+            assert_eq!(ra.len(), 9, "{name}: cell {cell} records");
+            for (x, y) in ra.iter().zip(rb) {
+                assert_eq!(x, y, "{name}: cell {cell}: the shared run's record differs from the isolated run's");
+            }
+        }
+        // Which records say they were shared.
+        let mut labelled = std::collections::BTreeMap::new();
+        for c in std::fs::read_dir(shared.join("cells")).unwrap() {
+            let c = c.unwrap().path();
+            let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(c.join("cell.json")).unwrap()).unwrap();
+            let text = std::fs::read_to_string(c.join("records.jsonl")).unwrap();
+            let shared_lines = text.lines().filter(|l| l.contains("\"timing\":\"shared\"")).count();
+            labelled.insert(info["method"].as_str().unwrap().to_string(), shared_lines);
+        }
+        for (m, n) in &labelled {
+            let expected = if m == "streamingllm" || m == "flexgen" { 0 } else { 9 };
+            assert_eq!(*n, expected, "{name}: {m}: {n} records labelled shared");
+        }
+        let isolated_text: String =
+            std::fs::read_dir(isolated.join("cells")).unwrap().map(|c| std::fs::read_to_string(c.unwrap().path().join("records.jsonl")).unwrap()).collect();
+        assert!(!isolated_text.contains("\"timing\""), "{name}: isolated records carry no timing label");
+    }
+}

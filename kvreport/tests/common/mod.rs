@@ -118,6 +118,7 @@ fn record(
         metadata,
         original_input_tokens: None,
         prompt_compression_seconds: None,
+        timing: None,
     }
 }
 

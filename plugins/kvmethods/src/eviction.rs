@@ -144,6 +144,11 @@ impl CacheFactory for EvictionFactory {
         }
         Ok(Box::new(EvictionCache::new(self.0.clone(), layer, *spec)))
     }
+    /// Every schedule but StreamingLLM's chunked prefill (which attends through sinks and a local
+    /// window while prefilling) prefills with full attention and compresses afterwards.
+    fn shared_prefill(&self) -> bool {
+        !matches!(self.0.schedule.start, Start::Streaming(StreamingPrefill { chunked: true, .. }))
+    }
 }
 
 /// The storage of an eviction cache: one dense block, or one block per (batch, KV head) once
@@ -479,19 +484,25 @@ fn select_ragged(scores: &[Tensor], lens: &[usize], keep: usize, recent: usize, 
     out
 }
 
-impl LayerCache for EvictionCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+impl EvictionCache {
+    /// One step: store, attend (unless `!want_output`, a shared prefill's observation, which
+    /// changes nothing else), keep the statistics the scorer needs, evict when due.
+    fn step(&mut self, step: &AttentionStep<'_>, want_output: bool) -> Result<Option<Tensor>> {
         let l = step.q.size()[2] as usize;
         self.seen = step.start_pos + l;
         if let Some(qc) = &mut self.quantized {
             self.since_evict += l;
-            return qc.attend(step);
+            return qc.attend(step).map(Some);
         }
         // Store the new tokens, then attend over everything kept.
         let out = match &mut self.store {
             Store::Dense(store) => {
                 store.append(step.k, step.v, step.start_pos);
-                Self::attend_dense(store, step, self.sinks_local)?
+                if want_output {
+                    Some(Self::attend_dense(store, step, self.sinks_local)?)
+                } else {
+                    None
+                }
             }
             Store::Ragged(heads) => {
                 let (b, hkv) = (self.spec.batch as i64, self.spec.kv_heads as i64);
@@ -509,7 +520,7 @@ impl LayerCache for EvictionCache {
                     }
                 }
                 let rows: Vec<Tensor> = (0..b as usize).map(|bi| Tensor::cat(&outs[bi * hkv as usize..(bi + 1) * hkv as usize], 1)).collect();
-                Tensor::cat(&rows, 0)
+                Some(Tensor::cat(&rows, 0))
             }
         };
         self.since_evict += l;
@@ -557,6 +568,16 @@ impl LayerCache for EvictionCache {
             }
         }
         Ok(out)
+    }
+}
+
+impl LayerCache for EvictionCache {
+    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+        self.step(step, true)?.ok_or_else(|| Error::Other("eviction cache: no attention output".into()))
+    }
+
+    fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
+        self.step(step, false).map(drop)
     }
 
     fn end_prefill(&mut self) -> Result<()> {

@@ -198,6 +198,11 @@ impl kvcache::cache::CacheFactory for QuantFactory {
     fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> Result<Box<dyn LayerCache>> {
         Ok(Box::new(QuantCache::new(&self.0, *spec)?))
     }
+    /// Exact-prefill methods (KIVI, int8, int4) attend to the exact K/V while prefilling and
+    /// quantize at `end_prefill`; FlexGen-style prefill attends to the quantized K/V.
+    fn shared_prefill(&self) -> bool {
+        self.0.exact_prefill && !self.0.fake
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -624,19 +629,45 @@ impl QuantCache {
     }
 }
 
-impl LayerCache for QuantCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+impl QuantCache {
+    fn check_window(&self, step: &AttentionStep<'_>) -> Result<()> {
         let l = step.q.size()[2] as usize;
-        if let Some(w) = step.sliding_window {
-            if step.start_pos + l > w {
-                return Err(Error::Other(format!("{}: sliding-window layers are not supported by quantized caches (window {w})", self.cfg.name)));
+        match step.sliding_window {
+            Some(w) if step.start_pos + l > w => {
+                Err(Error::Other(format!("{}: sliding-window layers are not supported by quantized caches (window {w})", self.cfg.name)))
             }
+            _ => Ok(()),
         }
+    }
+
+    /// Stores a step in the exact prefill store.
+    fn append_exact(&mut self, step: &AttentionStep<'_>) {
+        let fresh = Self::res_len(&self.k_res) == 0 && self.kq.tokens == 0;
         if let Some(dense) = &mut self.dense {
-            if dense.is_empty() && Self::res_len(&self.k_res) == 0 && self.kq.tokens == 0 {
+            if dense.is_empty() && fresh {
                 self.first_pos = step.start_pos;
             }
             dense.append(step.k, step.v, step.start_pos);
+        }
+    }
+}
+
+impl LayerCache for QuantCache {
+    fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
+        if self.dense.is_some() && self.prefilling && !self.cfg.fake {
+            self.check_window(step)?;
+            self.append_exact(step);
+            return Ok(());
+        }
+        self.attend(step).map(drop)
+    }
+
+    fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
+        let l = step.q.size()[2] as usize;
+        self.check_window(step)?;
+        if self.dense.is_some() {
+            self.append_exact(step);
+            let dense = self.dense.as_ref().expect("checked above");
             let (k, v) = dense.views().expect("just appended");
             if self.cfg.fake {
                 let (kb, vb) = (self.cfg.key, self.cfg.value);

@@ -34,6 +34,11 @@ impl CacheFactory for QuestFactory {
     fn layer_cache(&self, layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
         Ok(Box::new(QuestCache::new(self.0.clone(), layer, *spec)))
     }
+    /// Quest attends fully during prefill (and to appended question tokens); it selects pages
+    /// only for decoded tokens.
+    fn shared_prefill(&self) -> bool {
+        true
+    }
 }
 
 /// Quest's upper bound of `q · k` over a page: `sum_d max(q_d * min_d, q_d * max_d)`.

@@ -52,6 +52,8 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         guard: kvexperiment::runtime::Guard { force: a.guard.force, memory_limit: a.guard.memory_limit.clone() },
         zero_measurements: a.zero_measurements,
         no_report: a.no_report,
+        isolated: a.isolated,
+        max_batch: a.batch.map(|b| b as usize),
     };
     let summary = run_cells(&exp, &reg, cells, &out, &opts)?;
     if let Some((dir, leaderboard)) = summary.report {
