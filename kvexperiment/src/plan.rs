@@ -70,12 +70,24 @@ pub fn cell_samples(c: &Cell) -> Option<usize> {
     Some(c.task_config.fraction.map_or(n, |f| crate::samples::fraction_keep(n, f)))
 }
 
-/// The dry run: one line per cell, then samples and input tokens per model and in all.
-pub fn dry_run(exp: &Experiment, cells: &[Cell], shard: Option<&str>) -> String {
+/// Whether a cell runs in a shared prefill group (unless `--isolated`): its method declares a
+/// plain full-attention prefill and is not a prompt compressor. A method that fails to build
+/// counts as alone (the run itself reports the error).
+pub fn shares_prefill(reg: &Registry, c: &Cell) -> bool {
+    let Ok(m) = reg.get(&c.method.method) else { return false };
+    !m.is_prompt() && m.build(&c.method.params).map(|f| f.shared_prefill()).unwrap_or(false)
+}
+
+/// The dry run: one line per cell, then samples and input tokens per model and in all, and the
+/// prefill tokens a shared run saves (one prefill per prompt for each task's sharing cells).
+pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&str>) -> String {
     let mut out = format!("experiment `{}`: {} cell(s){}\n", exp.name, cells.len(), shard.map(|s| format!(" in shard {s}")).unwrap_or_default());
     // Per model: samples and input tokens over its cells (the sizes a sitting or a cluster
     // allocation is planned from).
     let mut per_model: BTreeMap<&str, (usize, usize, usize)> = BTreeMap::new();
+    // Input tokens of the cells that share prefills, and the most any one of them prefills per
+    // (model, task): a shared run prefills each of those prompts once.
+    let mut sharing: BTreeMap<(&str, &str), (usize, usize, usize)> = BTreeMap::new();
     for c in cells {
         let t = &c.task_config;
         let per = if t.lengths.is_empty() { 2048 } else { t.lengths.iter().sum::<usize>() };
@@ -85,8 +97,15 @@ pub fn dry_run(exp: &Experiment, cells: &[Cell], shard: Option<&str>) -> String 
         let m = per_model.entry(c.model.as_str()).or_default();
         match n {
             Some(n) => {
+                let tokens = n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
                 m.0 += n;
-                m.1 += n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
+                m.1 += tokens;
+                if shares_prefill(reg, c) {
+                    let g = sharing.entry((c.model.as_str(), c.task.as_str())).or_default();
+                    g.0 += tokens;
+                    g.1 = g.1.max(tokens);
+                    g.2 += 1;
+                }
             }
             None => m.2 += 1,
         }
@@ -110,6 +129,17 @@ pub fn dry_run(exp: &Experiment, cells: &[Cell], shard: Option<&str>) -> String 
     out += &format!("estimated input: ~{tokens} tokens in all (an estimate from the configured lengths and sample counts)");
     if unknown > 0 {
         out += &format!(", not counting {unknown} cell(s) whose sample count only the data can tell");
+    }
+    let shared_cells: usize = sharing.values().map(|g| g.2).sum();
+    if shared_cells > 1 {
+        let alone: usize = sharing.values().map(|g| g.0).sum();
+        let once: usize = sharing.values().map(|g| g.1).sum();
+        out += &format!(
+            "\nshared prefill: {shared_cells} of {} cell(s) prefill with full attention and share one prefill per prompt: ~{alone} prefill tokens become ~{once} (~{} fewer tokens prefilled in all, {:.0}% of the input; `--isolated` prefills every cell alone)",
+            cells.len(),
+            alone - once,
+            100.0 * (alone - once) as f64 / tokens.max(1) as f64
+        );
     }
     out
 }

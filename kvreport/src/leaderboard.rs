@@ -64,6 +64,9 @@ pub struct LeaderboardRow {
     pub cells: usize,
     /// Cells without every sample recorded or without the done marker.
     pub incomplete_cells: usize,
+    /// Records whose time and memory a shared run measured (`"timing": "shared"`: one prefill
+    /// for several methods, batched decoding), so not the method's own.
+    pub shared_timing_records: usize,
 }
 
 impl LeaderboardRow {
@@ -184,6 +187,7 @@ fn build_row(cells: &[&Cell]) -> LeaderboardRow {
         records: records.len(),
         cells: cells.len(),
         incomplete_cells: cells.iter().filter(|c| !c.is_complete()).count(),
+        shared_timing_records: records.iter().filter(|r| r.timing.as_deref() == Some(crate::record::TIMING_SHARED)).count(),
     }
 }
 
@@ -385,6 +389,7 @@ impl Leaderboard {
             out.push_str("\nNo results yet.\n");
         }
         let mut any_incomplete = false;
+        let mut any_shared = false;
         for model in self.models() {
             out.push_str(&format!("\n## {}\n\n", md_escape(&model)));
             let cats = self.categories_of(&model);
@@ -403,6 +408,10 @@ impl Leaderboard {
                 if r.incomplete_cells > 0 {
                     name.push_str(" †");
                     any_incomplete = true;
+                }
+                if r.shared_timing_records > 0 {
+                    name.push_str(" ‡");
+                    any_shared = true;
                 }
                 let mut row = vec![name, budget_label(r.ratio)];
                 for c in &cats {
@@ -424,6 +433,13 @@ impl Leaderboard {
         }
         if any_incomplete {
             out.push_str("\n† some of the row's cells are incomplete (samples missing or no done marker).\n");
+        }
+        if any_shared {
+            out.push_str(
+                "\n‡ the row's time and memory figures (peak memory, prefill and decode tok/s) come from a shared run: one \
+                 prefill served several methods and sequences decoded in batches, so they are the group's, not the \
+                 method's own (its scores and bytes are exactly its own). Measure them with `kvbench run --isolated`.\n",
+            );
         }
         out
     }

@@ -339,3 +339,24 @@ fn bench_files_add_a_speed_section_to_the_page() {
     let err = kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, std::slice::from_ref(&bench_dir)).unwrap_err().to_string();
     assert!(err.contains("bench.json") && err.contains("not a kvbench bench file"), "{err}");
 }
+
+#[test]
+fn rows_timed_in_a_shared_run_are_marked_and_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cells = cells();
+    // One snapkv cell's records measured in a shared run.
+    let (_, recs) = cells.iter_mut().find(|(i, _)| i.method == "snapkv").expect("the fixture has snapkv cells");
+    for r in recs.iter_mut() {
+        r.timing = Some(kvreport::record::TIMING_SHARED.to_string());
+    }
+    write_run(dir.path(), &run_info("0/1"), &cells);
+    let loaded = load_runs(&[dir.path().to_path_buf()]).unwrap();
+    let md = Leaderboard::build(&loaded.cells).to_markdown(EXPERIMENT);
+    let marked: Vec<&str> = md.lines().filter(|l| l.starts_with('|') && l.contains('‡')).collect();
+    assert_eq!(marked.len(), 1, "exactly the shared row is marked:\n{md}");
+    assert!(marked[0].starts_with("| snapkv ‡"), "{}", marked[0]);
+    assert!(md.contains("\n‡ the row's time and memory figures") && md.contains("--isolated"), "{md}");
+    // Without shared records: no mark, no note.
+    let (_d, lb) = fixture_leaderboard();
+    assert!(!lb.to_markdown(EXPERIMENT).contains('‡'));
+}

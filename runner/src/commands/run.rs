@@ -28,7 +28,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
     let shard = a.shard.map(|s| s.to_string());
     let cells = select_shard(cells, shard.as_deref())?;
     if a.dry_run {
-        println!("{}", dry_run(&exp, &cells, shard.as_deref()));
+        println!("{}", dry_run(&exp, &reg, &cells, shard.as_deref()));
         return Ok(());
     }
     // Without --out: runs/<name>, or the next free runs/<name>-N when that holds a finished
