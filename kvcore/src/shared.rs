@@ -11,7 +11,9 @@
 
 use crate::cache::{CacheFactory, FullCacheFactory, LayerCache};
 use crate::error::{Error, Result};
-use crate::generate::{end_prefill, new_caches_for, sync_device, GenerateOptions, GenerationOutput, Greedy, PromptMeasure, SequenceState};
+use crate::generate::{
+    end_prefill, forward_sequence, new_caches_for, new_sequence, sync_device, GenerateOptions, GenerationOutput, Greedy, PromptMeasure, SequenceState,
+};
 use crate::loader::{Decoder, LoadedModel};
 use crate::model::Logits;
 use crate::pipeline::PipelineOptions;
@@ -34,10 +36,9 @@ fn token_tensor(ids: &[u32], rows: usize, device: tch::Device) -> Tensor {
 }
 
 /// Answers `question` about `context` with every method of `factories` (each must declare
-/// [`CacheFactory::shared_prefill`]), as [`crate::pipeline::answer`] does for one: with
-/// `query_aware` (or no question) context and question are prefilled together, else the context
-/// is prefilled and compressed, then the question appended to each method's cache (in one
-/// batched step). Sequences decode `max_batch` at a time. Outputs are in `factories`' order.
+/// [`CacheFactory::shared_prefill`]), as [`crate::pipeline::answer`] does for one: the shared
+/// prompt ([`prefill_shared`]), then decoding `max_batch` at a time ([`decode_batch`]). Outputs
+/// are in `factories`' order.
 pub fn answer_shared(
     lm: &mut LoadedModel,
     context: &[u32],
@@ -47,6 +48,21 @@ pub fn answer_shared(
     factories: &[&dyn CacheFactory],
     max_batch: usize,
 ) -> Result<Vec<GenerationOutput>> {
+    let prompted = prefill_shared(lm, context, question, opts, popts, factories)?;
+    decode_batch(lm, prompted, opts, max_batch)
+}
+
+/// The prompt of every method of `factories` from one prefill: with `query_aware` (or no
+/// question) context and question are prefilled together, else the context is prefilled and
+/// compressed, then the question appended to each method's cache (in one batched step).
+pub fn prefill_shared(
+    lm: &mut LoadedModel,
+    context: &[u32],
+    question: &[u32],
+    opts: &GenerateOptions,
+    popts: PipelineOptions,
+    factories: &[&dyn CacheFactory],
+) -> Result<Vec<Prompted>> {
     let _guard = tch::no_grad_guard();
     if context.is_empty() {
         return Err(Error::InvalidArgument { what: "context", value: String::new(), expected: "at least one token".into() });
@@ -112,7 +128,7 @@ pub fn answer_shared(
         pos = qpos;
         out
     };
-    let prompted = members
+    Ok(members
         .into_iter()
         .enumerate()
         .map(|(i, caches)| Prompted {
@@ -124,8 +140,40 @@ pub fn answer_shared(
             pos,
             t0,
         })
-        .collect();
-    decode_batch(lm, prompted, opts, max_batch)
+        .collect())
+}
+
+/// One method's prompt alone, exactly as [`crate::pipeline::answer`] (or, without a question,
+/// [`crate::generate::generate`]) runs it, stopping before the first token is chosen, so that
+/// it can decode in a batch with others.
+pub fn prompt_alone(
+    lm: &mut LoadedModel,
+    context: &[u32],
+    question: &[u32],
+    opts: &GenerateOptions,
+    popts: PipelineOptions,
+    factory: &dyn CacheFactory,
+) -> Result<Prompted> {
+    let _guard = tch::no_grad_guard();
+    if context.is_empty() {
+        return Err(Error::InvalidArgument { what: "context", value: String::new(), expected: "at least one token".into() });
+    }
+    let expected = context.len() + question.len() + opts.max_new_tokens;
+    let t0 = Instant::now();
+    let together = popts.query_aware || question.is_empty();
+    let first: Vec<u32> = if together { [context, question].concat() } else { context.to_vec() };
+    let mut seq = new_sequence(lm, factory, expected, Some(first.len()))?;
+    let mut logits = forward_sequence(lm, &mut seq, &first, 0, opts.prefill_chunk, false)?;
+    seq.end_prefill()?;
+    let mut pos = first.len();
+    if !together {
+        logits = forward_sequence(lm, &mut seq, question, pos, opts.prefill_chunk, false)?;
+        pos += question.len();
+    }
+    match seq {
+        SequenceState::Caches(caches) => Ok(Prompted { caches, logits, pos, t0 }),
+        SequenceState::Recurrent(_) => Err(Error::Unsupported("batched decoding needs a transformer (a recurrent model decodes alone)".into())),
+    }
 }
 
 /// Greedy decoding of several sequences together (continuous batching): up to `max_batch` at a

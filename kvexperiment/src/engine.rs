@@ -12,6 +12,7 @@ use kvconfig::{Cell, Experiment, Template, Truncation};
 use kvcore::cache::CacheFactory;
 use kvcore::generate::{generate, GenerateOptions, GenerationOutput};
 use kvcore::registry::Registry;
+use kvcore::shared::Prompted;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
 use kvreport::record::{CellInfo, SampleRecord};
 use kvtasks::sample::Sample;
@@ -210,13 +211,13 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
             bar.set_position(start as u64);
             overall.inc(start as u64);
-            let shared = !opts.isolated && compressor.is_none() && lm.recurrent().is_none() && factory.shared_prefill();
+            let shares_prefill = compressor.is_none() && lm.recurrent().is_none() && factory.shared_prefill();
             prepared.push(Prepared {
                 cell: c,
                 chat: template == "chat",
                 factory,
                 compressor,
-                shared,
+                shares_prefill,
                 dir,
                 sink: RecordSink::open(&records)?,
                 next: start,
@@ -224,8 +225,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             });
         }
         let ctx = CellContext { exp, mc, max_pos, kv_per_token: lm.kv_bytes_per_token(), zero: opts.zero_measurements, memory_limit };
-        // Sample by sample, every cell of a task together: the cells that can share a prefill
-        // share it (unless --isolated), the others run alone, in cell order.
+        // Sample by sample, every cell of a task together (unless --isolated): the cells that can
+        // share a prefill share it, the others prefill alone, and all of them decode together.
         let mut tasks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (j, p) in prepared.iter().enumerate() {
             tasks.entry(p.cell.task.as_str()).or_default().push(j);
@@ -246,13 +247,29 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             let ss = &samples[*task];
             for (i, s) in ss.iter().enumerate() {
                 let due: Vec<usize> = members.iter().copied().filter(|&j| prepared[j].next == i).collect();
+                if due.is_empty() {
+                    continue;
+                }
+                let max_batch = opts.max_batch.unwrap_or(DEFAULT_BATCH);
+                kvcore::memory::reset_peak_rss();
+                // Every cell's prompt, then all of them decoded together.
+                let mut ready: Vec<(usize, Prompted, Option<(usize, f64)>)> = Vec::new();
                 let mut groups: Vec<(PromptKey, Vec<usize>)> = Vec::new();
                 for &j in &due {
                     let p = &prepared[j];
-                    if !p.shared {
+                    if lm.recurrent().is_some() {
+                        // A recurrent state decodes alone.
                         let rec = run_alone(&mut lm, &ctx, p, s, i)?;
                         finish_sample(&mut prepared[j], &rec, &overall)?;
                         total_done += 1;
+                        continue;
+                    }
+                    if !p.shares_prefill {
+                        let (cx, q, compression) = cell_prompt(&lm, &ctx, p, s)?;
+                        let gen_opts = ctx.generate_options(p.cell, s);
+                        let popts = kvcore::pipeline::PipelineOptions { query_aware: p.cell.query_aware };
+                        let prompted = kvcore::shared::prompt_alone(&mut lm, &cx, &q, &gen_opts, popts, p.factory.as_ref()).with_context(|| where_(p.cell))?;
+                        ready.push((j, prompted, compression));
                         continue;
                     }
                     let (cx, q) = encode_for(&lm, &ctx, p, s)?;
@@ -263,22 +280,36 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     }
                 }
                 for ((cx, q, query_aware), group) in groups {
-                    let max_new = ctx.max_new(prepared[group[0]].cell, s);
-                    for part in group.chunks(ctx.members_that_fit(&lm, cx.len() + q.len() + max_new)) {
+                    let gen_opts = ctx.generate_options(prepared[group[0]].cell, s);
+                    for part in group.chunks(ctx.members_that_fit(&lm, cx.len() + q.len() + gen_opts.max_new_tokens)) {
                         let factories: Vec<&dyn CacheFactory> = part.iter().map(|&j| prepared[j].factory.as_ref()).collect();
-                        let gen_opts = GenerateOptions { max_new_tokens: max_new, prefill_chunk: exp.run.prefill_chunk, ..Default::default() };
                         let popts = kvcore::pipeline::PipelineOptions { query_aware };
-                        kvcore::memory::reset_peak_rss();
-                        let outs = kvcore::shared::answer_shared(&mut lm, &cx, &q, &gen_opts, popts, &factories, opts.max_batch.unwrap_or(DEFAULT_BATCH))
+                        let prompted = kvcore::shared::prefill_shared(&mut lm, &cx, &q, &gen_opts, popts, &factories)
                             .with_context(|| format!("task {task}, sample {}: the shared prefill of {} cells", s.id, part.len()))?;
-                        let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
-                        for (&j, g) in part.iter().zip(outs) {
-                            let mut rec = ctx.record(prepared[j].cell, s, i, &g, None, peak)?;
-                            rec.timing = Some(kvreport::record::TIMING_SHARED.to_string());
-                            finish_sample(&mut prepared[j], &rec, &overall)?;
-                            total_done += 1;
-                        }
+                        ready.extend(part.iter().zip(prompted).map(|(&j, p)| (j, p, None)));
                     }
+                }
+                // Decoding, batched across the sample's cells (cells asking for the same number
+                // of new tokens decode together).
+                let mut by_budget: BTreeMap<usize, Vec<(usize, Prompted, Option<(usize, f64)>)>> = BTreeMap::new();
+                for r in ready {
+                    by_budget.entry(ctx.max_new(prepared[r.0].cell, s)).or_default().push(r);
+                }
+                let mut done: Vec<(usize, GenerationOutput, Option<(usize, f64)>)> = Vec::new();
+                for (_, batch) in by_budget {
+                    let gen_opts = ctx.generate_options(prepared[batch[0].0].cell, s);
+                    let (meta, prompted): (Vec<(usize, Option<(usize, f64)>)>, Vec<Prompted>) = batch.into_iter().map(|(j, p, c)| ((j, c), p)).unzip();
+                    let outs = kvcore::shared::decode_batch(&mut lm, prompted, &gen_opts, max_batch)
+                        .with_context(|| format!("task {task}, sample {}: decoding {} cells together", s.id, meta.len()))?;
+                    done.extend(meta.into_iter().zip(outs).map(|((j, c), g)| (j, g, c)));
+                }
+                let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
+                done.sort_by_key(|d| d.0);
+                for (j, g, compression) in done {
+                    let mut rec = ctx.record(prepared[j].cell, s, i, &g, compression, peak)?;
+                    rec.timing = Some(kvreport::record::TIMING_SHARED.to_string());
+                    finish_sample(&mut prepared[j], &rec, &overall)?;
+                    total_done += 1;
                 }
             }
         }
@@ -315,7 +346,7 @@ struct Prepared<'c> {
     factory: std::sync::Arc<dyn CacheFactory>,
     compressor: Option<std::sync::Arc<dyn kvcore::prompt::PromptCompressor>>,
     /// Runs in a shared prefill group (its method declares a plain full-attention prefill).
-    shared: bool,
+    shares_prefill: bool,
     dir: PathBuf,
     sink: RecordSink,
     next: usize,
@@ -335,6 +366,10 @@ struct CellContext<'a> {
 impl CellContext<'_> {
     fn max_new(&self, c: &Cell, s: &Sample) -> usize {
         c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)
+    }
+
+    fn generate_options(&self, c: &Cell, s: &Sample) -> GenerateOptions {
+        GenerateOptions { max_new_tokens: self.max_new(c, s), prefill_chunk: self.exp.run.prefill_chunk, ..Default::default() }
     }
 
     /// The input-token limit of a cell's samples.
@@ -395,20 +430,26 @@ fn encode_for(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepa
     encode_sample(lm, s, p.chat, ctx.limit(p.cell, s), truncation).with_context(|| where_(p.cell))
 }
 
-/// One sample of one cell, alone: its own prefill (or prompt compression), its own decoding.
-fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample, i: usize) -> Result<SampleRecord> {
-    let c = p.cell;
+/// A sample's prompt as a cell runs it: its context and question ids and, for a prompt
+/// compressor, the compressed ones with (tokens before compression, seconds compressing).
+fn cell_prompt(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample) -> Result<(Vec<u32>, Vec<u32>, Option<(usize, f64)>)> {
     let (cx, q) = encode_for(lm, ctx, p, s)?;
     // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
-    let (cx, q, compression) = match &p.compressor {
+    Ok(match &p.compressor {
         None => (cx, q, None),
         Some(comp) => {
-            let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(|| where_(c))?;
+            let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(|| where_(p.cell))?;
             let (ccx, cq) = encode_for(lm, ctx, p, &shorter)?;
             (ccx, cq, Some((cx.len() + q.len(), seconds)))
         }
-    };
-    let gen_opts = GenerateOptions { max_new_tokens: ctx.max_new(c, s), prefill_chunk: ctx.exp.run.prefill_chunk, ..Default::default() };
+    })
+}
+
+/// One sample of one cell, alone: its own prefill (or prompt compression), its own decoding.
+fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample, i: usize) -> Result<SampleRecord> {
+    let c = p.cell;
+    let (cx, q, compression) = cell_prompt(lm, ctx, p, s)?;
+    let gen_opts = ctx.generate_options(c, s);
     kvcore::memory::reset_peak_rss();
     let g = if q.is_empty() {
         generate(lm, &cx, &gen_opts, p.factory.as_ref())?

@@ -135,7 +135,7 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
         let alone: usize = sharing.values().map(|g| g.0).sum();
         let once: usize = sharing.values().map(|g| g.1).sum();
         out += &format!(
-            "\nshared prefill: {shared_cells} of {} cell(s) prefill with full attention and share one prefill per prompt: ~{alone} prefill tokens become ~{once} (~{} fewer tokens prefilled in all, {:.0}% of the input; `--isolated` prefills every cell alone)",
+            "\nshared prefill: {shared_cells} of {} cell(s) share one prefill per prompt (their methods prefill with plain causal attention): ~{alone} prefill tokens become ~{once} (~{} fewer tokens prefilled, {:.0}% of the input; `--isolated` prefills every cell alone)",
             cells.len(),
             alone - once,
             100.0 * (alone - once) as f64 / tokens.max(1) as f64
