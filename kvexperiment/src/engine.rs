@@ -253,7 +253,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 let max_batch = opts.max_batch.unwrap_or(DEFAULT_BATCH);
                 kvcore::memory::reset_peak_rss();
                 // Every cell's prompt, then all of them decoded together.
-                let mut ready: Vec<(usize, Prompted, Option<(usize, f64)>)> = Vec::new();
+                let mut ready: Vec<(usize, Prompted, Compression)> = Vec::new();
                 let mut groups: Vec<(PromptKey, Vec<usize>)> = Vec::new();
                 for &j in &due {
                     let p = &prepared[j];
@@ -291,14 +291,14 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 }
                 // Decoding, batched across the sample's cells (cells asking for the same number
                 // of new tokens decode together).
-                let mut by_budget: BTreeMap<usize, Vec<(usize, Prompted, Option<(usize, f64)>)>> = BTreeMap::new();
+                let mut by_budget: BTreeMap<usize, Vec<(usize, Prompted, Compression)>> = BTreeMap::new();
                 for r in ready {
                     by_budget.entry(ctx.max_new(prepared[r.0].cell, s)).or_default().push(r);
                 }
-                let mut done: Vec<(usize, GenerationOutput, Option<(usize, f64)>)> = Vec::new();
+                let mut done: Vec<(usize, GenerationOutput, Compression)> = Vec::new();
                 for (_, batch) in by_budget {
                     let gen_opts = ctx.generate_options(prepared[batch[0].0].cell, s);
-                    let (meta, prompted): (Vec<(usize, Option<(usize, f64)>)>, Vec<Prompted>) = batch.into_iter().map(|(j, p, c)| ((j, c), p)).unzip();
+                    let (meta, prompted): (Vec<(usize, Compression)>, Vec<Prompted>) = batch.into_iter().map(|(j, p, c)| ((j, c), p)).unzip();
                     let outs = kvcore::shared::decode_batch(&mut lm, prompted, &gen_opts, max_batch)
                         .with_context(|| format!("task {task}, sample {}: decoding {} cells together", s.id, meta.len()))?;
                     done.extend(meta.into_iter().zip(outs).map(|((j, c), g)| (j, g, c)));
@@ -331,6 +331,10 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     };
     Ok(RunSummary { out: out.to_path_buf(), samples_recorded: total_done, report })
 }
+
+/// A prompt compressor's (tokens before compression, seconds compressing); `None` for a cache
+/// method.
+type Compression = Option<(usize, f64)>;
 
 /// What makes two cells' prefills the same: context ids, question ids, and whether the question
 /// is prefilled with the context.
@@ -432,7 +436,7 @@ fn encode_for(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepa
 
 /// A sample's prompt as a cell runs it: its context and question ids and, for a prompt
 /// compressor, the compressed ones with (tokens before compression, seconds compressing).
-fn cell_prompt(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample) -> Result<(Vec<u32>, Vec<u32>, Option<(usize, f64)>)> {
+fn cell_prompt(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample) -> Result<(Vec<u32>, Vec<u32>, Compression)> {
     let (cx, q) = encode_for(lm, ctx, p, s)?;
     // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
     Ok(match &p.compressor {
