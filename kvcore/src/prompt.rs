@@ -43,6 +43,27 @@ pub trait PromptCompressor: Send + Sync {
     fn rate(&self) -> f64;
     /// Compresses `text` to about `rate()` of its tokens.
     fn compress(&self, text: &str) -> crate::Result<CompressedPrompt>;
+    /// What decides this compressor's scores apart from its rate (its scorer model, device and
+    /// settings): compressors with equal keys score a text identically, so one scoring pass
+    /// serves all their rates ([`PromptCompressor::compress_rates`]). `None`: no sharing.
+    fn scoring_key(&self) -> Option<String> {
+        None
+    }
+    /// `text` compressed at each of `rates` from one scoring pass, each exactly what a
+    /// compressor of that rate returns from [`PromptCompressor::compress`]; a result's
+    /// `seconds` is the scoring plus its own selection. The default serves only its own rate.
+    fn compress_rates(&self, text: &str, rates: &[f64]) -> crate::Result<Vec<CompressedPrompt>> {
+        rates
+            .iter()
+            .map(|&r| {
+                if r == self.rate() {
+                    self.compress(text)
+                } else {
+                    Err(crate::Error::Unsupported(format!("{}: one scoring pass for several rates", self.name())))
+                }
+            })
+            .collect()
+    }
 }
 
 /// Builds a prompt compressor from its parameters (loading any model lazily, on first use).

@@ -255,6 +255,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 // Every cell's prompt, then all of them decoded together.
                 let mut ready: Vec<(usize, Prompted, Compression)> = Vec::new();
                 let mut groups: Vec<(PromptKey, Vec<usize>)> = Vec::new();
+                let mut compressed = compress_together(&prepared, &due, s)?;
                 for &j in &due {
                     let p = &prepared[j];
                     if lm.recurrent().is_some() {
@@ -265,7 +266,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                         continue;
                     }
                     if !p.shares_prefill {
-                        let (cx, q, compression) = cell_prompt(&lm, &ctx, p, s)?;
+                        let (cx, q, compression) = cell_prompt(&lm, &ctx, p, s, compressed.remove(&j))?;
                         let gen_opts = ctx.generate_options(p.cell, s);
                         let popts = kvcore::pipeline::PipelineOptions { query_aware: p.cell.query_aware };
                         let prompted = kvcore::shared::prompt_alone(&mut lm, &cx, &q, &gen_opts, popts, p.factory.as_ref()).with_context(|| where_(p.cell))?;
@@ -436,13 +437,23 @@ fn encode_for(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepa
 
 /// A sample's prompt as a cell runs it: its context and question ids and, for a prompt
 /// compressor, the compressed ones with (tokens before compression, seconds compressing).
-fn cell_prompt(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample) -> Result<(Vec<u32>, Vec<u32>, Compression)> {
+/// `done` is the compressed sample when it was already made ([`compress_together`]).
+fn cell_prompt(
+    lm: &kvcore::loader::LoadedModel,
+    ctx: &CellContext<'_>,
+    p: &Prepared<'_>,
+    s: &Sample,
+    done: Option<(Sample, f64)>,
+) -> Result<(Vec<u32>, Vec<u32>, Compression)> {
     let (cx, q) = encode_for(lm, ctx, p, s)?;
     // A prompt compressor rewrites the sample's text; the full cache is measured on the original.
     Ok(match &p.compressor {
         None => (cx, q, None),
         Some(comp) => {
-            let (shorter, seconds) = compress_sample(comp.as_ref(), s).with_context(|| where_(p.cell))?;
+            let (shorter, seconds) = match done {
+                Some(d) => d,
+                None => compress_sample(comp.as_ref(), s).with_context(|| where_(p.cell))?,
+            };
             let (ccx, cq) = encode_for(lm, ctx, p, &shorter)?;
             (ccx, cq, Some((cx.len() + q.len(), seconds)))
         }
@@ -452,7 +463,7 @@ fn cell_prompt(lm: &kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prep
 /// One sample of one cell, alone: its own prefill (or prompt compression), its own decoding.
 fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample, i: usize) -> Result<SampleRecord> {
     let c = p.cell;
-    let (cx, q, compression) = cell_prompt(lm, ctx, p, s)?;
+    let (cx, q, compression) = cell_prompt(lm, ctx, p, s, None)?;
     let gen_opts = ctx.generate_options(c, s);
     kvcore::memory::reset_peak_rss();
     let g = if q.is_empty() {
@@ -463,6 +474,26 @@ fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Pr
     };
     let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
     ctx.record(c, s, i, &g, compression, peak)
+}
+
+/// The sample compressed once for each group of `due` cells whose prompt compressors score the
+/// same way (equal [`kvcore::prompt::PromptCompressor::scoring_key`], e.g. Selective-Context at
+/// several budgets): one scoring pass, one selection per rate. By cell index.
+fn compress_together(prepared: &[Prepared<'_>], due: &[usize], s: &Sample) -> Result<BTreeMap<usize, (Sample, f64)>> {
+    let mut by_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for &j in due {
+        if let Some(key) = prepared[j].compressor.as_ref().and_then(|c| c.scoring_key()) {
+            by_key.entry(key).or_default().push(j);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for js in by_key.into_values().filter(|js| js.len() > 1) {
+        let comp = |j: usize| prepared[j].compressor.as_ref().expect("grouped by their compressor's key");
+        let rates: Vec<f64> = js.iter().map(|&j| comp(j).rate()).collect();
+        let samples = crate::samples::compress_sample_rates(comp(js[0]).as_ref(), s, &rates).with_context(|| where_(prepared[js[0]].cell))?;
+        out.extend(js.into_iter().zip(samples));
+    }
+    Ok(out)
 }
 
 /// Appends a cell's record of its next sample.

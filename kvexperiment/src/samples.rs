@@ -125,17 +125,25 @@ pub fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, tru
 /// passkey task (as the paper runs LLMLingua-2 there), else only the context (LongBench's
 /// `context` field; instruction and question stay intact).
 pub fn compress_sample(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sample) -> Result<(Sample, f64)> {
-    let mut out = s.clone();
-    let c = if s.scoring == kvtasks::sample::ScoringKind::Passkey {
-        let c = comp.compress(&s.prompt())?;
-        out.prefix_instruction = None;
-        out.question = String::new();
-        out.context = c.text.clone();
-        c
-    } else {
-        let c = comp.compress(&s.context)?;
-        out.context = c.text.clone();
-        c
-    };
-    Ok((out, c.seconds))
+    Ok(compress_sample_rates(comp, s, &[comp.rate()])?.remove(0))
+}
+
+/// [`compress_sample`] at each of `rates` from one scoring pass of `comp` (see
+/// [`kvcore::prompt::PromptCompressor::compress_rates`]).
+pub fn compress_sample_rates(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sample, rates: &[f64]) -> Result<Vec<(Sample, f64)>> {
+    let passkey = s.scoring == kvtasks::sample::ScoringKind::Passkey;
+    let text = if passkey { s.prompt() } else { s.context.clone() };
+    let compressed = comp.compress_rates(&text, rates)?;
+    Ok(compressed
+        .into_iter()
+        .map(|c| {
+            let mut out = s.clone();
+            if passkey {
+                out.prefix_instruction = None;
+                out.question = String::new();
+            }
+            out.context = c.text;
+            (out, c.seconds)
+        })
+        .collect())
 }

@@ -266,15 +266,31 @@ fn records_by_cell(run: &Path) -> Vec<(String, Vec<serde_json::Value>)> {
         .collect()
 }
 
-/// Every method that declares a shared prefill (and two that keep their own prefill but decode
-/// batched with the rest: chunked StreamingLLM and FlexGen), run shared and `--isolated`: the
+/// Every method that declares a shared prefill (and three that keep their own prefill but
+/// decode batched with the rest: chunked StreamingLLM, FlexGen, and Selective-Context, whose two
+/// budgets share one scoring pass), run shared and `--isolated`: the
 /// same cell ids and, field by field, the same records (predictions, scores, token counts,
 /// bytes, ratios); only the shared run's records carry `"timing": "shared"`. Context-only and
 /// query-aware prefill, in one piece and in chunks.
 #[test]
 fn shared_and_isolated_runs_give_identical_records() {
     let tmp = tempfile::tempdir().unwrap();
-    let methods = ["full", "kivi-small", "int8", "snapkv", "pyramidkv", "h2o", "tova", "knorm", "adakv", "quest", "random", "streamingllm", "flexgen-small"];
+    let methods = [
+        "full",
+        "kivi-small",
+        "int8",
+        "snapkv",
+        "pyramidkv",
+        "h2o",
+        "tova",
+        "knorm",
+        "adakv",
+        "quest",
+        "random",
+        "streamingllm",
+        "flexgen-small",
+        "selective-context",
+    ];
     let exp = config_tree(tmp.path(), &methods);
     // FlexGen's groups sized for the tiny model's 16-wide heads.
     std::fs::write(
@@ -288,7 +304,7 @@ fn shared_and_isolated_runs_give_identical_records() {
         std::fs::write(&file, base.replace("name = \"t\"", &format!("name = \"{name}\"")).replace("[run]\n", &format!("[run]\n{run_extra}"))).unwrap();
         let e = file.to_str().unwrap();
         let dry = ok(&["run", e, "--dry-run"]);
-        assert!(dry.contains("shared prefill: 19 of 22 cell(s)"), "the dry run counts the cells that share prefills:\n{dry}");
+        assert!(dry.contains("shared prefill: 19 of 24 cell(s)"), "the dry run counts the cells that share prefills:\n{dry}");
         let (shared, isolated) = (tmp.path().join(format!("{name}-shared")), tmp.path().join(format!("{name}-isolated")));
         ok(&["run", e, "--out", shared.to_str().unwrap(), "--zero-measurements", "--no-report", "--batch", "5"]);
         ok(&["run", e, "--out", isolated.to_str().unwrap(), "--zero-measurements", "--no-report", "--isolated"]);

@@ -108,20 +108,25 @@ impl PromptCompressor for SelectiveContext {
         self.rate
     }
     fn compress(&self, text: &str) -> kvcore::Result<CompressedPrompt> {
+        Ok(self.compress_rates(text, &[self.rate])?.remove(0))
+    }
+    fn scoring_key(&self) -> Option<String> {
+        Some(format!("selective-context scorer={} device={} chunk={}", self.scorer, self.device, self.chunk))
+    }
+    /// One self-information pass, then a selection per rate.
+    fn compress_rates(&self, text: &str, rates: &[f64]) -> kvcore::Result<Vec<CompressedPrompt>> {
         let chunk = self.chunk;
-        let rate = self.rate;
         self.with_model(|lm| {
             let t0 = std::time::Instant::now();
             let enc = lm.tokenizer.encode(text, false).map_err(tokenizer_err)?;
             let ids = enc.get_ids().to_vec();
             let units = split_units(text);
             if ids.is_empty() || units.is_empty() {
-                return Ok(CompressedPrompt {
-                    text: text.to_string(),
-                    original_tokens: ids.len(),
-                    compressed_tokens: ids.len(),
-                    seconds: t0.elapsed().as_secs_f64(),
-                });
+                let seconds = t0.elapsed().as_secs_f64();
+                return Ok(rates
+                    .iter()
+                    .map(|_| CompressedPrompt { text: text.to_string(), original_tokens: ids.len(), compressed_tokens: ids.len(), seconds })
+                    .collect());
             }
             let surprisal = kvcore::generate::token_surprisal(lm, &ids, chunk)?;
             // Each token belongs to the unit holding its first byte.
@@ -140,16 +145,22 @@ impl PromptCompressor for SelectiveContext {
                     info[u] += f64::from(surprisal[i - 1]);
                 }
             }
-            let budget = (rate * ids.len() as f64).round() as usize;
-            let keep = select_units(&info, &tokens, &force, budget);
-            let mut out = String::with_capacity(text.len());
-            for (unit, k) in units.iter().zip(&keep) {
-                if *k {
-                    out.push_str(&text[unit.start..unit.end]);
+            let scoring = t0.elapsed().as_secs_f64();
+            let mut out = Vec::with_capacity(rates.len());
+            for &rate in rates {
+                let t1 = std::time::Instant::now();
+                let budget = (rate * ids.len() as f64).round() as usize;
+                let keep = select_units(&info, &tokens, &force, budget);
+                let mut kept = String::with_capacity(text.len());
+                for (unit, k) in units.iter().zip(&keep) {
+                    if *k {
+                        kept.push_str(&text[unit.start..unit.end]);
+                    }
                 }
+                let compressed_tokens = lm.tokenizer.encode(kept.as_str(), false).map_err(tokenizer_err)?.get_ids().len();
+                out.push(CompressedPrompt { text: kept, original_tokens: ids.len(), compressed_tokens, seconds: scoring + t1.elapsed().as_secs_f64() });
             }
-            let compressed_tokens = lm.tokenizer.encode(out.as_str(), false).map_err(tokenizer_err)?.get_ids().len();
-            Ok(CompressedPrompt { text: out, original_tokens: ids.len(), compressed_tokens, seconds: t0.elapsed().as_secs_f64() })
+            Ok(out)
         })
     }
 }
