@@ -41,6 +41,9 @@ pub struct RunOptions {
     pub isolated: bool,
     /// Sequences decoded together in a shared run (default [`DEFAULT_BATCH`]).
     pub max_batch: Option<usize>,
+    /// After the grid, run each cell's first N samples alone (not interleaved) into
+    /// `measure.jsonl`, so the report's time and memory come from a method's own runs.
+    pub measure: Option<usize>,
 }
 
 /// What a finished run left.
@@ -311,6 +314,23 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     rec.timing = Some(kvreport::record::TIMING_SHARED.to_string());
                     finish_sample(&mut prepared[j], &rec, &overall)?;
                     total_done += 1;
+                }
+            }
+        }
+        // Isolated measurements: each cell's first N samples alone, one cell after another.
+        if let (Some(n), false) = (opts.measure, opts.isolated) {
+            for p in prepared.iter_mut() {
+                let ss = &samples[&p.cell.task];
+                let file = p.dir.join(kvreport::record::MEASURE_FILE);
+                let start = resume_records(&file)?;
+                let want = n.min(ss.len());
+                if start >= want {
+                    continue;
+                }
+                p.bar.set_prefix(format!("{} {} (measuring alone)", p.cell.task, p.cell.method.label));
+                let mut sink = RecordSink::open(&file)?;
+                for (i, s) in ss.iter().enumerate().take(want).skip(start) {
+                    sink.append(&run_alone(&mut lm, &ctx, p, s, i)?)?;
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use crate::format::{budget_label, fixed, fixed_opt, human_bytes, md_escape, shortest};
 use crate::load::Cell;
-use crate::record::FULL_METHOD;
+use crate::record::{SampleRecord, FULL_METHOD};
 
 /// One category (or task) of one row.
 #[derive(Clone, Debug, PartialEq)]
@@ -65,8 +65,12 @@ pub struct LeaderboardRow {
     /// Cells without every sample recorded or without the done marker.
     pub incomplete_cells: usize,
     /// Records whose time and memory a shared run measured (`"timing": "shared"`: one prefill
-    /// for several methods, batched decoding), so not the method's own.
+    /// for several methods, batched decoding), so not the method's own; 0 when the time and
+    /// memory figures come from isolated measurements.
     pub shared_timing_records: usize,
+    /// Samples run alone (`kvbench run --measure N`) that the time and memory figures are over,
+    /// when every cell of the row has them; 0: they are over the row's records.
+    pub measured_samples: usize,
 }
 
 impl LeaderboardRow {
@@ -167,8 +171,11 @@ fn build_row(cells: &[&Cell]) -> LeaderboardRow {
     let categories: BTreeMap<String, CategoryStat> = by_category.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
     let tasks: BTreeMap<String, CategoryStat> = by_task.iter().filter_map(|(k, v)| Some((k.clone(), stat(v)?))).collect();
     let records: Vec<_> = cells.iter().flat_map(|c| c.records.iter()).collect();
-    let input_tokens: f64 = records.iter().map(|r| r.input_tokens as f64).sum();
-    let prefill_seconds: f64 = records.iter().map(|r| r.prefill_seconds).sum();
+    // Time and memory: from the isolated measurements when every cell has them.
+    let measured = cells.iter().all(|c| !c.measurements.is_empty());
+    let timed: Vec<&SampleRecord> = if measured { cells.iter().flat_map(|c| c.measurements.iter()).collect() } else { records.clone() };
+    let input_tokens: f64 = timed.iter().map(|r| r.input_tokens as f64).sum();
+    let prefill_seconds: f64 = timed.iter().map(|r| r.prefill_seconds).sum();
     LeaderboardRow {
         model: first.model.clone(),
         method: first.method.clone(),
@@ -181,13 +188,14 @@ fn build_row(cells: &[&Cell]) -> LeaderboardRow {
         compression_ratio: mean(records.iter().map(|r| r.compression_ratio)),
         kv_bytes_held: mean(records.iter().map(|r| r.kv_bytes_held as f64)),
         kv_bytes_attended: mean(records.iter().map(|r| r.kv_bytes_attended as f64)),
-        peak_memory_bytes: records.iter().map(|r| r.peak_memory_bytes).max(),
+        peak_memory_bytes: timed.iter().map(|r| r.peak_memory_bytes).max(),
         prefill_tokens_per_s: (prefill_seconds > 0.0).then(|| input_tokens / prefill_seconds),
-        decode_tokens_per_s: mean(records.iter().filter(|r| r.generated_tokens > 1).map(|r| r.decode_tokens_per_s)),
+        decode_tokens_per_s: mean(timed.iter().filter(|r| r.generated_tokens > 1).map(|r| r.decode_tokens_per_s)),
         records: records.len(),
         cells: cells.len(),
         incomplete_cells: cells.iter().filter(|c| !c.is_complete()).count(),
-        shared_timing_records: records.iter().filter(|r| r.timing.as_deref() == Some(crate::record::TIMING_SHARED)).count(),
+        shared_timing_records: timed.iter().filter(|r| r.timing.as_deref() == Some(crate::record::TIMING_SHARED)).count(),
+        measured_samples: if measured { timed.len() } else { 0 },
     }
 }
 
@@ -433,6 +441,15 @@ impl Leaderboard {
         }
         if any_incomplete {
             out.push_str("\n† some of the row's cells are incomplete (samples missing or no done marker).\n");
+        }
+        let measured: Vec<usize> = self.rows.iter().map(|r| r.measured_samples).filter(|&n| n > 0).collect();
+        if let (Some(lo), Some(hi)) = (measured.iter().min(), measured.iter().max()) {
+            let range = if lo == hi { lo.to_string() } else { format!("{lo}–{hi}") };
+            out.push_str(&format!(
+                "\nTime and memory figures of {} row(s) are over {range} sample(s) per row run alone after the grid \
+                 (`kvbench run --measure N`: each sample with its own prefill and decoding, not interleaved with other methods).\n",
+                measured.len()
+            ));
         }
         if any_shared {
             out.push_str(

@@ -79,6 +79,8 @@ impl fmt::Display for LoadWarning {
 pub struct Cell {
     pub info: CellInfo,
     pub records: Vec<SampleRecord>,
+    /// Samples of the cell run alone for time and memory ([`crate::record::MEASURE_FILE`]).
+    pub measurements: Vec<SampleRecord>,
     /// The `done` marker is present (in at least one of the run directories holding the cell).
     pub done: bool,
     /// The cell directory it was read from (the first one, when found in several runs).
@@ -262,8 +264,17 @@ fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>
         Vec::new()
     };
     records.sort_by_key(|r| r.index);
+    let measure_path = dir.join(crate::record::MEASURE_FILE);
+    let mut measurements: Vec<SampleRecord> = if measure_path.is_file() {
+        let (lines, w) = read_record_lines(&measure_path, &info.id)?;
+        warnings.extend(w);
+        lines.into_iter().map(|l| l.record).collect()
+    } else {
+        Vec::new()
+    };
+    measurements.sort_by_key(|r| r.index);
     let done = dir.join("done").exists();
-    Ok(Some(Cell { info, records, done, dir: dir.to_path_buf() }))
+    Ok(Some(Cell { info, records, measurements, done, dir: dir.to_path_buf() }))
 }
 
 /// Reads one run directory (its cells sorted by id).

@@ -122,7 +122,7 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
 }
 
 /// Merges shard run directories into the new run directory `out` (created; must be empty if it
-/// exists): the union of their cells (cell.json and done copied verbatim, records.jsonl copied
+/// exists): the union of their cells (cell.json and done copied verbatim, records.jsonl and measure.jsonl copied
 /// line by line without a truncated final line) and a run.json whose `shard` is `merged:<N>`.
 /// A cell present in several shards must be identical there. run.json is written last, so an
 /// interrupted merge leaves no loadable run behind.
@@ -164,17 +164,21 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary, MergeError>
         let bytes = fs::read(&src_info).map_err(io_err(&src_info))?;
         let dst_info = dst.join("cell.json");
         write_atomic(&dst_info, &bytes).map_err(io_err(&dst_info))?;
-        let src_records = cell.dir.join("records.jsonl");
-        if src_records.is_file() {
-            let (lines, _) = read_record_lines(&src_records, &cell.info.id)?;
-            let mut text = String::new();
-            for l in &lines {
-                text.push_str(&l.text);
-                text.push('\n');
+        for file in ["records.jsonl", crate::record::MEASURE_FILE] {
+            let src_records = cell.dir.join(file);
+            if src_records.is_file() {
+                let (lines, _) = read_record_lines(&src_records, &cell.info.id)?;
+                let mut text = String::new();
+                for l in &lines {
+                    text.push_str(&l.text);
+                    text.push('\n');
+                }
+                if file == "records.jsonl" {
+                    records += lines.len();
+                }
+                let dst_records = dst.join(file);
+                write_atomic(&dst_records, text.as_bytes()).map_err(io_err(&dst_records))?;
             }
-            records += lines.len();
-            let dst_records = dst.join("records.jsonl");
-            write_atomic(&dst_records, text.as_bytes()).map_err(io_err(&dst_records))?;
         }
         if cell.done {
             let src_done = cell.dir.join("done");

@@ -125,6 +125,11 @@ pub struct SampleRecord {
 /// The `timing` label of records whose time and memory fields a shared run measured.
 pub const TIMING_SHARED: &str = "shared";
 
+/// A cell's isolated measurements (`kvbench run --measure N`): records of its first N samples,
+/// each run alone after the grid (not interleaved with other methods), in the records' format.
+/// The leaderboard's time and memory columns come from them when every cell of a row has them.
+pub const MEASURE_FILE: &str = "measure.jsonl";
+
 /// The methods whose rows are the reference ("full cache") in every report.
 pub const FULL_METHOD: &str = "full";
 

@@ -21,7 +21,7 @@ fn exercise(bytes: &[u8], id: &str) {
     let records = parse_records(bytes, &dir.join("records.jsonl"), id);
     let _ = parse_run_info(bytes, Path::new("run/run.json"));
     if let (Ok((records, _)), Ok(info)) = (records, parse_cell_info(bytes, &dir.join("cell.json"))) {
-        let cell = Cell { info, records, done: true, dir };
+        let cell = Cell { info, records, measurements: Vec::new(), done: true, dir };
         let board = Leaderboard::build(std::slice::from_ref(&cell));
         let _ = (board.to_csv(), board.to_markdown("x"));
     }

@@ -144,6 +144,12 @@ pub struct RunArgs {
     /// bytes; their records' time and memory are labelled `"timing": "shared"`).
     #[arg(long)]
     pub isolated: bool,
+    /// After the grid, run each cell's first N samples alone, one cell after another (their own
+    /// prefill and decoding, not interleaved), into cells/<id>/measure.jsonl: the report's time
+    /// and memory columns then come from these, and say over how many samples. Ignored with
+    /// --isolated (every record is then measured alone).
+    #[arg(long, value_name = "N")]
+    pub measure: Option<usize>,
     /// Sequences decoded together in a shared run (default 16).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch: Option<u64>,
@@ -251,6 +257,12 @@ pub struct BenchArgs {
     /// Prefill in chunks of this many tokens.
     #[arg(long)]
     pub prefill_chunk: Option<usize>,
+    /// Also measure batched decoding at these batch sizes, e.g. 1,16: B sequences of the same
+    /// prompt, each with its own cache of the method, decoded together (one forward per step for
+    /// the batch); reports decode tokens/s summed over the batch (table "batched decoding",
+    /// `batched` in bench.json, bench_batched.csv).
+    #[arg(long, value_delimiter = ',', value_name = "B,...")]
+    pub batch: Vec<usize>,
     /// Measure this machine's copy bandwidth and matmul rate (the ceilings) and save them to
     /// $KVBENCH_HOME/calibration.json; nothing else runs.
     #[arg(long)]

@@ -306,7 +306,7 @@ fn shared_and_isolated_runs_give_identical_records() {
         let dry = ok(&["run", e, "--dry-run"]);
         assert!(dry.contains("shared prefill: 19 of 24 cell(s)"), "the dry run counts the cells that share prefills:\n{dry}");
         let (shared, isolated) = (tmp.path().join(format!("{name}-shared")), tmp.path().join(format!("{name}-isolated")));
-        ok(&["run", e, "--out", shared.to_str().unwrap(), "--zero-measurements", "--no-report", "--batch", "5"]);
+        ok(&["run", e, "--out", shared.to_str().unwrap(), "--zero-measurements", "--no-report", "--batch", "5", "--measure", "2"]);
         ok(&["run", e, "--out", isolated.to_str().unwrap(), "--zero-measurements", "--no-report", "--isolated"]);
         let (a, b) = (records_by_cell(&shared), records_by_cell(&isolated));
         assert_eq!(a.iter().map(|(c, _)| c).collect::<Vec<_>>(), b.iter().map(|(c, _)| c).collect::<Vec<_>>(), "{name}: cell ids");
@@ -331,6 +331,18 @@ fn shared_and_isolated_runs_give_identical_records() {
         for (m, n) in &labelled {
             assert_eq!(*n, 9, "{name}: {m}: {n} of 9 records labelled shared");
         }
+        // --measure 2: each cell's first two samples alone, byte for byte the isolated run's
+        // records, and the report takes time and memory from them (no ‡).
+        for c in std::fs::read_dir(shared.join("cells")).unwrap() {
+            let c = c.unwrap().path();
+            let measured = std::fs::read_to_string(c.join("measure.jsonl")).unwrap();
+            let alone = std::fs::read_to_string(isolated.join("cells").join(c.file_name().unwrap()).join("records.jsonl")).unwrap();
+            let first_two: Vec<&str> = alone.lines().take(2).collect();
+            assert_eq!(measured.lines().collect::<Vec<_>>(), first_two, "{name}: {}: measure.jsonl", c.display());
+        }
+        ok(&["report", shared.to_str().unwrap(), "--out", shared.join("report").to_str().unwrap()]);
+        let md = std::fs::read_to_string(shared.join("report/leaderboard.md")).unwrap();
+        assert!(md.contains("are over 2 sample(s) per row run alone") && !md.contains('‡'), "{name}: leaderboard.md:\n{md}");
         let isolated_text: String =
             std::fs::read_dir(isolated.join("cells")).unwrap().map(|c| std::fs::read_to_string(c.unwrap().path().join("records.jsonl")).unwrap()).collect();
         assert!(!isolated_text.contains("\"timing\""), "{name}: isolated records carry no timing label");

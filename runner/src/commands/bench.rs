@@ -154,6 +154,56 @@ pub struct BenchRow {
     pub dtype: String,
 }
 
+/// One (method, context, batch size) measurement of batched decoding: medians over the repeats.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchedRow {
+    pub model: String,
+    pub method: String,
+    pub label: String,
+    pub context_tokens: usize,
+    pub new_tokens: usize,
+    pub batch: usize,
+    pub repeats: usize,
+    /// Decode tokens per second summed over the batch: `batch × (new_tokens − 1)` over the wall
+    /// time of decoding (prefill excluded).
+    pub decode_tokens_per_s_summed: f64,
+    /// The same per sequence (`summed / batch`).
+    pub decode_tokens_per_s_per_sequence: f64,
+    /// Bytes the batch's caches hold at the end, summed.
+    pub kv_bytes_held: u64,
+    pub threads: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
+/// Batched decoding of `b` copies of `ids`, each with its own caches of `factory`: the median
+/// summed decode tokens/s over `repeats` (after `warmup`), and the bytes held at the end.
+fn batched_decode(
+    lm: &mut LoadedModel,
+    ids: &[u32],
+    factory: &dyn kvcore::cache::CacheFactory,
+    opts: &GenerateOptions,
+    b: usize,
+    warmup: usize,
+    repeats: usize,
+) -> Result<(f64, u64)> {
+    let popts = kvcore::pipeline::PipelineOptions::default();
+    let mut rates = Vec::new();
+    let mut held = 0;
+    for round in 0..warmup + repeats {
+        let prompted = (0..b).map(|_| kvcore::shared::prompt_alone(lm, ids, &[], opts, popts, factory)).collect::<kvcore::Result<Vec<_>>>()?;
+        let t0 = std::time::Instant::now();
+        let outs = kvcore::shared::decode_batch(lm, prompted, opts, b)?;
+        let wall = t0.elapsed().as_secs_f64();
+        let steps: usize = outs.iter().map(|g| g.generated_tokens.saturating_sub(1)).sum();
+        held = outs.iter().map(|g| g.kv_bytes_held).sum();
+        if round >= warmup && wall > 0.0 {
+            rates.push(steps as f64 / wall);
+        }
+    }
+    Ok((median(rates), held))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -266,7 +316,14 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let all_ids = prompt_ids(&lm, longest)?;
     let kv_per_token = lm.kv_bytes_per_token();
     let weight_bytes = lm.weight_bytes() as f64;
+    if a.batch.contains(&0) {
+        bail!("--batch: expected positive batch sizes, e.g. 1,16");
+    }
+    if !a.batch.is_empty() && compressors(&reg, &methods) {
+        bail!("--batch: batched decoding measures cache methods; a prompt compressor decodes with the full cache (bench `full` instead)");
+    }
     let mut rows = Vec::new();
+    let mut batched: Vec<BatchedRow> = Vec::new();
     let total = (methods.len() * contexts.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -337,6 +394,25 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 dtype: settings.dtype.name().to_string(),
             });
             bar.inc(1);
+            for &b in &a.batch {
+                bar.set_prefix(format!("{} @ {ctx} x{b}", m.label));
+                let (summed, held) = batched_decode(&mut lm, &ids, factory.as_ref(), &opts, b, a.warmup, a.repeats)?;
+                batched.push(BatchedRow {
+                    model: a.model.clone(),
+                    method: m.name.clone(),
+                    label: m.label.clone(),
+                    context_tokens: ctx,
+                    new_tokens: a.new_tokens,
+                    batch: b,
+                    repeats: a.repeats,
+                    decode_tokens_per_s_summed: summed,
+                    decode_tokens_per_s_per_sequence: summed / b as f64,
+                    kv_bytes_held: held,
+                    threads,
+                    device: kvcore::device::describe(settings.device),
+                    dtype: settings.dtype.name().to_string(),
+                });
+            }
         }
     }
     bar.finish_and_clear();
@@ -348,7 +424,15 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     }
     let csv_bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
     kvreport::fsio::write_atomic(&out.join("bench.csv"), &csv_bytes)?;
-    let json = serde_json::json!({ "calibration": cal, "rows": rows });
+    let mut json = serde_json::json!({ "calibration": cal, "rows": rows });
+    if !batched.is_empty() {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in &batched {
+            w.serialize(r)?;
+        }
+        kvreport::fsio::write_atomic(&out.join("bench_batched.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?)?;
+        json["batched"] = serde_json::to_value(&batched)?;
+    }
     kvreport::fsio::write_atomic(&out.join("bench.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
     if a.json {
         println!("{}", serde_json::to_string(&json)?);
@@ -386,6 +470,31 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
     let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
     print!("{}", kvreport::leaderboard::markdown_table(&header, &table, &right));
+    if !batched.is_empty() {
+        println!("\nbatched decoding: B sequences of the same prompt, each with its own cache, one forward per step for the batch");
+        let header: Vec<String> = ["method", "context", "batch", "decode tok/s (sum)", "per sequence", "KV held (sum)"].iter().map(|s| s.to_string()).collect();
+        let table: Vec<Vec<String>> = batched
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.clone(),
+                    r.context_tokens.to_string(),
+                    r.batch.to_string(),
+                    format!("{:.1}", r.decode_tokens_per_s_summed),
+                    format!("{:.2}", r.decode_tokens_per_s_per_sequence),
+                    human(r.kv_bytes_held),
+                ]
+            })
+            .collect();
+        let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
+        print!("{}", kvreport::leaderboard::markdown_table(&header, &table, &right));
+        println!("written: {}", out.join("bench_batched.csv").display());
+    }
     println!("written: {} and {}", out.join("bench.csv").display(), out.join("bench.json").display());
     Ok(())
+}
+
+/// Whether any of `methods` is a prompt compressor.
+fn compressors(reg: &kvcore::registry::Registry, methods: &[MethodSpec]) -> bool {
+    methods.iter().any(|m| reg.get(&m.name).map(|i| i.is_prompt()).unwrap_or(false))
 }

@@ -54,6 +54,7 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
         no_report: a.no_report,
         isolated: a.isolated,
         max_batch: a.batch.map(|b| b as usize),
+        measure: a.measure,
     };
     let summary = run_cells(&exp, &reg, cells, &out, &opts)?;
     if let Some((dir, leaderboard)) = summary.report {
