@@ -209,10 +209,6 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             }
             let factory = reg.build(&c.method.method, &c.method.params)?;
             let compressor = reg.build_prompt(&c.method.method, &c.method.params)?;
-            let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
-            bar.set_style(style.clone());
-            bar.set_prefix(format!("{} {}{}", c.task, c.method.label, c.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
-            bar.set_position(start as u64);
             overall.inc(start as u64);
             let shares_prefill = compressor.is_none() && lm.recurrent().is_none() && factory.shared_prefill();
             prepared.push(Prepared {
@@ -224,7 +220,6 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 dir,
                 sink: RecordSink::open(&records)?,
                 next: start,
-                bar,
             });
         }
         let ctx = CellContext { exp, mc, max_pos, kv_per_token: lm.kv_bytes_per_token(), zero: opts.zero_measurements, memory_limit };
@@ -238,16 +233,26 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             // Cell by cell, each sample alone: how every cell ran before shared prefill.
             for p in prepared.iter_mut() {
                 let ss = &samples[&p.cell.task];
+                let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{} {}{}", p.cell.task, p.cell.method.label, p.cell.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
+                bar.set_position(p.next as u64);
                 for (i, s) in ss.iter().enumerate().skip(p.next) {
                     let rec = run_alone(&mut lm, &ctx, p, s, i)?;
-                    finish_sample(p, &rec, &overall)?;
+                    finish_sample(p, &rec, &[&bar, &overall])?;
                     total_done += 1;
                 }
+                bar.finish_and_clear();
             }
             tasks.clear();
         }
         for (task, members) in &tasks {
             let ss = &samples[*task];
+            // One bar per task: its cells' samples, recorded a sample (all cells) at a time.
+            let bar = mp.add(indicatif::ProgressBar::new((members.len() * ss.len()) as u64));
+            bar.set_style(style.clone());
+            bar.set_prefix(format!("{task} ({} cells, shared)", members.len()));
+            bar.set_position(members.iter().map(|&j| prepared[j].next as u64).sum());
             for (i, s) in ss.iter().enumerate() {
                 let due: Vec<usize> = members.iter().copied().filter(|&j| prepared[j].next == i).collect();
                 if due.is_empty() {
@@ -255,6 +260,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 }
                 let max_batch = opts.max_batch.unwrap_or(DEFAULT_BATCH);
                 kvcore::memory::reset_peak_rss();
+                // Where a sample's time goes (KVBENCH_LOG=kvexperiment=debug).
+                let (mut alone_s, mut shared_s, mut shared_cells) = (0f64, 0f64, 0usize);
                 // Every cell's prompt, then all of them decoded together.
                 let mut ready: Vec<(usize, Prompted, Compression)> = Vec::new();
                 let mut groups: Vec<(PromptKey, Vec<usize>)> = Vec::new();
@@ -264,7 +271,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     if lm.recurrent().is_some() {
                         // A recurrent state decodes alone.
                         let rec = run_alone(&mut lm, &ctx, p, s, i)?;
-                        finish_sample(&mut prepared[j], &rec, &overall)?;
+                        finish_sample(&mut prepared[j], &rec, &[&bar, &overall])?;
                         total_done += 1;
                         continue;
                     }
@@ -272,7 +279,9 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                         let (cx, q, compression) = cell_prompt(&lm, &ctx, p, s, compressed.remove(&j))?;
                         let gen_opts = ctx.generate_options(p.cell, s);
                         let popts = kvcore::pipeline::PipelineOptions { query_aware: p.cell.query_aware };
+                        let t = std::time::Instant::now();
                         let prompted = kvcore::shared::prompt_alone(&mut lm, &cx, &q, &gen_opts, popts, p.factory.as_ref()).with_context(|| where_(p.cell))?;
+                        alone_s += t.elapsed().as_secs_f64();
                         ready.push((j, prompted, compression));
                         continue;
                     }
@@ -288,8 +297,11 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     for part in group.chunks(ctx.members_that_fit(&lm, cx.len() + q.len() + gen_opts.max_new_tokens)) {
                         let factories: Vec<&dyn CacheFactory> = part.iter().map(|&j| prepared[j].factory.as_ref()).collect();
                         let popts = kvcore::pipeline::PipelineOptions { query_aware };
+                        let t = std::time::Instant::now();
+                        shared_cells += part.len();
                         let prompted = kvcore::shared::prefill_shared(&mut lm, &cx, &q, &gen_opts, popts, &factories)
                             .with_context(|| format!("task {task}, sample {}: the shared prefill of {} cells", s.id, part.len()))?;
+                        shared_s += t.elapsed().as_secs_f64();
                         ready.extend(part.iter().zip(prompted).map(|(&j, p)| (j, p, None)));
                     }
                 }
@@ -299,6 +311,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 for r in ready {
                     by_budget.entry(ctx.max_new(prepared[r.0].cell, s)).or_default().push(r);
                 }
+                let decoding = std::time::Instant::now();
                 let mut done: Vec<(usize, GenerationOutput, Compression)> = Vec::new();
                 for (_, batch) in by_budget {
                     let gen_opts = ctx.generate_options(prepared[batch[0].0].cell, s);
@@ -307,15 +320,23 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                         .with_context(|| format!("task {task}, sample {}: decoding {} cells together", s.id, meta.len()))?;
                     done.extend(meta.into_iter().zip(outs).map(|((j, c), g)| (j, g, c)));
                 }
+                tracing::debug!(
+                    "task {task}, sample {}: shared prefill of {shared_cells} cell(s) {shared_s:.2} s, {} prompt(s) alone {alone_s:.2} s, {} sequence(s) decoded in {:.2} s",
+                    s.id,
+                    done.len() - shared_cells,
+                    done.len(),
+                    decoding.elapsed().as_secs_f64()
+                );
                 let peak = kvcore::memory::peak_rss_bytes().unwrap_or(0);
                 done.sort_by_key(|d| d.0);
                 for (j, g, compression) in done {
                     let mut rec = ctx.record(prepared[j].cell, s, i, &g, compression, peak)?;
                     rec.timing = Some(kvreport::record::TIMING_SHARED.to_string());
-                    finish_sample(&mut prepared[j], &rec, &overall)?;
+                    finish_sample(&mut prepared[j], &rec, &[&bar, &overall])?;
                     total_done += 1;
                 }
             }
+            bar.finish_and_clear();
         }
         // Isolated measurements: each cell's first N samples alone, one cell after another.
         if let (Some(n), false) = (opts.measure, opts.isolated) {
@@ -327,18 +348,22 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 if start >= want {
                     continue;
                 }
-                p.bar.set_prefix(format!("{} {} (measuring alone)", p.cell.task, p.cell.method.label));
+                let bar = mp.add(indicatif::ProgressBar::new(want as u64));
+                bar.set_style(style.clone());
+                bar.set_prefix(format!("{} {} (measuring alone)", p.cell.task, p.cell.method.label));
+                bar.set_position(start as u64);
                 let mut sink = RecordSink::open(&file)?;
                 for (i, s) in ss.iter().enumerate().take(want).skip(start) {
                     sink.append(&run_alone(&mut lm, &ctx, p, s, i)?)?;
+                    bar.inc(1);
                 }
+                bar.finish_and_clear();
             }
         }
         for p in prepared {
             if p.next >= samples[&p.cell.task].len() {
                 write_atomic(&p.dir.join("done"), b"")?;
             }
-            p.bar.finish_and_clear();
         }
         overall.finish_and_clear();
     }
@@ -375,7 +400,6 @@ struct Prepared<'c> {
     dir: PathBuf,
     sink: RecordSink,
     next: usize,
-    bar: indicatif::ProgressBar,
 }
 
 /// What every cell of a model needs to turn a sample into a record.
@@ -517,10 +541,11 @@ fn compress_together(prepared: &[Prepared<'_>], due: &[usize], s: &Sample) -> Re
 }
 
 /// Appends a cell's record of its next sample.
-fn finish_sample(p: &mut Prepared<'_>, rec: &SampleRecord, overall: &indicatif::ProgressBar) -> Result<()> {
+fn finish_sample(p: &mut Prepared<'_>, rec: &SampleRecord, bars: &[&indicatif::ProgressBar]) -> Result<()> {
     p.sink.append(rec)?;
     p.next += 1;
-    p.bar.inc(1);
-    overall.inc(1);
+    for b in bars {
+        b.inc(1);
+    }
     Ok(())
 }
