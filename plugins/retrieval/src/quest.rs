@@ -68,6 +68,15 @@ pub struct QuestCache {
 }
 
 impl QuestCache {
+    /// Appends the step's K/V (in the cache dtype) to the token store.
+    fn store_step(&mut self, step: &AttentionStep<'_>) {
+        if self.store.len() == 0 {
+            self.first_pos = step.start_pos;
+        }
+        let kind = self.spec.kv_dtype.kind();
+        self.store.append(&step.k.to_kind(kind), &step.v.to_kind(kind));
+    }
+
     pub fn new(cfg: Arc<QuestConfig>, layer: usize, spec: CacheSpec) -> Self {
         let active = layer >= cfg.skip_layers && !cfg.budget.is_unbounded();
         QuestCache {
@@ -148,12 +157,22 @@ impl QuestCache {
 }
 
 impl LayerCache for QuestCache {
-    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcache::Result<Tensor> {
-        if self.store.len() == 0 {
-            self.first_pos = step.start_pos;
+    /// A multi-token step (a prefill chunk, question tokens) attends fully, so a shared prefill
+    /// only needs its K/V and page bounds stored; single tokens select pages, as in `attend`.
+    fn observe(&mut self, step: &AttentionStep<'_>) -> kvcache::Result<()> {
+        if step.q.size()[2] == 1 {
+            return self.attend(step).map(drop);
         }
-        let kind = self.spec.kv_dtype.kind();
-        self.store.append(&step.k.to_kind(kind), &step.v.to_kind(kind));
+        self.store_step(step);
+        if self.active {
+            self.update_pages();
+        }
+        self.attended_tokens = self.store.len();
+        Ok(())
+    }
+
+    fn attend(&mut self, step: &AttentionStep<'_>) -> kvcache::Result<Tensor> {
+        self.store_step(step);
         let (k, v) = self.store.views().expect("tokens stored");
         let l = step.q.size()[2];
         if !self.active {
