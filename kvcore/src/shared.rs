@@ -93,12 +93,16 @@ pub fn prefill_shared(
     let chunk = opts.prefill_chunk.unwrap_or(prompt.len()).max(1);
     let mut pos = 0;
     let mut logits = None;
+    // Where the shared prefill's time goes, per member (KVBENCH_LOG=kvcore=debug).
+    let mut observe_s = vec![0f64; members.len()];
     for part in prompt.chunks(chunk) {
         let input = token_tensor(part, 1, device);
         logits = Some(model.forward_with(&input, &[pos], Logits::Last, &mut |step| {
             let out = leader[step.layer].attend(step)?;
-            for m in members.iter_mut() {
+            for (m, secs) in members.iter_mut().zip(observe_s.iter_mut()) {
+                let t = Instant::now();
                 m[step.layer].observe(step)?;
+                *secs += t.elapsed().as_secs_f64();
             }
             Ok(out)
         })?);
@@ -106,8 +110,23 @@ pub fn prefill_shared(
     }
     drop(leader);
     let prompt_logits = logits.expect("a non-empty prompt has a chunk");
+    let forward_s = t0.elapsed().as_secs_f64();
+    let mut end_s = Vec::with_capacity(members.len());
     for m in members.iter_mut() {
+        let t = Instant::now();
         end_prefill(m)?;
+        end_s.push(t.elapsed().as_secs_f64());
+    }
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let per: Vec<String> =
+            factories.iter().zip(observe_s.iter().zip(&end_s)).map(|(f, (o, e))| format!("{} observe {o:.2} s + end_prefill {e:.2} s", f.name())).collect();
+        tracing::debug!(
+            "shared prefill of {} tokens for {} methods: forward {forward_s:.2} s (observing {:.2} s of it), then {}",
+            prompt.len(),
+            factories.len(),
+            observe_s.iter().sum::<f64>(),
+            per.join(", ")
+        );
     }
 
     // The question, appended to every compressed context in one batched step per chunk.
