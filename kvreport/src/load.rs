@@ -243,6 +243,18 @@ pub fn read_run_info(dir: &Path) -> Result<RunInfo, LoadError> {
     read_json(&path)
 }
 
+/// The records of a records file (none if it does not exist), sorted by sample index.
+fn read_sorted_records(path: &Path, cell_id: &str, warnings: &mut Vec<LoadWarning>) -> Result<Vec<SampleRecord>, LoadError> {
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let (lines, w) = read_record_lines(path, cell_id)?;
+    warnings.extend(w);
+    let mut records: Vec<SampleRecord> = lines.into_iter().map(|l| l.record).collect();
+    records.sort_by_key(|r| r.index);
+    Ok(records)
+}
+
 /// Reads one cell directory; None for an empty directory (a cell the runner had not started).
 fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>, LoadError> {
     let info_path = dir.join("cell.json");
@@ -256,23 +268,8 @@ fn read_cell(dir: &Path, warnings: &mut Vec<LoadWarning>) -> Result<Option<Cell>
     }
     let info_bytes = fs::read(&info_path).map_err(|source| LoadError::Io { path: info_path.clone(), source })?;
     let info = parse_cell_info(&info_bytes, &info_path)?;
-    let mut records: Vec<SampleRecord> = if records_path.is_file() {
-        let (lines, w) = read_record_lines(&records_path, &info.id)?;
-        warnings.extend(w);
-        lines.into_iter().map(|l| l.record).collect()
-    } else {
-        Vec::new()
-    };
-    records.sort_by_key(|r| r.index);
-    let measure_path = dir.join(crate::record::MEASURE_FILE);
-    let mut measurements: Vec<SampleRecord> = if measure_path.is_file() {
-        let (lines, w) = read_record_lines(&measure_path, &info.id)?;
-        warnings.extend(w);
-        lines.into_iter().map(|l| l.record).collect()
-    } else {
-        Vec::new()
-    };
-    measurements.sort_by_key(|r| r.index);
+    let records = read_sorted_records(&records_path, &info.id, warnings)?;
+    let measurements = read_sorted_records(&dir.join(crate::record::MEASURE_FILE), &info.id, warnings)?;
     let done = dir.join("done").exists();
     Ok(Some(Cell { info, records, measurements, done, dir: dir.to_path_buf() }))
 }
