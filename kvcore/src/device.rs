@@ -100,6 +100,13 @@ pub fn configure_threads(threads: Option<usize>) -> usize {
     tch::get_num_threads().max(1) as usize
 }
 
+/// Waits for the device's queued work (CUDA; a no-op on CPU), so wall times measure the work.
+pub fn synchronize(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
 /// A short description of the device for provenance records.
 pub fn describe(device: Device) -> String {
     match device {

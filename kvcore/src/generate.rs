@@ -399,13 +399,6 @@ impl PromptMeasure {
     }
 }
 
-/// Waits for the device's queued work (CUDA), so wall times measure the work itself.
-pub(crate) fn sync_device(device: tch::Device) {
-    if let tch::Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
 /// Greedy decoding from `logits` (the last prompt position's) with `seq` already holding `pos`
 /// tokens; `t0` is when the prompt started (for the prefill time).
 pub fn decode(
@@ -437,14 +430,14 @@ pub fn decode(
     let mut prefill_seconds = 0.0;
     while g.wants_token() {
         if g.out_ids.is_empty() {
-            sync_device(device);
+            crate::device::synchronize(device);
             prefill_seconds = t0.elapsed().as_secs_f64();
         }
         let Some(next) = g.choose(lm, &mut logits)? else { break };
         logits = forward_sequence(lm, seq, &[next], pos, None, false)?;
         pos += 1;
     }
-    sync_device(device);
+    crate::device::synchronize(device);
     let total = t0.elapsed().as_secs_f64();
     if g.out_ids.is_empty() {
         prefill_seconds = total;

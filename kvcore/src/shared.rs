@@ -11,9 +11,7 @@
 
 use crate::cache::{CacheFactory, FullCacheFactory, LayerCache};
 use crate::error::{Error, Result};
-use crate::generate::{
-    end_prefill, forward_sequence, new_caches_for, new_sequence, sync_device, GenerateOptions, GenerationOutput, Greedy, PromptMeasure, SequenceState,
-};
+use crate::generate::{end_prefill, forward_sequence, new_caches_for, new_sequence, GenerateOptions, GenerationOutput, Greedy, PromptMeasure, SequenceState};
 use crate::loader::{Decoder, LoadedModel};
 use crate::model::Logits;
 use crate::pipeline::PipelineOptions;
@@ -233,7 +231,7 @@ pub fn decode_batch(lm: &mut LoadedModel, prompted: Vec<Prompted>, opts: &Genera
         for mut l in live.drain(..) {
             if l.next.is_none() && l.greedy.wants_token() {
                 if l.greedy.out_ids.is_empty() {
-                    sync_device(device);
+                    crate::device::synchronize(device);
                     l.prefill_seconds = l.t0.elapsed().as_secs_f64();
                 }
                 l.next = l.greedy.choose(lm, &mut l.logits)?;
@@ -242,7 +240,7 @@ pub fn decode_batch(lm: &mut LoadedModel, prompted: Vec<Prompted>, opts: &Genera
                 still.push(l);
                 continue;
             }
-            sync_device(device);
+            crate::device::synchronize(device);
             let total = l.t0.elapsed().as_secs_f64();
             let prefill_seconds = if l.greedy.out_ids.is_empty() { total } else { l.prefill_seconds };
             outs[l.index] = Some(l.prompt.output(lm, &l.seq, l.greedy, l.pos, prefill_seconds, total)?);

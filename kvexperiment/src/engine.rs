@@ -233,10 +233,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             // Cell by cell, each sample alone: how every cell ran before shared prefill.
             for p in prepared.iter_mut() {
                 let ss = &samples[&p.cell.task];
-                let bar = mp.add(indicatif::ProgressBar::new(ss.len() as u64));
-                bar.set_style(style.clone());
-                bar.set_prefix(format!("{} {}{}", p.cell.task, p.cell.method.label, p.cell.ratio.map(|r| format!(" {r}x")).unwrap_or_default()));
-                bar.set_position(p.next as u64);
+                let prefix = format!("{} {}{}", p.cell.task, p.cell.method.label, p.cell.ratio.map(|r| format!(" {r}x")).unwrap_or_default());
+                let bar = add_bar(&mp, &style, ss.len(), p.next, prefix);
                 for (i, s) in ss.iter().enumerate().skip(p.next) {
                     let rec = run_alone(&mut lm, &ctx, p, s, i)?;
                     finish_sample(p, &rec, &[&bar, &overall])?;
@@ -249,10 +247,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         for (task, members) in &tasks {
             let ss = &samples[*task];
             // One bar per task: its cells' samples, recorded a sample (all cells) at a time.
-            let bar = mp.add(indicatif::ProgressBar::new((members.len() * ss.len()) as u64));
-            bar.set_style(style.clone());
-            bar.set_prefix(format!("{task} ({} cells, shared)", members.len()));
-            bar.set_position(members.iter().map(|&j| prepared[j].next as u64).sum());
+            let recorded = members.iter().map(|&j| prepared[j].next).sum();
+            let bar = add_bar(&mp, &style, members.len() * ss.len(), recorded, format!("{task} ({} cells, shared)", members.len()));
             for (i, s) in ss.iter().enumerate() {
                 let due: Vec<usize> = members.iter().copied().filter(|&j| prepared[j].next == i).collect();
                 if due.is_empty() {
@@ -348,10 +344,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 if start >= want {
                     continue;
                 }
-                let bar = mp.add(indicatif::ProgressBar::new(want as u64));
-                bar.set_style(style.clone());
-                bar.set_prefix(format!("{} {} (measuring alone)", p.cell.task, p.cell.method.label));
-                bar.set_position(start as u64);
+                let bar = add_bar(&mp, &style, want, start, format!("{} {} (measuring alone)", p.cell.task, p.cell.method.label));
                 let mut sink = RecordSink::open(&file)?;
                 for (i, s) in ss.iter().enumerate().take(want).skip(start) {
                     sink.append(&run_alone(&mut lm, &ctx, p, s, i)?)?;
@@ -437,7 +430,7 @@ impl CellContext<'_> {
     }
 
     /// A sample's record from what generation gave.
-    fn record(&self, c: &Cell, s: &Sample, i: usize, g: &GenerationOutput, compression: Option<(usize, f64)>, peak: u64) -> Result<SampleRecord> {
+    fn record(&self, c: &Cell, s: &Sample, i: usize, g: &GenerationOutput, compression: Compression, peak: u64) -> Result<SampleRecord> {
         // Everything that went through the model before the first generated token.
         let input_tokens = g.prompt_tokens;
         // Full-cache bytes of the uncompressed prompt, for prompt compressors.
@@ -467,6 +460,15 @@ impl CellContext<'_> {
             timing: None,
         })
     }
+}
+
+/// A progress bar of `len` steps, `done` of them already, under `mp`.
+fn add_bar(mp: &indicatif::MultiProgress, style: &indicatif::ProgressStyle, len: usize, done: usize, prefix: String) -> indicatif::ProgressBar {
+    let bar = mp.add(indicatif::ProgressBar::new(len as u64));
+    bar.set_style(style.clone());
+    bar.set_prefix(prefix);
+    bar.set_position(done as u64);
+    bar
 }
 
 fn where_(c: &Cell) -> String {

@@ -36,11 +36,7 @@ fn calibration_path() -> PathBuf {
 /// Measures the copy bandwidth and matmul rate (best of 5 each, after a warm-up).
 pub fn calibrate(device: tch::Device, threads: usize) -> Calibration {
     let _g = tch::no_grad_guard();
-    let sync = || {
-        if let tch::Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || kvcore::device::synchronize(device);
     // 256 MiB source: far beyond any cache, as decode's weights are.
     let n: i64 = 64 << 20;
     let src = Tensor::ones([n], (Kind::Float, device));
@@ -418,19 +414,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     bar.finish_and_clear();
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/bench"));
     std::fs::create_dir_all(&out).with_context(|| out.display().to_string())?;
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &rows {
-        w.serialize(r)?;
-    }
-    let csv_bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
-    kvreport::fsio::write_atomic(&out.join("bench.csv"), &csv_bytes)?;
+    write_csv(&out.join("bench.csv"), &rows)?;
     let mut json = serde_json::json!({ "calibration": cal, "rows": rows });
     if !batched.is_empty() {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        for r in &batched {
-            w.serialize(r)?;
-        }
-        kvreport::fsio::write_atomic(&out.join("bench_batched.csv"), &w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?)?;
+        write_csv(&out.join("bench_batched.csv"), &batched)?;
         json["batched"] = serde_json::to_value(&batched)?;
     }
     kvreport::fsio::write_atomic(&out.join("bench.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
@@ -467,12 +454,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
             ]
         })
         .collect();
-    let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
-    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
-    print!("{}", kvreport::leaderboard::markdown_table(&header, &table, &right));
+    print_table(&header, &table);
     if !batched.is_empty() {
         println!("\nbatched decoding: B sequences of the same prompt, each with its own cache, one forward per step for the batch");
-        let header: Vec<String> = ["method", "context", "batch", "decode tok/s (sum)", "per sequence", "KV held (sum)"].iter().map(|s| s.to_string()).collect();
+        let header = ["method", "context", "batch", "decode tok/s (sum)", "per sequence", "KV held (sum)"];
         let table: Vec<Vec<String>> = batched
             .iter()
             .map(|r| {
@@ -486,12 +471,29 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 ]
             })
             .collect();
-        let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
-        print!("{}", kvreport::leaderboard::markdown_table(&header, &table, &right));
+        print_table(&header, &table);
         println!("written: {}", out.join("bench_batched.csv").display());
     }
     println!("written: {} and {}", out.join("bench.csv").display(), out.join("bench.json").display());
     Ok(())
+}
+
+/// Rows as CSV (a header from the field names), written atomically.
+fn write_csv<T: Serialize>(path: &std::path::Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().map_err(|e| anyhow::anyhow!("csv: {e}"))?;
+    kvreport::fsio::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Prints a Markdown table, every column but the first right-aligned.
+fn print_table(header: &[&str], table: &[Vec<String>]) {
+    let right: Vec<bool> = (0..header.len()).map(|i| i >= 1).collect();
+    let header: Vec<String> = header.iter().map(|s| s.to_string()).collect();
+    print!("{}", kvreport::leaderboard::markdown_table(&header, table, &right));
 }
 
 /// Whether any of `methods` is a prompt compressor.
