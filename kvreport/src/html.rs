@@ -1,6 +1,7 @@
 //! `index.html`: the one-page, self-contained report a person reads first (inline CSS and SVG,
 //! no scripts, no external resources): provenance, the leaderboard tables, quality vs.
-//! compression, needle heatmaps, and speed/memory against context length. The pages are
+//! compression, needle heatmaps, and speed/memory against context length, and the paired
+//! differences from the full cache. The pages are
 //! rendered from the minijinja templates in `kvreport/templates/` (embedded at compile time)
 //! with HTML autoescaping: this module computes what they show, the templates hold the markup.
 //! Only the SVG charts of `svg.rs` (which escape their own text) and the HTML handed in by the
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::format::{budget_label, fixed, human_bytes, thousands};
 use crate::leaderboard::{CategoryStat, Leaderboard, LeaderboardRow};
 use crate::load::Cell;
+use crate::paired::{DeltaStat, Paired};
 use crate::record::RunInfo;
 use crate::svg::{score_color, Marker};
 
@@ -374,6 +376,72 @@ fn per_task_tables(lb: &Leaderboard) -> Vec<PerTaskTable> {
         .collect()
 }
 
+/// One model's paired-difference table: its categories and a line per non-full row.
+#[derive(Serialize)]
+struct PairedTable {
+    model: String,
+    categories: Vec<String>,
+    /// The model has no full-cache row: every line is empty.
+    no_full: bool,
+    rows: Vec<PairedLine>,
+}
+
+#[derive(Serialize)]
+struct PairedLine {
+    label: String,
+    budget: String,
+    /// Per category of the table, then the average; none where there are no pairs.
+    cells: Vec<Option<DeltaCell>>,
+    agreement: String,
+    pairs: usize,
+    clusters: usize,
+}
+
+/// A Δ, formatted: signed with one decimal, its 95% half-width, the Holm mark and the counts.
+#[derive(Serialize)]
+struct DeltaCell {
+    delta: String,
+    ci: Option<String>,
+    significant: bool,
+    tip: String,
+}
+
+impl DeltaCell {
+    fn of(s: &DeltaStat) -> DeltaCell {
+        let d = fixed(s.delta, 1);
+        let p = s.p_value.map(|p| format!(", p = {p:.2e}")).unwrap_or_default();
+        DeltaCell {
+            delta: if d.starts_with('-') { d } else { format!("+{d}") },
+            ci: s.ci95().map(|v| fixed(v, 1)),
+            significant: s.holm_significant,
+            tip: format!("{} pairs in {} clusters{p}", s.pairs, s.clusters),
+        }
+    }
+}
+
+fn paired_tables(lb: &Leaderboard, paired: &Paired) -> Vec<PairedTable> {
+    paired
+        .models()
+        .into_iter()
+        .map(|model| {
+            let categories = lb.categories_of(&model);
+            let rows: Vec<_> = paired.rows.iter().filter(|r| r.model == model).collect();
+            let lines = rows
+                .iter()
+                .map(|r| PairedLine {
+                    label: r.method_label.clone(),
+                    budget: budget_label(r.ratio),
+                    cells: categories.iter().map(|c| r.categories.get(c)).chain([r.average.as_ref()]).map(|s| s.map(DeltaCell::of)).collect(),
+                    agreement: dash(r.average.as_ref().and_then(DeltaStat::agreement).map(|a| format!("{}%", fixed(100.0 * a, 1)))),
+                    pairs: r.pairs(),
+                    clusters: r.average.as_ref().map_or(0, |a| a.clusters),
+                })
+                .collect();
+            PairedTable { no_full: rows.iter().all(|r| r.full.is_none()), model, categories, rows: lines }
+        })
+        .collect()
+}
+
 /// One line of the task list.
 #[derive(Serialize)]
 struct TaskLine {
@@ -414,11 +482,17 @@ pub fn index_html(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard) -> String 
 
 /// [`index_html`] with an extra section (HTML) after the speed charts, e.g. `kvbench bench` results.
 pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra: &str) -> String {
+    index_html_paired(runs, cells, lb, &Paired::build(cells, lb), extra)
+}
+
+/// [`index_html_with`] with the paired differences already built (from the same cells).
+pub fn index_html_paired(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, paired: &Paired, extra: &str) -> String {
     let palette = Palette::new(&lb.rows);
     let experiment = distinct(runs, |r| r.experiment.clone());
     let nav = [
         ("#leaderboard", "Leaderboard"),
         ("#per-task", "Per task"),
+        ("#paired", "Paired Δ"),
         ("#quality", "Quality vs. compression"),
         ("#needle", "Needle heatmaps"),
         ("#speed", "Speed & memory"),
@@ -448,6 +522,9 @@ pub fn index_html_with(runs: &[RunInfo], cells: &[Cell], lb: &Leaderboard, extra
             total_cells => cells.len(),
             leaderboard => leaderboard_tables(lb, &palette),
             per_task => per_task_tables(lb),
+            paired => paired_tables(lb, paired),
+            paired_tests => paired.tests,
+            paired_key => crate::paired::CLUSTER_KEY,
             widest,
             quality_charts => quality_charts(lb, &palette),
             needle => needle_groups(cells, lb),

@@ -9,7 +9,15 @@ use std::collections::BTreeMap;
 
 use crate::format::{budget_label, fixed, fixed_opt, human_bytes, md_escape, shortest};
 use crate::load::Cell;
-use crate::record::{SampleRecord, FULL_METHOD};
+use crate::record::{CellInfo, SampleRecord, FULL_METHOD};
+
+/// What groups cells into one leaderboard row: (model, method label, budget ratio as bits).
+pub type RowKey = (String, String, Option<u64>);
+
+/// The row a cell belongs to (see [`RowKey`]).
+pub fn row_key(info: &CellInfo) -> RowKey {
+    (info.model.clone(), info.method_label.clone(), info.ratio.map(f64::to_bits))
+}
 
 /// One category (or task) of one row.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,6 +85,11 @@ impl LeaderboardRow {
     /// True for the full-cache reference row.
     pub fn is_full(&self) -> bool {
         self.method == FULL_METHOD || self.method_label == FULL_METHOD
+    }
+
+    /// The key of the row's cells (see [`row_key`]).
+    pub fn key(&self) -> RowKey {
+        (self.model.clone(), self.method_label.clone(), self.ratio.map(f64::to_bits))
     }
 
     /// `snapkv 4x`, or the label alone when the method has no budget (`kivi-2bit`).
@@ -204,10 +217,9 @@ impl Leaderboard {
     pub fn build(cells: &[Cell]) -> Leaderboard {
         let mut sorted: Vec<&Cell> = cells.iter().collect();
         sorted.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-        let mut groups: BTreeMap<(String, String, Option<u64>), Vec<&Cell>> = BTreeMap::new();
+        let mut groups: BTreeMap<RowKey, Vec<&Cell>> = BTreeMap::new();
         for c in sorted {
-            let key = (c.info.model.clone(), c.info.method_label.clone(), c.info.ratio.map(f64::to_bits));
-            groups.entry(key).or_default().push(c);
+            groups.entry(row_key(&c.info)).or_default().push(c);
         }
         let mut rows: Vec<LeaderboardRow> = groups.values().map(|cells| build_row(cells)).collect();
         rows.sort_by(row_order);

@@ -1,6 +1,6 @@
 //! Run records and reports, without libtorch: what `kvbench run` writes for every sample
 //! ([`record`]), and what `kvbench report` / `kvbench merge` build from run directories
-//! ([`load`], [`merge`], [`leaderboard`], [`html`], [`examples`], [`paper`]).
+//! ([`load`], [`merge`], [`leaderboard`], [`paired`], [`html`], [`examples`], [`paper`]).
 
 pub mod bench;
 pub mod examples;
@@ -10,6 +10,7 @@ pub mod html;
 pub mod leaderboard;
 pub mod load;
 pub mod merge;
+pub mod paired;
 pub mod paper;
 pub mod record;
 pub mod svg;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 pub use leaderboard::{Leaderboard, LeaderboardRow};
 pub use load::{load_runs, Cell, LoadError, LoadWarning, LoadedRuns};
 pub use merge::{merge, MergeError, MergeSummary};
+pub use paired::Paired;
 
 /// Why reports could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +63,10 @@ fn experiment_name(loaded: &LoadedRuns) -> String {
 }
 
 /// Reads the run directories (whole runs or shards) and writes into `out` (created if needed),
-/// each file atomically: leaderboard.csv, leaderboard.md, tasks.csv, tasks.md, index.html, examples.md,
-/// examples.html, and paper_comparison.md when `compare_paper` is set. Identical cells give
-/// byte-identical files, whether they come from one run, from shards, or from a merge.
+/// each file atomically: leaderboard.csv, leaderboard.md (with the paired differences from the
+/// full cache after the leaderboard tables), paired.csv, tasks.csv, tasks.md, index.html,
+/// examples.md, examples.html, and paper_comparison.md when `compare_paper` is set. Identical
+/// cells give byte-identical files, whether they come from one run, from shards, or from a merge.
 pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> Result<ReportSummary, ReportError> {
     write_reports_with_bench(run_dirs, out, compare_paper, &[])
 }
@@ -79,11 +82,13 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     let infos = loaded.run_infos();
     let experiment = experiment_name(&loaded);
     let lb = Leaderboard::build(&loaded.cells);
-    let markdown = lb.to_markdown(&experiment);
+    let paired = Paired::build(&loaded.cells, &lb);
+    let markdown = lb.to_markdown(&experiment) + &paired.to_markdown(&lb);
     let csv = lb.to_csv()?;
+    let paired_csv = paired.to_csv(&lb)?;
     let tasks_csv = lb.to_tasks_csv()?;
     let tasks_md = lb.to_tasks_markdown(&experiment);
-    let index = html::index_html_with(&infos, &loaded.cells, &lb, &bench::bench_section(&bench_rows));
+    let index = html::index_html_paired(&infos, &loaded.cells, &lb, &paired, &bench::bench_section(&bench_rows));
     let groups = examples::collect_examples(&loaded.cells, examples::SAMPLES_PER_TASK);
     let ex_md = examples::examples_markdown(&groups, &experiment);
     let ex_html = examples::examples_html(&groups, &infos, &lb);
@@ -100,6 +105,7 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     };
     write("leaderboard.csv", &csv)?;
     write("leaderboard.md", &markdown)?;
+    write("paired.csv", &paired_csv)?;
     write("tasks.csv", &tasks_csv)?;
     write("tasks.md", &tasks_md)?;
     write("index.html", &index)?;

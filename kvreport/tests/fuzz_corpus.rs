@@ -24,6 +24,8 @@ fn exercise(bytes: &[u8], id: &str) {
         let cell = Cell { info, records, measurements: Vec::new(), done: true, dir };
         let board = Leaderboard::build(std::slice::from_ref(&cell));
         let _ = (board.to_csv(), board.to_markdown("x"));
+        let paired = kvreport::Paired::build(std::slice::from_ref(&cell), &board);
+        let _ = (paired.to_csv(&board), paired.to_markdown(&board));
     }
 }
 

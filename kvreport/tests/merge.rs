@@ -10,7 +10,7 @@ use kvreport::load::load_runs;
 use kvreport::record::RunInfo;
 use kvreport::{merge, write_reports, MergeError};
 
-const REPORTS: [&str; 6] = ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"];
+const REPORTS: [&str; 7] = ["leaderboard.csv", "leaderboard.md", "paired.csv", "index.html", "examples.md", "examples.html", "paper_comparison.md"];
 
 /// The fixture split in two shards (alternate cells), with one cell present in both.
 fn write_shards(root: &Path) -> (PathBuf, PathBuf) {

@@ -208,11 +208,14 @@ fn reports_are_written_and_html_is_safe() {
     let out = dir.path().join("report");
     let summary = write_reports(&[run], &out, true).unwrap();
     let names: Vec<String> = summary.files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-    assert_eq!(names, ["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]);
+    assert_eq!(
+        names,
+        ["leaderboard.csv", "leaderboard.md", "paired.csv", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html", "paper_comparison.md"]
+    );
     assert_eq!(summary.cells, 14);
     assert_eq!(fs::read_to_string(out.join("leaderboard.md")).unwrap(), summary.leaderboard_markdown);
     // no temp files left behind
-    assert_eq!(fs::read_dir(&out).unwrap().count(), 8);
+    assert_eq!(fs::read_dir(&out).unwrap().count(), 9);
 
     let html = fs::read_to_string(out.join("index.html")).unwrap();
     assert!(html.starts_with("<!DOCTYPE html>"));
@@ -262,7 +265,7 @@ fn reports_do_not_depend_on_input_order_or_duplicates() {
     let two = dir.path().join("two");
     write_reports(std::slice::from_ref(&a), &one, false).unwrap();
     write_reports(&[b, a], &two, false).unwrap();
-    for f in ["leaderboard.csv", "leaderboard.md", "index.html", "examples.md", "examples.html"] {
+    for f in ["leaderboard.csv", "leaderboard.md", "paired.csv", "index.html", "examples.md", "examples.html"] {
         assert!(fs::read(one.join(f)).unwrap() == fs::read(two.join(f)).unwrap(), "{f} differs");
     }
 }

@@ -46,7 +46,7 @@ pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
 }
 
 /// The files every report directory holds.
-pub const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html"];
+pub const REPORT_FILES: &[&str] = &["leaderboard.csv", "leaderboard.md", "paired.csv", "tasks.csv", "tasks.md", "index.html", "examples.md", "examples.html"];
 
 /// A shared library built by cargo next to this test's executable (a dev-dependency's cdylib).
 pub fn built_library(name: &str) -> PathBuf {
