@@ -357,6 +357,175 @@ pub fn attend_at_positions(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpo
     }
 }
 
+/// Query rows per block in [`attend_sinks_local`] (at most the local window).
+pub const SINKS_LOCAL_BLOCK: usize = 256;
+
+/// StreamingLLM's attention (sinks plus a local window, [`Visibility::sinks_local`]) for a long
+/// run of queries, one block of at most [`SINKS_LOCAL_BLOCK`] queries at a time, each block over
+/// only the sinks and the keys its window can reach: a prefill of `L` tokens costs about
+/// `L · (sinks + local)` score entries instead of `L · S`, and no mask is larger than a block.
+///
+/// On CPU, when the cache holds the sinks and then one contiguous run of positions (StreamingLLM's
+/// store during prefill), each block is three flash-attention calls merged by their log-sum-exps:
+/// the keys every query of the block sees (no mask), the block's own keys (causal), and the
+/// window's trailing edge (a `block × block` mask). Otherwise (another layout, another device, a
+/// layer with its own sliding window) each block is one masked call. Either way the visibility is
+/// exactly [`attend_at_positions`]'s; only how the sums are blocked differs (outputs agree to
+/// float rounding, ~1e-6).
+pub fn attend_sinks_local(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpos: &Tensor, vis: Visibility) -> Tensor {
+    let l = step.q.size()[2] as usize;
+    let Some((sinks, local)) = vis.sinks_local else { return attend_at_positions(step, k, v, kpos, vis) };
+    if l <= 1 || local == 0 {
+        return attend_at_positions(step, k, v, kpos, vis);
+    }
+    let flat = kpos.flatten(0, -2);
+    let shared = flat.size()[0] <= 1 || flat.eq_tensor(&flat.narrow(0, 0, 1)).all().int64_value(&[]) == 1;
+    let row: Vec<i64> = match Vec::<i64>::try_from(flat.get(0).to_kind(Kind::Int64).to_device(Device::Cpu)) {
+        Ok(r) if shared && r.windows(2).all(|w| w[0] < w[1]) => r,
+        _ => return attend_at_positions(step, k, v, kpos, vis),
+    };
+    // Slots `[0, ns)` hold the sinks (positions are ascending).
+    let ns = row.partition_point(|&p| p < sinks as i64);
+    let sinks_then_run = row[..ns].iter().enumerate().all(|(i, &p)| p == i as i64) && row[ns..].windows(2).all(|w| w[1] == w[0] + 1);
+    let window_free = vis.window.or(step.sliding_window).is_none();
+    if k.device() == Device::Cpu && window_free && sinks_then_run && local >= 16 {
+        let run_start = row.get(ns).map_or(ns as i64, |&p| p) as usize;
+        if let Some(out) = sinks_local_flash(step, k, v, ns, run_start, local) {
+            return out;
+        }
+    }
+    // The sink slots and slots `[lo, hi)` along the sequence axis (a view when they touch).
+    let slots = |t: &Tensor, lo: usize, hi: usize| -> Tensor {
+        if ns == 0 {
+            t.narrow(2, lo as i64, (hi - lo) as i64)
+        } else if lo == ns {
+            t.narrow(2, 0, hi as i64)
+        } else {
+            Tensor::cat(&[t.narrow(2, 0, ns as i64), t.narrow(2, lo as i64, (hi - lo) as i64)], 2)
+        }
+    };
+    let mut outs = Vec::with_capacity(l.div_ceil(SINKS_LOCAL_BLOCK));
+    let mut a = 0;
+    while a < l {
+        let n = SINKS_LOCAL_BLOCK.min(l - a);
+        let (first, end) = ((step.start_pos + a) as i64, (step.start_pos + a + n) as i64);
+        // Keys some query of the block may see besides the sinks: positions in (first - local, end).
+        let lo = row.partition_point(|&p| p <= first - local as i64).max(ns);
+        let hi = row.partition_point(|&p| p < end).max(lo);
+        let q = step.q.narrow(2, a as i64, n as i64);
+        let sub = AttentionStep { q: &q, start_pos: step.start_pos + a, ..*step };
+        outs.push(attend_at_positions(&sub, &slots(k, lo, hi), &slots(v, lo, hi), &slots(kpos, lo, hi), vis));
+        a += n;
+    }
+    Tensor::cat(&outs, 2)
+}
+
+/// The CPU flash path of [`attend_sinks_local`]: keys in slots `[0, ns)` are the sinks (position =
+/// slot) and slot `ns + i` holds position `run_start + i`. Per query block `[qa, qb)`
+/// (`qb - qa ≤ local`), a key at position `j` is visible to query `p` when `j ≤ p` and
+/// (`j` is a sink or `p - j < local`), so the block's keys split into three parts:
+/// - *every query sees*: the sinks before `qa`, and positions `[mid, qa)` with `mid = qb - local`;
+/// - *causal*: the block's own positions `[qa, qb)` (all within the window, as `qb - qa ≤ local`);
+/// - *edge*: positions `[qa + 1 - local, mid)`, visible while `p - j < local` (a mask).
+///
+/// Each part is one `_scaled_dot_product_flash_attention_for_cpu` call, which also returns the
+/// log-sum-exp of each query's scores, and the parts merge exactly:
+/// `out = Σ_i exp(lse_i - m) · out_i / Σ_i exp(lse_i - m)`. Returns `None` for a layout it does not
+/// cover (a block starting inside the sinks of a trimmed store).
+fn sinks_local_flash(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, ns: usize, run_start: usize, local: usize) -> Option<Tensor> {
+    let (b, hq, l, d) = step.q.size4().ok()?;
+    let hkv = k.size()[1];
+    let group = hq / hkv;
+    let out_kind = step.q.kind();
+    let q_all = if k.kind() != out_kind { step.q.to_kind(k.kind()) } else { step.q.shallow_clone() };
+    let base = ns.max(run_start); // first non-sink position held
+    if step.start_pos < ns && run_start != ns {
+        return None;
+    }
+    let slot = |p: usize| if p < ns { p } else { ns + p - run_start };
+    let block = SINKS_LOCAL_BLOCK.min(local);
+    // Folds a query block's GQA group into the query axis: `[B, Hkv, G·n, D]`, row `g·n + i`.
+    let fold = |q: &Tensor, n: i64| q.reshape([b, hkv, group * n, d]);
+    let unfold = |(o, lse): (Tensor, Tensor), n: i64| (o.reshape([b, hq, n, d]), lse.reshape([b, hq, n]));
+    let flash = |q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, mask: Option<&Tensor>| {
+        Tensor::internal_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, mask, step.scale)
+    };
+    let mut outs = Vec::with_capacity(l as usize / block + 1);
+    let mut a = 0usize;
+    while a < l as usize {
+        let n = block.min(l as usize - a);
+        let (qa, qb) = (step.start_pos + a, step.start_pos + a + n);
+        let q = q_all.narrow(2, a as i64, n as i64);
+        let ni = n as i64;
+        let mut parts: Vec<(Tensor, Tensor)> = Vec::with_capacity(3);
+        // Causal: the block's own keys, K/V repeated per query head (libtorch's CPU flash kernel
+        // has no GQA).
+        let (kb, vb) = (k.narrow(2, slot(qa) as i64, ni), v.narrow(2, slot(qa) as i64, ni));
+        let rep = |t: &Tensor| t.unsqueeze(2).expand([b, hkv, group, ni, d], false).reshape([b, hq, ni, d]);
+        parts.push(flash(&q, &rep(&kb), &rep(&vb), true, None));
+        let lo = base.max((qa + 1).saturating_sub(local)).min(qa);
+        let mid = lo.max(qa.min(qb.saturating_sub(local)));
+        // Every query sees: the sinks before the block and positions [mid, qa).
+        let n_sinks = ns.min(qa);
+        let (ka, va) = match (n_sinks, mid < qa) {
+            (0, false) => (None, None),
+            (_, false) => (Some(k.narrow(2, 0, n_sinks as i64)), Some(v.narrow(2, 0, n_sinks as i64))),
+            (0, true) => (Some(k.narrow(2, slot(mid) as i64, (qa - mid) as i64)), Some(v.narrow(2, slot(mid) as i64, (qa - mid) as i64))),
+            (_, true) if slot(mid) == n_sinks => (Some(k.narrow(2, 0, slot(qa) as i64)), Some(v.narrow(2, 0, slot(qa) as i64))),
+            (_, true) => {
+                let part = |t: &Tensor| Tensor::cat(&[t.narrow(2, 0, n_sinks as i64), t.narrow(2, slot(mid) as i64, (qa - mid) as i64)], 2);
+                (Some(part(k)), Some(part(v)))
+            }
+        };
+        if let (Some(ka), Some(va)) = (ka, va) {
+            parts.push(unfold(flash(&fold(&q, ni), &ka, &va, false, None), ni));
+        }
+        // The edge: positions [lo, mid), query p sees j when p - j < local.
+        if mid > lo {
+            let e = (mid - lo) as i64;
+            let qpos = Tensor::arange_start(qa as i64, qb as i64, (Kind::Int64, k.device())).unsqueeze(1);
+            let kpos = Tensor::arange_start(lo as i64, mid as i64, (Kind::Int64, k.device())).unsqueeze(0);
+            let seen = (&qpos - &kpos).lt(local as i64); // [n, e]
+            let mask = Tensor::zeros([ni, e], (q.kind(), k.device())).masked_fill(&seen.logical_not(), f64::NEG_INFINITY).repeat([group, 1]);
+            let (o, lse) = unfold(flash(&fold(&q, ni), &k.narrow(2, slot(lo) as i64, e), &v.narrow(2, slot(lo) as i64, e), false, Some(&mask)), ni);
+            // Queries that see none of the edge get weight 0 (the kernel's output there is not
+            // meaningful).
+            let any = seen.any_dim(1, false).view([1, 1, ni]);
+            parts.push((o.masked_fill(&any.logical_not().unsqueeze(-1), 0.0), lse.masked_fill(&any.logical_not(), f64::NEG_INFINITY)));
+        }
+        outs.push(merge_by_lse(parts));
+        a += n;
+    }
+    let out = Tensor::cat(&outs, 2);
+    Some(if out.kind() != out_kind { out.to_kind(out_kind) } else { out })
+}
+
+/// Combines attention outputs over disjoint key sets from their log-sum-exps (`[B, H, L]`, one
+/// part at least finite per query): the softmax over the union of the key sets.
+fn merge_by_lse(parts: Vec<(Tensor, Tensor)>) -> Tensor {
+    if parts.len() == 1 {
+        return parts.into_iter().next().expect("one part").0;
+    }
+    let kind = parts[0].0.kind();
+    let lses: Vec<Tensor> = parts.iter().map(|(_, l)| l.to_kind(Kind::Float)).collect();
+    let m = Tensor::stack(&lses, 0).amax(0, false);
+    let mut num: Option<Tensor> = None;
+    let mut den: Option<Tensor> = None;
+    for ((o, _), lse) in parts.iter().zip(&lses) {
+        let w = (lse - &m).exp();
+        let t = o.to_kind(Kind::Float) * w.unsqueeze(-1);
+        num = Some(match num {
+            Some(x) => x + t,
+            None => t,
+        });
+        den = Some(match den {
+            Some(x) => x + w,
+            None => w,
+        });
+    }
+    (num.expect("parts") / den.expect("parts").unsqueeze(-1)).to_kind(kind)
+}
+
 /// Explicit attention probabilities `softmax(q kᵀ · scale)` in f32, `[B, Hq, W, S]`, of queries
 /// `q` (`[B, Hq, W, D]`, at positions `q_start..q_start+W`) over keys `k` (`[B, Hkv, S, D]`, at
 /// positions `kpos`), causal by position. SDPA returns no weights; methods that score tokens by

@@ -4,7 +4,7 @@
 //! the PyramidKV layer-budget schedule against hand-computed values and the attention mask that
 //! evicting caches build from kept positions.
 
-use kvcore::cache::{attend_at_positions, position_mask, AttentionStep, CacheSpec, LayerCache, Visibility};
+use kvcore::cache::{attend_at_positions, attend_sinks_local, position_mask, AttentionStep, CacheSpec, LayerCache, Visibility};
 use kvcore::device::DType;
 use kvcore::registry::{parse_settings, Registry};
 use tch::{Device, Kind, Tensor};
@@ -494,4 +494,50 @@ fn attention_at_shared_positions_equals_the_explicit_full_mask() {
     let qg = q.reshape([b, HKV as i64, 2 * l, D as i64]);
     let want = Tensor::scaled_dot_product_attention(&qg, &k, &v, Some(&mask), 0.0, false, 0.5, false).reshape([b, HQ as i64, l, D as i64]);
     assert!(got.equal(&want), "max diff {}", (&got - &want).abs().max().double_value(&[]));
+}
+
+/// StreamingLLM's blockwise prefill attention ([`attend_sinks_local`]) against one masked call
+/// over everything held ([`attend_at_positions`], equal to the explicit mask above): the first
+/// prefill chunk (positions from 0), a later chunk over a trimmed store (sinks, then the window
+/// and the chunk), no sinks, a window shorter than a query block, and per-head positions (its
+/// fallback, which must be the same call).
+#[test]
+fn streaming_attention_blockwise_equals_the_whole_mask() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(7);
+    let d = 8i64;
+    // (first query position, held positions, queries, sinks, local)
+    let run = |a: i64, b: i64| (a..b).collect::<Vec<i64>>();
+    let cases: Vec<(usize, Vec<i64>, usize, usize, usize)> = vec![
+        (0, run(0, 700), 700, 4, 300),
+        (0, run(0, 600), 600, 0, 257),
+        (0, run(0, 520), 520, 3, 40),
+        (500, [run(0, 4), run(200, 900)].concat(), 400, 4, 300),
+        (500, [run(0, 2), run(460, 900)].concat(), 400, 2, 41),
+        (300, run(0, 700), 400, 5, 1000),
+    ];
+    for (start, held, l, sinks, local) in cases {
+        let s = held.len() as i64;
+        let q = Tensor::randn([1, HQ as i64, l as i64, d], (Kind::Float, Device::Cpu));
+        let k = Tensor::randn([1, HKV as i64, s, d], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([1, HKV as i64, s, d], (Kind::Float, Device::Cpu));
+        let pos = Tensor::from_slice(&held).view([1, 1, s]).expand([1, HKV as i64, s], true).contiguous();
+        let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: start, sliding_window: None, scale: 0.35 };
+        let vis = Visibility { window: None, sinks_local: Some((sinks, local)) };
+        let want = attend_at_positions(&step, &k, &v, &pos, vis);
+        let got = attend_sinks_local(&step, &k, &v, &pos, vis);
+        assert_eq!(got.size(), want.size());
+        let diff = (&got - &want).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "start {start}, {s} held, sinks {sinks}, local {local}: max diff {diff}");
+    }
+    // Heads holding different positions: the fallback is the one masked call itself.
+    let l = 300i64;
+    let held: Vec<i64> = [run(0, 400), (0..400).map(|p| p * 2).collect()].concat();
+    let q = Tensor::randn([1, HQ as i64, l, d], (Kind::Float, Device::Cpu));
+    let k = Tensor::randn([1, HKV as i64, 400, d], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([1, HKV as i64, 400, d], (Kind::Float, Device::Cpu));
+    let pos = Tensor::from_slice(&held).view([1, HKV as i64, 400]);
+    let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 800, sliding_window: None, scale: 0.35 };
+    let vis = Visibility { window: None, sinks_local: Some((4, 100)) };
+    assert!(attend_sinks_local(&step, &k, &v, &pos, vis).equal(&attend_at_positions(&step, &k, &v, &pos, vis)));
 }

@@ -12,7 +12,7 @@
 
 use crate::quantized::{QuantCache, QuantConfig};
 use kvcache::buffer::KvBuffer;
-use kvcache::cache::{attend_at_positions, attend_contiguous, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
+use kvcache::cache::{attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
 use kvcache::params::{Budget, GqaAgg};
 use kvcache::scorer::{ScoreInput, Scorer};
 use kvcache::{Error, Result};
@@ -314,6 +314,10 @@ impl EvictionCache {
             return Ok(attend_contiguous(step, &k, &v, store.first_pos()));
         }
         let vis = Visibility { window: None, sinks_local };
+        if sinks_local.is_some() {
+            // StreamingLLM's prefill: block by block, each block over the keys its window reaches.
+            return Ok(attend_sinks_local(step, &k, &v, &store.positions(), vis));
+        }
         Ok(attend_at_positions(step, &k, &v, &store.positions(), vis))
     }
 
