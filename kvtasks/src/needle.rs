@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::pyrandom::PyRandom;
-use crate::sample::{read_text, sorted_files, Sample, ScoringKind, TaskError, TextTokenizer};
+use crate::sample::{context_id, read_text, sorted_files, Sample, ScoringKind, TaskError, TextTokenizer, CONTEXT_ID_KEY};
 
 /// The haystack texts, one per file, in sorted file-name order.
 #[derive(Clone, Debug)]
@@ -175,6 +175,10 @@ pub fn draw_pass_key(rng: &mut PyRandom, digits: usize) -> String {
 
 /// All samples of the paper's grid, in the paper's loop order (length → depth → iteration), with
 /// keys drawn from one `PyRandom(seed)` stream in that order.
+///
+/// Every sample of one length shares one haystack ([`make_background`] depends on the essays and
+/// the length only, not on the seed, the depth or the iteration), so its metadata carry
+/// [`CONTEXT_ID_KEY`] = [`passkey_context_id`] of that haystack.
 pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sample>, TaskError> {
     if cfg.key_digits == 0 || cfg.iterations == 0 {
         return Err(TaskError::Config { key: "key_digits/iterations".into(), detail: "must be positive".into() });
@@ -183,6 +187,7 @@ pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sampl
     let mut out = Vec::new();
     for len in cfg.background_lens() {
         let background = make_background(essays, len);
+        let cid = passkey_context_id(&background);
         for (di, depth) in cfg.depths().into_iter().enumerate() {
             for it in 0..cfg.iterations {
                 let key = draw_pass_key(&mut rng, cfg.key_digits);
@@ -197,6 +202,7 @@ pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sampl
                 metadata.insert("seed".into(), json!(cfg.seed));
                 metadata.insert("key_digits".into(), json!(cfg.key_digits));
                 metadata.insert("haystack_order".into(), json!("sorted"));
+                metadata.insert(CONTEXT_ID_KEY.into(), json!(cid));
                 out.push(Sample {
                     id: format!("passkey-{}d-{len}w-{di}-{it}", cfg.key_digits),
                     task: "paulgraham_passkey".into(),
@@ -213,6 +219,13 @@ pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sampl
         }
     }
     Ok(out)
+}
+
+/// The [`CONTEXT_ID_KEY`] of passkey samples whose haystack is `background` (the output of
+/// [`make_background`]): `passkey-` and the FNV-1a 64 hash of the text, so two samples get the
+/// same id exactly when their haystacks are the same text.
+pub fn passkey_context_id(background: &str) -> String {
+    context_id("passkey", background)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -265,26 +278,28 @@ impl Default for KamradtConfig {
     }
 }
 
-/// One Kamradt context: the haystack tokens cut to `context_length`, minus the buffer and the
-/// needle, with the needle inserted before the token at `depth_percent` — moved back to just after
-/// the previous token that `encode(".")` yields (a sentence end). Returns the decoded text and the
-/// needle's token index within the haystack tokens.
-pub fn kamradt_context(
-    haystack_tokens: &[u32],
-    tok: &dyn TextTokenizer,
-    context_length: usize,
-    depth_percent: f64,
-    needle: &str,
-    buffer: usize,
-) -> (String, usize, usize) {
+/// The haystack of one Kamradt context length, before the needle goes in: the haystack tokens cut
+/// to `context_length` and re-encoded (as the reference does), then trimmed so that it and the
+/// needle fit in `context_length - buffer`. It does not depend on the depth.
+pub fn kamradt_haystack(haystack_tokens: &[u32], tok: &dyn TextTokenizer, context_length: usize, needle: &str, buffer: usize) -> Vec<u32> {
+    kamradt_trim(haystack_tokens, tok, context_length, tok.encode(needle).len(), buffer)
+}
+
+fn kamradt_trim(haystack_tokens: &[u32], tok: &dyn TextTokenizer, context_length: usize, needle_len: usize, buffer: usize) -> Vec<u32> {
     // encode_and_trim, then re-encode the decoded text as the reference does.
     let trimmed = &haystack_tokens[..context_length.min(haystack_tokens.len())];
     let mut context = tok.encode(&tok.decode(trimmed));
-    let needle_tokens = tok.encode(needle);
     let budget = context_length.saturating_sub(buffer);
-    if context.len() + needle_tokens.len() > budget {
-        context.truncate(budget.saturating_sub(needle_tokens.len()));
+    if context.len() + needle_len > budget {
+        context.truncate(budget.saturating_sub(needle_len));
     }
+    context
+}
+
+/// `needle_tokens` inserted into `context` (a [`kamradt_haystack`]) before the token at
+/// `depth_percent`, moved back to just after the previous sentence end; the decoded text and the
+/// insertion index.
+fn kamradt_insert(context: &[u32], tok: &dyn TextTokenizer, depth_percent: f64, needle_tokens: &[u32]) -> (String, usize) {
     let insertion = if depth_percent >= 100.0 {
         context.len()
     } else {
@@ -296,12 +311,39 @@ pub fn kamradt_context(
         p
     };
     let mut out = context[..insertion].to_vec();
-    out.extend_from_slice(&needle_tokens);
+    out.extend_from_slice(needle_tokens);
     out.extend_from_slice(&context[insertion..]);
-    (tok.decode(&out), insertion, context.len())
+    (tok.decode(&out), insertion)
 }
 
-/// Kamradt samples for every (length, depth) cell.
+/// One Kamradt context: the haystack tokens cut to `context_length`, minus the buffer and the
+/// needle ([`kamradt_haystack`]), with the needle inserted before the token at `depth_percent` —
+/// moved back to just after the previous token that `encode(".")` yields (a sentence end).
+/// Returns the decoded text, the needle's token index within the haystack tokens and the
+/// haystack's length in tokens.
+pub fn kamradt_context(
+    haystack_tokens: &[u32],
+    tok: &dyn TextTokenizer,
+    context_length: usize,
+    depth_percent: f64,
+    needle: &str,
+    buffer: usize,
+) -> (String, usize, usize) {
+    let needle_tokens = tok.encode(needle);
+    let context = kamradt_trim(haystack_tokens, tok, context_length, needle_tokens.len(), buffer);
+    let (text, insertion) = kamradt_insert(&context, tok, depth_percent, &needle_tokens);
+    (text, insertion, context.len())
+}
+
+/// The [`CONTEXT_ID_KEY`] of Kamradt samples whose haystack (a [`kamradt_haystack`]) decodes to
+/// `haystack_text`: `kamradt-` and the FNV-1a 64 hash of the text, so two samples get the same id
+/// exactly when their haystacks are the same text.
+pub fn kamradt_context_id(haystack_text: &str) -> String {
+    context_id("kamradt", haystack_text)
+}
+
+/// Kamradt samples for every (length, depth) cell. The depths of one length share one haystack,
+/// so their metadata carry [`CONTEXT_ID_KEY`] = [`kamradt_context_id`] of its decoded text.
 pub fn kamradt_samples(essays: &Essays, tok: &dyn TextTokenizer, cfg: &KamradtConfig) -> Result<Vec<Sample>, TaskError> {
     let max_len = cfg.context_lengths.iter().copied().max().unwrap_or(0);
     // read_context_files: whole passes over the essays until the text has max_len tokens.
@@ -316,16 +358,22 @@ pub fn kamradt_samples(essays: &Essays, tok: &dyn TextTokenizer, cfg: &KamradtCo
             return Err(TaskError::NotEnoughData { name: "pg_essays".into(), detail: "empty haystack".into() });
         }
     }
+    let needle_tokens = tok.encode(&cfg.needle);
     let mut out = Vec::new();
     for &len in &cfg.context_lengths {
+        // One haystack per length, shared by all its depths (the same as `kamradt_context` builds).
+        let haystack = kamradt_trim(&tokens, tok, len, needle_tokens.len(), cfg.final_context_length_buffer);
+        let cid = kamradt_context_id(&tok.decode(&haystack));
+        let hay_len = haystack.len();
         for &depth in &cfg.depth_percents {
-            let (context, pos, hay_len) = kamradt_context(&tokens, tok, len, depth, &cfg.needle, cfg.final_context_length_buffer);
+            let (context, pos) = kamradt_insert(&haystack, tok, depth, &needle_tokens);
             let mut metadata = BTreeMap::new();
             metadata.insert("context_length_tokens".into(), json!(len));
             metadata.insert("depth_percent".into(), json!(depth));
             metadata.insert("needle_token_position".into(), json!(pos));
             metadata.insert("haystack_tokens".into(), json!(hay_len));
             metadata.insert("haystack_order".into(), json!("sorted"));
+            metadata.insert(CONTEXT_ID_KEY.into(), json!(cid));
             out.push(Sample {
                 id: format!("kamradt-{len}t-{depth}pct"),
                 task: "kamradt_niah".into(),

@@ -19,7 +19,9 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::pyrandom::{derive_seed, PyRandom};
-use crate::sample::{read_text, sorted_files, split_sentences, Sample, ScoringKind, TaskError, TextTokenizer};
+use crate::sample::{
+    context_id, context_id_from_hash, read_text, sorted_files, split_sentences, Fnv1a64, Sample, ScoringKind, TaskError, TextTokenizer, CONTEXT_ID_KEY,
+};
 
 /// RULER's noise haystack sentence.
 pub const NOISE: &str = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
@@ -260,15 +262,38 @@ fn depths40() -> Vec<i64> {
     crate::needle::linspace_rounded(0.0, 100.0, 40)
 }
 
-/// Insert `needles` into the essay sentences at sampled depths (RULER's essay branch).
-fn essay_context(words: &[String], n: usize, needles: &[String], rng: &mut PyRandom) -> (String, Vec<i64>) {
+/// The [`CONTEXT_ID_KEY`] of the noise haystack of `n` sentences (the niah noise branch and
+/// variable tracking, before the needles or the chain go in): `ruler-noise-` and the FNV-1a 64
+/// hash of `n` copies of [`NOISE`] joined by newlines. It depends on `n` alone.
+pub fn noise_context_id(n: usize) -> String {
+    let mut h = Fnv1a64::new();
+    for i in 0..n {
+        if i > 0 {
+            h.write(b"\n");
+        }
+        h.write(NOISE.as_bytes());
+    }
+    context_id_from_hash("ruler-noise", h.finish())
+}
+
+/// The [`CONTEXT_ID_KEY`] of an essay haystack whose text (before the needles go in) is `text`:
+/// `ruler-essay-` and the FNV-1a 64 hash of the text.
+pub fn essay_context_id(text: &str) -> String {
+    context_id("ruler-essay", text)
+}
+
+/// Insert `needles` into the essay sentences at sampled depths (RULER's essay branch); also the
+/// [`essay_context_id`] of the haystack (the first `n` words, cycled, without the needles).
+fn essay_context(words: &[String], n: usize, needles: &[String], rng: &mut PyRandom) -> (String, Vec<i64>, String) {
     let mut picked = Vec::with_capacity(n);
     if !words.is_empty() {
         for i in 0..n {
             picked.push(words[i % words.len()].as_str());
         }
     }
-    let sents = split_sentences(&picked.join(" "));
+    let haystack = picked.join(" ");
+    let cid = essay_context_id(&haystack);
+    let sents = split_sentences(&haystack);
     let depths = rng.sample(&depths40(), needles.len());
     let mut pos: Vec<usize> = depths.iter().map(|d| (sents.len() as f64 * (*d as f64 / 100.0)) as usize).collect();
     pos.sort_unstable();
@@ -282,7 +307,7 @@ fn essay_context(words: &[String], n: usize, needles: &[String], rng: &mut PyRan
             parts.push(nd.clone());
         }
     }
-    (parts.join(" "), depths)
+    (parts.join(" "), depths, cid)
 }
 
 fn niah_parts(spec: &NiahSpec, n: usize, rng: &mut PyRandom, res: &RulerResources) -> Parts {
@@ -308,8 +333,9 @@ fn niah_parts(spec: &NiahSpec, n: usize, rng: &mut PyRandom, res: &RulerResource
     let mut meta = BTreeMap::new();
     let context = match spec.haystack {
         Haystack::Essay => {
-            let (c, depths) = essay_context(&res.essay_words, n, &needles, rng);
+            let (c, depths, cid) = essay_context(&res.essay_words, n, &needles, rng);
             meta.insert("needle_depths_percent".into(), json!(depths));
+            meta.insert(CONTEXT_ID_KEY.into(), json!(cid));
             c
         }
         Haystack::Noise | Haystack::Needle => {
@@ -327,6 +353,11 @@ fn niah_parts(spec: &NiahSpec, n: usize, rng: &mut PyRandom, res: &RulerResource
             idx.sort_unstable_by(|a, b| b.cmp(a));
             for (i, nd) in idx.into_iter().zip(&needles) {
                 sents.insert(i, nd.clone());
+            }
+            // The noise haystack is the same for every sample with this `n`; distractor needles
+            // are drawn per sample, so that haystack is the sample's own (no id).
+            if spec.haystack == Haystack::Noise {
+                meta.insert(CONTEXT_ID_KEY.into(), json!(noise_context_id(n)));
             }
             sents.join("\n")
         }
@@ -389,7 +420,8 @@ fn vt_core(n_noise: usize, hops: usize, var_len: usize, rng: &mut PyRandom) -> P
             hops + 1
         ),
         answers: vars,
-        meta: BTreeMap::new(),
+        // The noise around the chain depends on `n_noise` alone (`replace` leaves pure noise as is).
+        meta: BTreeMap::from([(CONTEXT_ID_KEY.to_string(), json!(noise_context_id(n_noise)))]),
     }
 }
 
@@ -518,6 +550,12 @@ fn largest_fitting(lo: usize, cap: usize, fits: &dyn Fn(usize) -> bool) -> Optio
 /// Generate `cfg.num_samples` samples of `task`, each as long as possible with
 /// `tokens(prompt + answer_prefix) + tokens_to_generate <= max_seq_length` (the haystack size is
 /// searched once on sample 0's stream, then shrunk per sample by RULER's increment if needed).
+///
+/// Where the haystack is a function of its size alone — the noise and essay haystacks of the
+/// NIAH tasks, and the noise around variable tracking's chain — the samples with the same
+/// haystack size (`haystack_units`) share it, and their metadata carry [`CONTEXT_ID_KEY`]
+/// ([`noise_context_id`], [`essay_context_id`]). The distractor-needle haystacks
+/// (`niah_multikey_2/3`), `cwe` and `fwe` draw their whole context per sample and carry none.
 pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
     let ttg = task.tokens_to_generate();
     let budget = cfg.max_seq_length.saturating_sub(ttg);

@@ -113,6 +113,58 @@ impl Sample {
     }
 }
 
+/// The metadata key that names the context a sample shares with other samples of its task (a
+/// haystack, a document): samples whose contexts are the same text, apart from the needle in it,
+/// carry the same value; samples that draw their own context carry none. The report clusters its
+/// standard errors on it (`kvreport::paired::CLUSTER_KEY`).
+pub const CONTEXT_ID_KEY: &str = "context_id";
+
+/// 64-bit FNV-1a, a stable hash (unlike `std`'s `DefaultHasher`, it does not change between
+/// Rust releases): feed bytes with [`write`](Fnv1a64::write), read it with
+/// [`finish`](Fnv1a64::finish).
+#[derive(Clone, Copy, Debug)]
+pub struct Fnv1a64(u64);
+
+impl Default for Fnv1a64 {
+    fn default() -> Self {
+        Fnv1a64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a64 {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> &mut Self {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// 64-bit FNV-1a of `bytes`.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    Fnv1a64::new().write(bytes).finish()
+}
+
+/// A [`CONTEXT_ID_KEY`] value from a hash of the shared text: `<kind>-<16 hex digits>`.
+pub fn context_id_from_hash(kind: &str, hash: u64) -> String {
+    format!("{kind}-{hash:016x}")
+}
+
+/// A [`CONTEXT_ID_KEY`] value naming `text` (the shared context without any needle):
+/// `<kind>-<FNV-1a 64 of its UTF-8 bytes, 16 hex digits>`.
+pub fn context_id(kind: &str, text: &str) -> String {
+    context_id_from_hash(kind, fnv1a64(text.as_bytes()))
+}
+
 /// Serialise samples as JSON lines (stable: struct field order and sorted metadata).
 pub fn to_jsonl(samples: &[Sample]) -> Result<String, serde_json::Error> {
     let mut out = String::new();

@@ -178,3 +178,27 @@ fn kamradt_scoring_uses_key_phrases() {
     assert_eq!(sample::key_phrase_match("Go to Dolores Park", &ans), 0.5);
     assert_eq!(sample::key_phrase_match("Visit the Golden Gate", &ans), 0.0);
 }
+
+#[test]
+fn context_ids_name_one_haystack_per_length() {
+    let es = essays();
+    let ids = |samples: &[kvtasks::sample::Sample], len_key: &str| {
+        let mut by_len: std::collections::BTreeMap<u64, std::collections::BTreeSet<String>> = Default::default();
+        for s in samples {
+            let id = s.metadata[sample::CONTEXT_ID_KEY].as_str().unwrap().to_string();
+            by_len.entry(s.metadata[len_key].as_u64().unwrap()).or_default().insert(id);
+        }
+        by_len
+    };
+    // The paper's grid: 10 haystacks of 30 samples each.
+    let passkey = needle::passkey_samples(&es, &PasskeyConfig::default()).unwrap();
+    let by_len = ids(&passkey, "background_len_words");
+    assert_eq!(by_len.len(), 10);
+    assert!(by_len.values().all(|s| s.len() == 1));
+    assert_eq!(by_len.values().flatten().collect::<std::collections::BTreeSet<_>>().len(), 10);
+    let cfg = KamradtConfig { context_lengths: vec![4000, 8000], depth_percents: vec![0.0, 50.0, 100.0], ..Default::default() };
+    let kamradt = needle::kamradt_samples(&es, &ByteTokenizer, &cfg).unwrap();
+    let by_len = ids(&kamradt, "context_length_tokens");
+    assert!(by_len.values().all(|s| s.len() == 1));
+    assert_ne!(by_len[&4000], by_len[&8000]);
+}

@@ -17,5 +17,5 @@ mod pyunicode;
 pub use dataset::{default_data_dir, fetch_longbench, fetch_longbench_from, load_subset, DataError, FetchSummary, LongBenchRecord};
 pub use metrics::{Metric, MetricError};
 pub use prompts::{build_request, subset, truncate_middle, Category, GenerationRequest, PromptTokenizer, Subset, AVERAGE_15, PAPER_DATASETS, SUBSETS};
-pub use samples::{category_of, longbench_samples, sample_from_record, split_prompt, task_name, PromptParts, OTHER_CATEGORY};
+pub use samples::{category_of, longbench_context_id, longbench_samples, sample_from_record, split_prompt, task_name, PromptParts, OTHER_CATEGORY};
 pub use score::{score_predictions_file, ScoreError, ScoreReport};

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use super::dataset::{load_subset, DataError, LongBenchRecord};
 use super::prompts::{fill_template, subset, Subset};
-use crate::sample::{Sample, ScoringKind};
+use crate::sample::{context_id, Sample, ScoringKind, CONTEXT_ID_KEY};
 
 /// The category reported for subsets outside the paper's six categories: passage_count (run by
 /// the paper but excluded from every average) and the five Chinese subsets.
@@ -90,6 +90,13 @@ pub fn split_prompt(template: &str, context: &str, input: &str) -> PromptParts {
     }
 }
 
+/// The [`CONTEXT_ID_KEY`] of the records whose context is `context`: `longbench-` and the
+/// FNV-1a 64 hash of the text (records of one subset asking about the same document share it);
+/// None for an empty context, which shares nothing.
+pub fn longbench_context_id(context: &str) -> Option<String> {
+    (!context.is_empty()).then(|| context_id("longbench", context))
+}
+
 /// One record of `subset` as a [`Sample`] (see [`longbench_samples`]).
 pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e: bool) -> Sample {
     let parts = split_prompt(subset.prompt, &record.context, &record.input);
@@ -103,6 +110,9 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
     metadata.insert("longbench_e".to_string(), Value::from(longbench_e));
     if let Some(classes) = &record.all_classes {
         metadata.insert("all_classes".to_string(), Value::from(classes.clone()));
+    }
+    if let Some(cid) = longbench_context_id(&record.context) {
+        metadata.insert(CONTEXT_ID_KEY.to_string(), Value::from(cid));
     }
     Sample {
         id: record.id.clone(),
@@ -129,7 +139,9 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
 /// * `metadata`: `subset`, `category` ([`category_of`]), `language` (the record's, `en`/`zh`),
 ///   `length` (the record's, words or Chinese characters), `chat_template` (whether the official
 ///   pipeline wraps the prompt in the chat template), `stop_at_newline` (samsum: stop at `"\n"`,
-///   at least one new token), `longbench_e`, and `all_classes` when the record has them.
+///   at least one new token), `longbench_e`, `all_classes` when the record has them, and
+///   [`CONTEXT_ID_KEY`] ([`longbench_context_id`] of the record's context) when the context is
+///   not empty.
 ///
 /// Errors: unknown subset, a subset without a LongBench-E file, a missing file (naming its path
 /// and the fetch command), unreadable or malformed lines.
