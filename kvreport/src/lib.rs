@@ -1,9 +1,11 @@
 //! Run records and reports, without libtorch: what `kvbench run` writes for every sample
 //! ([`record`]), and what `kvbench report` / `kvbench merge` build from run directories
-//! ([`load`], [`merge`], [`leaderboard`], [`paired`], [`html`], [`examples`], [`paper`]).
+//! ([`load`], [`merge`], [`leaderboard`], [`paired`], [`html`], [`examples`], [`paper`]), and
+//! what `kvbench export` rewrites in other tools' layouts ([`export`]).
 
 pub mod bench;
 pub mod examples;
+pub mod export;
 pub mod format;
 pub mod fsio;
 pub mod html;
@@ -19,6 +21,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use export::{export_kvpress, ExportError, ExportOptions, ExportSummary};
 pub use leaderboard::{Leaderboard, LeaderboardRow};
 pub use load::{load_runs, Cell, LoadError, LoadWarning, LoadedRuns};
 pub use merge::{merge, MergeError, MergeSummary};
@@ -39,6 +42,8 @@ pub enum ReportError {
     Csv(#[from] csv::Error),
     #[error(transparent)]
     Bench(#[from] bench::BenchError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
 }
 
 /// What `write_reports` produced.

@@ -95,6 +95,9 @@ pub enum Command {
     Merge(MergeArgs),
     /// Write leaderboards (CSV, Markdown, HTML) and example pages from run directories.
     Report(ReportArgs),
+    /// Rewrite a run's results in another tool's layout (`--format kvpress`: NVIDIA kvpress's
+    /// evaluation outputs).
+    Export(ExportArgs),
     /// Write (and with --submit, sbatch) a Slurm job array running an experiment's shards, plus a
     /// dependent job that merges them and writes the report.
     Slurm(SlurmArgs),
@@ -230,6 +233,48 @@ pub struct ReportArgs {
     /// directory holding it); repeatable.
     #[arg(long = "bench", value_name = "PATH")]
     pub bench: Vec<PathBuf>,
+}
+
+/// Formats `kvbench export` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// NVIDIA kvpress's evaluation outputs (`evaluation/evaluate.py`).
+    Kvpress,
+}
+
+/// `kvbench export`.
+///
+/// Rewrites a run's results in another tool's layout. With `--format kvpress`, every cell
+/// becomes a directory of DIR named the way NVIDIA kvpress's `evaluate.py` names its results,
+/// `<dataset>__<data_dir>__<model>__<press>__<compression_ratio>` (e.g.
+/// `longbench__qasper__llama-3-8b-instruct__snapkv__0.75`). Each holds `predictions.csv` (one row
+/// per sample: references, `predicted_answer`, `compression_ratio`, plus `kvbench_*` columns),
+/// `metrics.json` (kvpress's scorer output shape for the dataset, scores 0–100) and `config.yaml`
+/// (kvpress's evaluation keys, then kvbench's provenance), so the results sit beside kvpress's
+/// result directories and leaderboard entries. An N× budget is written as kvpress's compression
+/// ratio 1 − 1/N, the full cache as `no_press` at 0.00, and methods without a budget at their
+/// measured memory saving (1 − held/full bytes). RULER tasks of one method and context length
+/// share a directory, as in kvpress. Run directories do not store prompts, so `question`,
+/// `answer_prefix` and `max_new_tokens` are left empty. Exporting again rewrites the same files.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The run directory (`kvbench run --out`, or a merged one).
+    pub run: PathBuf,
+    /// The layout to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// Where to write (one directory per kvpress result).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Hugging Face id of a kvbench model for kvpress's `model` field and directory names,
+    /// `NAME=ORG/ID` (e.g. `qwen2.5-0.5b=Qwen/Qwen2.5-0.5B-Instruct`); repeatable.
+    #[arg(long = "model-id", value_name = "NAME=ORG/ID")]
+    pub model_ids: Vec<String>,
+    /// The run compressed context and question together (its config's `run.query_aware`), which
+    /// kvpress records as `query_aware` and puts in the directory names; the run directory does
+    /// not record it, so say it here when it was set.
+    #[arg(long)]
+    pub query_aware: bool,
 }
 
 /// `kvbench bench`.

@@ -204,6 +204,33 @@ fn report_compare_paper_prints_the_side_by_side_table() {
 }
 
 #[test]
+fn export_writes_kvpress_result_directories() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("kvreport/tests/fixtures/paper_shaped");
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("kvpress");
+    let printed = ok(&[
+        "export",
+        fixture.to_str().unwrap(),
+        "--format",
+        "kvpress",
+        "--out",
+        out.to_str().unwrap(),
+        "--model-id",
+        "llama3-8b-instruct=meta-llama/Meta-Llama-3-8B-Instruct",
+    ]);
+    assert!(printed.contains("exported 12 cell(s), 24 record(s) into 12 kvpress result directories"), "{printed}");
+    // kvpress's naming: dataset, data_dir, model with / as --, press, compression ratio 1 - 1/N.
+    let dir = out.join("longbench__lcc__meta-llama--Meta-Llama-3-8B-Instruct__snapkv__0.75");
+    for f in ["predictions.csv", "metrics.json", "config.yaml"] {
+        assert!(dir.join(f).is_file(), "{} missing", dir.join(f).display());
+    }
+    assert!(out.join("longbench__lcc__meta-llama--Meta-Llama-3-8B-Instruct__no_press__0.00").is_dir(), "the full cache is kvpress's no_press");
+    let o = kvbench(&["export", fixture.to_str().unwrap(), "--format", "kvpress", "--out", out.to_str().unwrap(), "--model-id", "llama3"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("NAME=ORG/ID"), "{err}");
+}
+
+#[test]
 fn a_prompt_compressor_runs_with_the_full_cache_on_the_shorter_prompt() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = config_tree(tmp.path(), &["full", "snapkv", "kivi-small"]);

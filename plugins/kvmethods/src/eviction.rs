@@ -12,7 +12,9 @@
 
 use crate::quantized::{QuantCache, QuantConfig};
 use kvcache::buffer::KvBuffer;
-use kvcache::cache::{attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
+use kvcache::cache::{
+    attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility,
+};
 use kvcache::params::{Budget, GqaAgg};
 use kvcache::scorer::{ScoreInput, Scorer};
 use kvcache::{Error, Result};

@@ -34,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Run(r) => run::run(r, &cli.global.plugins),
         Command::Merge(m) => run::merge(m),
         Command::Report(r) => run::report(r),
+        Command::Export(e) => run::export(e),
         Command::Slurm(s) => slurm::run(s, &cli.global.plugins),
     }
 }

@@ -3,7 +3,7 @@
 //! budget × task, each with a stable id) and runs them with resumable, fsync'd records; `merge`
 //! and `report` are `kvreport`'s.
 
-use crate::cli::{MergeArgs, ReportArgs, RunArgs, ValidateArgs};
+use crate::cli::{ExportArgs, MergeArgs, ReportArgs, RunArgs, ValidateArgs};
 use anyhow::{Context, Result};
 use kvexperiment::engine::{run_cells, RunOptions};
 use kvexperiment::plan::{dry_run, load_checked, select_shard};
@@ -67,6 +67,32 @@ pub fn run(a: RunArgs, plugins: &[PathBuf]) -> Result<()> {
 pub fn merge(a: MergeArgs) -> Result<()> {
     kvreport::merge::merge(&a.dirs, &a.out)?;
     println!("merged {} run director{} into {}", a.dirs.len(), if a.dirs.len() == 1 { "y" } else { "ies" }, a.out.display());
+    Ok(())
+}
+
+/// `kvbench export`: a run's cells in another tool's layout.
+pub fn export(a: ExportArgs) -> Result<()> {
+    let mut opts = kvreport::ExportOptions { query_aware: a.query_aware.then_some(true), ..Default::default() };
+    for m in &a.model_ids {
+        let (name, id) = m
+            .split_once('=')
+            .filter(|(n, i)| !n.is_empty() && !i.is_empty())
+            .ok_or_else(|| anyhow::anyhow!("--model-id {m:?}: expected NAME=ORG/ID, e.g. qwen2.5-0.5b=Qwen/Qwen2.5-0.5B-Instruct"))?;
+        opts.model_ids.insert(name.to_string(), id.to_string());
+    }
+    let summary = match a.format {
+        crate::cli::ExportFormat::Kvpress => kvreport::export::export_kvpress_with(&a.run, &a.out, &opts)?,
+    };
+    for w in &summary.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "exported {} cell(s), {} record(s) into {} kvpress result directories under {}",
+        summary.cells,
+        summary.records,
+        summary.dirs.len(),
+        a.out.display()
+    );
     Ok(())
 }
 
