@@ -103,7 +103,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use crate::format::non_finite;
 use crate::fsio;
+use crate::leaderboard::mean;
 use crate::load::{load_runs, Cell, LoadWarning, LoadedRuns};
 use crate::record::{RunInfo, SampleRecord};
 use crate::ReportError;
@@ -212,14 +214,8 @@ fn meta_text(v: &Value) -> String {
 /// A float as Python's `repr` writes it for the values kvbench produces (`0.5`, `1.0`, `100.0`,
 /// `0.6666666666666667`); never a negative zero.
 fn py_float(v: f64) -> String {
-    if !v.is_finite() {
-        return if v.is_nan() {
-            "nan".into()
-        } else if v > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        };
+    if let Some(word) = non_finite(v) {
+        return word.into();
     }
     let v = if v == 0.0 { 0.0 } else { v };
     if v.fract() == 0.0 && v.abs() < 1e16 {
@@ -235,11 +231,6 @@ fn round2(v: f64) -> f64 {
         return v;
     }
     format!("{v:.2}").parse().unwrap_or(v)
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
 }
 
 /// A rounded mean as a JSON number (null for no values).

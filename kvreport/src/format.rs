@@ -1,16 +1,21 @@
 //! Fixed number formats and text escaping shared by every report, so that identical input gives
 //! byte-identical files and no prediction text can break out of its HTML or Markdown context.
 
+/// How every report writes a value that is not finite (`nan`, `inf`, `-inf`); None when finite.
+pub fn non_finite(v: f64) -> Option<&'static str> {
+    if v.is_nan() {
+        Some("nan")
+    } else if v.is_infinite() {
+        Some(if v > 0.0 { "inf" } else { "-inf" })
+    } else {
+        None
+    }
+}
+
 /// `v` with exactly `decimals` decimals; never prints a negative zero ("-0.00" becomes "0.00").
 pub fn fixed(v: f64, decimals: usize) -> String {
-    if !v.is_finite() {
-        return if v.is_nan() {
-            "nan".into()
-        } else if v > 0.0 {
-            "inf".into()
-        } else {
-            "-inf".into()
-        };
+    if let Some(word) = non_finite(v) {
+        return word.into();
     }
     let s = format!("{v:.decimals$}");
     match s.strip_prefix('-') {

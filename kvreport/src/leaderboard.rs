@@ -146,7 +146,8 @@ pub fn row_order(a: &LeaderboardRow, b: &LeaderboardRow) -> Ordering {
     })
 }
 
-fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+/// The arithmetic mean, summed in order; None for no values.
+pub(crate) fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     let mut n = 0usize;
     let mut sum = 0.0;
     for v in values {
