@@ -122,6 +122,8 @@ const COMPOSABLE: &[(&str, &[&str])] = &[
     ("snapkv", &[]),
     ("pyramidkv", &[]),
     ("knorm", &[]),
+    ("keydiff", &[]),
+    ("chunkkv", &["decode_evict=false"]),
     ("tova", &["decode_evict=false"]),
     ("streamingllm", &["decode_evict=false"]),
     ("h2o", &["mode=prefill", "decode_evict=false"]),

@@ -15,6 +15,7 @@ use kvplugins as _;
 
 const EXPECTED: &[&str] = &[
     "adakv",
+    "chunkkv",
     "example-recent",
     "flexgen",
     "full",
@@ -22,6 +23,7 @@ const EXPECTED: &[&str] = &[
     "infllm",
     "int4",
     "int8",
+    "keydiff",
     "kivi",
     "knorm",
     "pyramidkv",

@@ -9,6 +9,9 @@
 //! | `SnapKVPress(window 64, kernel 5)`   | `snapkv ratio=4` (defaults)                          |
 //! | `TOVAPress`                          | `tova ratio=4`                                       |
 //! | `ObservedAttentionPress`             | `h2o mode="prefill" recent_fraction=0 ratio=4`       |
+//! | `KeyDiffPress`                       | `keydiff ratio=4`                                    |
+//! | `ChunkKVPress(KnormPress, 20)`       | `chunkkv scorer="knorm" ratio=4` (chunk_length 20)   |
+//! | `ChunkKVPress(SnapKVPress(64, 5), 20)` | `chunkkv ratio=4` (snapkv, window 64, kernel 5)    |
 //!
 //! Sets must be identical, except for one explained difference each:
 //! * Float noise at the selection boundary: the two engines compute keys and attention in f32
@@ -19,6 +22,8 @@
 //!   ObservedAttentionPress divides that sum by the number of queries that see each key
 //!   (`S - j`). The expectation for `h2o` is therefore kvpress's own scores times `S - j`,
 //!   re-ranked here — which checks the documented difference exactly, not loosely.
+//! * `chunkkv` keeps whole chunks, so its near-ties are between chunks: a chunk kept by only one
+//!   side must have a mean head-summed kvpress score within `TOL` of the cut-off chunk's.
 //!
 //! Needs the reference python with kvpress (`scripts/bootstrap.sh --test`). If kvpress cannot be
 //! imported there, the test prints why and returns, except under `CI=true` (the test command's
@@ -45,7 +50,57 @@ const CASES: &[(&str, &str, &[&str])] = &[
     ("snapkv", "snapkv", &["ratio=4"]),
     ("tova", "tova", &["ratio=4"]),
     ("observed_attention", "h2o", &["ratio=4", "mode=\"prefill\"", "recent_fraction=0"]),
+    ("keydiff", "keydiff", &["ratio=4"]),
+    ("chunkkv_knorm", "chunkkv", &["ratio=4", "scorer=\"knorm\"", "chunk_length=20"]),
+    ("chunkkv_snapkv", "chunkkv", &["ratio=4", "chunk_length=20"]),
 ];
+
+/// ChunkKV's chunk length in the cases above.
+const CHUNK: usize = 20;
+
+/// ChunkKV's ranking of a layer from kvpress's per-head scores `[H][S]`: each chunk's mean of
+/// the head-summed scores (the last chunk may be shorter).
+fn chunk_scores(heads: &[Vec<f64>]) -> Vec<f64> {
+    let s = heads[0].len();
+    let summed: Vec<f64> = (0..s).map(|j| heads.iter().map(|h| h[j]).sum()).collect();
+    summed.chunks(CHUNK).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect()
+}
+
+/// Compares kvbench's chunkkv kept positions of one layer with kvpress's: identical for every
+/// head, except whole chunks whose kvpress chunk score is within `TOL` of the cut-off chunk's.
+/// Returns the number of swapped chunks.
+fn check_chunks(label: &str, ours: &[Vec<i64>], theirs: &[Vec<i64>], heads: &[Vec<f64>]) -> usize {
+    let cs = chunk_scores(heads);
+    let chunks_of = |kept: &[i64]| -> Vec<usize> {
+        let mut c: Vec<usize> = kept.iter().map(|&p| p as usize / CHUNK).collect();
+        c.dedup();
+        c
+    };
+    let want = chunks_of(&theirs[0]);
+    for (h, t) in theirs.iter().enumerate() {
+        assert_eq!(chunks_of(t), want, "{label}: kvpress keeps other chunks in head {h} than in head 0");
+        // Whole chunks only.
+        let s = heads[0].len();
+        let whole: Vec<i64> = want.iter().flat_map(|&c| (c * CHUNK) as i64..((c + 1) * CHUNK).min(s) as i64).collect();
+        assert_eq!(t, &whole, "{label}: kvpress head {h} does not keep whole chunks");
+    }
+    let cut = want.iter().map(|&c| cs[c]).fold(f64::INFINITY, f64::min);
+    let got = chunks_of(&ours[0]);
+    for (h, o) in ours.iter().enumerate() {
+        assert_eq!(o, &ours[0], "{label}: kvbench head {h} keeps other positions than head 0");
+    }
+    let diff: Vec<usize> = got.iter().filter(|c| !want.contains(c)).chain(want.iter().filter(|c| !got.contains(c))).copied().collect();
+    for &c in &diff {
+        let gap = (cs[c] - cut).abs() / cut.abs().max(1e-30);
+        assert!(
+            gap <= TOL,
+            "{label}: chunk {c} kept by only one side and not a near-tie (score {:e}, cut-off {cut:e}, gap {gap:e})\n kvbench {got:?}\n kvpress {want:?}",
+            cs[c]
+        );
+    }
+    assert!(diff.len() <= 2, "{label}: {} chunks differ", diff.len());
+    diff.len() / 2
+}
 
 fn kvpress_available() -> Result<(), String> {
     let py = common::python();
@@ -97,6 +152,17 @@ fn kept_positions_match_kvpress_on_smollm2() {
             let (mut differing, mut heads, mut vs_kvpress) = (0usize, 0usize, 0usize);
             for (layer, cache) in caches.iter().enumerate() {
                 let ours = cache.kept_positions();
+                if press.starts_with("chunkkv") {
+                    let as_vec = |v: &serde_json::Value| -> Vec<Vec<f64>> {
+                        v.as_array().unwrap().iter().map(|h| h.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()).collect()
+                    };
+                    let theirs: Vec<Vec<i64>> = as_vec(&r["kept"][layer]).iter().map(|h| h.iter().map(|&x| x as i64).collect()).collect();
+                    let label = format!("prompt {pi} {press} → {method} layer {layer}");
+                    differing += check_chunks(&label, &ours, &theirs, &as_vec(&r["scores"][layer]));
+                    heads += ours.len();
+                    vs_kvpress += ours.iter().zip(&theirs).map(|(o, t)| o.iter().filter(|p| !t.contains(p)).count()).sum::<usize>();
+                    continue;
+                }
                 for (h, got) in ours.iter().enumerate() {
                     heads += 1;
                     let theirs: Vec<i64> = r["kept"][layer][h].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();

@@ -192,6 +192,42 @@ fn knorm_keeps_the_smallest_key_norms_per_head() {
 }
 
 #[test]
+fn chunkkv_over_knorm_keeps_whole_chunks_ranked_by_head_summed_means() {
+    let _g = tch::no_grad_guard();
+    // The keys of knorm's test: norms (7p mod 16) + 1 on head 0 and ((5p + 3) mod 16) + 1 on head 1.
+    // Summed over heads, chunks of 5 ([0, 5), [5, 10), [10, 15), [15]) have mean norms 16.2, 15.4,
+    // 17.8 and 25; knorm scores are -norm, so the ranking is chunk 1, 0, 2, 3.
+    let norms = |h: usize, p: usize| if h == 0 { (7 * p % 16) as f32 + 1.0 } else { ((5 * p + 3) % 16) as f32 + 1.0 };
+    let mut kf = Vec::new();
+    for h in 0..HKV {
+        for p in 0..16 {
+            kf.extend_from_slice(&[0.6 * norms(h, p), 0.0, -0.8 * norms(h, p), 0.0]);
+        }
+    }
+    let k = Tensor::from_slice(&kf).view([1, HKV as i64, 16, D as i64]);
+    tch::manual_seed(4);
+    let x = Qkv::from(
+        Tensor::randn([1, HQ as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+        k,
+        Tensor::randn([1, HKV as i64, 16, D as i64], (Kind::Float, Device::Cpu)),
+    );
+    let kept = |set: &[&str]| {
+        let mut c = cache("chunkkv", set, 0, &spec(16, 16, 2));
+        let _ = x.feed(c.as_mut(), 0, 16);
+        c.end_prefill().unwrap();
+        c.kept_positions()
+    };
+    // ratio 4: floor(4 chunks / 4) = 1 chunk, the same for both heads.
+    assert_eq!(kept(&["ratio=4", "scorer=\"knorm\"", "chunk_length=5"]), vec![range(5, 10), range(5, 10)]);
+    // ratio 2 and tokens = 12 (floor(12/5) = 2 chunks): chunks 1 and 0.
+    assert_eq!(kept(&["ratio=2", "scorer=\"knorm\"", "chunk_length=5"]), vec![range(0, 10), range(0, 10)]);
+    assert_eq!(kept(&["tokens=12", "scorer=\"knorm\"", "chunk_length=5"]), vec![range(0, 10), range(0, 10)]);
+    // A budget under one chunk (tokens = 3 < 5) is selected token by token: knorm's own top 3 per
+    // head (norms 1..3: head 0 at p = 0, 7, 14; head 1 at p = 3, 6, 9).
+    assert_eq!(kept(&["tokens=3", "scorer=\"knorm\"", "chunk_length=5"]), vec![vec![0, 7, 14], vec![3, 6, 9]]);
+}
+
+#[test]
 fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
     let _g = tch::no_grad_guard();
     // Head 0's keys have norms 1..16 (as in the knorm test), head 1's 100..115: at ratio 4 the layer

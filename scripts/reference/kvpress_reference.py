@@ -4,9 +4,11 @@
 
 Loads the GGUF with transformers (f32, eager attention, so ObservedAttentionPress sees the weights),
 tokenises 3 fixed prompts, and runs one prefill per (prompt, press) inside `with press(model)`:
-StreamingLLMPress(n_sink=4), KnormPress, SnapKVPress(window 64, kernel 5), TOVAPress and
-ObservedAttentionPress, all at compression_ratio 0.75 (kvbench's ratio = 4). For every layer it records
-the press's scores and which positions survive (by matching the compressed keys to the originals).
+StreamingLLMPress(n_sink=4), KnormPress, SnapKVPress(window 64, kernel 5), TOVAPress,
+ObservedAttentionPress, KeyDiffPress, and ChunkKVPress (chunk_length 20) around KnormPress and around
+SnapKVPress, all at compression_ratio 0.75 (kvbench's ratio = 4). ChunkKVPress refuses attention
+weights, so it runs with SDPA attention (the others with eager). For every layer it records the
+(wrapped) press's scores and which positions survive (by matching the compressed keys to the originals).
 Output JSON: {"kvpress": version, "compression_ratio": 0.75, "prompts": [{"ids": [...],
 "presses": {name: {"kept": [layer][kv_head][positions], "scores": [layer][kv_head][position]}}}]}.
 Exits 3 with a message when kvpress is not installed.
@@ -56,7 +58,7 @@ RATIO = 0.75
 def main(gguf, out_path):
     try:
         import kvpress
-        from kvpress import KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
+        from kvpress import ChunkKVPress, KeyDiffPress, KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
     except ImportError as e:
         print(f"kvpress is not installed in {sys.executable}: {e}", file=sys.stderr)
         sys.exit(3)
@@ -74,6 +76,9 @@ def main(gguf, out_path):
         "snapkv": lambda: SnapKVPress(compression_ratio=RATIO, window_size=64, kernel_size=5),
         "tova": lambda: TOVAPress(compression_ratio=RATIO),
         "observed_attention": lambda: ObservedAttentionPress(compression_ratio=RATIO),
+        "keydiff": lambda: KeyDiffPress(compression_ratio=RATIO),
+        "chunkkv_knorm": lambda: ChunkKVPress(press=KnormPress(compression_ratio=RATIO), chunk_length=20),
+        "chunkkv_snapkv": lambda: ChunkKVPress(press=SnapKVPress(compression_ratio=RATIO, window_size=64, kernel_size=5), chunk_length=20),
     }
     prompts = []
     for text in PROMPTS:
@@ -83,7 +88,10 @@ def main(gguf, out_path):
             press = make()
             layers = {}
             inner_compress = press.compress
-            inner_score = press.score
+            # A wrapper (ChunkKVPress) calls its wrapped press's score: record that.
+            scorer = getattr(press, "press", press)
+            inner_score = scorer.score
+            model.set_attn_implementation("sdpa" if pname.startswith("chunkkv") else "eager")
 
             def score(module, *args, _inner=inner_score, _layers=layers, **kw):
                 s = _inner(module, *args, **kw)
@@ -103,7 +111,7 @@ def main(gguf, out_path):
                 _layers.setdefault(module.layer_idx, {})["kept"] = kept
                 return nk, nv
 
-            press.score = score
+            scorer.score = score
             press.compress = compress
             with torch.no_grad(), press(model):
                 model(ids, use_cache=True)

@@ -4,7 +4,9 @@
 //! crate under `plugins/`, one dependency line in this crate's `Cargo.toml`, one line below.
 
 pub use kvplugin_baseline as baseline;
+pub use kvplugin_chunkkv as chunkkv;
 pub use kvplugin_h2o as h2o;
+pub use kvplugin_keydiff as keydiff;
 pub use kvplugin_knorm as knorm;
 pub use kvplugin_llmlingua as llmlingua;
 pub use kvplugin_quant as quant;

@@ -50,6 +50,13 @@ pub enum Allocation {
     /// tokens, the rest of the layer's budget goes to the best tokens of any head; heads then
     /// store different numbers of tokens.
     HeadAdaptive { alpha: f64 },
+    /// Whole chunks of `length` consecutive tokens (ChunkKV): the chunks with the best mean score
+    /// summed over the layer's KV heads, the same chunks for every head. `ratio = N` keeps
+    /// `max(1, floor(C/N))` of the `C` chunks (the last may be partial), `tokens = K` keeps
+    /// `floor(K/length)`; a context shorter than one chunk, or a `tokens` budget under one chunk,
+    /// is selected token by token.
+    /// Decoding-time eviction re-selects whole chunks of consecutive stored tokens.
+    Chunks { length: usize },
 }
 
 /// When the budget is first applied.
@@ -177,6 +184,54 @@ pub fn select_uniform(scores: &Tensor, keep: usize, recent: usize) -> Tensor {
     idx.sort(-1, false).0
 }
 
+/// Chunks ChunkKV keeps out of a `len`-token context cut into chunks of `length` (the last may
+/// be partial): `max(1, floor(C/N))` at `ratio = N` (kvpress: `int(C · (1 - compression_ratio))`),
+/// `floor(K/length)` at `tokens = K` (0 when K is under one chunk: the budget is then kept token
+/// by token); never more than `C`.
+pub fn chunks_kept(len: usize, length: usize, budget: &Budget) -> usize {
+    let chunks = len.div_ceil(length.max(1));
+    match *budget {
+        Budget::Ratio(r) if r <= 1.0 => chunks,
+        Budget::Ratio(r) => ((chunks as f64 / r).floor() as usize).clamp(1, chunks.max(1)),
+        Budget::Tokens(k) => (k / length.max(1)).min(chunks),
+    }
+}
+
+/// ChunkKV selection over `scores` `[B, H, S]`: each chunk of `length` consecutive slots (the last
+/// one may be shorter) is scored by the mean over its slots of the scores summed over heads, and
+/// the best `n_chunks` are kept whole, the same slots for every head. Returns `[B, H, K]`
+/// ascending slot indices. With B > 1 the partial last chunk is not a candidate, so that every
+/// row keeps the same number of slots (kvpress applies the first row's chunks to every row).
+pub fn select_chunks(scores: &Tensor, n_chunks: usize, length: usize) -> Tensor {
+    let (b, h, s) = scores.size3().expect("scores are [B, H, S]");
+    let (len, su) = (length as i64, s as usize);
+    let full = s / len;
+    let rem = s % len;
+    let summed = scores.to_kind(Kind::Float).sum_dim_intlist(1, false, Kind::Float);
+    let mut chunk_scores = summed.narrow(-1, 0, full * len).view([b, full, len]).mean_dim(-1, false, Kind::Float);
+    if rem > 0 {
+        let tail = if b > 1 {
+            Tensor::full([b, 1], f64::NEG_INFINITY, (Kind::Float, scores.device()))
+        } else {
+            summed.narrow(-1, full * len, rem).mean_dim(-1, true, Kind::Float)
+        };
+        chunk_scores = Tensor::cat(&[chunk_scores, tail], -1);
+    }
+    let candidates = if b > 1 { full as usize } else { su.div_ceil(length) };
+    let n = n_chunks.clamp(1, candidates.max(1)) as i64;
+    let (_, top) = chunk_scores.topk(n, -1, true, true);
+    let top = top.sort(-1, false).0;
+    let mut rows = Vec::with_capacity(b as usize);
+    for bi in 0..b {
+        let chosen: Vec<i64> = Vec::<i64>::try_from(top.get(bi)).expect("chunk indices are i64");
+        let slots: Vec<i64> = chosen.iter().flat_map(|&c| (c * len)..((c + 1) * len).min(s)).collect();
+        rows.push(Tensor::from_slice(&slots));
+    }
+    let idx = Tensor::stack(&rows, 0).to_device(scores.device());
+    let k = idx.size()[1];
+    idx.unsqueeze(1).expand([b, h, k], true).contiguous()
+}
+
 /// AdaKV selection over `scores` `[B, H, S]`: each head keeps its best `floor(alpha·keep)` (at
 /// least 1), then the best `H·keep` tokens of the layer overall. Returns per-(b, h) ascending
 /// slot indices (lengths differ).
@@ -266,6 +321,10 @@ impl EvictionCache {
     fn layer_keep(&self, len: usize) -> usize {
         match &self.cfg.allocation {
             Allocation::PerLayer(f) if !self.cfg.budget.is_unbounded() => f(self.layer, self.spec.num_layers, len, &self.cfg.budget).min(len),
+            Allocation::Chunks { length } if len >= *length => match chunks_kept(len, *length, &self.cfg.budget) {
+                0 => self.cfg.budget.keep(len),
+                n => (n * length).min(len),
+            },
             _ => self.cfg.budget.keep(len),
         }
     }
@@ -399,7 +458,15 @@ impl EvictionCache {
                     None => self.score(store, self.queries.as_ref(), self.query_start)?,
                 };
                 match self.cfg.allocation {
-                    Allocation::Uniform | Allocation::PerLayer(_) => {
+                    // `keep` is a whole number of chunks (`layer_keep`); a budget under one chunk
+                    // is kept token by token.
+                    Allocation::Chunks { length } if keep >= length => {
+                        let idx = select_chunks(&scores, keep / length, length);
+                        if let Store::Dense(store) = &mut self.store {
+                            store.keep(&idx, headroom);
+                        }
+                    }
+                    Allocation::Uniform | Allocation::PerLayer(_) | Allocation::Chunks { .. } => {
                         let idx = select_uniform(&scores, keep, recent);
                         if let Store::Dense(store) = &mut self.store {
                             store.keep(&idx, headroom);
