@@ -311,6 +311,8 @@ fn shared_and_isolated_runs_give_identical_records() {
         "h2o",
         "tova",
         "knorm",
+        "keydiff",
+        "chunkkv",
         "adakv",
         "quest",
         "random",
@@ -331,7 +333,7 @@ fn shared_and_isolated_runs_give_identical_records() {
         std::fs::write(&file, base.replace("name = \"t\"", &format!("name = \"{name}\"")).replace("[run]\n", &format!("[run]\n{run_extra}"))).unwrap();
         let e = file.to_str().unwrap();
         let dry = ok(&["run", e, "--dry-run"]);
-        assert!(dry.contains("shared prefill: 19 of 24 cell(s)"), "the dry run counts the cells that share prefills:\n{dry}");
+        assert!(dry.contains("shared prefill: 23 of 28 cell(s)"), "the dry run counts the cells that share prefills:\n{dry}");
         let (shared, isolated) = (tmp.path().join(format!("{name}-shared")), tmp.path().join(format!("{name}-isolated")));
         ok(&["run", e, "--out", shared.to_str().unwrap(), "--zero-measurements", "--no-report", "--batch", "5", "--measure", "2"]);
         ok(&["run", e, "--out", isolated.to_str().unwrap(), "--zero-measurements", "--no-report", "--isolated"]);
