@@ -53,6 +53,10 @@ pub struct CacheSpec {
     /// Tokens of the context that will be prefilled before `end_prefill`, when the caller knows
     /// it up front (methods that compress during prefill size their budget from it).
     pub context_tokens: Option<usize>,
+    /// The model's rotary embedding (keys and queries arrive rotated), when the engine knows it;
+    /// `None` for caches built outside a model (an external plugin's caches through the C
+    /// interface, synthetic tests). Methods that need it say so when it is missing.
+    pub rope: Option<crate::rope::Rope>,
 }
 
 impl CacheSpec {

@@ -222,6 +222,8 @@ fn spec_from_c(s: &KvCacheSpecC) -> std::result::Result<CacheSpec, String> {
         query_heads: s.query_heads as usize,
         num_layers: s.num_layers as usize,
         context_tokens: if s.context_tokens < 0 { None } else { Some(s.context_tokens as usize) },
+        // Not carried by the C interface (version 1): external methods see no RoPE.
+        rope: None,
     })
 }
 

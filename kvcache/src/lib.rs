@@ -19,6 +19,7 @@ pub mod error;
 pub mod ffi;
 pub mod params;
 pub mod registration;
+pub mod rope;
 pub mod scorer;
 
 pub use dtype::DType;

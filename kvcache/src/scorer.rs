@@ -1,13 +1,14 @@
 //! Scoring: a scoring method ranks the tokens a layer's cache holds (higher is kept). It sees the
 //! stored keys, values and positions, the last queries when it asks for a window, and attention
-//! accumulated so far when its schedule accumulates; it returns `[B, Hkv, S]` f32 scores. Which
+//! accumulated so far when its schedule accumulates, and the running mean and covariance of the
+//! queries before RoPE when it asks for them ([`QueryStats`]); it returns `[B, Hkv, S]` f32 scores. Which
 //! tokens survive, when, and in what storage is decided by the eviction machinery that wraps it
 //! (`plugins/kvmethods`), so a scorer is a few lines.
 
 use crate::cache::{attention_probs, CacheSpec};
 use crate::error::{Error, MethodError, Result};
 use crate::params::GqaAgg;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// What a scorer sees: the stored tokens, the last queries, the layer.
 pub struct ScoreInput<'a> {
@@ -26,7 +27,73 @@ pub struct ScoreInput<'a> {
     pub sliding_window: Option<usize>,
     /// Attention accumulated over the steps so far `[B, Hkv, S]`, for methods that accumulate.
     pub accumulated: Option<&'a Tensor>,
+    /// Statistics of the queries seen so far, for scorers that ask ([`Scorer::query_stats_from`]).
+    pub query_stats: Option<&'a QueryStats>,
     pub gqa: GqaAgg,
+}
+
+/// Running statistics of a layer's queries before RoPE, per (batch, query head): the count, the
+/// mean and the sum of squared deviations (`Σ (q - mean)(q - mean)ᵀ`), in f64, combined chunk by
+/// chunk with Chan et al.'s pairwise update, so a prompt prefilled in chunks gets the statistics
+/// of the whole prompt without keeping its queries.
+pub struct QueryStats {
+    /// Queries counted.
+    pub count: usize,
+    /// Position after the last query counted (the next query's position).
+    pub next_pos: usize,
+    /// `[B, Hq, D]`, f64.
+    pub mean: Tensor,
+    /// `[B, Hq, D, D]`, f64.
+    pub m2: Tensor,
+}
+
+impl QueryStats {
+    /// Statistics of `q` `[B, Hq, L, D]` (before RoPE), the queries of positions `first..first+L`.
+    pub fn of(q: &Tensor, first: usize) -> QueryStats {
+        let l = q.size()[2] as usize;
+        let qf = q.to_kind(Kind::Float);
+        let mean = qf.mean_dim([2i64].as_slice(), true, Kind::Float);
+        let c = &qf - &mean;
+        // The chunk's centred products in f32 (as kvpress computes the whole prompt's), combined in f64.
+        let m2 = c.transpose(2, 3).matmul(&c).to_kind(Kind::Double);
+        QueryStats { count: l, next_pos: first + l, mean: mean.squeeze_dim(2).to_kind(Kind::Double), m2 }
+    }
+
+    /// Adds the statistics of later queries (`other` follows `self`).
+    pub fn merge(&mut self, other: QueryStats) {
+        if self.count == 0 {
+            *self = other;
+            return;
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        let n = na + nb;
+        let delta = &other.mean - &self.mean;
+        let outer = delta.unsqueeze(-1).matmul(&delta.unsqueeze(-2));
+        self.mean = &self.mean + &delta * (nb / n);
+        self.m2 = &self.m2 + &other.m2 + outer * (na * nb / n);
+        self.count += other.count;
+        self.next_pos = other.next_pos;
+    }
+
+    /// The population covariance `m2 / count` `[B, Hq, D, D]` (f64).
+    pub fn covariance(&self) -> Tensor {
+        &self.m2 / (self.count.max(1) as f64)
+    }
+
+    /// The statistics of batch row `b`, query heads `first..first+n` (a head's own group).
+    pub fn narrow(&self, b: i64, first: i64, n: i64) -> QueryStats {
+        QueryStats {
+            count: self.count,
+            next_pos: self.next_pos,
+            mean: self.mean.narrow(0, b, 1).narrow(1, first, n),
+            m2: self.m2.narrow(0, b, 1).narrow(1, first, n),
+        }
+    }
+
+    /// A deep copy.
+    pub fn copy(&self) -> QueryStats {
+        QueryStats { count: self.count, next_pos: self.next_pos, mean: self.mean.copy(), m2: self.m2.copy() }
+    }
 }
 
 /// When attention probabilities are accumulated into a per-token score for a scorer to read
@@ -51,6 +118,12 @@ pub trait Scorer: Send + Sync {
     /// Whether (and from when) the cache must accumulate attention for this scorer.
     fn accumulate(&self) -> Accumulate {
         Accumulate::Never
+    }
+    /// The first absolute position whose queries the scorer needs summarised in
+    /// [`ScoreInput::query_stats`] (mean and covariance before RoPE, over every query from there
+    /// on); `None` (the default): no statistics are kept.
+    fn query_stats_from(&self) -> Option<usize> {
+        None
     }
     /// Checks parameter values serde cannot (e.g. an odd pooling kernel), naming the key.
     fn validate(&self, _method: &str) -> std::result::Result<(), MethodError> {

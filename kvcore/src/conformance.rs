@@ -522,6 +522,7 @@ fn shapes_trial(s: &Subject) -> Trial {
                 query_heads: 6,
                 num_layers: 2,
                 context_tokens: Some(32),
+                rope: Some(kvcache::rope::Rope::from_theta(8, 10000.0)),
             };
             let settings: Vec<String> = match s.name.as_str() {
                 "kivi" => vec!["group_size=8".into(), "residual_length=8".into()],

@@ -170,7 +170,8 @@ pub fn new_caches(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens:
 
 /// Fresh per-layer caches, telling the method how many context tokens prefill will bring.
 pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tokens: usize, context_tokens: Option<usize>) -> Result<Vec<Box<dyn LayerCache>>> {
-    let c = &lm.transformer(&format!("cache method `{}`", factory.name()))?.config;
+    let model = lm.transformer(&format!("cache method `{}`", factory.name()))?;
+    let c = &model.config;
     let spec = CacheSpec {
         batch: 1,
         kv_heads: c.num_key_value_heads,
@@ -181,6 +182,7 @@ pub fn new_caches_for(lm: &LoadedModel, factory: &dyn CacheFactory, expected_tok
         query_heads: c.num_attention_heads,
         num_layers: c.num_hidden_layers,
         context_tokens,
+        rope: Some(model.rope()),
     };
     (0..c.num_hidden_layers).map(|i| factory.layer_cache(i, &spec).map_err(Error::from)).collect()
 }

@@ -261,6 +261,11 @@ impl Model {
     }
 
     /// Number of decoder layers.
+    /// The model's RoPE frequencies, as caches receive them (`CacheSpec::rope`).
+    pub fn rope(&self) -> kvcache::rope::Rope {
+        self.rope.handle()
+    }
+
     pub fn num_layers(&self) -> usize {
         self.layers.len()
     }

@@ -13,13 +13,17 @@ pub struct RotaryEmbedding {
     len: usize,
     kind: Kind,
     device: Device,
+    /// The same frequencies as the handle caches receive in their spec.
+    handle: kvcache::rope::Rope,
 }
 
 impl RotaryEmbedding {
     /// Builds the tables for `initial_len` positions; `freq_factors` are GGUF `rope_freqs` divisors.
     pub fn new(cfg: &ModelConfig, kind: Kind, device: Device, freq_factors: Option<&Tensor>, initial_len: usize) -> Self {
         let inv_freq = inverse_frequencies(cfg, freq_factors);
-        let mut rope = RotaryEmbedding { inv_freq, cos: Tensor::new(), sin: Tensor::new(), len: 0, kind, device };
+        let freqs = Vec::<f32>::try_from(&inv_freq.to_kind(Kind::Float)).expect("inverse frequencies are a 1-D f32 tensor");
+        let handle = kvcache::rope::Rope::new(&freqs);
+        let mut rope = RotaryEmbedding { inv_freq, cos: Tensor::new(), sin: Tensor::new(), len: 0, kind, device, handle };
         rope.build(initial_len.max(1));
         rope
     }
@@ -32,6 +36,11 @@ impl RotaryEmbedding {
         self.cos = emb.cos().to_kind(self.kind).to_device(self.device);
         self.sin = emb.sin().to_kind(self.kind).to_device(self.device);
         self.len = len;
+    }
+
+    /// The frequencies as the method API's handle (`CacheSpec::rope`).
+    pub fn handle(&self) -> kvcache::rope::Rope {
+        self.handle
     }
 
     /// Makes sure positions `< needed` are in the table (doubling, so growth is rare).
@@ -50,14 +59,9 @@ impl RotaryEmbedding {
     }
 }
 
-/// `x * cos + rotate_half(x) * sin` for `x` shaped `[B, H, L, D]`.
-pub fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
-    let half = x.size()[3] / 2;
-    let x1 = x.narrow(3, 0, half);
-    let x2 = x.narrow(3, half, half);
-    let rotated = Tensor::cat(&[&x2.neg(), &x1], 3);
-    x * cos + rotated * sin
-}
+/// `x * cos + rotate_half(x) * sin` for `x` shaped `[B, H, L, D]` (the method API's rotation, so
+/// methods that undo or average it use exactly the engine's).
+pub use kvcache::rope::apply_rotary;
 
 /// Inverse frequencies `1 / theta^(2i/d)`, rescaled as the config says.
 pub fn inverse_frequencies(cfg: &ModelConfig, freq_factors: Option<&Tensor>) -> Tensor {

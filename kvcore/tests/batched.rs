@@ -31,6 +31,7 @@ const METHODS: &[(&str, &[&str])] = &[
     ("tova", &["ratio=2"]),
     ("knorm", &["ratio=4"]),
     ("keydiff", &["ratio=4"]),
+    ("expected-attention", &["ratio=4"]),
     ("chunkkv", &["ratio=4", "window=8", "chunk_length=8"]),
     ("streamingllm", &["ratio=4"]),
 ];
@@ -163,7 +164,7 @@ fn shared_prefill_gives_every_method_its_own_outputs() {
     let shareable: Vec<(&str, Arc<dyn CacheFactory>)> = METHODS.iter().map(|(n, s)| (*n, factory(n, s))).filter(|(_, f)| f.shared_prefill()).collect();
     let names: Vec<&str> = shareable.iter().map(|(n, _)| *n).collect();
     assert!(!names.contains(&"streamingllm"), "chunked StreamingLLM changes prefill and must not declare a shared one");
-    for n in ["full", "snapkv", "kivi", "quest", "h2o", "tova", "knorm", "keydiff", "chunkkv"] {
+    for n in ["full", "snapkv", "kivi", "quest", "h2o", "tova", "knorm", "keydiff", "expected-attention", "chunkkv"] {
         assert!(names.contains(&n), "{n} prefills with full attention and should declare a shared prefill");
     }
     let context = prompt(&lm, 300);

@@ -17,6 +17,7 @@ const EXPECTED: &[&str] = &[
     "adakv",
     "chunkkv",
     "example-recent",
+    "expected-attention",
     "flexgen",
     "full",
     "h2o",

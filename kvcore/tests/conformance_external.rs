@@ -44,6 +44,7 @@ fn external_plugin_loads_and_matches_the_static_copy() {
         query_heads: 4,
         num_layers: 1,
         context_tokens: Some(32),
+        rope: None,
     };
     let (mut ce, mut cs) = (fe.layer_cache(0, &spec).unwrap(), fs.layer_cache(0, &spec).unwrap());
     tch::manual_seed(1);

@@ -17,6 +17,7 @@ fn spec(expected: usize) -> CacheSpec {
         device: Device::Cpu,
         expected_tokens: expected,
         context_tokens: None,
+        rope: None,
     }
 }
 

@@ -10,6 +10,7 @@
 //! | `TOVAPress`                          | `tova ratio=4`                                       |
 //! | `ObservedAttentionPress`             | `h2o mode="prefill" recent_fraction=0 ratio=4`       |
 //! | `KeyDiffPress`                       | `keydiff ratio=4`                                    |
+//! | `ExpectedAttentionPress` (defaults)  | `expected-attention ratio=4` (defaults)              |
 //! | `ChunkKVPress(KnormPress, 20)`       | `chunkkv scorer="knorm" ratio=4` (chunk_length 20)   |
 //! | `ChunkKVPress(SnapKVPress(64, 5), 20)` | `chunkkv ratio=4` (snapkv, window 64, kernel 5)    |
 //!
@@ -51,6 +52,7 @@ const CASES: &[(&str, &str, &[&str])] = &[
     ("tova", "tova", &["ratio=4"]),
     ("observed_attention", "h2o", &["ratio=4", "mode=\"prefill\"", "recent_fraction=0"]),
     ("keydiff", "keydiff", &["ratio=4"]),
+    ("expected_attention", "expected-attention", &["ratio=4"]),
     ("chunkkv_knorm", "chunkkv", &["ratio=4", "scorer=\"knorm\"", "chunk_length=20"]),
     ("chunkkv_snapkv", "chunkkv", &["ratio=4", "chunk_length=20"]),
 ];

@@ -26,6 +26,7 @@ fn spec(total: usize, context: usize, layers: usize) -> CacheSpec {
         query_heads: HQ,
         num_layers: layers,
         context_tokens: Some(context),
+        rope: Some(kvcache::rope::Rope::from_theta(D, 10000.0)),
     }
 }
 
@@ -225,6 +226,106 @@ fn chunkkv_over_knorm_keeps_whole_chunks_ranked_by_head_summed_means() {
     // A budget under one chunk (tokens = 3 < 5) is selected token by token: knorm's own top 3 per
     // head (norms 1..3: head 0 at p = 0, 7, 14; head 1 at p = 3, 6, 9).
     assert_eq!(kept(&["tokens=3", "scorer=\"knorm\"", "chunk_length=5"]), vec![vec![0, 7, 14], vec![3, 6, 9]]);
+}
+
+/// ExpectedAttention's scores in plain f64, from the definition: per query head, the mean and
+/// population covariance of the queries at positions `n_sink..s` with RoPE (base 10000 over `D`
+/// channels, `rotate_half` layout) undone, carried by the rotation averaged over positions
+/// `s..s+future`; `softmax_j(μ'·k_j/√D + k_jᵀΣ'k_j/2D)` over the non-sink keys, averaged over
+/// each KV head's query heads, times `‖v_j‖`.
+fn expected_attention_reference(x: &Qkv, s: usize, n_sink: usize, future: usize, covariance: bool) -> Vec<Vec<(usize, f64)>> {
+    let half = D / 2;
+    let inv: Vec<f64> = (0..half).map(|i| 1.0 / 10000f64.powf(2.0 * i as f64 / D as f64)).collect();
+    let vf = Vec::<f32>::try_from(&x.v.contiguous().view([-1])).unwrap();
+    // Mean rotation: pair (i, i + half) turns by angle p·inv[i]; averaged cos and sin per pair.
+    let cbar: Vec<f64> = (0..half).map(|i| (s..s + future).map(|p| (p as f64 * inv[i]).cos()).sum::<f64>() / future as f64).collect();
+    let sbar: Vec<f64> = (0..half).map(|i| (s..s + future).map(|p| (p as f64 * inv[i]).sin()).sum::<f64>() / future as f64).collect();
+    let mut r = [[0f64; D]; D];
+    for i in 0..half {
+        r[i][i] = cbar[i];
+        r[i + half][i + half] = cbar[i];
+        r[i][i + half] = -sbar[i];
+        r[i + half][i] = sbar[i];
+    }
+    let mut out = vec![vec![0f64; s]; HKV];
+    for h in 0..HQ {
+        let pre: Vec<[f64; D]> = (n_sink..s)
+            .map(|p| {
+                let q = x.qrow(h, p);
+                let mut o = [0f64; D];
+                for i in 0..half {
+                    let (c, sn) = ((p as f64 * inv[i]).cos(), (p as f64 * inv[i]).sin());
+                    o[i] = q[i] as f64 * c + q[i + half] as f64 * sn;
+                    o[i + half] = q[i + half] as f64 * c - q[i] as f64 * sn;
+                }
+                o
+            })
+            .collect();
+        let n = pre.len() as f64;
+        let mean: Vec<f64> = (0..D).map(|a| pre.iter().map(|q| q[a]).sum::<f64>() / n).collect();
+        let cov: Vec<Vec<f64>> = (0..D).map(|a| (0..D).map(|b| pre.iter().map(|q| (q[a] - mean[a]) * (q[b] - mean[b])).sum::<f64>() / n).collect()).collect();
+        let mu: Vec<f64> = (0..D).map(|a| (0..D).map(|b| r[a][b] * mean[b]).sum()).collect();
+        let rc: Vec<Vec<f64>> = (0..D).map(|a| (0..D).map(|b| (0..D).map(|c| r[a][c] * cov[c][b]).sum()).collect()).collect();
+        let covr: Vec<Vec<f64>> = (0..D).map(|a| (0..D).map(|b| (0..D).map(|c| rc[a][c] * r[b][c]).sum()).collect()).collect();
+        let kv = h / (HQ / HKV);
+        let logits: Vec<f64> = (n_sink..s)
+            .map(|j| {
+                let k: Vec<f64> = x.krow(kv, j).iter().map(|&v| v as f64).collect();
+                let lin: f64 = (0..D).map(|a| mu[a] * k[a]).sum::<f64>() / (D as f64).sqrt();
+                let quad: f64 = (0..D).map(|a| (0..D).map(|b| k[a] * covr[a][b] * k[b]).sum::<f64>()).sum();
+                lin + if covariance { quad / D as f64 / 2.0 } else { 0.0 }
+            })
+            .collect();
+        let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+        for (j, l) in (n_sink..s).zip(&logits) {
+            out[kv][j] += (l - m).exp() / z / (HQ / HKV) as f64;
+        }
+    }
+    (0..HKV)
+        .map(|kv| {
+            (0..s)
+                .map(|j| {
+                    let vn = (0..D).map(|d| (vf[(kv * x.n + j) * D + d] as f64).powi(2)).sum::<f64>().sqrt();
+                    (j, if j < n_sink { f64::INFINITY } else { out[kv][j] * vn })
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn expected_attention_keeps_what_the_rotated_query_gaussian_expects_in_any_chunking() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(40, 11);
+    let reference = expected_attention_reference(&x, 40, 4, 512, true);
+    let want: Vec<Vec<i64>> = reference.iter().map(|h| top(h, 10)).collect();
+    // The statistics of a prompt prefilled in uneven chunks equal those of one pass.
+    for chunks in [vec![0, 40], vec![0, 3, 10, 17, 29, 40]] {
+        let mut c = cache("expected-attention", &["ratio=4"], 0, &spec(40, 40, 2));
+        for w in chunks.windows(2) {
+            let _ = x.feed(c.as_mut(), w[0], w[1]);
+        }
+        assert!(c.held_tensors().iter().any(|(n, _)| *n == "query_m2"), "the query statistics are held (and counted) until compression");
+        c.end_prefill().unwrap();
+        assert_eq!(c.kept_positions(), want, "chunks {chunks:?}: kept positions vs the f64 reference");
+        assert!(c.held_tensors().iter().all(|(n, _)| !n.starts_with("query_")), "statistics are dropped after compressing");
+    }
+    // The mean alone (no covariance term), 2 sinks, 64 future positions.
+    let reference = expected_attention_reference(&x, 40, 2, 64, false);
+    let want_mean: Vec<Vec<i64>> = reference.iter().map(|h| top(h, 10)).collect();
+    assert_ne!(want_mean, want, "the variant's reference must differ for this check to mean anything");
+    let mut c = cache("expected-attention", &["ratio=4", "use_covariance=false", "n_sink=2", "n_future_positions=64"], 0, &spec(40, 40, 2));
+    let _ = x.feed(c.as_mut(), 0, 40);
+    c.end_prefill().unwrap();
+    assert_eq!(c.kept_positions(), want_mean, "use_covariance = false, n_sink = 2");
+    // A cache built without the model's RoPE cannot score this way: it says so.
+    let mut bare = spec(40, 40, 2);
+    bare.rope = None;
+    let mut c = cache("expected-attention", &["ratio=4"], 0, &bare);
+    let (q, k, v) = (x.q.narrow(2, 0, 8), x.k.narrow(2, 0, 8), x.v.narrow(2, 0, 8));
+    let err = c.attend(&AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 0, sliding_window: None, scale: 0.5 }).unwrap_err().to_string();
+    assert!(err.contains("RoPE") && err.contains("expected-attention"), "{err}");
 }
 
 #[test]

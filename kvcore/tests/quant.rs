@@ -24,6 +24,7 @@ fn spec(kv_heads: usize, head_dim: usize, kv: DType, tokens: usize) -> CacheSpec
         query_heads: kv_heads * 3,
         num_layers: 1,
         context_tokens: None,
+        rope: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn spec(context: usize) -> CacheSpec {
         query_heads: 4,
         num_layers: 4,
         context_tokens: Some(context),
+        rope: None,
     }
 }
 

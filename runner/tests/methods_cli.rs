@@ -9,8 +9,24 @@ mod common;
 use common::built_library;
 use std::process::{Command, Output};
 
-const EXPECTED: &[&str] =
-    &["full", "random", "streamingllm", "h2o", "snapkv", "pyramidkv", "tova", "knorm", "keydiff", "chunkkv", "adakv", "kivi", "flexgen", "int8", "int4"];
+const EXPECTED: &[&str] = &[
+    "full",
+    "random",
+    "streamingllm",
+    "h2o",
+    "snapkv",
+    "pyramidkv",
+    "tova",
+    "knorm",
+    "keydiff",
+    "expected-attention",
+    "chunkkv",
+    "adakv",
+    "kivi",
+    "flexgen",
+    "int8",
+    "int4",
+];
 
 fn kvbench(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvbench")).args(args).output().expect("run kvbench")

@@ -5,7 +5,8 @@
 Loads the GGUF with transformers (f32, eager attention, so ObservedAttentionPress sees the weights),
 tokenises 3 fixed prompts, and runs one prefill per (prompt, press) inside `with press(model)`:
 StreamingLLMPress(n_sink=4), KnormPress, SnapKVPress(window 64, kernel 5), TOVAPress,
-ObservedAttentionPress, KeyDiffPress, and ChunkKVPress (chunk_length 20) around KnormPress and around
+ObservedAttentionPress, KeyDiffPress, ExpectedAttentionPress (defaults: 512 future positions, 4 sinks,
+covariance and value norms), and ChunkKVPress (chunk_length 20) around KnormPress and around
 SnapKVPress, all at compression_ratio 0.75 (kvbench's ratio = 4). ChunkKVPress refuses attention
 weights, so it runs with SDPA attention (the others with eager). For every layer it records the
 (wrapped) press's scores and which positions survive (by matching the compressed keys to the originals).
@@ -58,7 +59,7 @@ RATIO = 0.75
 def main(gguf, out_path):
     try:
         import kvpress
-        from kvpress import ChunkKVPress, KeyDiffPress, KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
+        from kvpress import ChunkKVPress, ExpectedAttentionPress, KeyDiffPress, KnormPress, ObservedAttentionPress, SnapKVPress, StreamingLLMPress, TOVAPress
     except ImportError as e:
         print(f"kvpress is not installed in {sys.executable}: {e}", file=sys.stderr)
         sys.exit(3)
@@ -77,6 +78,7 @@ def main(gguf, out_path):
         "tova": lambda: TOVAPress(compression_ratio=RATIO),
         "observed_attention": lambda: ObservedAttentionPress(compression_ratio=RATIO),
         "keydiff": lambda: KeyDiffPress(compression_ratio=RATIO),
+        "expected_attention": lambda: ExpectedAttentionPress(compression_ratio=RATIO),
         "chunkkv_knorm": lambda: ChunkKVPress(press=KnormPress(compression_ratio=RATIO), chunk_length=20),
         "chunkkv_snapkv": lambda: ChunkKVPress(press=SnapKVPress(compression_ratio=RATIO, window_size=64, kernel_size=5), chunk_length=20),
     }

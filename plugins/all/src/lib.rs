@@ -5,6 +5,7 @@
 
 pub use kvplugin_baseline as baseline;
 pub use kvplugin_chunkkv as chunkkv;
+pub use kvplugin_expected_attention as expected_attention;
 pub use kvplugin_h2o as h2o;
 pub use kvplugin_keydiff as keydiff;
 pub use kvplugin_knorm as knorm;

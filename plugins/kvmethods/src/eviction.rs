@@ -16,7 +16,8 @@ use kvcache::cache::{
     attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility,
 };
 use kvcache::params::{Budget, GqaAgg};
-use kvcache::scorer::{ScoreInput, Scorer};
+use kvcache::rope::undo_rotary;
+use kvcache::scorer::{QueryStats, ScoreInput, Scorer};
 use kvcache::{Error, Result};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -289,6 +290,8 @@ pub struct EvictionCache {
     seen: usize,
     /// The survivors once moved into quantized storage (`storage`).
     quantized: Option<QuantCache>,
+    /// Statistics of the queries before RoPE, for scorers that ask (`Scorer::query_stats_from`).
+    query_stats: Option<QueryStats>,
 }
 
 impl EvictionCache {
@@ -312,6 +315,7 @@ impl EvictionCache {
             since_evict: 0,
             seen: 0,
             quantized: None,
+            query_stats: None,
         };
         c.size_streaming();
         c
@@ -368,6 +372,42 @@ impl EvictionCache {
         self.query_start = first + drop;
     }
 
+    /// Adds the step's queries (from the scorer's first position on, RoPE undone) to the query
+    /// statistics, while a later eviction can still read them.
+    fn observe_queries(&mut self, step: &AttentionStep<'_>) -> Result<()> {
+        let Some(from) = self.cfg.scorer.query_stats_from() else { return Ok(()) };
+        if !(self.prefilling || self.cfg.schedule.decode_evict) {
+            self.query_stats = None;
+            return Ok(());
+        }
+        let l = step.q.size()[2] as usize;
+        let (first, end) = (step.start_pos.max(from), step.start_pos + l);
+        if first >= end {
+            return Ok(());
+        }
+        let rope = self.spec.rope.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "method `{}` needs the model's RoPE frequencies (CacheSpec::rope), and this cache was built without them",
+                self.cfg.name
+            ))
+        })?;
+        if rope.head_dim() != self.spec.head_dim {
+            return Err(Error::InvalidArgument {
+                what: "CacheSpec::rope",
+                value: format!("{} rotated channels", rope.head_dim()),
+                expected: format!("head_dim = {} (partial rotary embeddings are not supported by `{}`)", self.spec.head_dim, self.cfg.name),
+            });
+        }
+        let q = step.q.narrow(2, (first - step.start_pos) as i64, (end - first) as i64).to_kind(Kind::Float);
+        let (cos, sin) = rope.cos_sin_range(first, end - first, q.device());
+        let chunk = QueryStats::of(&undo_rotary(&q, &cos, &sin), first);
+        match &mut self.query_stats {
+            Some(st) => st.merge(chunk),
+            None => self.query_stats = Some(chunk),
+        }
+        Ok(())
+    }
+
     /// Attention of one dense block, over contiguous or kept positions.
     fn attend_dense(store: &KvBuffer, step: &AttentionStep<'_>, sinks_local: Option<(usize, usize)>) -> Result<Tensor> {
         let (k, v) = store.views().ok_or_else(|| Error::Other("eviction cache: attention over an empty store".into()))?;
@@ -415,7 +455,7 @@ impl EvictionCache {
         }
     }
 
-    fn score(&self, store: &KvBuffer, queries: Option<&Tensor>, qstart: usize) -> Result<Tensor> {
+    fn score(&self, store: &KvBuffer, queries: Option<&Tensor>, qstart: usize, query_stats: Option<&QueryStats>) -> Result<Tensor> {
         let (k, v) = store.views().ok_or_else(|| Error::Other("eviction cache: scoring an empty store".into()))?;
         let pos = store.positions();
         let acc = store.aux();
@@ -430,6 +470,7 @@ impl EvictionCache {
             scale: 1.0 / (self.spec.head_dim as f64).sqrt(),
             sliding_window: None,
             accumulated: acc.as_ref(),
+            query_stats,
             gqa: self.cfg.gqa,
         };
         let s = self.cfg.scorer.score(&input)?;
@@ -455,7 +496,7 @@ impl EvictionCache {
                         let newest = pos.amax(-1, true);
                         pos.lt(sinks as f64).to_kind(Kind::Float) * 1e12 + (pos - newest)
                     }
-                    None => self.score(store, self.queries.as_ref(), self.query_start)?,
+                    None => self.score(store, self.queries.as_ref(), self.query_start, self.query_stats.as_ref())?,
                 };
                 match self.cfg.allocation {
                     // `keep` is a whole number of chunks (`layer_keep`); a budget under one chunk
@@ -495,7 +536,8 @@ impl EvictionCache {
                 for (i, hs) in heads.iter().enumerate() {
                     let (bi, hi) = ((i / hkv) as i64, (i % hkv) as i64);
                     let q = self.queries.as_ref().map(|q| q.narrow(0, bi, 1).narrow(1, hi * group, group));
-                    scores.push(self.score(hs, q.as_ref(), self.query_start)?.view([-1]));
+                    let st = self.query_stats.as_ref().map(|st| st.narrow(bi, hi * group, group));
+                    scores.push(self.score(hs, q.as_ref(), self.query_start, st.as_ref())?.view([-1]));
                 }
                 let lens: Vec<usize> = heads.iter().map(|h| h.len()).collect();
                 let idx = select_ragged(&scores, &lens, keep, recent, alpha);
@@ -599,6 +641,7 @@ impl EvictionCache {
         self.since_evict += l;
         self.accumulate(step);
         self.remember_queries(step.q, step.start_pos);
+        self.observe_queries(step)?;
 
         if self.cfg.budget.is_unbounded() {
             return Ok(out);
@@ -686,11 +729,15 @@ impl LayerCache for EvictionCache {
         if self.needs_queries() == 0 {
             self.queries = None;
         }
+        if !self.cfg.schedule.decode_evict {
+            self.query_stats = None;
+        }
         if let (Storage::Quantized(st), Store::Dense(store)) = (&self.cfg.storage, &mut self.store) {
             if let Some((k, v)) = store.views() {
                 self.quantized = Some(QuantCache::from_kept(st, self.spec, &k, &v, store.positions().copy())?);
                 store.clear();
                 self.queries = None;
+                self.query_stats = None;
             }
         }
         Ok(())
@@ -714,7 +761,7 @@ impl LayerCache for EvictionCache {
         if let Some(q) = &self.quantized {
             return q.bytes_allocated();
         }
-        let q = self.queries.as_ref().map_or(0, tensor_bytes);
+        let q = self.queries.as_ref().map_or(0, tensor_bytes) + self.query_stats.as_ref().map_or(0, |st| tensor_bytes(&st.mean) + tensor_bytes(&st.m2));
         q + match &self.store {
             Store::Dense(s) => s.bytes_allocated(),
             Store::Ragged(h) => h.iter().map(|x| x.bytes_allocated()).sum(),
@@ -755,6 +802,10 @@ impl LayerCache for EvictionCache {
         if let Some(q) = &self.queries {
             out.push(("window_queries", q.shallow_clone()));
         }
+        if let Some(st) = &self.query_stats {
+            out.push(("query_mean", st.mean.shallow_clone()));
+            out.push(("query_m2", st.m2.shallow_clone()));
+        }
         out
     }
 
@@ -778,6 +829,7 @@ impl LayerCache for EvictionCache {
             since_evict: self.since_evict,
             seen: self.seen,
             quantized: self.quantized.as_ref().map(|q| q.fork_quant()),
+            query_stats: self.query_stats.as_ref().map(|st| st.copy()),
         }))
     }
 }

@@ -23,8 +23,9 @@ pub fn run(a: MethodsArgs, plugins: &[PathBuf]) -> Result<()> {
             return Ok(());
         }
         println!("{} ({} family, {})\n  {}\n\n{}\n\nparameters:", m.name, m.family, m.origin, m.summary, m.detail);
+        let width = m.params.iter().map(|(n, _, _)| n.len()).max().unwrap_or(0).max(16);
         for (n, d, h) in &m.params {
-            println!("  {n:<16} default {d:<10} {h}");
+            println!("  {n:<width$} default {d:<10} {h}");
         }
         return Ok(());
     }
