@@ -72,11 +72,23 @@ pub struct Params {
     method: String,
     table: toml::Table,
     accepted: Vec<&'static str>,
+    /// The keys the table came with (read or not).
+    given: Vec<String>,
 }
 
 impl Params {
     pub fn new(method: &str, table: &toml::Table) -> Self {
-        Params { method: method.to_string(), table: table.clone(), accepted: Vec::new() }
+        Params { method: method.to_string(), table: table.clone(), accepted: Vec::new(), given: table.keys().cloned().collect() }
+    }
+
+    /// Whether the table set `key` (whether or not it has been read yet).
+    pub fn was_given(&self, key: &str) -> bool {
+        self.given.iter().any(|k| k == key)
+    }
+
+    /// A `BadParam` error for `key` of this method.
+    pub fn refuse(&self, key: &str, value: &str, expected: &str) -> MethodError {
+        MethodError::BadParam { method: self.method.clone(), key: key.to_string(), value: value.to_string(), expected: expected.to_string() }
     }
 
     fn bad(&self, key: &str, value: &toml::Value, expected: impl Into<String>) -> MethodError {

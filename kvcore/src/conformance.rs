@@ -84,9 +84,16 @@ fn case(label: &str, settings: &[&str]) -> Case {
 /// plugins) get the generic budget cases when they take a `ratio`.
 fn cases(s: &Subject) -> Vec<Case> {
     let evicting = || {
-        let mut v = vec![case("default", &[]), case("ratio=4", &["ratio=4"]), case("tokens=10", &["tokens=10"])];
+        // ratio 32 on the 48-token prompt keeps one token per head (kvpress's 32:1, and the
+        // short-prompt floor).
+        let mut v = vec![case("default", &[]), case("ratio=4", &["ratio=4"]), case("tokens=10", &["tokens=10"]), case("ratio=32", &["ratio=32"])];
         if s.params.iter().any(|p| p == "decode_evict") {
             v.push(case("ratio=3,decode_evict,interval=3", &["ratio=3", "decode_evict=true", "decode_interval=3"]));
+        }
+        // The shared schedules of scoring methods, for those that compress after prefill.
+        if s.params.iter().any(|p| p == "block_size") && !matches!(s.name.as_str(), "h2o" | "streamingllm") {
+            v.push(case("ratio=4,block_size=8", &["ratio=4", "block_size=8"]));
+            v.push(case("target_size=20,interval=4", &["target_size=20", "interval=4"]));
         }
         v
     };
@@ -348,6 +355,7 @@ pub fn trials(subjects: &[Subject]) -> Vec<Trial> {
             let budget = budgeted(s, &c.settings) && !(s.is_retrieval() && c.settings.is_empty());
             if budget {
                 out.push(record_trial(s, &c.label, c.settings.clone(), "budget", check_budget));
+                out.push(record_trial(s, &c.label, c.settings.clone(), "keeps-one-per-head", check_keeps_one));
             }
             out.push(record_trial(s, &c.label, c.settings.clone(), "bytes", check_bytes));
             out.push(record_trial(s, &c.label, c.settings.clone(), "positions", check_positions));
@@ -378,8 +386,9 @@ fn check_budget(s: &Subject, _: &[String], r: &RunRecord, _: &Bench) -> Result<(
         return Ok(());
     }
     // Declared from `end_prefill` on, or at the latest from the first decode step (the paper's
-    // H2O fixes its budget there), and respected whenever declared.
-    for st in r.steps.iter().filter(|st| st.after_prefill) {
+    // H2O fixes its budget there), and respected whenever declared (also while prefilling, by
+    // caches that compress during prefill).
+    for st in &r.steps {
         let decoding = st.when.starts_with("after decode");
         for (l, o) in st.layers.iter().enumerate() {
             let b = match o.budget {
@@ -390,6 +399,22 @@ fn check_budget(s: &Subject, _: &[String], r: &RunRecord, _: &Bench) -> Result<(
             let total: usize = o.rows.iter().map(|r| r.len()).sum();
             if total > b * o.rows.len() {
                 return Err(format!("layer {l} {}: holds {total} tokens over {} rows, budget {b} per row", st.when, o.rows.len()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// However small the budget, every (batch, KV head) row keeps at least one token from
+/// `end_prefill` on (kvpress PR #264: AdaKV could empty a head on short prompts).
+fn check_keeps_one(s: &Subject, _: &[String], r: &RunRecord, _: &Bench) -> Result<(), String> {
+    if s.is_retrieval() {
+        return Ok(());
+    }
+    for st in r.steps.iter().filter(|st| st.after_prefill) {
+        for (l, o) in st.layers.iter().enumerate() {
+            if let Some(row) = o.rows.iter().position(|r| r.is_empty()) {
+                return Err(format!("layer {l} {}: row {row} holds no token", st.when));
             }
         }
     }

@@ -417,14 +417,7 @@ pub fn decode(
     let peak_rss_prefill_bytes = if opts.measure_decode_rss { crate::memory::peak_rss_bytes() } else { None };
     if opts.measure_decode_rss {
         // Return the memory freed by compression to the OS first, so decoding's peak is its own.
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        {
-            extern "C" {
-                fn malloc_trim(pad: usize) -> i32;
-            }
-            // SAFETY: glibc's malloc_trim has no preconditions.
-            unsafe { malloc_trim(0) };
-        }
+        crate::memory::release_free_memory();
         crate::memory::reset_peak_rss();
     }
 

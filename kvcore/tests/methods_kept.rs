@@ -328,6 +328,90 @@ fn expected_attention_keeps_what_the_rotated_query_gaussian_expects_in_any_chunk
     assert!(err.contains("RoPE") && err.contains("expected-attention"), "{err}");
 }
 
+/// The `n` positions among `among` whose head-`h` keys have the smallest norm (Knorm's keep).
+fn smallest_norms(x: &Qkv, h: usize, among: &[usize], n: usize) -> Vec<usize> {
+    let norm = |p: usize| x.krow(h, p).iter().map(|v| (*v as f64).powi(2)).sum::<f64>();
+    let mut v = among.to_vec();
+    v.sort_by(|a, b| norm(*a).partial_cmp(&norm(*b)).unwrap());
+    v.truncate(n);
+    v.sort();
+    v
+}
+
+#[test]
+fn block_size_compresses_during_prefill_and_later_blocks_attend_over_what_is_kept() {
+    let _g = tch::no_grad_guard();
+    // 40-token context, ratio 4: budget 10, blocks of 5 after the first 10 tokens (ends at 10, 15,
+    // ..., 40), fed in engine chunks of 7 that do not line up with the blocks.
+    let x = Qkv::random(40, 21);
+    let vals = Vec::<f32>::try_from(&x.v.contiguous().view([-1])).unwrap();
+    let mut c = cache("knorm", &["ratio=4", "block_size=5"], 0, &spec(40, 40, 2));
+    let mut from = 0;
+    while from < 40 {
+        let to = (from + 7).min(40);
+        let out = x.feed(c.as_mut(), from, to);
+        let stored = c.kept_positions();
+        assert!(stored.iter().all(|r| r.len() <= 15), "after tokens {from}..{to}: more than budget + block held: {stored:?}");
+        let declared = c.budget_tokens().expect("a block-wise prefill declares its budget while prefilling");
+        assert!(stored.iter().all(|r| r.len() <= declared), "after {to}: holds more than the declared {declared}");
+        // Each query attends over what its block sees: the keys kept at the end of the previous
+        // block (Knorm's smallest norms so far), plus its own block up to itself.
+        for i in from..to {
+            let block_start = if i < 10 { 0 } else { 10 + (i - 10) / 5 * 5 };
+            for h in 0..HQ {
+                let kv = h / (HQ / HKV);
+                let before: Vec<usize> = if block_start == 0 { vec![] } else { smallest_norms(&x, kv, &(0..block_start).collect::<Vec<_>>(), 10) };
+                let keys: Vec<usize> = before.into_iter().chain(block_start..=i).collect();
+                let pr = x.probs(h, i, &keys);
+                for d in 0..D {
+                    let want: f64 = pr.iter().map(|(p, w)| w * vals[(kv * 40 + p) * D + d] as f64).sum();
+                    let got = out.double_value(&[0, h as i64, (i - from) as i64, d as i64]);
+                    assert!((got - want).abs() < 1e-5, "query {i} head {h}: output {got} vs {want} over the block's keys {keys:?}");
+                }
+            }
+        }
+        from = to;
+    }
+    c.end_prefill().unwrap();
+    // Knorm's score does not depend on the other tokens, so block by block it keeps its global top.
+    let want: Vec<Vec<i64>> = (0..HKV).map(|h| smallest_norms(&x, h, &(0..40).collect::<Vec<_>>(), 10).into_iter().map(|p| p as i64).collect()).collect();
+    assert_eq!(c.kept_positions(), want);
+    // Not shareable: its prefill attention is not plain full attention.
+    let table = parse_settings(&["ratio=4".to_string(), "block_size=5".to_string()]).unwrap();
+    assert!(!Registry::builtin().unwrap().build("knorm", &table).unwrap().shared_prefill());
+}
+
+#[test]
+fn target_size_compresses_only_while_decoding_every_interval_steps() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(30, 22);
+    let mut c = cache("knorm", &["target_size=12", "interval=3"], 0, &spec(30, 20, 2));
+    let _ = x.feed(c.as_mut(), 0, 20);
+    c.end_prefill().unwrap();
+    assert!(c.kept_positions().iter().all(|r| r.len() == 20), "the prompt stays whole after prefill (kvpress DecodingPress)");
+    for p in 20..26 {
+        let _ = x.feed(c.as_mut(), p, p + 1);
+        let n = c.kept_positions()[0].len();
+        match p {
+            20 | 21 => assert_eq!(n, p + 1, "no compression before the third decode step"),
+            22 => {
+                let want: Vec<Vec<i64>> =
+                    (0..HKV).map(|h| smallest_norms(&x, h, &(0..23).collect::<Vec<_>>(), 12).into_iter().map(|q| q as i64).collect()).collect();
+                assert_eq!(c.kept_positions(), want, "third decode step: cut to the 12 best");
+            }
+            23 | 24 => assert_eq!(n, 12 + p - 22),
+            _ => assert_eq!(n, 12, "sixth decode step: cut again"),
+        }
+    }
+    // It replaces the budget and decoding eviction knobs, so mixing them is refused by name.
+    let reg = Registry::builtin().unwrap();
+    for bad in [&["target_size=12", "ratio=4"][..], &["target_size=12", "decode_evict=true"], &["interval=3"]] {
+        let table = parse_settings(&bad.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let err = reg.build("knorm", &table).err().unwrap_or_else(|| panic!("{bad:?} must be refused")).to_string();
+        assert!(err.contains("target_size") || err.contains("interval"), "{bad:?}: {err}");
+    }
+}
+
 #[test]
 fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
     let _g = tch::no_grad_guard();

@@ -492,6 +492,11 @@ pub struct GenerateArgs {
     /// Reset the peak-RSS counter after the prompt and report decoding's own peak.
     #[arg(long)]
     pub decode_peak_rss: bool,
+    /// Reset the peak-RSS counter after loading the model too, so `peak_rss_prefill_bytes` in
+    /// --json is the prefill's own peak (weights, activations and cache), not the load's (implies
+    /// --decode-peak-rss; `peak_rss_bytes` still includes the load).
+    #[arg(long)]
+    pub prefill_peak_rss: bool,
     /// Model: a known name (smollm2-135m, qwen2.5-0.5b; fetched on first use), a GGUF file, a
     /// Hugging Face model directory, or hf:org/name[@revision].
     #[arg(long, default_value = "smollm2-135m")]

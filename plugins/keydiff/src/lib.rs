@@ -7,9 +7,11 @@
 //! Budget: `ratio = N` keeps `floor(S/N)` of the `S` context tokens per KV head after prefill
 //! (kvpress `compression_ratio = 1 - 1/N`); `tokens = K` keeps K.
 //!
-//! This is the one-shot version, as in kvpress. The paper evicts block by block while the prompt
-//! streams in (kvpress: `BlockPress(KeyDiffPress)`); that is a compression schedule, not a
-//! score, and it is not built yet.
+//! By default this is the one-shot version, as in kvpress. The paper's block-wise version, which
+//! evicts block by block while the prompt streams in (kvpress: `BlockPress(KeyDiffPress)`), is the
+//! shared schedule `block_size = B` that every scorer takes: the cache is cut back to its budget
+//! after every block of B tokens, and each block's queries attend over what was kept (kvpress's
+//! BlockPress prefills with full attention and only then replays the blocks).
 //!
 //! Cross-checked against kvpress 0.5.5 on SmolLM2 (`kvcore/tests/kvpress_crosscheck.rs`): kept
 //! positions identical up to float-noise swaps at the selection boundary.
@@ -43,6 +45,6 @@ register_scorer!(
     name = "keydiff",
     summary = "keep the keys least similar to the mean key direction (Park et al. 2025)",
     detail = "Score = -cos(k, mean of normalised keys) per KV head (f32); after the context prefill keeps the top floor(S/N) per head \
-              (kvpress KeyDiffPress with compression_ratio = 1 - 1/N). One-shot, as kvpress; the paper's block-wise eviction \
-              during prefill is not built yet. Paper: arXiv 2504.15364.",
+              (kvpress KeyDiffPress with compression_ratio = 1 - 1/N). One-shot, as kvpress; block_size = B gives the paper's \
+              block-wise eviction during prefill (a true block-wise prefill, never more than budget + B held). Paper: arXiv 2504.15364.",
 );

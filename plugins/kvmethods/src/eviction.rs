@@ -1,8 +1,9 @@
 //! Token eviction, shared by every scoring method. A method is composed of orthogonal parts
 //! ([`EvictionConfig`]): a [`Scorer`] (which tokens matter, and whether it needs attention
 //! accumulated), a [`Budget`] split by an [`Allocation`] (uniform, per layer, head-adaptive), a
-//! [`Schedule`] (after prefill, from the first decode step, streaming during prefill; evicting
-//! every N decode steps or not) and a [`Storage`] (dense or quantized). [`EvictionCache`] does the
+//! [`Schedule`] (after prefill, from the first decode step, streaming during prefill, block by
+//! block during prefill with `block_size`, only while decoding with `target_size`; evicting every
+//! N decode steps or not) and a [`Storage`] (dense or quantized). [`EvictionCache`] does the
 //! rest: storage that really shrinks, attention over kept (non-contiguous) positions, GQA score
 //! aggregation and per-head variable budgets, all with exact byte accounting.
 //!
@@ -82,12 +83,21 @@ pub struct Schedule {
     pub decode_interval: usize,
     /// Newest tokens always kept, as a fraction of the budget (H2O's recent window).
     pub recent_fraction: f64,
+    /// Compress during prefill (`block_size`): with the budget sized from the context up front,
+    /// the cache is cut back to it after every block of this many tokens (the first block ends
+    /// at the budget), so it never holds more than budget + block. Attention of each block runs
+    /// over what is kept: a true block-wise prefill, whatever the engine's chunk size.
+    pub prefill_block: Option<usize>,
+    /// Compress only while decoding (`target_size`, kvpress DecodingPress): no compression at
+    /// `end_prefill`; the budget is the absolute `Budget::Tokens` target, applied every
+    /// `decode_interval` decode steps.
+    pub decode_only: bool,
 }
 
 impl Default for Schedule {
     /// Compress once after prefill; no eviction while decoding.
     fn default() -> Self {
-        Schedule { start: Start::AfterPrefill, decode_evict: false, decode_interval: 1, recent_fraction: 0.0 }
+        Schedule { start: Start::AfterPrefill, decode_evict: false, decode_interval: 1, recent_fraction: 0.0, prefill_block: None, decode_only: false }
     }
 }
 
@@ -152,12 +162,25 @@ impl CacheFactory for EvictionFactory {
             }
             QuantCache::new(st, *spec)?;
         }
+        let sched = &cfg.schedule;
+        if sched.start != Start::AfterPrefill && (sched.prefill_block.is_some() || sched.decode_only) {
+            let key = if sched.decode_only { "target_size" } else { "block_size" };
+            return Err(Error::InvalidArgument {
+                what: "schedule",
+                value: format!("{} with {key}", cfg.name),
+                expected: format!(
+                    "a method that compresses after prefill (`{key}` replaces when it compresses; {} has its own schedule: {:?})",
+                    cfg.name, sched.start
+                ),
+            });
+        }
         Ok(Box::new(EvictionCache::new(self.0.clone(), layer, *spec)))
     }
     /// Every schedule but StreamingLLM's chunked prefill (which attends through sinks and a local
     /// window while prefilling) prefills with full attention and compresses afterwards.
+    /// Compressing during prefill (`block_size`) changes prefill too.
     fn shared_prefill(&self) -> bool {
-        !matches!(self.0.schedule.start, Start::Streaming(StreamingPrefill { chunked: true, .. }))
+        !matches!(self.0.schedule.start, Start::Streaming(StreamingPrefill { chunked: true, .. })) && self.0.schedule.prefill_block.is_none()
     }
 }
 
@@ -318,7 +341,27 @@ impl EvictionCache {
             query_stats: None,
         };
         c.size_streaming();
+        c.size_blocks();
         c
+    }
+
+    /// Block-wise prefill: fixes the budget from the context length before the first block.
+    fn size_blocks(&mut self) {
+        let (Some(_), Some(ctx)) = (self.cfg.schedule.prefill_block, self.spec.context_tokens) else { return };
+        if self.cfg.budget.is_unbounded() || self.cfg.schedule.decode_only {
+            return;
+        }
+        let keep = self.layer_keep(ctx);
+        self.recent = (keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize;
+        self.budget = Some(keep);
+    }
+
+    /// The block size and budget while a block-wise prefill is under way.
+    fn block_schedule(&self) -> Option<(usize, usize)> {
+        match (self.prefilling, self.cfg.schedule.prefill_block, self.budget) {
+            (true, Some(bs), Some(b)) => Some((bs.max(1), b)),
+            _ => None,
+        }
     }
 
     /// Tokens to keep out of `len` for this layer.
@@ -603,6 +646,32 @@ impl EvictionCache {
     /// One step: store, attend (unless `!want_output`, a shared prefill's observation, which
     /// changes nothing else), keep the statistics the scorer needs, evict when due.
     fn step(&mut self, step: &AttentionStep<'_>, want_output: bool) -> Result<Option<Tensor>> {
+        let Some((bs, budget)) = self.block_schedule() else { return self.step_one(step, want_output) };
+        // Block-wise prefill: split the step where blocks end (at budget + i·block), cutting the
+        // cache back to its budget after each, so later queries attend over what is kept.
+        let l = step.q.size()[2] as usize;
+        let mut outs = Vec::new();
+        let mut a = 0;
+        while a < l {
+            let pos = step.start_pos + a;
+            let block_end = if pos < budget { budget } else { budget + (pos - budget) / bs * bs + bs };
+            let n = (block_end - pos).min(l - a);
+            let (q, k, v) = (step.q.narrow(2, a as i64, n as i64), step.k.narrow(2, a as i64, n as i64), step.v.narrow(2, a as i64, n as i64));
+            let sub = AttentionStep { q: &q, k: &k, v: &v, start_pos: pos, ..*step };
+            if let Some(o) = self.step_one(&sub, want_output)? {
+                outs.push(o);
+            }
+            if pos + n == block_end && self.stored_tokens() > budget {
+                let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
+                self.evict_to(budget, bs.min(remaining.max(1)))?;
+            }
+            a += n;
+        }
+        Ok(if want_output { Some(Tensor::cat(&outs, 2)) } else { None })
+    }
+
+    /// One step (or one block of a block-wise prefill).
+    fn step_one(&mut self, step: &AttentionStep<'_>, want_output: bool) -> Result<Option<Tensor>> {
         let l = step.q.size()[2] as usize;
         self.seen = step.start_pos + l;
         if let Some(qc) = &mut self.quantized {
@@ -701,12 +770,21 @@ impl LayerCache for EvictionCache {
             return Ok(());
         }
         self.prefilling = false;
-        if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill {
+        if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill && self.cfg.schedule.decode_only {
+            // DecodingPress: the prompt stays whole; decoding cuts the cache to the target.
+            let Budget::Tokens(target) = self.cfg.budget else { unreachable!("target_size sets a token budget") };
+            self.budget = Some(target);
+            self.steps_since_evict = 0;
+        } else if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill {
             let len = match &self.store {
                 Store::Dense(s) => s.len(),
                 Store::Ragged(h) => h.iter().map(|x| x.len()).max().unwrap_or(0),
             };
-            let keep = self.layer_keep(len);
+            // A block-wise prefill sized its budget from the context before the first block.
+            let keep = match (self.cfg.schedule.prefill_block, self.budget) {
+                (Some(_), Some(b)) => b,
+                _ => self.layer_keep(len),
+            };
             self.recent = (keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize;
             self.budget = Some(keep);
             let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
@@ -773,7 +851,7 @@ impl LayerCache for EvictionCache {
     }
 
     fn budget_tokens(&self) -> Option<usize> {
-        if self.prefilling && self.sinks_local.is_none() {
+        if self.prefilling && self.sinks_local.is_none() && self.block_schedule().is_none() {
             return None;
         }
         // Between evictions (decoding without decode_evict, or every N steps, or appended question

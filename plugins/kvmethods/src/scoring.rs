@@ -22,23 +22,61 @@ pub struct SharedKnobs {
     pub gqa: kvcache::params::GqaAgg,
     /// Keep the survivors quantized.
     pub storage: Option<crate::quantized::QuantConfig>,
+    /// Compress during prefill, every this many tokens (`block_size`).
+    pub block_size: Option<usize>,
+    /// Compress only while decoding, to this many tokens (`target_size`), every `interval` steps.
+    pub target_size: Option<usize>,
+    pub interval: Option<usize>,
 }
+
+/// kvpress DecodingPress's default `compression_interval`.
+pub const DEFAULT_INTERVAL: usize = 512;
 
 impl SharedKnobs {
     /// Reads `decode_evict` (default `decode_default`), `decode_interval`, `gqa` and `storage`.
+    /// Also reads the schedules `block_size` (compress during prefill) and `target_size` with
+    /// `interval` (compress only while decoding), refusing the combinations that contradict.
     pub fn read(name: &str, p: &mut Params, decode_default: bool) -> Result<Self, MethodError> {
-        Ok(SharedKnobs {
+        let knobs = SharedKnobs {
             decode_evict: p.bool("decode_evict", decode_default)?,
             decode_interval: p.int("decode_interval", 1, 1, 1 << 20)?,
             gqa: p.gqa()?,
             storage: crate::quantized::storage_param(name, p)?,
-        })
+            block_size: p.opt_int("block_size", 1, 1 << 20)?,
+            target_size: p.opt_int("target_size", 1, usize::MAX >> 1)?,
+            interval: p.opt_int("interval", 1, 1 << 20)?,
+        };
+        if let Some(k) = knobs.target_size {
+            for key in ["ratio", "tokens", "decode_evict", "decode_interval", "block_size", "storage"] {
+                if p.was_given(key) {
+                    return Err(p.refuse(
+                        "target_size",
+                        &format!("{k} (with {key})"),
+                        &format!("target_size alone: it compresses only while decoding, to target_size tokens every `interval` steps (kvpress DecodingPress); leave out `{key}`"),
+                    ));
+                }
+            }
+        } else if let Some(i) = knobs.interval {
+            return Err(p.refuse(
+                "interval",
+                &i.to_string(),
+                "`interval` only with `target_size` (with `ratio`/`tokens`, evict while decoding with decode_evict = true and decode_interval)",
+            ));
+        }
+        Ok(knobs)
     }
 
     /// Sets these knobs on `cfg`.
     pub fn apply(self, cfg: &mut EvictionConfig) {
         cfg.schedule.decode_evict = self.decode_evict;
         cfg.schedule.decode_interval = self.decode_interval;
+        cfg.schedule.prefill_block = self.block_size;
+        if let Some(k) = self.target_size {
+            cfg.budget = kvcache::params::Budget::Tokens(k);
+            cfg.schedule.decode_only = true;
+            cfg.schedule.decode_evict = true;
+            cfg.schedule.decode_interval = self.interval.unwrap_or(DEFAULT_INTERVAL);
+        }
         cfg.gqa = self.gqa;
         cfg.storage = self.storage.map_or(crate::eviction::Storage::Dense, crate::eviction::Storage::Quantized);
     }
@@ -90,6 +128,9 @@ macro_rules! eviction_param_docs {
             $crate::kvcache::params::ParamDoc { name: "decode_interval", default: "1", help: "with decode_evict: evict every N decode steps" },
             $crate::kvcache::params::ParamDoc { name: "gqa", default: "mean", help: "combine query-head scores per KV head: mean or max" },
             $crate::kvcache::params::ParamDoc { name: "storage", default: "(none)", help: "keep the survivors quantized, e.g. {method = \"kivi\", bits = 2} (kivi, flexgen, int8, int4 and their parameters; needs decode_evict = false)" },
+            $crate::kvcache::params::ParamDoc { name: "block_size", default: "(unset)", help: "compress during prefill: after every block of this many tokens the cache is cut back to its budget (sized from the context), so it never holds more than budget + block_size (KeyDiff's block-wise prefill; kvpress BlockPress, here a true chunked prefill)" },
+            $crate::kvcache::params::ParamDoc { name: "target_size", default: "(unset)", help: "compress only while decoding: every `interval` decode steps, cut the cache to this many tokens (kvpress DecodingPress); replaces ratio/tokens and decode_evict" },
+            $crate::kvcache::params::ParamDoc { name: "interval", default: "512", help: "with target_size: decode steps between compressions (kvpress compression_interval)" },
             $( $crate::kvcache::params::ParamDoc { name: $n, default: $d, help: $h } ),*
         ]
     };

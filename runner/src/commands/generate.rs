@@ -85,8 +85,17 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
         min_new_tokens: a.min_new_tokens,
         stop_strings: a.stop.clone(),
         prefill_chunk: a.prefill_chunk,
-        measure_decode_rss: a.decode_peak_rss,
+        measure_decode_rss: a.decode_peak_rss || a.prefill_peak_rss,
         ..Default::default()
+    };
+    // The load's peak, kept for `peak_rss_bytes`; from here the counter measures the prompt.
+    let load_peak = if a.prefill_peak_rss {
+        let p = kvcore::memory::peak_rss_bytes();
+        kvcore::memory::release_free_memory();
+        kvcore::memory::reset_peak_rss();
+        p
+    } else {
+        None
     };
     let outs = if questions.is_empty() {
         vec![generate(&mut lm, &ids, &opts, factory.as_ref())?]
@@ -96,10 +105,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     };
     let peak = kvcore::memory::peak_rss_bytes();
     for out in outs {
-        let peak = match (out.peak_rss_prefill_bytes, peak) {
-            (Some(p), Some(q)) => Some(p.max(q)),
-            (_, q) => q,
-        };
+        let peak = [out.peak_rss_prefill_bytes, peak, load_peak].into_iter().flatten().max();
         if a.json {
             let v = json!({
                 "text": out.text,
@@ -123,6 +129,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
                 "method": &a.method,
                 "method_params": &method_params,
                 "query_aware": a.query_aware,
+                "peak_rss_prefill_bytes": out.peak_rss_prefill_bytes,
                 "peak_rss_decode_bytes": out.peak_rss_decode_bytes,
                 "rss_end_bytes": out.rss_end_bytes,
                 "peak_rss_bytes": peak,
