@@ -12,6 +12,8 @@ use tch::{Kind, Tensor};
 /// score travels with its token.
 pub struct KvBuffer {
     spec: CacheSpec,
+    /// Channels per key: `head_dim`, or fewer once channels are pruned (ThinK).
+    key_dim: usize,
     k: Option<Tensor>,
     v: Option<Tensor>,
     pos: Option<Tensor>,
@@ -24,7 +26,7 @@ pub struct KvBuffer {
 impl KvBuffer {
     /// An empty buffer shaped by `spec` (batch, KV heads, head dim, storage dtype, device).
     pub fn new(spec: CacheSpec) -> Self {
-        KvBuffer { spec, k: None, v: None, pos: None, aux: None, cap: 0, len: 0, first_pos: 0 }
+        KvBuffer { spec, key_dim: spec.head_dim, k: None, v: None, pos: None, aux: None, cap: 0, len: 0, first_pos: 0 }
     }
     /// The shape and storage settings this buffer was made with.
     pub fn spec(&self) -> &CacheSpec {
@@ -65,7 +67,7 @@ impl KvBuffer {
             t
         };
         let c = cap as i64;
-        self.k = Some(grow(&self.k, vec![b, h, c, d], kind));
+        self.k = Some(grow(&self.k, vec![b, h, c, self.key_dim as i64], kind));
         self.v = Some(grow(&self.v, vec![b, h, c, d], kind));
         if self.pos.is_some() {
             self.pos = Some(grow(&self.pos, vec![b, h, c], Kind::Int64));
@@ -159,7 +161,8 @@ impl KvBuffer {
         let Some((k, v)) = self.views() else { return };
         let positions = self.positions();
         let idx4 = idx.unsqueeze(-1).expand([-1, -1, -1, d], false);
-        let nk = k.gather(2, &idx4, false);
+        let kd = self.key_dim as i64;
+        let nk = k.gather(2, &idx.unsqueeze(-1).expand([-1, -1, -1, kd], false), false);
         let nv = v.gather(2, &idx4, false);
         let np = positions.gather(2, idx, false);
         let na = self.aux().map(|a| a.gather(2, idx, false));
@@ -174,7 +177,7 @@ impl KvBuffer {
             }
             t
         };
-        self.k = Some(fresh(&nk, &[b, h, cap as i64, d], kind));
+        self.k = Some(fresh(&nk, &[b, h, cap as i64, kd], kind));
         self.v = Some(fresh(&nv, &[b, h, cap as i64, d], kind));
         self.pos = Some(fresh(&np, &[b, h, cap as i64], Kind::Int64));
         self.aux = na.map(|a| fresh(&a, &[b, h, cap as i64], Kind::Float));
@@ -192,7 +195,7 @@ impl KvBuffer {
     pub fn bytes_allocated(&self) -> u64 {
         let (b, h, d) = self.dims();
         let per = (b * h) as u64 * self.cap as u64;
-        let mut bytes = 2 * per * d as u64 * self.spec.kv_dtype.size_in_bytes() as u64;
+        let mut bytes = per * (d as u64 + self.key_dim as u64) * self.spec.kv_dtype.size_in_bytes() as u64;
         if self.pos.is_some() {
             bytes += per * 8;
         }
@@ -233,6 +236,7 @@ impl KvBuffer {
         let c = |t: &Option<Tensor>| t.as_ref().map(|t| t.copy());
         KvBuffer {
             spec: self.spec,
+            key_dim: self.key_dim,
             k: c(&self.k),
             v: c(&self.v),
             pos: c(&self.pos),
@@ -270,6 +274,23 @@ impl KvBuffer {
         self.first_pos += n;
     }
 
+    /// Channels each stored key has (`head_dim` unless pruned).
+    pub fn key_dim(&self) -> usize {
+        self.key_dim
+    }
+
+    /// Keeps only the key channels `channels` (`[B, H, D']`, per (batch, head)) of every stored
+    /// key, in fresh storage, so the pruned channels' memory is returned; later appends must
+    /// bring keys of `D'` channels (the same ones). Values keep every channel.
+    pub fn prune_key_channels(&mut self, channels: &Tensor) {
+        let kd = channels.size()[2];
+        if let Some(k) = &self.k {
+            let idx = channels.unsqueeze(2).expand([-1, -1, self.cap as i64, kd], false);
+            self.k = Some(k.gather(3, &idx, false).contiguous());
+        }
+        self.key_dim = kd as usize;
+    }
+
     /// Row `(bi, hi)` of this buffer as a buffer of its own (batch 1, one KV head, `group` query
     /// heads) holding only the slots `idx` (`[1, 1, n]`, ascending) plus `headroom` spare slots.
     /// Per-head budgets (AdaKV) split a layer's buffer this way.
@@ -278,6 +299,7 @@ impl KvBuffer {
         let row = |t: &Tensor| t.narrow(0, bi, 1).narrow(1, hi, 1);
         let mut hs = KvBuffer {
             spec: one,
+            key_dim: self.key_dim,
             k: self.k.as_ref().map(row),
             v: self.v.as_ref().map(row),
             pos: Some(row(&self.positions())),

@@ -273,7 +273,7 @@ pub fn attend_contiguous(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, k_sta
         let mask = causal_window_mask(q_start, l as usize, k_start, s, window, k.device());
         let qg = q.reshape([b, hkv, group * l, d]);
         let mask = mask.repeat([group, 1]);
-        Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d])
+        Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, v.size()[3]])
     };
     if out.kind() != out_kind {
         out.to_kind(out_kind)
@@ -353,7 +353,7 @@ pub fn attend_at_positions(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpo
     let vis = Visibility { window: vis.window.or(step.sliding_window), ..vis };
     let mask = position_mask(step.start_pos, l as usize, group as usize, kpos, vis);
     let qg = q.reshape([b, hkv, group * l, d]);
-    let out = Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, d]);
+    let out = Tensor::scaled_dot_product_attention(&qg, k, v, Some(&mask), 0.0, false, step.scale, false).reshape([b, hq, l, v.size()[3]]);
     if out.kind() != out_kind {
         out.to_kind(out_kind)
     } else {

@@ -147,7 +147,8 @@ fn budgeted(s: &Subject, settings: &[String]) -> bool {
     }
     match settings.iter().find_map(|k| k.strip_prefix("ratio=")) {
         Some(r) => r.parse::<f64>().map_or(true, |r| r > 1.0),
-        None => true,
+        // ThinK's default ratio is 1: it prunes key channels, not tokens.
+        None => s.name != "think",
     }
 }
 
@@ -364,7 +365,12 @@ pub fn trials(subjects: &[Subject]) -> Vec<Trial> {
         }
         if s.name != "full" {
             if s.takes_budget() {
-                out.push(record_trial(s, "ratio1", vec!["ratio=1".into()], "identical-to-full", check_identical_to_full));
+                // ThinK's channel pruning is not a token budget: off for this comparison.
+                let mut settings = vec!["ratio=1".to_string()];
+                if s.name == "think" {
+                    settings.push("key_channel_ratio=0".into());
+                }
+                out.push(record_trial(s, "ratio1", settings, "identical-to-full", check_identical_to_full));
             }
             let fewer = ratio4(s).or_else(|| cases(s).first().map(|c| c.settings.clone()));
             if let Some(v) = fewer {
@@ -555,7 +561,8 @@ fn shapes_trial(s: &Subject) -> Trial {
                 _ if s.takes_budget() => vec!["ratio=1".into()],
                 _ => vec![],
             };
-            let compare = s.takes_budget() || s.name == "full";
+            // ThinK prunes key channels at ratio 1 too: its shapes are checked, not its values.
+            let compare = (s.takes_budget() || s.name == "full") && s.name != "think";
             let f = (s.build)(&settings_table(&settings)?).map_err(|e| e.to_string())?;
             let mut c = f.layer_cache(1, &spec).map_err(|e| e.to_string())?;
             let mut full = FullCacheFactory.layer_cache(1, &spec).map_err(|e| e.to_string())?;

@@ -32,6 +32,7 @@ const EXPECTED: &[&str] = &[
     "random",
     "snapkv",
     "streamingllm",
+    "think",
     "tova",
 ];
 

@@ -413,6 +413,59 @@ fn target_size_compresses_only_while_decoding_every_interval_steps() {
 }
 
 #[test]
+fn think_prunes_the_key_channels_with_the_lowest_query_key_energy_and_stores_narrower_keys() {
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(21, 31);
+    let vals = Vec::<f32>::try_from(&x.v.contiguous().view([-1])).unwrap();
+    // key_channel_ratio 0.5 of D = 4: two channels kept per KV head, chosen by
+    // mean over the last 8 queries of the head's group of q_c^2, times the keys' mean k_c^2.
+    let mut c = cache("think", &["key_channel_ratio=0.5", "channel_window=8"], 0, &spec(21, 20, 2));
+    let _ = x.feed(c.as_mut(), 0, 20);
+    c.end_prefill().unwrap();
+    let group = HQ / HKV;
+    let kept: Vec<Vec<usize>> = (0..HKV)
+        .map(|kv| {
+            let score = |ch: usize| {
+                let qn: f64 =
+                    (kv * group..(kv + 1) * group).flat_map(|h| (12..20).map(move |i| (h, i))).map(|(h, i)| (x.qrow(h, i)[ch] as f64).powi(2)).sum::<f64>()
+                        / (8 * group) as f64;
+                let kn: f64 = (0..20).map(|p| (x.krow(kv, p)[ch] as f64).powi(2)).sum::<f64>() / 20.0;
+                qn * kn
+            };
+            let mut chans: Vec<usize> = (0..D).collect();
+            chans.sort_by(|a, b| score(*b).partial_cmp(&score(*a)).unwrap());
+            let mut top = chans[..2].to_vec();
+            top.sort();
+            top
+        })
+        .collect();
+    let held = c.held_tensors();
+    let k = &held.iter().find(|(n, _)| *n == "k").expect("keys held").1;
+    assert_eq!(k.size(), vec![1, HKV as i64, 20, 2], "keys hold 2 of 4 channels");
+    let chans = &held.iter().find(|(n, _)| *n == "key_channels").expect("kept channels held").1;
+    let got: Vec<Vec<i64>> = (0..HKV as i64).map(|h| Vec::<i64>::try_from(&chans.get(0).get(h)).unwrap()).collect();
+    assert_eq!(got, kept.iter().map(|v| v.iter().map(|&c| c as i64).collect()).collect::<Vec<Vec<i64>>>(), "kept channels vs the f64 reference");
+    // The next query attends with q·k over the kept channels only, scale 1/sqrt(D), full values.
+    let out = x.feed(c.as_mut(), 20, 21);
+    for h in 0..HQ {
+        let kv = h / group;
+        let logits: Vec<f64> = (0..21).map(|p| kept[kv].iter().map(|&ch| x.qrow(h, 20)[ch] as f64 * x.krow(kv, p)[ch] as f64).sum::<f64>() * 0.5).collect();
+        let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let z: f64 = logits.iter().map(|l| (l - m).exp()).sum();
+        for d in 0..D {
+            let want: f64 = (0..21).map(|p| (logits[p] - m).exp() / z * vals[(kv * 21 + p) * D + d] as f64).sum();
+            let got = out.double_value(&[0, h as i64, 0, d as i64]);
+            assert!((got - want).abs() < 1e-5, "head {h} channel {d}: {got} vs {want}");
+        }
+    }
+    // It refuses what it cannot prune.
+    let table = parse_settings(&["decode_evict=true".to_string(), "key_channel_ratio=0.5".to_string()]).unwrap();
+    let f = Registry::builtin().unwrap().build("knorm", &table).unwrap();
+    let err = f.layer_cache(0, &spec(21, 20, 2)).err().expect("decode_evict with key_channel_ratio is refused").to_string();
+    assert!(err.contains("key_channel_ratio") && err.contains("decode_evict"), "{err}");
+}
+
+#[test]
 fn adakv_over_knorm_gives_heads_different_budgets_and_really_stores_less() {
     let _g = tch::no_grad_guard();
     // Head 0's keys have norms 1..16 (as in the knorm test), head 1's 100..115: at ratio 4 the layer

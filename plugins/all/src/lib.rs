@@ -15,6 +15,7 @@ pub use kvplugin_retrieval as retrieval;
 pub use kvplugin_selective_context as selective_context;
 pub use kvplugin_snapkv as snapkv;
 pub use kvplugin_streamingllm as streamingllm;
+pub use kvplugin_think as think;
 pub use kvplugin_tova as tova;
 
 /// Does nothing; calling it makes sure a binary links this crate (and so every family) even

@@ -112,8 +112,22 @@ pub enum Storage {
     Quantized(QuantConfig),
 }
 
+/// Key-channel pruning after prefill (ThinK, arXiv 2407.21018): per KV head, channel `c` scores
+/// `mean_window(q_c²) · mean_tokens(k_c²)` (the window's queries after RoPE, averaged over the
+/// head's query heads; the kept keys), and the `floor(D · ratio)` lowest-scoring channels are
+/// dropped from the stored keys (and from every later key and query), so the cache really holds
+/// fewer key bytes. Values keep every channel; the softmax scale stays `1/√D`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeyChannels {
+    /// Fraction of key channels pruned (kvpress `key_channel_compression_ratio`).
+    pub ratio: f64,
+    /// Last prefill queries that score the channels (kvpress `window_size`).
+    pub window: usize,
+}
+
 /// One eviction method: a scorer (which tokens matter; it also says whether it needs attention
-/// accumulated) × a budget and its [`Allocation`] × a [`Schedule`] × a [`Storage`].
+/// accumulated) × a budget and its [`Allocation`] × a [`Schedule`] × a [`Storage`], optionally
+/// with [`KeyChannels`] pruning.
 #[derive(Clone)]
 pub struct EvictionConfig {
     pub name: String,
@@ -124,6 +138,8 @@ pub struct EvictionConfig {
     pub storage: Storage,
     /// How the scores of the query heads sharing a KV head are combined.
     pub gqa: GqaAgg,
+    /// Prune key channels after prefill (`key_channel_ratio`).
+    pub key_channels: Option<KeyChannels>,
 }
 
 impl EvictionConfig {
@@ -138,6 +154,7 @@ impl EvictionConfig {
             schedule: Schedule::default(),
             storage: Storage::Dense,
             gqa: GqaAgg::Mean,
+            key_channels: None,
         }
     }
 }
@@ -163,6 +180,22 @@ impl CacheFactory for EvictionFactory {
             QuantCache::new(st, *spec)?;
         }
         let sched = &cfg.schedule;
+        if cfg.key_channels.is_some() {
+            let why = if sched.decode_evict {
+                Some("decode_evict = false (scorers read whole keys; channels are pruned once, after prefill)")
+            } else if matches!(cfg.allocation, Allocation::HeadAdaptive { .. }) {
+                Some("one budget for all heads (per-head budgets keep whole keys)")
+            } else if matches!(cfg.storage, Storage::Quantized(_)) {
+                Some("dense storage (quantized keys keep every channel)")
+            } else if sched.start != Start::AfterPrefill {
+                Some("a method that compresses after prefill")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::InvalidArgument { what: "key_channel_ratio", value: cfg.name.clone(), expected: why.into() });
+            }
+        }
         if sched.start != Start::AfterPrefill && (sched.prefill_block.is_some() || sched.decode_only) {
             let key = if sched.decode_only { "target_size" } else { "block_size" };
             return Err(Error::InvalidArgument {
@@ -315,6 +348,8 @@ pub struct EvictionCache {
     quantized: Option<QuantCache>,
     /// Statistics of the queries before RoPE, for scorers that ask (`Scorer::query_stats_from`).
     query_stats: Option<QueryStats>,
+    /// Key channels kept per (batch, KV head) `[B, Hkv, D']` once pruned (`key_channels`).
+    channels: Option<Tensor>,
 }
 
 impl EvictionCache {
@@ -339,6 +374,7 @@ impl EvictionCache {
             seen: 0,
             quantized: None,
             query_stats: None,
+            channels: None,
         };
         c.size_streaming();
         c.size_blocks();
@@ -389,11 +425,47 @@ impl EvictionCache {
 
     fn needs_queries(&self) -> usize {
         let w = self.cfg.scorer.query_window();
-        if self.prefilling || self.cfg.schedule.decode_evict {
+        if self.prefilling {
+            w.max(self.cfg.key_channels.map_or(0, |kc| kc.window))
+        } else if self.cfg.schedule.decode_evict {
             w
         } else {
             0
         }
+    }
+
+    /// ThinK: chooses the key channels to keep from the window queries and the stored keys, and
+    /// drops the others from storage.
+    fn prune_channels(&mut self, kc: KeyChannels) -> Result<()> {
+        let d = self.spec.head_dim as i64;
+        let n_pruned = (self.spec.head_dim as f64 * kc.ratio).floor() as i64;
+        let Store::Dense(store) = &mut self.store else { return Err(Error::Other("key_channel_ratio: per-head stores are not pruned".into())) };
+        let (Some((k, _)), Some(q)) = (store.views(), &self.queries) else { return Ok(()) };
+        if n_pruned == 0 || n_pruned >= d {
+            return Ok(());
+        }
+        let (b, hq, wq, _) = q.size4()?;
+        let hkv = self.spec.kv_heads as i64;
+        let w = (kc.window as i64).min(wq);
+        let qw = q.narrow(2, wq - w, w).to_kind(Kind::Float);
+        let q_norm =
+            qw.pow_tensor_scalar(2).mean_dim([2i64].as_slice(), false, Kind::Float).view([b, hkv, hq / hkv, d]).mean_dim([2i64].as_slice(), false, Kind::Float);
+        let k_norm = k.to_kind(Kind::Float).pow_tensor_scalar(2).mean_dim([2i64].as_slice(), false, Kind::Float);
+        let (_, keep) = (q_norm * k_norm).topk(d - n_pruned, -1, true, true);
+        let keep = keep.sort(-1, false).0;
+        store.prune_key_channels(&keep);
+        self.channels = Some(keep);
+        Ok(())
+    }
+
+    /// The step's queries and keys cut to the kept channels (ThinK), once channels are pruned.
+    fn cut_channels(&self, step: &AttentionStep<'_>) -> Option<(Tensor, Tensor)> {
+        let ch = self.channels.as_ref()?;
+        let (l, kd) = (step.k.size()[2], ch.size()[2]);
+        let group = self.spec.group() as i64;
+        let ck = ch.unsqueeze(2).expand([-1, -1, l, kd], false);
+        let cq = ch.repeat_interleave_self_int(group, Some(1), None::<i64>).unsqueeze(2).expand([-1, -1, l, kd], false);
+        Some((step.q.gather(3, &cq, false), step.k.gather(3, &ck, false)))
     }
 
     fn remember_queries(&mut self, q: &Tensor, start: usize) {
@@ -646,6 +718,9 @@ impl EvictionCache {
     /// One step: store, attend (unless `!want_output`, a shared prefill's observation, which
     /// changes nothing else), keep the statistics the scorer needs, evict when due.
     fn step(&mut self, step: &AttentionStep<'_>, want_output: bool) -> Result<Option<Tensor>> {
+        if let Some((q, k)) = self.cut_channels(step) {
+            return self.step_one(&AttentionStep { q: &q, k: &k, ..*step }, want_output);
+        }
         let Some((bs, budget)) = self.block_schedule() else { return self.step_one(step, want_output) };
         // Block-wise prefill: split the step where blocks end (at budget + i·block), cutting the
         // cache back to its budget after each, so later queries attend over what is kept.
@@ -804,6 +879,9 @@ impl LayerCache for EvictionCache {
                 self.sinks_local = None;
             }
         }
+        if let Some(kc) = self.cfg.key_channels {
+            self.prune_channels(kc)?;
+        }
         if self.needs_queries() == 0 {
             self.queries = None;
         }
@@ -839,7 +917,9 @@ impl LayerCache for EvictionCache {
         if let Some(q) = &self.quantized {
             return q.bytes_allocated();
         }
-        let q = self.queries.as_ref().map_or(0, tensor_bytes) + self.query_stats.as_ref().map_or(0, |st| tensor_bytes(&st.mean) + tensor_bytes(&st.m2));
+        let q = self.queries.as_ref().map_or(0, tensor_bytes)
+            + self.query_stats.as_ref().map_or(0, |st| tensor_bytes(&st.mean) + tensor_bytes(&st.m2))
+            + self.channels.as_ref().map_or(0, tensor_bytes);
         q + match &self.store {
             Store::Dense(s) => s.bytes_allocated(),
             Store::Ragged(h) => h.iter().map(|x| x.bytes_allocated()).sum(),
@@ -884,6 +964,9 @@ impl LayerCache for EvictionCache {
             out.push(("query_mean", st.mean.shallow_clone()));
             out.push(("query_m2", st.m2.shallow_clone()));
         }
+        if let Some(ch) = &self.channels {
+            out.push(("key_channels", ch.shallow_clone()));
+        }
         out
     }
 
@@ -908,6 +991,7 @@ impl LayerCache for EvictionCache {
             seen: self.seen,
             quantized: self.quantized.as_ref().map(|q| q.fork_quant()),
             query_stats: self.query_stats.as_ref().map(|st| st.copy()),
+            channels: self.channels.as_ref().map(|c| c.copy()),
         }))
     }
 }

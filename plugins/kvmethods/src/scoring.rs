@@ -27,6 +27,10 @@ pub struct SharedKnobs {
     /// Compress only while decoding, to this many tokens (`target_size`), every `interval` steps.
     pub target_size: Option<usize>,
     pub interval: Option<usize>,
+    /// Prune this fraction of key channels after prefill (ThinK; 0: none).
+    pub key_channel_ratio: f64,
+    /// Prefill queries that score the key channels.
+    pub channel_window: usize,
 }
 
 /// kvpress DecodingPress's default `compression_interval`.
@@ -45,6 +49,8 @@ impl SharedKnobs {
             block_size: p.opt_int("block_size", 1, 1 << 20)?,
             target_size: p.opt_int("target_size", 1, usize::MAX >> 1)?,
             interval: p.opt_int("interval", 1, 1 << 20)?,
+            key_channel_ratio: p.float("key_channel_ratio", 0.0, 0.0, 0.99)?,
+            channel_window: p.int("channel_window", 32, 1, 1 << 20)?,
         };
         if let Some(k) = knobs.target_size {
             for key in ["ratio", "tokens", "decode_evict", "decode_interval", "block_size", "storage"] {
@@ -71,6 +77,9 @@ impl SharedKnobs {
         cfg.schedule.decode_evict = self.decode_evict;
         cfg.schedule.decode_interval = self.decode_interval;
         cfg.schedule.prefill_block = self.block_size;
+        if self.key_channel_ratio > 0.0 {
+            cfg.key_channels = Some(crate::eviction::KeyChannels { ratio: self.key_channel_ratio, window: self.channel_window });
+        }
         if let Some(k) = self.target_size {
             cfg.budget = kvcache::params::Budget::Tokens(k);
             cfg.schedule.decode_only = true;
@@ -131,6 +140,8 @@ macro_rules! eviction_param_docs {
             $crate::kvcache::params::ParamDoc { name: "block_size", default: "(unset)", help: "compress during prefill: after every block of this many tokens the cache is cut back to its budget (sized from the context), so it never holds more than budget + block_size (KeyDiff's block-wise prefill; kvpress BlockPress, here a true chunked prefill)" },
             $crate::kvcache::params::ParamDoc { name: "target_size", default: "(unset)", help: "compress only while decoding: every `interval` decode steps, cut the cache to this many tokens (kvpress DecodingPress); replaces ratio/tokens and decode_evict" },
             $crate::kvcache::params::ParamDoc { name: "interval", default: "512", help: "with target_size: decode steps between compressions (kvpress compression_interval)" },
+            $crate::kvcache::params::ParamDoc { name: "key_channel_ratio", default: "0", help: "also prune this fraction of key channels per head after prefill (ThinK): the cache holds fewer key bytes; needs decode_evict = false" },
+            $crate::kvcache::params::ParamDoc { name: "channel_window", default: "32", help: "with key_channel_ratio: the last prefill queries that score the channels" },
             $( $crate::kvcache::params::ParamDoc { name: $n, default: $d, help: $h } ),*
         ]
     };
