@@ -92,7 +92,7 @@ impl Params {
     }
 
     fn bad(&self, key: &str, value: &toml::Value, expected: impl Into<String>) -> MethodError {
-        MethodError::BadParam { method: self.method.clone(), key: key.to_string(), value: value.to_string(), expected: expected.into() }
+        self.refuse(key, &value.to_string(), &expected.into())
     }
 
     /// An optional value of type `T`.
@@ -164,12 +164,7 @@ impl Params {
         let tokens = self.opt_int("tokens", 1, usize::MAX >> 1)?;
         let ratio = self.float("ratio", default_ratio, 1.0, 1e6)?;
         match tokens {
-            Some(_) if has_ratio => Err(MethodError::BadParam {
-                method: self.method.clone(),
-                key: "tokens".into(),
-                value: "(with ratio)".into(),
-                expected: "either `ratio` or `tokens`, not both".into(),
-            }),
+            Some(_) if has_ratio => Err(self.refuse("tokens", "(with ratio)", "either `ratio` or `tokens`, not both")),
             Some(k) => Ok(Budget::Tokens(k)),
             None => Ok(Budget::Ratio(ratio)),
         }

@@ -44,8 +44,8 @@ pub type BuildMethod = Arc<dyn Fn(&toml::Table) -> Result<Arc<dyn CacheFactory>,
 pub struct Subject {
     pub name: String,
     pub family: String,
-    /// Names of the parameters it documents (`ratio` means it takes a budget).
-    pub params: Vec<String>,
+    /// The parameters it documents, as (name, default) (`ratio` means it takes a budget).
+    pub params: Vec<(String, String)>,
     pub build: BuildMethod,
 }
 
@@ -56,12 +56,23 @@ impl Subject {
         Subject {
             name: m.name.clone(),
             family: m.family.clone(),
-            params: m.params.iter().map(|(n, _, _)| n.clone()).collect(),
+            params: m.params.iter().map(|(n, d, _)| (n.clone(), d.clone())).collect(),
             build: Arc::new(move |t| info.build(t)),
         }
     }
+    fn has(&self, param: &str) -> bool {
+        self.params.iter().any(|(n, _)| n == param)
+    }
+    /// The documented default of a numeric parameter.
+    fn default_number(&self, param: &str) -> Option<f64> {
+        self.params.iter().find(|(n, _)| n == param).and_then(|(_, d)| d.parse().ok())
+    }
     fn takes_budget(&self) -> bool {
-        self.params.iter().any(|p| p == "ratio")
+        self.has("ratio")
+    }
+    /// Whether it compresses even at `ratio = 1`: it prunes key channels by default (ThinK).
+    fn compresses_at_ratio1(&self) -> bool {
+        self.default_number("key_channel_ratio").is_some_and(|r| r > 0.0)
     }
     fn is_retrieval(&self) -> bool {
         self.family == "retrieval"
@@ -87,11 +98,11 @@ fn cases(s: &Subject) -> Vec<Case> {
         // ratio 32 on the 48-token prompt keeps one token per head (kvpress's 32:1, and the
         // short-prompt floor).
         let mut v = vec![case("default", &[]), case("ratio=4", &["ratio=4"]), case("tokens=10", &["tokens=10"]), case("ratio=32", &["ratio=32"])];
-        if s.params.iter().any(|p| p == "decode_evict") {
+        if s.has("decode_evict") {
             v.push(case("ratio=3,decode_evict,interval=3", &["ratio=3", "decode_evict=true", "decode_interval=3"]));
         }
         // The shared schedules of scoring methods, for those that compress after prefill.
-        if s.params.iter().any(|p| p == "block_size") && !matches!(s.name.as_str(), "h2o" | "streamingllm") {
+        if s.has("block_size") && !matches!(s.name.as_str(), "h2o" | "streamingllm") {
             v.push(case("ratio=4,block_size=8", &["ratio=4", "block_size=8"]));
             v.push(case("target_size=20,interval=4", &["target_size=20", "interval=4"]));
         }
@@ -147,8 +158,8 @@ fn budgeted(s: &Subject, settings: &[String]) -> bool {
     }
     match settings.iter().find_map(|k| k.strip_prefix("ratio=")) {
         Some(r) => r.parse::<f64>().map_or(true, |r| r > 1.0),
-        // ThinK's default ratio is 1: it prunes key channels, not tokens.
-        None => s.name != "think",
+        // The documented default ratio (4 for most; ThinK's is 1: it prunes channels, not tokens).
+        None => s.default_number("ratio").is_none_or(|r| r > 1.0),
     }
 }
 
@@ -365,9 +376,9 @@ pub fn trials(subjects: &[Subject]) -> Vec<Trial> {
         }
         if s.name != "full" {
             if s.takes_budget() {
-                // ThinK's channel pruning is not a token budget: off for this comparison.
+                // Channel pruning by default (ThinK) is not a token budget: off for this comparison.
                 let mut settings = vec!["ratio=1".to_string()];
-                if s.name == "think" {
+                if s.compresses_at_ratio1() {
                     settings.push("key_channel_ratio=0".into());
                 }
                 out.push(record_trial(s, "ratio1", settings, "identical-to-full", check_identical_to_full));
@@ -561,8 +572,8 @@ fn shapes_trial(s: &Subject) -> Trial {
                 _ if s.takes_budget() => vec!["ratio=1".into()],
                 _ => vec![],
             };
-            // ThinK prunes key channels at ratio 1 too: its shapes are checked, not its values.
-            let compare = (s.takes_budget() || s.name == "full") && s.name != "think";
+            // A method that prunes key channels at ratio 1 too (ThinK): shapes checked, not values.
+            let compare = (s.takes_budget() || s.name == "full") && !s.compresses_at_ratio1();
             let f = (s.build)(&settings_table(&settings)?).map_err(|e| e.to_string())?;
             let mut c = f.layer_cache(1, &spec).map_err(|e| e.to_string())?;
             let mut full = FullCacheFactory.layer_cache(1, &spec).map_err(|e| e.to_string())?;

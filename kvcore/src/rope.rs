@@ -7,13 +7,12 @@ use tch::{Device, Kind, Tensor};
 
 /// Precomputed cos/sin tables for one model.
 pub struct RotaryEmbedding {
-    inv_freq: Tensor,
     cos: Tensor,
     sin: Tensor,
     len: usize,
     kind: Kind,
     device: Device,
-    /// The same frequencies as the handle caches receive in their spec.
+    /// The inverse frequencies, as caches receive them in their spec.
     handle: kvcache::rope::Rope,
 }
 
@@ -23,18 +22,17 @@ impl RotaryEmbedding {
         let inv_freq = inverse_frequencies(cfg, freq_factors);
         let freqs = Vec::<f32>::try_from(&inv_freq.to_kind(Kind::Float)).expect("inverse frequencies are a 1-D f32 tensor");
         let handle = kvcache::rope::Rope::new(&freqs);
-        let mut rope = RotaryEmbedding { inv_freq, cos: Tensor::new(), sin: Tensor::new(), len: 0, kind, device, handle };
+        let mut rope = RotaryEmbedding { cos: Tensor::new(), sin: Tensor::new(), len: 0, kind, device, handle };
         rope.build(initial_len.max(1));
         rope
     }
 
     fn build(&mut self, len: usize) {
-        // In f32 on the CPU, as transformers does, then cast: keeps parity at 1e-4.
-        let pos = Tensor::arange(len as i64, (Kind::Float, Device::Cpu));
-        let freqs = pos.unsqueeze(1) * self.inv_freq.unsqueeze(0);
-        let emb = Tensor::cat(&[&freqs, &freqs], -1);
-        self.cos = emb.cos().to_kind(self.kind).to_device(self.device);
-        self.sin = emb.sin().to_kind(self.kind).to_device(self.device);
+        // In f32 on the CPU, as transformers does, then cast: keeps parity at 1e-4. The method
+        // API computes the same tables, so caches that undo or average RoPE match the engine.
+        let (cos, sin) = self.handle.cos_sin_range(0, len, Device::Cpu);
+        self.cos = cos.to_kind(self.kind).to_device(self.device);
+        self.sin = sin.to_kind(self.kind).to_device(self.device);
         self.len = len;
     }
 

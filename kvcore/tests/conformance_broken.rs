@@ -79,7 +79,7 @@ fn subject(name: &str, fault: Fault) -> Subject {
     Subject {
         name: name.into(),
         family: "test".into(),
-        params: vec!["ratio".into(), "tokens".into()],
+        params: vec![("ratio".into(), "4".into()), ("tokens".into(), "(unset)".into())],
         build: Arc::new(move |t: &toml::Table| -> Result<Arc<dyn CacheFactory>, MethodError> {
             let ratio =
                 t.get("ratio").and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64))).unwrap_or(if t.contains_key("tokens") { 2.0 } else { 4.0 });

@@ -90,18 +90,19 @@ impl Scorer for ExpectedAttention {
 
     fn score(&self, s: &ScoreInput<'_>) -> Result<Tensor> {
         let sink = s.positions.lt(self.n_sink as i64);
+        let vnorm = || s.values.to_kind(Kind::Float).pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Float).sqrt();
         let scores = match s.query_stats {
             Some(stats) if stats.count > 0 => {
                 let p = self.expected_probs(s, stats, &sink)?;
                 let p = s.gqa.reduce(&p, s.spec.kv_heads as i64);
                 if self.use_vnorm {
-                    (p + self.epsilon) * s.values.to_kind(Kind::Float).pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Float).sqrt()
+                    (p + self.epsilon) * vnorm()
                 } else {
                     p
                 }
             }
             // No query after the sinks yet: uniform expected attention.
-            _ if self.use_vnorm => s.values.to_kind(Kind::Float).pow_tensor_scalar(2).sum_dim_intlist(-1, false, Kind::Float).sqrt(),
+            _ if self.use_vnorm => vnorm(),
             _ => s.positions.ones_like().to_kind(Kind::Float),
         };
         // Sinks above every other key (kvpress pads them with the maximum score + 1).

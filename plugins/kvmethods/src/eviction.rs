@@ -387,7 +387,11 @@ impl EvictionCache {
         if self.cfg.budget.is_unbounded() || self.cfg.schedule.decode_only {
             return;
         }
-        let keep = self.layer_keep(ctx);
+        self.fix_budget(self.layer_keep(ctx));
+    }
+
+    /// Fixes the per-head budget, with its protected recent share.
+    fn fix_budget(&mut self, keep: usize) {
         self.recent = (keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize;
         self.budget = Some(keep);
     }
@@ -845,12 +849,13 @@ impl LayerCache for EvictionCache {
             return Ok(());
         }
         self.prefilling = false;
-        if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill && self.cfg.schedule.decode_only {
+        let after_prefill = !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill;
+        if after_prefill && self.cfg.schedule.decode_only {
             // DecodingPress: the prompt stays whole; decoding cuts the cache to the target.
             let Budget::Tokens(target) = self.cfg.budget else { unreachable!("target_size sets a token budget") };
             self.budget = Some(target);
             self.steps_since_evict = 0;
-        } else if !self.cfg.budget.is_unbounded() && self.cfg.schedule.start == Start::AfterPrefill {
+        } else if after_prefill {
             let len = match &self.store {
                 Store::Dense(s) => s.len(),
                 Store::Ragged(h) => h.iter().map(|x| x.len()).max().unwrap_or(0),
@@ -860,8 +865,7 @@ impl LayerCache for EvictionCache {
                 (Some(_), Some(b)) => b,
                 _ => self.layer_keep(len),
             };
-            self.recent = (keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize;
-            self.budget = Some(keep);
+            self.fix_budget(keep);
             let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
             let headroom = if self.cfg.schedule.decode_evict { self.cfg.schedule.decode_interval.max(1) } else { remaining };
             self.evict_to(keep, headroom)?;
