@@ -15,7 +15,7 @@
 
 use crate::buffer::KvBuffer;
 use crate::dtype::DType;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use tch::{Device, Kind, Tensor};
 
 /// What a layer's cache receives for one forward step (a prefill chunk or one decoded token).
@@ -118,6 +118,36 @@ pub trait LayerCache: Send {
     fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
         self.attend(step).map(drop)
     }
+    /// Context reconstruction ([`CacheFactory::reconstruction`], KVzip): after the prompt and
+    /// before `end_prefill`, the engine runs a prompt repeating the context positions `target`
+    /// (`step`, at the positions right after the prompt). The cache returns the attention of the
+    /// step's queries over what it holds and the step's own tokens (causal), does not store them,
+    /// and records the scores its method needs. The default refuses.
+    fn reconstruct(&mut self, _step: &AttentionStep<'_>, _target: std::ops::Range<usize>) -> Result<Tensor> {
+        Err(Error::Unsupported("this cache takes no context reconstruction passes (CacheFactory::reconstruction)".into()))
+    }
+    /// A budget pooled over the layers of a sequence (KVzip, kvpress `layerwise = False`): at the
+    /// end of prefill the engine asks every layer for the scores of its stored tokens
+    /// (`[B, Hkv, S]`, comparable across layers) and how many tokens per head it would keep
+    /// alone; it keeps the best of all layers together, as many as the layers would keep in all,
+    /// and tells each layer how many of each head's tokens survive ([`LayerCache::keep_pooled`]),
+    /// then calls `end_prefill`. `None` (the default): this layer budgets alone.
+    fn pooled_scores(&mut self) -> Result<Option<PooledScores>> {
+        Ok(None)
+    }
+    /// Keeps the best `per_head[b * kv_heads + h]` stored tokens of each (batch, KV head), as the
+    /// pooled budget decided ([`LayerCache::pooled_scores`]).
+    fn keep_pooled(&mut self, _per_head: &[usize]) -> Result<()> {
+        Err(Error::Unsupported("this cache does not pool its budget over layers".into()))
+    }
+}
+
+/// A layer's part of a budget pooled over layers ([`LayerCache::pooled_scores`]).
+pub struct PooledScores {
+    /// `[B, Hkv, S]` f32 scores of the stored tokens (higher is kept).
+    pub scores: Tensor,
+    /// Tokens per head this layer would keep alone.
+    pub keep: usize,
 }
 
 /// Bytes of a tensor's elements.
@@ -138,6 +168,11 @@ pub trait CacheFactory: Send + Sync {
     /// StreamingLLM, InfLLM, quantized prefill attention) keep the default, `false`.
     fn shared_prefill(&self) -> bool {
         false
+    }
+    /// Context reconstruction passes the engine must run before `end_prefill`
+    /// ([`LayerCache::reconstruct`]; KVzip). Their cost is part of the method's prefill time.
+    fn reconstruction(&self) -> Option<crate::scorer::Reconstruction> {
+        None
     }
 }
 

@@ -29,6 +29,10 @@ pub struct ScoreInput<'a> {
     pub accumulated: Option<&'a Tensor>,
     /// Statistics of the queries seen so far, for scorers that ask ([`Scorer::query_stats_from`]).
     pub query_stats: Option<&'a QueryStats>,
+    /// `[B, Hkv, S]` f32: the most attention each stored token received while the engine
+    /// reconstructed the context, for scorers that ask ([`Scorer::reconstruction`]; KVzip); 0 for
+    /// tokens no pass reconstructed.
+    pub reconstruction: Option<&'a Tensor>,
     pub gqa: GqaAgg,
 }
 
@@ -96,6 +100,25 @@ impl QueryStats {
     }
 }
 
+/// Context reconstruction (KVzip, arXiv 2505.23416): once the prompt is in, the engine feeds a
+/// prompt that asks the model to repeat the context, chunk by chunk, on top of the uncompressed
+/// cache, and every layer's cache records the most attention each context token receives from the
+/// repeating tokens ([`crate::cache::LayerCache::reconstruct`]). Pass `i` feeds
+/// `prompt_i + chat suffix + chunk_i`, where `prompt_0` is `first_prompt` and later prompts are
+/// `next_prompt` followed by the last `overlap_tokens` tokens of the previous chunk; the chat
+/// suffix is the model's assistant-turn opening (its chat template's, else a newline). A leading
+/// chat-template prefix (system and user-turn opening) is not reconstructed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reconstruction {
+    /// Context tokens repeated per pass (bounds the pass's memory).
+    pub chunk_tokens: usize,
+    /// The first stored tokens every pass's scores are normalised with (attention sinks).
+    pub sinks: usize,
+    pub first_prompt: String,
+    pub next_prompt: String,
+    pub overlap_tokens: usize,
+}
+
 /// When attention probabilities are accumulated into a per-token score for a scorer to read
 /// (`ScoreInput::accumulated`; H2O).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +146,11 @@ pub trait Scorer: Send + Sync {
     /// [`ScoreInput::query_stats`] (mean and covariance before RoPE, over every query from there
     /// on); `None` (the default): no statistics are kept.
     fn query_stats_from(&self) -> Option<usize> {
+        None
+    }
+    /// Context reconstruction passes this scorer needs the engine to run after prefill (KVzip);
+    /// their scores reach it in [`ScoreInput::reconstruction`]. `None` (the default): none.
+    fn reconstruction(&self) -> Option<Reconstruction> {
         None
     }
     /// Checks parameter values serde cannot (e.g. an odd pooling kernel), naming the key.

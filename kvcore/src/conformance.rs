@@ -25,7 +25,7 @@
 //!   outputs and 4 rows of positions, and ratio 1 equals the full cache.
 
 use crate::device::{DType, RuntimeSettings};
-use crate::generate::{end_prefill, new_caches_for};
+use crate::generate::new_caches_for;
 use crate::loader::{load, LoadedModel};
 use crate::model::Logits;
 use crate::registry::{parse_settings, MethodError, MethodInfo};
@@ -287,7 +287,8 @@ fn run_model(lm: &mut LoadedModel, f: &dyn CacheFactory) -> crate::Result<RunRec
         pos += chunk.len();
         steps.push(StepObs { when: format!("after the prefill chunk ending at {pos}"), pos, after_prefill: false, layers: observe(&caches) });
     }
-    end_prefill(&mut caches)?;
+    let prompt_ids: Vec<u32> = prompt.iter().map(|&t| t as u32).collect();
+    crate::reconstruct::finish_prefill(lm, &mut caches, f, &prompt_ids)?;
     steps.push(StepObs { when: "after end_prefill".into(), pos, after_prefill: true, layers: observe(&caches) });
     let mut next = logits.last().map(|l| l.get(0).get(-1).argmax(-1, false).int64_value(&[])).unwrap_or(0);
     for step in 0..DECODE {

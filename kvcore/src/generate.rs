@@ -253,9 +253,65 @@ pub fn prefill(lm: &mut LoadedModel, caches: &mut Vec<Box<dyn LayerCache>>, ids:
     out
 }
 
-/// Calls every layer's `end_prefill` hook (where most methods compress the context).
+/// Ends a sequence's prefill: the budget pooled over layers, for the layers that pool it
+/// ([`pool_budgets`]), then every layer's `end_prefill` hook (where most methods compress the
+/// context). Methods with context reconstruction (KVzip) need
+/// [`crate::reconstruct::finish_prefill`], which runs it first.
 pub fn end_prefill(caches: &mut [Box<dyn LayerCache>]) -> Result<()> {
+    pool_budgets(caches)?;
     caches.iter_mut().try_for_each(|c| c.end_prefill())?;
+    Ok(())
+}
+
+/// A budget pooled over the layers of a sequence ([`LayerCache::pooled_scores`]): per batch row,
+/// the best scores of all pooling layers together, as many as those layers would keep alone in
+/// all, each head first keeping its own best token; each layer is told how many tokens of each
+/// head survive.
+pub fn pool_budgets(caches: &mut [Box<dyn LayerCache>]) -> Result<()> {
+    let mut parts = Vec::new();
+    for (i, c) in caches.iter_mut().enumerate() {
+        if let Some(p) = c.pooled_scores()? {
+            parts.push((i, p));
+        }
+    }
+    let Some((_, first)) = parts.first() else { return Ok(()) };
+    let batch = first.scores.size()[0];
+    let mut counts: Vec<Vec<usize>> = parts.iter().map(|(_, p)| vec![0; (p.scores.size()[0] * p.scores.size()[1]) as usize]).collect();
+    for b in 0..batch {
+        let mut flat = Vec::new();
+        let mut owner = Vec::new(); // (part, head) of each flat segment
+        let mut total = 0usize;
+        for (pi, (_, p)) in parts.iter().enumerate() {
+            let (_, h, s) = p.scores.size3()?;
+            let mut sc = p.scores.get(b).to_kind(Kind::Float).copy(); // [H, S]
+                                                                      // Every head keeps its best token, whatever the other layers score.
+            let best = sc.argmax(-1, true);
+            let _ = sc.scatter_value_(-1, &best, f64::INFINITY);
+            flat.push(sc.view([-1]));
+            for hi in 0..h {
+                owner.push((pi, (b * h + hi) as usize, s as usize));
+            }
+            total += p.keep.min(s as usize) * h as usize;
+        }
+        let flat = Tensor::cat(&flat, 0);
+        let total = total.min(flat.size()[0] as usize);
+        let (_, top) = flat.topk(total as i64, 0, true, true);
+        // Segment of each kept index: owner segments are laid out one after another.
+        let mut bounds = Vec::with_capacity(owner.len());
+        let mut end = 0usize;
+        for &(_, _, s) in &owner {
+            end += s;
+            bounds.push(end as i64);
+        }
+        let seg = top.bucketize(&Tensor::from_slice(&bounds).to_device(top.device()), false, true);
+        let per_seg = Vec::<i64>::try_from(&seg.bincount(None::<&Tensor>, owner.len() as i64))?;
+        for (&(pi, row, _), &n) in owner.iter().zip(&per_seg) {
+            counts[pi][row] = n as usize;
+        }
+    }
+    for ((i, _), n) in parts.iter().zip(&counts) {
+        caches[*i].keep_pooled(n)?;
+    }
     Ok(())
 }
 
@@ -275,7 +331,7 @@ pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions
     let t0 = std::time::Instant::now();
     let mut seq = new_sequence(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(prompt_ids.len()))?;
     let logits = forward_sequence(lm, &mut seq, prompt_ids, 0, opts.prefill_chunk, false)?;
-    seq.end_prefill()?;
+    crate::reconstruct::finish_sequence_prefill(lm, &mut seq, factory, prompt_ids)?;
     decode(lm, &mut seq, logits, prompt_ids.len(), opts, t0)
 }
 
@@ -493,7 +549,7 @@ pub fn perplexity(
     let device = lm.settings.device;
     let mut seq = new_sequence(lm, factory, ids.len(), Some(prefill_len))?;
     let mut last = forward_sequence(lm, &mut seq, &ids[..prefill_len], 0, chunk, false)?.to_kind(Kind::Float).view([1, -1]);
-    seq.end_prefill()?;
+    crate::reconstruct::finish_sequence_prefill(lm, &mut seq, factory, &ids[..prefill_len])?;
     let mut nll = 0f64;
     let mut pos = prefill_len;
     while pos < ids.len() {

@@ -10,7 +10,7 @@
 //! trials every method runs), [`registry`] (methods by
 //! name: the in-tree registrations linked into the binary and external plugins),
 //! [`prompt`] (text-level prompt compressors), [`plugin_ffi`] (the host side of external plugins),
-//! [`pipeline`] (context/question split).
+//! [`pipeline`] (context/question split), [`reconstruct`] (KVzip's context reconstruction stage).
 //!
 //! The method API (the cache contract, budgets, parameters, registration) is the `kvcache`
 //! crate, re-exported here as [`cache`]; the methods themselves live under `plugins/`.
@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod plugin_ffi;
 pub mod prompt;
 pub mod random_init;
+pub mod reconstruct;
 pub mod registry;
 pub mod rope;
 pub mod shared;

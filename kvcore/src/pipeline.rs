@@ -8,6 +8,7 @@ use crate::cache::CacheFactory;
 use crate::error::{Error, Result};
 use crate::generate::{decode, forward_sequence, new_sequence, GenerateOptions, GenerationOutput, SequenceState};
 use crate::loader::LoadedModel;
+use crate::reconstruct::finish_sequence_prefill;
 
 /// How the pipeline treats the question.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -44,7 +45,7 @@ pub fn answer(
             ids.extend_from_slice(q);
             let mut seq = new_sequence(lm, factory, expected, Some(ids.len()))?;
             let logits = forward_sequence(lm, &mut seq, &ids, 0, opts.prefill_chunk, false)?;
-            seq.end_prefill()?;
+            finish_sequence_prefill(lm, &mut seq, factory, &ids)?;
             outs.push(decode(lm, &mut seq, logits, ids.len(), opts, t0)?);
         }
         return Ok(outs);
@@ -53,7 +54,7 @@ pub fn answer(
     let t0 = std::time::Instant::now();
     let mut base = Some(new_sequence(lm, factory, expected, Some(context.len()))?);
     let mut context_logits = Some(forward_sequence(lm, base.as_mut().expect("just set"), context, 0, opts.prefill_chunk, false)?);
-    base.as_mut().expect("just set").end_prefill()?;
+    finish_sequence_prefill(lm, base.as_mut().expect("just set"), factory, context)?;
     let context_seconds = t0.elapsed();
     for (i, q) in questions.iter().enumerate() {
         let t0 = std::time::Instant::now() - if i == 0 { context_seconds } else { std::time::Duration::ZERO };
@@ -68,7 +69,7 @@ pub fn answer(
                     // The method cannot copy its state: rebuild the compressed context.
                     let mut c = new_sequence(lm, factory, expected, Some(context.len()))?;
                     let _ = forward_sequence(lm, &mut c, context, 0, opts.prefill_chunk, false)?;
-                    c.end_prefill()?;
+                    finish_sequence_prefill(lm, &mut c, factory, context)?;
                     c
                 }
             }

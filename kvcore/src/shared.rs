@@ -108,6 +108,22 @@ pub fn prefill_shared(
     }
     drop(leader);
     let prompt_logits = logits.expect("a non-empty prompt has a chunk");
+    // Context reconstruction (KVzip): one set of passes for the members that ask for the same,
+    // every member recording its own scores (they hold the same uncompressed prompt).
+    let recs: Vec<_> = factories.iter().map(|f| f.reconstruction()).collect();
+    let mut done = vec![false; members.len()];
+    for i in 0..members.len() {
+        let Some(rec) = recs[i].clone().filter(|_| !done[i]) else { continue };
+        let mut group: Vec<&mut [Box<dyn LayerCache>]> = Vec::new();
+        for (j, m) in members.iter_mut().enumerate() {
+            if recs[j].as_ref() == Some(&rec) && !done[j] {
+                done[j] = true;
+                group.push(m.as_mut_slice());
+            }
+        }
+        crate::reconstruct::reconstruct_context(lm, &mut group, &rec, &prompt)?;
+    }
+    let Decoder::Transformer(model) = &mut lm.decoder else { unreachable!("checked above") };
     let forward_s = t0.elapsed().as_secs_f64();
     let mut end_s = Vec::with_capacity(members.len());
     for m in members.iter_mut() {
@@ -181,7 +197,7 @@ pub fn prompt_alone(
     let first: Vec<u32> = if together { [context, question].concat() } else { context.to_vec() };
     let mut seq = new_sequence(lm, factory, expected, Some(first.len()))?;
     let mut logits = forward_sequence(lm, &mut seq, &first, 0, opts.prefill_chunk, false)?;
-    seq.end_prefill()?;
+    crate::reconstruct::finish_sequence_prefill(lm, &mut seq, factory, &first)?;
     let mut pos = first.len();
     if !together {
         logits = forward_sequence(lm, &mut seq, question, pos, opts.prefill_chunk, false)?;

@@ -8,10 +8,11 @@ mod common;
 
 use kvcore::cache::{CacheFactory, LayerCache};
 use kvcore::device::{DType, RuntimeSettings};
-use kvcore::generate::{end_prefill, new_caches_for, prefill, GenerateOptions, GenerationOutput};
+use kvcore::generate::{new_caches_for, prefill, GenerateOptions, GenerationOutput};
 use kvcore::loader::{load, Decoder, LoadedModel};
 use kvcore::model::Logits;
 use kvcore::pipeline::{answer, PipelineOptions};
+use kvcore::reconstruct::finish_prefill;
 use kvcore::registry::{parse_settings, Registry};
 use kvcore::shared::answer_shared;
 use kvcore::sources::ModelFiles;
@@ -34,6 +35,10 @@ const METHODS: &[(&str, &[&str])] = &[
     ("expected-attention", &["ratio=4"]),
     ("chunkkv", &["ratio=4", "window=8", "chunk_length=8"]),
     ("streamingllm", &["ratio=4"]),
+    // Context reconstruction: two members with the same passes (one set serves both) and one with its own.
+    ("kvzip", &["ratio=4"]),
+    ("kvzip", &["ratio=2"]),
+    ("kvzip", &["ratio=4", "chunk_size=64", "layerwise=true"]),
 ];
 
 fn model() -> LoadedModel {
@@ -85,7 +90,7 @@ fn batched_vs_single(b: usize) -> (f64, bool) {
         let mut prefilled = || {
             let mut c = new_caches_for(&lm, f.as_ref(), ids.len() + steps + 1, Some(ids.len())).unwrap();
             let logits = prefill(&mut lm, &mut c, &ids, 0, Some(64)).unwrap();
-            end_prefill(&mut c).unwrap();
+            finish_prefill(&mut lm, &mut c, f.as_ref(), &ids).unwrap();
             (c, logits)
         };
         let (c1, l1) = prefilled();
@@ -164,7 +169,7 @@ fn shared_prefill_gives_every_method_its_own_outputs() {
     let shareable: Vec<(&str, Arc<dyn CacheFactory>)> = METHODS.iter().map(|(n, s)| (*n, factory(n, s))).filter(|(_, f)| f.shared_prefill()).collect();
     let names: Vec<&str> = shareable.iter().map(|(n, _)| *n).collect();
     assert!(!names.contains(&"streamingllm"), "chunked StreamingLLM changes prefill and must not declare a shared one");
-    for n in ["full", "snapkv", "kivi", "quest", "h2o", "tova", "knorm", "keydiff", "expected-attention", "chunkkv"] {
+    for n in ["full", "snapkv", "kivi", "quest", "h2o", "tova", "knorm", "keydiff", "expected-attention", "chunkkv", "kvzip"] {
         assert!(names.contains(&n), "{n} prefills with full attention and should declare a shared prefill");
     }
     let context = prompt(&lm, 300);

@@ -13,6 +13,13 @@
 //! | `ExpectedAttentionPress` (defaults)  | `expected-attention ratio=4` (defaults)              |
 //! | `ChunkKVPress(KnormPress, 20)`       | `chunkkv scorer="knorm" ratio=4` (chunk_length 20)   |
 //! | `ChunkKVPress(SnapKVPress(64, 5), 20)` | `chunkkv ratio=4` (snapkv, window 64, kernel 5)    |
+//! | `KVzipPress` (defaults)              | `kvzip ratio=4` (defaults)                           |
+//! | `KVzipPress(chunk_size = 64)`        | `kvzip ratio=4 chunk_size=64`                        |
+//!
+//! KVzip runs on each prompt behind SmolLM2's chat-template prefix (cut to a multiple of 4
+//! tokens), through the engine's reconstruction stage (`kvcore::reconstruct::finish_prefill`). Its
+//! budget is pooled over layers and heads, so its near-ties are against the one cut-off score of
+//! the whole model, and its kept count per head is compared as kvpress's.
 //!
 //! Sets must be identical, except for one explained difference each:
 //! * Float noise at the selection boundary: the two engines compute keys and attention in f32
@@ -34,7 +41,8 @@ mod common;
 
 use kvcore::device::{DType, RuntimeSettings};
 use kvcore::generate::{end_prefill, new_caches_for, prefill};
-use kvcore::loader::load;
+use kvcore::loader::{load, LoadedModel};
+use kvcore::reconstruct::finish_prefill;
 use kvcore::registry::{parse_settings, Registry};
 use kvcore::sources::ModelFiles;
 use std::process::Command;
@@ -206,7 +214,62 @@ fn kept_positions_match_kvpress_on_smollm2() {
             report.push(format!("prompt {pi} ({s} tokens) {press} vs {method}: {differing} boundary swaps over {heads} heads; {vs_kvpress} positions differ from kvpress's own set"));
         }
     }
+    for (pi, prompt) in reference["prompts"].as_array().unwrap().iter().enumerate() {
+        check_kvzip(&mut lm, &reg, pi, &prompt["kvzip"], &mut report);
+    }
     for line in &report {
         eprintln!("{line}");
+    }
+}
+
+/// KVzip on one prompt: kvbench's kept positions per layer and head equal kvpress's, except
+/// positions whose kvpress score is within `TOL` of the cut-off of the whole model's pooled
+/// selection; the counts per head may move by those swaps only, the total not at all.
+fn check_kvzip(lm: &mut LoadedModel, reg: &Registry, pi: usize, r: &serde_json::Value, report: &mut Vec<String>) {
+    let ids: Vec<u32> = r["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+    let s = ids.len();
+    for (press, set) in [("kvzip", &["ratio=4"][..]), ("kvzip_chunk64", &["ratio=4", "chunk_size=64"][..])] {
+        let r = &r["presses"][press];
+        let table = parse_settings(&set.iter().map(|x| x.to_string()).collect::<Vec<_>>()).unwrap();
+        let f = reg.build("kvzip", &table).unwrap();
+        let mut caches = new_caches_for(lm, f.as_ref(), s, Some(s)).unwrap();
+        let _ = prefill(lm, &mut caches, &ids, 0, None).unwrap();
+        finish_prefill(lm, &mut caches, f.as_ref(), &ids).unwrap();
+        let as_i64 = |v: &serde_json::Value| -> Vec<i64> { v.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect() };
+        let scores = |layer: usize, h: usize| -> Vec<f64> { r["scores"][layer][h].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect() };
+        // The cut-off: the lowest kvpress score kept anywhere.
+        let mut cut = f64::INFINITY;
+        let (mut total_ours, mut total_theirs, mut swaps) = (0usize, 0usize, 0usize);
+        for (layer, _) in caches.iter().enumerate() {
+            for (h, kept) in r["kept"][layer].as_array().unwrap().iter().enumerate() {
+                let sc = scores(layer, h);
+                for p in as_i64(kept) {
+                    cut = cut.min(sc[p as usize]);
+                }
+            }
+        }
+        for (layer, cache) in caches.iter().enumerate() {
+            let ours = cache.kept_positions();
+            for (h, got) in ours.iter().enumerate() {
+                let theirs = as_i64(&r["kept"][layer][h]);
+                let sc = scores(layer, h);
+                total_ours += got.len();
+                total_theirs += theirs.len();
+                let diff: Vec<i64> = got.iter().filter(|p| !theirs.contains(p)).chain(theirs.iter().filter(|p| !got.contains(p))).copied().collect();
+                for &p in &diff {
+                    let gap = (sc[p as usize] - cut).abs() / cut.abs().max(1e-30);
+                    assert!(
+                        gap <= TOL,
+                        "prompt {pi} {press} layer {layer} head {h}: position {p} kept by only one side and not a near-tie \
+                         (kvpress score {:e}, pooled cut-off {cut:e}, relative gap {gap:e})\n kvbench {got:?}\n kvpress {theirs:?}",
+                        sc[p as usize]
+                    );
+                }
+                swaps += diff.len();
+            }
+        }
+        assert_eq!(total_ours, total_theirs, "prompt {pi} {press}: kvbench keeps {total_ours} tokens over all layers and heads, kvpress {total_theirs}");
+        assert!(swaps <= 8, "prompt {pi} {press}: {swaps} positions on one side only");
+        report.push(format!("prompt {pi} ({s} tokens with the chat prefix) {press} vs kvzip: {total_ours} kept over all layers and heads, {swaps} positions on one side only (near-ties)"));
     }
 }

@@ -4,7 +4,7 @@
 //! the PyramidKV layer-budget schedule against hand-computed values and the attention mask that
 //! evicting caches build from kept positions.
 
-use kvcore::cache::{attend_at_positions, attend_sinks_local, position_mask, AttentionStep, CacheSpec, LayerCache, Visibility};
+use kvcore::cache::{attend_at_positions, attend_sinks_local, position_mask, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
 use kvcore::device::DType;
 use kvcore::registry::{parse_settings, Registry};
 use tch::{Device, Kind, Tensor};
@@ -814,4 +814,91 @@ fn streaming_attention_blockwise_equals_the_whole_mask() {
     let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 800, sliding_window: None, scale: 0.35 };
     let vis = Visibility { window: None, sinks_local: Some((4, 100)) };
     assert!(attend_sinks_local(&step, &k, &v, &pos, vis).equal(&attend_at_positions(&step, &k, &v, &pos, vis)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// KVzip: context reconstruction and a budget pooled over layers
+
+/// KVzip's scores of one reconstruction pass (f64): per KV head, for each target position, the
+/// most attention any query of the pass (`x`'s tokens from `s` on, any query head of the group)
+/// pays it, the softmax over the first `min(sinks, target.start)` tokens, the target and the
+/// pass's own tokens (causal).
+fn kvzip_reference(x: &Qkv, s: usize, target: std::ops::Range<usize>, sinks: usize) -> Vec<Vec<(usize, f64)>> {
+    let keys: Vec<usize> = (0..sinks.min(target.start)).chain(target.clone()).chain(s..x.n).collect();
+    (0..HKV)
+        .map(|kv| {
+            target
+                .clone()
+                .map(|p| {
+                    let best = (kv * HQ / HKV..(kv + 1) * HQ / HKV)
+                        .flat_map(|h| (s..x.n).map(move |i| (h, i)))
+                        .map(|(h, i)| x.probs(h, i, &keys).into_iter().find(|(q, _)| *q == p).map_or(0.0, |(_, w)| w))
+                        .fold(0.0, f64::max);
+                    (p, best)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn kvzip_scores_by_reconstruction_attention_and_pools_the_budget_over_layers() {
+    let (s, n_sink, pass) = (12usize, 2usize, 5usize);
+    for layerwise in [false, true] {
+        let sp = spec(s + 4, s, 2);
+        let lw = format!("layerwise={layerwise}");
+        let set = ["ratio=3", "n_sink=2", lw.as_str()];
+        let mut caches: Vec<Box<dyn LayerCache>> = (0..2).map(|l| cache("kvzip", &set, l, &sp)).collect();
+        // expected[layer][kv head] = (position, score) for every context position.
+        let mut expected: Vec<Vec<Vec<(usize, f64)>>> = Vec::new();
+        for (l, c) in caches.iter_mut().enumerate() {
+            let prompt = Qkv::random(s, 100 + l as i64);
+            let _ = prompt.feed(c.as_mut(), 0, s);
+            let mut sc: Vec<Vec<(usize, f64)>> = (0..HKV).map(|_| (0..s).map(|p| (p, 0.0)).collect()).collect();
+            for (i, target) in [0..6usize, 6..12].into_iter().enumerate() {
+                let a = Qkv::random(pass, 200 + 10 * l as i64 + i as i64);
+                let x = Qkv::from(Tensor::cat(&[&prompt.q, &a.q], 2), Tensor::cat(&[&prompt.k, &a.k], 2), Tensor::cat(&[&prompt.v, &a.v], 2));
+                let step = AttentionStep { layer: l, q: &a.q, k: &a.k, v: &a.v, start_pos: s, sliding_window: None, scale: (D as f64).powf(-0.5) };
+                let out = c.reconstruct(&step, target.clone()).unwrap();
+                // The pass attends over the whole prompt and itself, as a full cache would.
+                let mut full = kvcore::cache::FullCacheFactory.layer_cache(l, &sp).unwrap();
+                let want = x.feed(full.as_mut(), 0, s + pass).narrow(2, s as i64, pass as i64);
+                assert!(out.allclose(&want, 1e-5, 1e-6, false), "layer {l} pass {i}: reconstruction output differs from full attention");
+                assert_eq!(c.stored_tokens(), s, "a reconstruction pass stores nothing");
+                for (kv, row) in kvzip_reference(&x, s, target.clone(), n_sink).into_iter().enumerate() {
+                    for (p, w) in row {
+                        sc[kv][p].1 = w;
+                    }
+                }
+            }
+            for row in sc.iter_mut() {
+                for e in row.iter_mut().take(n_sink) {
+                    e.1 = 10.0;
+                }
+            }
+            expected.push(sc);
+        }
+        kvcore::generate::end_prefill(&mut caches).unwrap();
+        // Alone, each head would keep floor(12 / 3) = 4: pooled, 16 over the model, or 8 per layer.
+        let pools: Vec<Vec<(usize, usize)>> = if layerwise {
+            (0..2).map(|l| (0..HKV).map(|kv| (l, kv)).collect()).collect()
+        } else {
+            vec![(0..2).flat_map(|l| (0..HKV).map(move |kv| (l, kv))).collect()]
+        };
+        let mut counts = Vec::new();
+        for pool in pools {
+            let mut all: Vec<((usize, usize), usize, f64)> =
+                pool.iter().flat_map(|&(l, kv)| expected[l][kv].iter().map(move |&(p, w)| ((l, kv), p, w))).collect();
+            all.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap());
+            let kept: Vec<_> = all.into_iter().take(4 * pool.len()).collect();
+            for &(l, kv) in &pool {
+                let mut want: Vec<i64> = kept.iter().filter(|(o, _, _)| *o == (l, kv)).map(|(_, p, _)| *p as i64).collect();
+                want.sort();
+                assert_eq!(caches[l].kept_positions()[kv], want, "layerwise={layerwise} layer {l} head {kv}");
+                counts.push(want.len());
+            }
+        }
+        assert_eq!(counts.iter().sum::<usize>(), 16, "layerwise={layerwise}: the pooled budget keeps what the heads would keep alone in all");
+        assert!(counts.iter().any(|&n| n != 4), "layerwise={layerwise}: heads keep {counts:?}, the pooled budget should move tokens between them");
+    }
 }

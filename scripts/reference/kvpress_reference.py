@@ -10,8 +10,16 @@ covariance and value norms), and ChunkKVPress (chunk_length 20) around KnormPres
 SnapKVPress, all at compression_ratio 0.75 (kvbench's ratio = 4). ChunkKVPress refuses attention
 weights, so it runs with SDPA attention (the others with eager). For every layer it records the
 (wrapped) press's scores and which positions survive (by matching the compressed keys to the originals).
+
+KVzipPress (defaults, and chunk_size 64) runs on each prompt behind the chat template's prefix (system
+and user-turn opening, as kvpress's pipeline formats a context; KVzip skips that many tokens), cut
+to a multiple of 4 tokens so that 0.75 of every layer and head is a whole number, with SDPA
+attention. Its scores are those after the sinks are raised, its kept positions the complement of
+the pruned indices it leaves on each attention module.
+
 Output JSON: {"kvpress": version, "compression_ratio": 0.75, "prompts": [{"ids": [...],
-"presses": {name: {"kept": [layer][kv_head][positions], "scores": [layer][kv_head][position]}}}]}.
+"presses": {name: {"kept": [layer][kv_head][positions], "scores": [layer][kv_head][position]}},
+"kvzip": {"ids": [...], "presses": {name: {...}}}}]}.
 Exits 3 with a message when kvpress is not installed.
 """
 import json
@@ -125,9 +133,53 @@ def main(gguf, out_path):
                 "scores": [layers[i]["scores"] for i in range(n)],
             }
             print(f"prompt of {ids.shape[1]} tokens, {pname}: {len(layers[0]['kept'][0])} kept per head", file=sys.stderr)
+        entry["kvzip"] = run_kvzip(model, tok, text)
         prompts.append(entry)
     with open(out_path, "w") as f:
         json.dump({"kvpress": version("kvpress"), "compression_ratio": RATIO, "prompts": prompts}, f)
+
+
+def run_kvzip(model, tok, text):
+    import kvpress.presses.kvzip_press as kz
+    from transformers import DynamicCache
+
+    # KVzipPress loads the tokenizer by the model's name; this model came from a GGUF file.
+    kz.AutoTokenizer = type("Tok", (), {"from_pretrained": staticmethod(lambda *a, **k: tok)})
+    rendered = tok.apply_chat_template([{"role": "user", "content": "dummy context"}], add_generation_prompt=True, tokenize=False)
+    prefix = rendered.split("dummy context")[0]
+    ids = tok.encode(prefix, add_special_tokens=False) + tok.encode(text, add_special_tokens=False)
+    ids = ids[: len(ids) - len(ids) % 4]
+    ids_t = torch.tensor([ids])
+    model.set_attn_implementation("sdpa")
+    out = {"ids": ids, "presses": {}}
+    n = model.config.num_hidden_layers
+    for pname, chunk in [("kvzip", 2048), ("kvzip_chunk64", 64)]:
+        press = kz.KVzipPress(compression_ratio=RATIO, chunk_size=chunk)
+        seen = {}
+        inner_post = press.compress_post
+
+        def compress_post(m, _inner=inner_post, _press=press, _seen=seen):
+            _inner(m)
+            _seen["scores"] = _press.score_val[:, 0].float().tolist()
+
+        press.compress_post = compress_post
+        for layer in model.model.layers:
+            layer.self_attn.masked_key_indices = None
+        with torch.no_grad(), press(model):
+            model(ids_t, past_key_values=DynamicCache(), use_cache=True)
+        kept = []
+        s = len(ids)
+        for layer in model.model.layers:
+            _, heads, seqs = layer.self_attn.masked_key_indices
+            pruned = {}
+            for h, j in zip(heads.tolist(), seqs.tolist()):
+                pruned.setdefault(h, set()).add(j)
+            kept.append([[j for j in range(s) if j not in pruned.get(h, set())] for h in range(model.config.num_key_value_heads)])
+            layer.self_attn.masked_key_indices = None
+        out["presses"][pname] = {"kept": kept, "scores": seen["scores"]}
+        total = sum(len(h) for l in kept for h in l)
+        print(f"kvzip prompt of {s} tokens (chunk {chunk}): {total} kept of {s * n * model.config.num_key_value_heads}", file=sys.stderr)
+    return out
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ pub use kvplugin_expected_attention as expected_attention;
 pub use kvplugin_h2o as h2o;
 pub use kvplugin_keydiff as keydiff;
 pub use kvplugin_knorm as knorm;
+pub use kvplugin_kvzip as kvzip;
 pub use kvplugin_llmlingua as llmlingua;
 pub use kvplugin_quant as quant;
 pub use kvplugin_retrieval as retrieval;

@@ -13,12 +13,13 @@
 
 use crate::quantized::{QuantCache, QuantConfig};
 use kvcache::buffer::KvBuffer;
+use kvcache::cache::PooledScores;
 use kvcache::cache::{
     attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility,
 };
 use kvcache::params::{Budget, GqaAgg};
 use kvcache::rope::undo_rotary;
-use kvcache::scorer::{QueryStats, ScoreInput, Scorer};
+use kvcache::scorer::{QueryStats, Reconstruction, ScoreInput, Scorer};
 use kvcache::{Error, Result};
 use std::sync::Arc;
 use tch::{Kind, Tensor};
@@ -59,6 +60,12 @@ pub enum Allocation {
     /// is selected token by token.
     /// Decoding-time eviction re-selects whole chunks of consecutive stored tokens.
     Chunks { length: usize },
+    /// One budget for all heads and layers of a sequence (KVzip; kvpress `layerwise = False`):
+    /// the engine keeps the best scores of every layer together, as many as the layers would
+    /// keep in all ([`LayerCache::pooled_scores`]), so layers and heads keep different numbers
+    /// of tokens. With `layerwise` (or when the caller does not pool), each layer pools its own
+    /// heads: the best `H·keep` of the layer. Every head keeps at least its best token.
+    Pooled { layerwise: bool },
 }
 
 /// When the budget is first applied.
@@ -196,6 +203,33 @@ impl CacheFactory for EvictionFactory {
                 return Err(Error::InvalidArgument { what: "key_channel_ratio", value: cfg.name.clone(), expected: why.into() });
             }
         }
+        let needs_whole_prompt = if matches!(cfg.allocation, Allocation::Pooled { .. }) {
+            Some("a budget pooled over heads and layers")
+        } else if cfg.scorer.reconstruction().is_some() {
+            Some("context reconstruction (it repeats the whole prompt over an uncompressed cache)")
+        } else {
+            None
+        };
+        if let Some(what) = needs_whole_prompt {
+            let clash = if sched.start != Start::AfterPrefill {
+                Some("its own schedule")
+            } else if sched.prefill_block.is_some() {
+                Some("block_size")
+            } else if sched.decode_only {
+                Some("target_size")
+            } else if sched.decode_evict && matches!(cfg.allocation, Allocation::Pooled { .. }) {
+                Some("decode_evict")
+            } else {
+                None
+            };
+            if let Some(clash) = clash {
+                return Err(Error::InvalidArgument {
+                    what: "schedule",
+                    value: format!("{} with {clash}", cfg.name),
+                    expected: format!("{what} compresses once, after the whole prompt is prefilled: leave out {clash}"),
+                });
+            }
+        }
         if sched.start != Start::AfterPrefill && (sched.prefill_block.is_some() || sched.decode_only) {
             let key = if sched.decode_only { "target_size" } else { "block_size" };
             return Err(Error::InvalidArgument {
@@ -214,6 +248,9 @@ impl CacheFactory for EvictionFactory {
     /// Compressing during prefill (`block_size`) changes prefill too.
     fn shared_prefill(&self) -> bool {
         !matches!(self.0.schedule.start, Start::Streaming(StreamingPrefill { chunked: true, .. })) && self.0.schedule.prefill_block.is_none()
+    }
+    fn reconstruction(&self) -> Option<Reconstruction> {
+        self.0.scorer.reconstruction()
     }
 }
 
@@ -350,6 +387,11 @@ pub struct EvictionCache {
     query_stats: Option<QueryStats>,
     /// Key channels kept per (batch, KV head) `[B, Hkv, D']` once pruned (`key_channels`).
     channels: Option<Tensor>,
+    /// `[B, Hkv, S]`: the most attention each token received from context reconstruction passes
+    /// (`Scorer::reconstruction`), until the compression they serve.
+    recon: Option<Tensor>,
+    /// The engine applied a budget pooled over layers (`keep_pooled`): `end_prefill` keeps it.
+    pooled_kept: bool,
 }
 
 impl EvictionCache {
@@ -375,6 +417,8 @@ impl EvictionCache {
             quantized: None,
             query_stats: None,
             channels: None,
+            recon: None,
+            pooled_kept: false,
         };
         c.size_streaming();
         c.size_blocks();
@@ -590,6 +634,7 @@ impl EvictionCache {
             sliding_window: None,
             accumulated: acc.as_ref(),
             query_stats,
+            reconstruction: self.recon.as_ref(),
             gqa: self.cfg.gqa,
         };
         let s = self.cfg.scorer.score(&input)?;
@@ -597,6 +642,26 @@ impl EvictionCache {
             return Err(Error::Other(format!("method `{}`: scorer returned shape {:?}, expected {:?}", self.cfg.name, s.size(), pos.size())));
         }
         Ok(s)
+    }
+
+    /// The share of a head's budget reserved for its own best tokens when heads compete: AdaKV's
+    /// `alpha`; a pooled budget reserves only each head's best token (the smallest positive share
+    /// floors to 0 and is raised to 1); 0 otherwise.
+    fn head_floor(&self) -> f64 {
+        match self.cfg.allocation {
+            Allocation::HeadAdaptive { alpha } => alpha,
+            Allocation::Pooled { .. } => f64::MIN_POSITIVE,
+            _ => 0.0,
+        }
+    }
+
+    /// Whether this layer's budget is pooled with the other layers' at `end_prefill`.
+    fn pools_across_layers(&self) -> bool {
+        matches!(self.cfg.allocation, Allocation::Pooled { layerwise: false })
+            && self.prefilling
+            && !self.pooled_kept
+            && !self.cfg.budget.is_unbounded()
+            && self.cfg.schedule.start == Start::AfterPrefill
     }
 
     /// Evicts down to `keep` tokens per head (on average, for per-head budgets).
@@ -632,8 +697,8 @@ impl EvictionCache {
                             store.keep(&idx, headroom);
                         }
                     }
-                    Allocation::HeadAdaptive { alpha } => {
-                        let idx = select_adaptive(&scores, keep, recent, alpha);
+                    Allocation::HeadAdaptive { .. } | Allocation::Pooled { .. } => {
+                        let idx = select_adaptive(&scores, keep, recent, self.head_floor());
                         let heads = split_heads(store, &idx, self.spec.group(), headroom);
                         self.store = Store::Ragged(heads);
                     }
@@ -645,10 +710,7 @@ impl EvictionCache {
                     return Ok(());
                 }
                 // Score each head alone (with its own query heads), then choose across heads.
-                let alpha = match self.cfg.allocation {
-                    Allocation::HeadAdaptive { alpha } => alpha,
-                    _ => 0.0,
-                };
+                let alpha = self.head_floor();
                 let hkv = self.spec.kv_heads;
                 let group = self.spec.group() as i64;
                 let mut scores = Vec::new();
@@ -669,6 +731,44 @@ impl EvictionCache {
         }
         Ok(())
     }
+}
+
+/// KVzip's scores of one reconstruction pass: per (batch, KV head), the most attention any of
+/// the pass's queries (any query head of the group) pays each stored token of `target`, the
+/// softmax taken over the first `sinks` stored tokens (fewer when `target` starts earlier), the
+/// target and the pass's own tokens (causal among them), as kvpress `KVzipPress`. Query rows go
+/// 512 at a time, so memory stays bounded by the chunk. `[B, Hkv, target.len()]`, f32.
+pub fn reconstruction_scores(step: &AttentionStep<'_>, stored_k: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
+    let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
+    let hkv = stored_k.size()[1];
+    let g = hq / hkv;
+    let sink = sinks.min(target.start) as i64;
+    let n_t = target.len() as i64;
+    let keys = Tensor::cat(&[stored_k.narrow(2, 0, sink), stored_k.narrow(2, target.start as i64, n_t), step.k.to_kind(stored_k.kind())], 2)
+        .to_kind(Kind::Float)
+        .unsqueeze(2); // [B, Hkv, 1, n, D]
+    let n = keys.size()[3];
+    let q = step.q.to_kind(Kind::Float).view([b, hkv, g, l, d]);
+    let device = q.device();
+    let mut best: Option<Tensor> = None;
+    let rows = 512i64;
+    let mut a = 0i64;
+    while a < l {
+        let m = rows.min(l - a);
+        let logits = q.narrow(3, a, m).matmul(&keys.transpose(-1, -2)) * step.scale; // [B, Hkv, G, m, n]
+                                                                                     // Query a+i sees the pass's own tokens up to itself.
+        let qi = Tensor::arange_start(a, a + m, (Kind::Int64, device)).unsqueeze(1);
+        let kj = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
+        let future = Tensor::cat(&[Tensor::zeros([m, n - l], (Kind::Bool, device)), kj.gt_tensor(&qi)], 1);
+        let probs = logits.masked_fill(&future, f64::NEG_INFINITY).softmax(-1, Kind::Float);
+        let top = probs.narrow(-1, sink, n_t).amax([2i64, 3].as_slice(), false); // [B, Hkv, n_t]
+        best = Some(match best {
+            Some(x) => x.maximum(&top),
+            None => top,
+        });
+        a += m;
+    }
+    best.expect("a pass has at least one token")
 }
 
 /// Splits a dense block into one block per (batch, KV head) holding that head's selected slots.
@@ -865,10 +965,12 @@ impl LayerCache for EvictionCache {
                 (Some(_), Some(b)) => b,
                 _ => self.layer_keep(len),
             };
-            self.fix_budget(keep);
-            let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
-            let headroom = if self.cfg.schedule.decode_evict { self.cfg.schedule.decode_interval.max(1) } else { remaining };
-            self.evict_to(keep, headroom)?;
+            if !self.pooled_kept {
+                self.fix_budget(keep);
+                let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
+                let headroom = if self.cfg.schedule.decode_evict { self.cfg.schedule.decode_interval.max(1) } else { remaining };
+                self.evict_to(keep, headroom)?;
+            }
         } else if matches!(self.cfg.schedule.start, Start::Streaming(_)) && self.sinks_local.is_none() && !self.cfg.budget.is_unbounded() {
             // Context length was unknown: compress now to sinks + recent (the full-prefill variant).
             let len = self.stored_tokens();
@@ -892,6 +994,7 @@ impl LayerCache for EvictionCache {
         if !self.cfg.schedule.decode_evict {
             self.query_stats = None;
         }
+        self.recon = None;
         if let (Storage::Quantized(st), Store::Dense(store)) = (&self.cfg.storage, &mut self.store) {
             if let Some((k, v)) = store.views() {
                 self.quantized = Some(QuantCache::from_kept(st, self.spec, &k, &v, store.positions().copy())?);
@@ -900,6 +1003,62 @@ impl LayerCache for EvictionCache {
                 self.query_stats = None;
             }
         }
+        Ok(())
+    }
+
+    fn reconstruct(&mut self, step: &AttentionStep<'_>, target: std::ops::Range<usize>) -> Result<Tensor> {
+        let refuse = |why: &str| Error::Unsupported(format!("method `{}`: context reconstruction {why}", self.cfg.name));
+        let Store::Dense(store) = &self.store else { return Err(refuse("needs the prompt uncompressed (it was compressed already)")) };
+        if !self.prefilling || self.quantized.is_some() || !store.is_contiguous() || store.first_pos() != 0 {
+            return Err(refuse("runs on the whole prompt, uncompressed, before end_prefill"));
+        }
+        let (k, v) = store.views().ok_or_else(|| refuse("needs a prompt"))?;
+        let s = store.len();
+        if step.start_pos != s || target.end > s || target.start > target.end {
+            return Err(refuse(&format!(
+                "pass at position {} repeating {target:?}: expected a pass right after the {s} stored tokens, repeating some of them",
+                step.start_pos
+            )));
+        }
+        let all_k = Tensor::cat(&[&k, &step.k.to_kind(k.kind())], 2);
+        let all_v = Tensor::cat(&[&v, &step.v.to_kind(v.kind())], 2);
+        let out = attend_contiguous(step, &all_k, &all_v, 0);
+        if let Some(rec) = self.cfg.scorer.reconstruction() {
+            if !target.is_empty() {
+                let scores = reconstruction_scores(step, &k, target.clone(), rec.sinks);
+                let (b, h) = (self.spec.batch as i64, self.spec.kv_heads as i64);
+                let buf = self.recon.get_or_insert_with(|| Tensor::zeros([b, h, s as i64], (Kind::Float, k.device())));
+                buf.narrow(2, target.start as i64, target.len() as i64).copy_(&scores);
+            }
+        }
+        Ok(out)
+    }
+
+    fn pooled_scores(&mut self) -> Result<Option<PooledScores>> {
+        let Store::Dense(store) = &self.store else { return Ok(None) };
+        if !self.pools_across_layers() || store.is_empty() {
+            return Ok(None);
+        }
+        let scores = self.score(store, self.queries.as_ref(), self.query_start, self.query_stats.as_ref())?;
+        Ok(Some(PooledScores { scores, keep: self.layer_keep(store.len()) }))
+    }
+
+    fn keep_pooled(&mut self, per_head: &[usize]) -> Result<()> {
+        let Store::Dense(store) = &self.store else { return Err(Error::Other(format!("method `{}`: a pooled budget applied twice", self.cfg.name))) };
+        let rows = self.spec.batch * self.spec.kv_heads;
+        if !self.pools_across_layers() || per_head.len() != rows {
+            return Err(Error::Other(format!("method `{}`: a pooled budget of {} heads for a layer of {rows} that pools", self.cfg.name, per_head.len())));
+        }
+        let scores = self.score(store, self.queries.as_ref(), self.query_start, self.query_stats.as_ref())?;
+        let flat = scores.to_kind(Kind::Float).view([rows as i64, -1]);
+        let idx: Vec<Tensor> =
+            per_head.iter().enumerate().map(|(r, &n)| flat.get(r as i64).topk(n.min(store.len()) as i64, -1, true, true).1.sort(-1, false).0).collect();
+        let remaining = self.spec.expected_tokens.saturating_sub(self.seen);
+        let heads = split_heads(store, &idx, self.spec.group(), remaining);
+        self.store = Store::Ragged(heads);
+        self.fix_budget(per_head.iter().copied().max().unwrap_or(0));
+        self.since_evict = 0;
+        self.pooled_kept = true;
         Ok(())
     }
 
@@ -923,7 +1082,8 @@ impl LayerCache for EvictionCache {
         }
         let q = self.queries.as_ref().map_or(0, tensor_bytes)
             + self.query_stats.as_ref().map_or(0, |st| tensor_bytes(&st.mean) + tensor_bytes(&st.m2))
-            + self.channels.as_ref().map_or(0, tensor_bytes);
+            + self.channels.as_ref().map_or(0, tensor_bytes)
+            + self.recon.as_ref().map_or(0, tensor_bytes);
         q + match &self.store {
             Store::Dense(s) => s.bytes_allocated(),
             Store::Ragged(h) => h.iter().map(|x| x.bytes_allocated()).sum(),
@@ -971,6 +1131,9 @@ impl LayerCache for EvictionCache {
         if let Some(ch) = &self.channels {
             out.push(("key_channels", ch.shallow_clone()));
         }
+        if let Some(r) = &self.recon {
+            out.push(("reconstruction_scores", r.shallow_clone()));
+        }
         out
     }
 
@@ -996,6 +1159,8 @@ impl LayerCache for EvictionCache {
             quantized: self.quantized.as_ref().map(|q| q.fork_quant()),
             query_stats: self.query_stats.as_ref().map(|st| st.copy()),
             channels: self.channels.as_ref().map(|c| c.copy()),
+            recon: self.recon.as_ref().map(|r| r.copy()),
+            pooled_kept: self.pooled_kept,
         }))
     }
 }
