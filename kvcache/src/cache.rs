@@ -119,11 +119,12 @@ pub trait LayerCache: Send {
         self.attend(step).map(drop)
     }
     /// Context reconstruction ([`CacheFactory::reconstruction`], KVzip): after the prompt and
-    /// before `end_prefill`, the engine runs a prompt repeating the context positions `target`
-    /// (`step`, at the positions right after the prompt). The cache returns the attention of the
-    /// step's queries over what it holds and the step's own tokens (causal), does not store them,
-    /// and records the scores its method needs. The default refuses.
-    fn reconstruct(&mut self, _step: &AttentionStep<'_>, _target: std::ops::Range<usize>) -> Result<Tensor> {
+    /// before `end_prefill`, the engine runs a prompt repeating the context positions
+    /// `pass.target` (`pass.step`, at the positions right after the prompt). The cache stores
+    /// none of the pass's tokens and records the scores its method needs; it returns the
+    /// attention output of the pass's queries over what it holds and the pass's own tokens
+    /// (causal) when `pass.want_output`, and the scores it recorded. The default refuses.
+    fn reconstruct(&mut self, _pass: &ReconstructionPass<'_>) -> Result<ReconstructionOutput> {
         Err(Error::Unsupported("this cache takes no context reconstruction passes (CacheFactory::reconstruction)".into()))
     }
     /// A budget pooled over the layers of a sequence (KVzip, kvpress `layerwise = False`): at the
@@ -140,6 +141,27 @@ pub trait LayerCache: Send {
     fn keep_pooled(&mut self, _per_head: &[usize]) -> Result<()> {
         Err(Error::Unsupported("this cache does not pool its budget over layers".into()))
     }
+}
+
+/// One layer's step of a context reconstruction pass ([`LayerCache::reconstruct`]).
+pub struct ReconstructionPass<'a> {
+    /// The pass's tokens at this layer, at the positions right after the prompt.
+    pub step: &'a AttentionStep<'a>,
+    /// The context positions this pass repeats.
+    pub target: std::ops::Range<usize>,
+    /// Whether the engine needs the attention output (one cache of a shared group computes it).
+    pub want_output: bool,
+    /// Scores another cache recorded for this same pass over the same uncompressed prompt, with
+    /// the same [`crate::scorer::Reconstruction`]: record these instead of computing them again.
+    pub scores: Option<&'a Tensor>,
+}
+
+/// What a reconstruction pass returns ([`LayerCache::reconstruct`]).
+pub struct ReconstructionOutput {
+    /// `[B, Hq, L, D]`, when asked for.
+    pub output: Option<Tensor>,
+    /// `[B, Hkv, target.len()]`, the scores recorded for the target, if any.
+    pub scores: Option<Tensor>,
 }
 
 /// A layer's part of a budget pooled over layers ([`LayerCache::pooled_scores`]).
@@ -537,6 +559,41 @@ fn sinks_local_flash(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, ns: usize
     }
     let out = Tensor::cat(&outs, 2);
     Some(if out.kind() != out_kind { out.to_kind(out_kind) } else { out })
+}
+
+/// Attention of a chunk's queries (`step`, at positions `P..P+L`) over `P` earlier keys at
+/// positions `0..P`, all visible, and the chunk's own keys, causal: a chunk after a prefix, with
+/// no `[L, P + L]` mask. On CPU it is two flash-attention calls (the prefix with the GQA group
+/// folded into the query axis; the chunk causal) merged by their log-sum-exps, agreeing with
+/// [`attend_contiguous`] over the concatenated keys to float rounding (~1e-6); elsewhere (or with
+/// a sliding window) it is that call.
+pub fn attend_after_prefix(step: &AttentionStep<'_>, k_prefix: &Tensor, v_prefix: &Tensor) -> Tensor {
+    let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
+    let (hkv, p) = (k_prefix.size()[1], k_prefix.size()[2]);
+    let kind = k_prefix.kind();
+    let (k_new, v_new) = (step.k.to_kind(kind), step.v.to_kind(kind));
+    let same_dims = k_prefix.size()[3] == d && v_prefix.size()[3] == d;
+    if k_prefix.device() != Device::Cpu || step.sliding_window.is_some() || p == 0 || !same_dims || step.start_pos < p as usize {
+        let k = Tensor::cat(&[k_prefix, &k_new], 2);
+        let v = Tensor::cat(&[v_prefix, &v_new], 2);
+        return attend_contiguous(step, &k, &v, step.start_pos - p as usize);
+    }
+    let group = hq / hkv;
+    let out_kind = step.q.kind();
+    let q = step.q.to_kind(kind);
+    let flash = |q: &Tensor, k: &Tensor, v: &Tensor, causal: bool| {
+        Tensor::internal_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, None::<&Tensor>, step.scale)
+    };
+    let (o, lse) = flash(&q.reshape([b, hkv, group * l, d]), k_prefix, v_prefix, false);
+    let before = (o.reshape([b, hq, l, d]), lse.reshape([b, hq, l]));
+    let rep = |t: &Tensor| t.unsqueeze(2).expand([b, hkv, group, l, d], false).reshape([b, hq, l, d]);
+    let own = flash(&q, &rep(&k_new), &rep(&v_new), true);
+    let out = merge_by_lse(vec![before, own]);
+    if out.kind() != out_kind {
+        out.to_kind(out_kind)
+    } else {
+        out
+    }
 }
 
 /// Combines attention outputs over disjoint key sets from their log-sum-exps (`[B, H, L]`, one

@@ -4,7 +4,7 @@
 //! ([`LayerCache::reconstruct`]). The passes store nothing; they run before `end_prefill`, so
 //! their cost is part of the method's prefill time.
 
-use crate::cache::{CacheFactory, LayerCache};
+use crate::cache::{CacheFactory, LayerCache, ReconstructionPass};
 use crate::error::{Error, Result};
 use crate::generate::{end_prefill, SequenceState};
 use crate::loader::{Decoder, LoadedModel};
@@ -50,8 +50,9 @@ pub fn chat_affixes(lm: &LoadedModel) -> Result<(Vec<u32>, Vec<u32>)> {
 }
 
 /// Runs the reconstruction passes of `rec` over `prompt` (the tokens every sequence of `groups`
-/// holds, uncompressed) once for all of them: each pass's attention output comes from the first
-/// cache, and every cache records its scores. Pass `i` repeats the chunk `i` of the context that
+/// holds, uncompressed) once for all of them: the first sequence's caches compute each pass's
+/// attention output and scores, and the others record those scores (the same pass over the same
+/// uncompressed prompt with the same `rec` scores the same). Pass `i` repeats the chunk `i` of the context that
 /// follows the chat-template prefix (when `prompt` starts with it).
 pub fn reconstruct_context(lm: &mut LoadedModel, groups: &mut [&mut [Box<dyn LayerCache>]], rec: &Reconstruction, prompt: &[u32]) -> Result<()> {
     if groups.is_empty() || prompt.is_empty() {
@@ -83,11 +84,13 @@ pub fn reconstruct_context(lm: &mut LoadedModel, groups: &mut [&mut [Box<dyn Lay
         let input = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).to_device(device).unsqueeze(0);
         let _ = model.forward_with(&input, &[s], Logits::Last, &mut |step| {
             let (lead, rest) = groups.split_first_mut().expect("at least one sequence");
-            let out = lead[step.layer].reconstruct(step, target.clone())?;
+            let pass = ReconstructionPass { step, target: target.clone(), want_output: true, scores: None };
+            let first = lead[step.layer].reconstruct(&pass)?;
             for g in rest.iter_mut() {
-                let _ = g[step.layer].reconstruct(step, target.clone())?;
+                let pass = ReconstructionPass { step, target: target.clone(), want_output: false, scores: first.scores.as_ref() };
+                let _ = g[step.layer].reconstruct(&pass)?;
             }
-            Ok(out)
+            first.output.ok_or_else(|| Error::Other("a reconstruction pass returned no attention output".into()))
         })?;
         at += chunk.len();
     }

@@ -859,7 +859,8 @@ fn kvzip_scores_by_reconstruction_attention_and_pools_the_budget_over_layers() {
                 let a = Qkv::random(pass, 200 + 10 * l as i64 + i as i64);
                 let x = Qkv::from(Tensor::cat(&[&prompt.q, &a.q], 2), Tensor::cat(&[&prompt.k, &a.k], 2), Tensor::cat(&[&prompt.v, &a.v], 2));
                 let step = AttentionStep { layer: l, q: &a.q, k: &a.k, v: &a.v, start_pos: s, sliding_window: None, scale: (D as f64).powf(-0.5) };
-                let out = c.reconstruct(&step, target.clone()).unwrap();
+                let rp = kvcore::cache::ReconstructionPass { step: &step, target: target.clone(), want_output: true, scores: None };
+                let out = c.reconstruct(&rp).unwrap().output.unwrap();
                 // The pass attends over the whole prompt and itself, as a full cache would.
                 let mut full = kvcore::cache::FullCacheFactory.layer_cache(l, &sp).unwrap();
                 let want = x.feed(full.as_mut(), 0, s + pass).narrow(2, s as i64, pass as i64);
@@ -900,5 +901,28 @@ fn kvzip_scores_by_reconstruction_attention_and_pools_the_budget_over_layers() {
         }
         assert_eq!(counts.iter().sum::<usize>(), 16, "layerwise={layerwise}: the pooled budget keeps what the heads would keep alone in all");
         assert!(counts.iter().any(|&n| n != 4), "layerwise={layerwise}: heads keep {counts:?}, the pooled budget should move tokens between them");
+    }
+}
+
+#[test]
+fn kvzip_scores_from_flash_normalisers_equal_the_explicit_softmax() {
+    // The CPU path (normalisers from flash attention, -lse folded into one matmul) against the
+    // explicit softmax of other devices, over passes longer than one 512-row block, with and
+    // without sinks before the target.
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(7);
+    let (s, pass) = (700usize, 530usize);
+    let stored_k = Tensor::randn([1, HKV as i64, s as i64, D as i64], (Kind::Float, Device::Cpu));
+    let stored_v = Tensor::randn([1, HKV as i64, s as i64, D as i64], (Kind::Float, Device::Cpu));
+    let q = Tensor::randn([1, HQ as i64, pass as i64, D as i64], (Kind::Float, Device::Cpu));
+    let k = Tensor::randn([1, HKV as i64, pass as i64, D as i64], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([1, HKV as i64, pass as i64, D as i64], (Kind::Float, Device::Cpu));
+    let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: s, sliding_window: None, scale: (D as f64).powf(-0.5) };
+    for target in [0..300usize, 300..700] {
+        let fast = kvmethods::eviction::reconstruction_scores(&step, &stored_k, &stored_v, target.clone(), 4);
+        let plain = kvmethods::eviction::reconstruction_scores_softmax(&step, &stored_k, target.clone(), 4);
+        assert_eq!(fast.size(), vec![1, HKV as i64, target.len() as i64]);
+        let err = (&fast - &plain).abs().max().double_value(&[]);
+        assert!(fast.allclose(&plain, 1e-4, 1e-7, false), "target {target:?}: largest difference {err:e}");
     }
 }

@@ -13,10 +13,11 @@
 
 use crate::quantized::{QuantCache, QuantConfig};
 use kvcache::buffer::KvBuffer;
-use kvcache::cache::PooledScores;
 use kvcache::cache::{
-    attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility,
+    attend_after_prefix, attend_at_positions, attend_contiguous, attend_sinks_local, attention_probs, tensor_bytes, AttentionStep, CacheFactory, CacheSpec,
+    LayerCache, Visibility,
 };
+use kvcache::cache::{PooledScores, ReconstructionOutput, ReconstructionPass};
 use kvcache::params::{Budget, GqaAgg};
 use kvcache::rope::undo_rotary;
 use kvcache::scorer::{QueryStats, Reconstruction, ScoreInput, Scorer};
@@ -736,27 +737,77 @@ impl EvictionCache {
 /// KVzip's scores of one reconstruction pass: per (batch, KV head), the most attention any of
 /// the pass's queries (any query head of the group) pays each stored token of `target`, the
 /// softmax taken over the first `sinks` stored tokens (fewer when `target` starts earlier), the
-/// target and the pass's own tokens (causal among them), as kvpress `KVzipPress`. Query rows go
-/// 512 at a time, so memory stays bounded by the chunk. `[B, Hkv, target.len()]`, f32.
-pub fn reconstruction_scores(step: &AttentionStep<'_>, stored_k: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
+/// target and the pass's own tokens (causal among them), as kvpress `KVzipPress`.
+/// `[B, Hkv, target.len()]`, f32.
+///
+/// Since `max_q exp(x_qj - lse_q) = exp(max_q (x_qj - lse_q))`, only the normaliser `lse_q` of
+/// each query and the maximum of `x_qj - lse_q` over queries are needed: on CPU the normaliser
+/// comes from two flash-attention calls (over sinks and target; over the pass, causal), and the
+/// differences from one matmul with `-lse` folded in as an extra channel, 512 query rows at a
+/// time, so no softmax is materialised. Elsewhere, an explicit softmax per block of 512 rows.
+pub fn reconstruction_scores(step: &AttentionStep<'_>, stored_k: &Tensor, stored_v: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
     let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
     let hkv = stored_k.size()[1];
     let g = hq / hkv;
     let sink = sinks.min(target.start) as i64;
     let n_t = target.len() as i64;
-    let keys = Tensor::cat(&[stored_k.narrow(2, 0, sink), stored_k.narrow(2, target.start as i64, n_t), step.k.to_kind(stored_k.kind())], 2)
-        .to_kind(Kind::Float)
-        .unsqueeze(2); // [B, Hkv, 1, n, D]
-    let n = keys.size()[3];
-    let q = step.q.to_kind(Kind::Float).view([b, hkv, g, l, d]);
+    let f = |t: &Tensor| t.to_kind(Kind::Float);
+    let part = |t: &Tensor| f(&Tensor::cat(&[t.narrow(2, 0, sink), t.narrow(2, target.start as i64, n_t)], 2));
+    let (k_st, k_pass) = (part(stored_k), f(step.k));
+    let q = f(step.q);
     let device = q.device();
-    let mut best: Option<Tensor> = None;
     let rows = 512i64;
+    let same_dims = stored_v.size()[3] == d;
+    if device == tch::Device::Cpu && same_dims {
+        let v_st = part(stored_v);
+        let flash = |q: &Tensor, k: &Tensor, v: &Tensor, causal: bool| {
+            Tensor::internal_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, None::<&Tensor>, step.scale).1
+        };
+        let lse_st = flash(&q.reshape([b, hkv, g * l, d]), &k_st, &v_st, false).reshape([b, hq, l]);
+        let rep = |t: &Tensor| t.unsqueeze(2).expand([b, hkv, g, l, d], false).reshape([b, hq, l, d]);
+        let lse_pass = flash(&q, &rep(&k_pass), &rep(&f(step.v)), true);
+        let lse = lse_st.logaddexp(&lse_pass); // [B, Hq, L]
+                                               // scale·q·k - lse as one product: q' = [scale·q, -lse], k' = [k, 1].
+        let q_aug = Tensor::cat(&[&q * step.scale, -lse.unsqueeze(-1)], -1).view([b, hkv, g, l, d + 1]);
+        let k_t = k_st.narrow(2, sink, n_t);
+        let k_aug = Tensor::cat(&[k_t.shallow_clone(), Tensor::ones([b, hkv, n_t, 1], (Kind::Float, device))], -1).unsqueeze(2).transpose(-1, -2);
+        let mut best: Option<Tensor> = None;
+        let mut a = 0i64;
+        while a < l {
+            let m = rows.min(l - a);
+            let top = q_aug.narrow(3, a, m).matmul(&k_aug).amax([2i64, 3].as_slice(), false);
+            best = Some(match best {
+                Some(x) => x.maximum(&top),
+                None => top,
+            });
+            a += m;
+        }
+        return best.expect("a pass has at least one token").exp();
+    }
+    reconstruction_scores_softmax(step, stored_k, target, sinks)
+}
+
+/// [`reconstruction_scores`] by an explicit softmax per block of 512 query rows (any device).
+pub fn reconstruction_scores_softmax(step: &AttentionStep<'_>, stored_k: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
+    let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
+    let hkv = stored_k.size()[1];
+    let g = hq / hkv;
+    let sink = sinks.min(target.start) as i64;
+    let n_t = target.len() as i64;
+    let f = |t: &Tensor| t.to_kind(Kind::Float);
+    let k_st = f(&Tensor::cat(&[stored_k.narrow(2, 0, sink), stored_k.narrow(2, target.start as i64, n_t)], 2));
+    let q = f(step.q);
+    let device = q.device();
+    let rows = 512i64;
+    let keys = Tensor::cat(&[k_st, f(step.k)], 2).unsqueeze(2); // [B, Hkv, 1, n, D]
+    let n = keys.size()[3];
+    let qg = q.view([b, hkv, g, l, d]);
+    let mut best: Option<Tensor> = None;
     let mut a = 0i64;
     while a < l {
         let m = rows.min(l - a);
-        let logits = q.narrow(3, a, m).matmul(&keys.transpose(-1, -2)) * step.scale; // [B, Hkv, G, m, n]
-                                                                                     // Query a+i sees the pass's own tokens up to itself.
+        let logits = qg.narrow(3, a, m).matmul(&keys.transpose(-1, -2)) * step.scale; // [B, Hkv, G, m, n]
+                                                                                      // Query a+i sees the pass's own tokens up to itself.
         let qi = Tensor::arange_start(a, a + m, (Kind::Int64, device)).unsqueeze(1);
         let kj = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
         let future = Tensor::cat(&[Tensor::zeros([m, n - l], (Kind::Bool, device)), kj.gt_tensor(&qi)], 1);
@@ -1006,7 +1057,8 @@ impl LayerCache for EvictionCache {
         Ok(())
     }
 
-    fn reconstruct(&mut self, step: &AttentionStep<'_>, target: std::ops::Range<usize>) -> Result<Tensor> {
+    fn reconstruct(&mut self, pass: &ReconstructionPass<'_>) -> Result<ReconstructionOutput> {
+        let (step, target) = (pass.step, pass.target.clone());
         let refuse = |why: &str| Error::Unsupported(format!("method `{}`: context reconstruction {why}", self.cfg.name));
         let Store::Dense(store) = &self.store else { return Err(refuse("needs the prompt uncompressed (it was compressed already)")) };
         if !self.prefilling || self.quantized.is_some() || !store.is_contiguous() || store.first_pos() != 0 {
@@ -1020,18 +1072,21 @@ impl LayerCache for EvictionCache {
                 step.start_pos
             )));
         }
-        let all_k = Tensor::cat(&[&k, &step.k.to_kind(k.kind())], 2);
-        let all_v = Tensor::cat(&[&v, &step.v.to_kind(v.kind())], 2);
-        let out = attend_contiguous(step, &all_k, &all_v, 0);
+        let output = if pass.want_output { Some(attend_after_prefix(step, &k, &v)) } else { None };
+        let mut recorded = None;
         if let Some(rec) = self.cfg.scorer.reconstruction() {
             if !target.is_empty() {
-                let scores = reconstruction_scores(step, &k, target.clone(), rec.sinks);
+                let scores = match pass.scores {
+                    Some(sc) => sc.shallow_clone(),
+                    None => reconstruction_scores(step, &k, &v, target.clone(), rec.sinks),
+                };
                 let (b, h) = (self.spec.batch as i64, self.spec.kv_heads as i64);
                 let buf = self.recon.get_or_insert_with(|| Tensor::zeros([b, h, s as i64], (Kind::Float, k.device())));
                 buf.narrow(2, target.start as i64, target.len() as i64).copy_(&scores);
+                recorded = Some(scores);
             }
         }
-        Ok(out)
+        Ok(ReconstructionOutput { output, scores: recorded })
     }
 
     fn pooled_scores(&mut self) -> Result<Option<PooledScores>> {
