@@ -1,6 +1,6 @@
 #!/bin/bash
 # Grid throughput, shared vs --isolated, side by side in one sitting: the offline-v1 probe grid
-# (configs/experiments/offline-v1/smollm2-135m.toml, one sample per task, the same one in every
+# (configs/experiments/offline-v1/probe-grid-smollm2-135m.toml, one sample per task, the same one in every
 # cell: the cells of scripts/offline_v1_probe.sh) run task by task, each task twice, once shared
 # (one prefill per prompt for the methods whose prefill is plain full attention, every cell of
 # the sample decoded in one batch) and once with --isolated (every cell alone, as before),
@@ -23,7 +23,7 @@ trap 'rm -rf "$tree"' EXIT
 cp -r configs "$tree/"
 cargo build --release -p kvbench --quiet
 bin=target/release/kvbench
-exp="$tree/configs/experiments/offline-v1/smollm2-135m.toml"
+exp="$tree/configs/experiments/offline-v1/probe-grid-smollm2-135m.toml"
 table="$out/throughput.md"
 {
   echo "| task | cells | shared (s) | isolated (s) | speed-up | quality and bytes |"

@@ -15,5 +15,5 @@ cp -r configs "$tree/"
 for t in passkey-8k ruler-niah-2k ruler-niah-4k ruler-vt-2k ruler-vt-4k ruler-cwe-2k ruler-cwe-4k retrieval-sotu-2k count-sotu-2k code-2k; do
   printf '\n# probe: 1 of the 400 samples (the same one in every cell)\nfraction = 0.0025\n' >> "$tree/configs/tasks/$t.toml"
 done
-sed -i 's/^name = "offline-v1-smollm2-135m"/name = "offline-v1-probe-smollm2-135m"/' "$tree/configs/experiments/offline-v1/smollm2-135m.toml"
-./kvbench run "$tree/configs/experiments/offline-v1/smollm2-135m.toml" --out "$out" --threads 2 --device cpu
+sed -i 's/^name = "offline-v1-probe-grid-smollm2-135m"/name = "offline-v1-probe-smollm2-135m"/' "$tree/configs/experiments/offline-v1/probe-grid-smollm2-135m.toml"
+./kvbench run "$tree/configs/experiments/offline-v1/probe-grid-smollm2-135m.toml" --out "$out" --threads 2 --device cpu

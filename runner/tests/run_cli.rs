@@ -132,42 +132,41 @@ fn every_config_in_the_repository_validates() {
     assert!(n >= 5, "expected the quickstart and the paper's experiments, found {n}");
 }
 
-/// The committed offline-v1 grid is the one issue 10 asks for: each model half has every method
-/// of the offline grid at 2x/4x/8x where a budget applies, ten tasks, 400 samples per task.
+/// The committed offline-v1 leaderboard grid is the one issue 21 asks for: SmolLM2 has every
+/// method family, the kvpress frontier included, at 2x/4x/8x/16x where a budget applies; Qwen2.5
+/// the paper's families at 2x/8x; both the same 7 tasks of 24 samples (contexts up to 4K).
 #[test]
 fn the_offline_v1_grid_covers_every_method_and_ratio() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs/experiments/offline-v1");
-    for model in ["smollm2-135m", "qwen2.5-0.5b"] {
+    let paper = ["full", "kivi-2bit", "kivi-4bit", "flexgen-4bit", "streamingllm", "h2o", "infllm", "selective-context"];
+    let more = ["int8", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "keydiff", "expected-attention", "chunkkv", "think", "kvzip", "quest"];
+    for (model, cells, rows, ratios) in
+        [("smollm2-135m", "455 cell(s)", [&paper[..], &more[..]].concat(), &["2x", "4x", "8x", "16x"][..]), ("qwen2.5-0.5b", "84 cell(s)", paper.to_vec(), &["2x", "8x"][..])]
+    {
         let file = root.join(format!("{model}.toml"));
         let dry = ok(&["run", file.to_str().unwrap(), "--dry-run"]);
-        // 5 unbudgeted methods + 10 budgeted x 3 ratios = 35 method rows, x 10 tasks.
-        assert!(dry.contains("350 cell(s)"), "{dry}");
-        for label in [
-            "full",
-            "kivi-2bit",
-            "kivi-4bit",
-            "flexgen-4bit",
-            "int8",
-            "streamingllm",
-            "h2o",
-            "snapkv",
-            "pyramidkv",
-            "tova",
-            "knorm",
-            "adakv",
-            "infllm",
-            "quest",
-            "selective-context",
-        ] {
+        // SmolLM2: 5 unbudgeted methods + 15 budgeted x 4 ratios = 65 rows; Qwen2.5: 4 + 4 x 2 = 12; x 7 tasks.
+        assert!(dry.contains(cells), "{model}: expected {cells}\n{dry}");
+        for label in &rows {
             assert!(dry.contains(&format!(" {label} ")), "{model}: no `{label}` cell:\n{dry}");
         }
-        for ratio in ["2x", "4x", "8x"] {
-            assert_eq!(dry.lines().filter(|l| l.contains(" snapkv ") && l.contains(&format!(" {ratio} "))).count(), 10, "{model}: snapkv {ratio} on each task");
+        if model == "qwen2.5-0.5b" {
+            for label in more {
+                assert!(!dry.contains(&format!(" {label} ")), "{model}: `{label}` is not one of the paper's families");
+            }
+        }
+        let evicting = if model == "smollm2-135m" { " snapkv " } else { " h2o " };
+        for ratio in ratios {
+            assert_eq!(dry.lines().filter(|l| l.contains(evicting) && l.contains(&format!(" {ratio} "))).count(), 7, "{model}:{evicting}{ratio} on each task");
         }
         let per_task: Vec<&str> = dry.lines().filter(|l| l.contains(" full ")).collect();
-        assert_eq!(per_task.len(), 10, "{model}: ten tasks");
-        assert!(per_task.iter().all(|l| l.ends_with("~400 samples")), "{model}: 400 samples per task:\n{}", per_task.join("\n"));
+        assert_eq!(per_task.len(), 7, "{model}: seven tasks");
+        assert!(per_task.iter().all(|l| l.ends_with("~24 samples")), "{model}: 24 samples per task:\n{}", per_task.join("\n"));
     }
+    // The grid before the resize stays: it defines the probe grid grid throughput is measured on.
+    let probe = root.join("probe-grid-smollm2-135m.toml");
+    let dry = ok(&["run", probe.to_str().unwrap(), "--dry-run"]);
+    assert!(dry.contains("350 cell(s)"), "{dry}");
 }
 
 #[test]
