@@ -8,9 +8,11 @@
 //!
 //! Hooks a cache receives, in order: `attend` for every prefill chunk of the context (it sees the
 //! chunk's queries, so it can keep the last `window` of them or compute explicit attention weights
-//! with [`attention_probs`]), `end_prefill` once the whole context is in (where most methods
-//! compress), then `attend` for appended question tokens and every decode step (where decode-time
-//! eviction runs, every step or every N steps). Caches that evict hold non-contiguous positions;
+//! with [`attention_probs`]), then, for methods that ask, `reconstruct` for each context
+//! reconstruction pass (KVzip) and `pooled_scores`/`keep_pooled` for a budget pooled over layers,
+//! `end_prefill` once the whole context is in (where most methods compress), then `attend` for
+//! appended question tokens and every decode step (where decode-time eviction runs, every step or
+//! every N steps). Caches that evict hold non-contiguous positions;
 //! [`attend_at_positions`] masks by the kept positions, not by slot index.
 
 use crate::buffer::KvBuffer;

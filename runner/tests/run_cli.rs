@@ -140,9 +140,10 @@ fn the_offline_v1_grid_covers_every_method_and_ratio() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs/experiments/offline-v1");
     let paper = ["full", "kivi-2bit", "kivi-4bit", "flexgen-4bit", "streamingllm", "h2o", "infllm", "selective-context"];
     let more = ["int8", "snapkv", "pyramidkv", "tova", "knorm", "adakv", "keydiff", "expected-attention", "chunkkv", "think", "kvzip", "quest"];
-    for (model, cells, rows, ratios) in
-        [("smollm2-135m", "455 cell(s)", [&paper[..], &more[..]].concat(), &["2x", "4x", "8x", "16x"][..]), ("qwen2.5-0.5b", "84 cell(s)", paper.to_vec(), &["2x", "8x"][..])]
-    {
+    for (model, cells, rows, ratios) in [
+        ("smollm2-135m", "455 cell(s)", [&paper[..], &more[..]].concat(), &["2x", "4x", "8x", "16x"][..]),
+        ("qwen2.5-0.5b", "84 cell(s)", paper.to_vec(), &["2x", "8x"][..]),
+    ] {
         let file = root.join(format!("{model}.toml"));
         let dry = ok(&["run", file.to_str().unwrap(), "--dry-run"]);
         // SmolLM2: 5 unbudgeted methods + 15 budgeted x 4 ratios = 65 rows; Qwen2.5: 4 + 4 x 2 = 12; x 7 tasks.

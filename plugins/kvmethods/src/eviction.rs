@@ -746,68 +746,84 @@ impl EvictionCache {
 /// differences from one matmul with `-lse` folded in as an extra channel, 512 query rows at a
 /// time, so no softmax is materialised. Elsewhere, an explicit softmax per block of 512 rows.
 pub fn reconstruction_scores(step: &AttentionStep<'_>, stored_k: &Tensor, stored_v: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
-    let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
-    let hkv = stored_k.size()[1];
-    let g = hq / hkv;
-    let sink = sinks.min(target.start) as i64;
-    let n_t = target.len() as i64;
-    let f = |t: &Tensor| t.to_kind(Kind::Float);
-    let part = |t: &Tensor| f(&Tensor::cat(&[t.narrow(2, 0, sink), t.narrow(2, target.start as i64, n_t)], 2));
-    let (k_st, k_pass) = (part(stored_k), f(step.k));
-    let q = f(step.q);
-    let device = q.device();
-    let rows = 512i64;
-    let same_dims = stored_v.size()[3] == d;
-    if device == tch::Device::Cpu && same_dims {
-        let v_st = part(stored_v);
-        let flash = |q: &Tensor, k: &Tensor, v: &Tensor, causal: bool| {
-            Tensor::internal_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, None::<&Tensor>, step.scale).1
-        };
-        let lse_st = flash(&q.reshape([b, hkv, g * l, d]), &k_st, &v_st, false).reshape([b, hq, l]);
-        let rep = |t: &Tensor| t.unsqueeze(2).expand([b, hkv, g, l, d], false).reshape([b, hq, l, d]);
-        let lse_pass = flash(&q, &rep(&k_pass), &rep(&f(step.v)), true);
-        let lse = lse_st.logaddexp(&lse_pass); // [B, Hq, L]
-                                               // scale·q·k - lse as one product: q' = [scale·q, -lse], k' = [k, 1].
-        let q_aug = Tensor::cat(&[&q * step.scale, -lse.unsqueeze(-1)], -1).view([b, hkv, g, l, d + 1]);
-        let k_t = k_st.narrow(2, sink, n_t);
-        let k_aug = Tensor::cat(&[k_t.shallow_clone(), Tensor::ones([b, hkv, n_t, 1], (Kind::Float, device))], -1).unsqueeze(2).transpose(-1, -2);
-        let mut best: Option<Tensor> = None;
-        let mut a = 0i64;
-        while a < l {
-            let m = rows.min(l - a);
-            let top = q_aug.narrow(3, a, m).matmul(&k_aug).amax([2i64, 3].as_slice(), false);
-            best = Some(match best {
-                Some(x) => x.maximum(&top),
-                None => top,
-            });
-            a += m;
-        }
-        return best.expect("a pass has at least one token").exp();
+    let p = PassParts::of(step, stored_k, &target, sinks);
+    if p.q.device() != tch::Device::Cpu || stored_v.size()[3] != p.d {
+        return reconstruction_scores_softmax(step, stored_k, target, sinks);
     }
-    reconstruction_scores_softmax(step, stored_k, target, sinks)
+    let (b, hq, hkv, g, l, d) = (p.b, p.hq, p.hkv, p.g, p.l, p.d);
+    let f = |t: &Tensor| t.to_kind(Kind::Float);
+    let v_st = f(&Tensor::cat(&[stored_v.narrow(2, 0, p.sink), stored_v.narrow(2, target.start as i64, p.n_t)], 2));
+    let flash = |q: &Tensor, k: &Tensor, v: &Tensor, causal: bool| {
+        Tensor::internal_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, None::<&Tensor>, step.scale).1
+    };
+    let lse_st = flash(&p.q.reshape([b, hkv, g * l, d]), &p.k_st, &v_st, false).reshape([b, hq, l]);
+    let rep = |t: &Tensor| t.unsqueeze(2).expand([b, hkv, g, l, d], false).reshape([b, hq, l, d]);
+    let lse_pass = flash(&p.q, &rep(&f(step.k)), &rep(&f(step.v)), true);
+    let lse = lse_st.logaddexp(&lse_pass); // [B, Hq, L]
+                                           // scale·q·k - lse as one product: q' = [scale·q, -lse], k' = [k, 1].
+    let q_aug = Tensor::cat(&[&p.q * step.scale, -lse.unsqueeze(-1)], -1).view([b, hkv, g, l, d + 1]);
+    let k_t = p.k_st.narrow(2, p.sink, p.n_t);
+    let ones = Tensor::ones([b, hkv, p.n_t, 1], (Kind::Float, p.q.device()));
+    let k_aug = Tensor::cat(&[k_t, ones], -1).unsqueeze(2).transpose(-1, -2);
+    let mut best: Option<Tensor> = None;
+    let mut a = 0i64;
+    while a < l {
+        let m = PASS_ROWS.min(l - a);
+        let top = q_aug.narrow(3, a, m).matmul(&k_aug).amax([2i64, 3].as_slice(), false);
+        best = Some(match best {
+            Some(x) => x.maximum(&top),
+            None => top,
+        });
+        a += m;
+    }
+    best.expect("a pass has at least one token").exp()
+}
+
+/// Query rows scored at a time in a reconstruction pass.
+const PASS_ROWS: i64 = 512;
+
+/// What both ways of scoring a reconstruction pass start from: the shapes, the sinks and target
+/// keys (`[B, Hkv, sink + n_t, D]`, f32) and the pass's queries (f32).
+struct PassParts {
+    b: i64,
+    hq: i64,
+    hkv: i64,
+    g: i64,
+    l: i64,
+    d: i64,
+    sink: i64,
+    n_t: i64,
+    q: Tensor,
+    k_st: Tensor,
+}
+
+impl PassParts {
+    fn of(step: &AttentionStep<'_>, stored_k: &Tensor, target: &std::ops::Range<usize>, sinks: usize) -> PassParts {
+        let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
+        let hkv = stored_k.size()[1];
+        let sink = sinks.min(target.start) as i64;
+        let n_t = target.len() as i64;
+        let k_st = Tensor::cat(&[stored_k.narrow(2, 0, sink), stored_k.narrow(2, target.start as i64, n_t)], 2).to_kind(Kind::Float);
+        PassParts { b, hq, hkv, g: hq / hkv, l, d, sink, n_t, q: step.q.to_kind(Kind::Float), k_st }
+    }
 }
 
 /// [`reconstruction_scores`] by an explicit softmax per block of 512 query rows (any device).
 pub fn reconstruction_scores_softmax(step: &AttentionStep<'_>, stored_k: &Tensor, target: std::ops::Range<usize>, sinks: usize) -> Tensor {
-    let (b, hq, l, d) = step.q.size4().expect("queries are [B, H, L, D]");
-    let hkv = stored_k.size()[1];
-    let g = hq / hkv;
-    let sink = sinks.min(target.start) as i64;
-    let n_t = target.len() as i64;
-    let f = |t: &Tensor| t.to_kind(Kind::Float);
-    let k_st = f(&Tensor::cat(&[stored_k.narrow(2, 0, sink), stored_k.narrow(2, target.start as i64, n_t)], 2));
-    let q = f(step.q);
+    let p = PassParts::of(step, stored_k, &target, sinks);
+    let (b, hkv, g, l, d, sink, n_t) = (p.b, p.hkv, p.g, p.l, p.d, p.sink, p.n_t);
+    let (q, k_st) = (p.q, p.k_st);
     let device = q.device();
-    let rows = 512i64;
-    let keys = Tensor::cat(&[k_st, f(step.k)], 2).unsqueeze(2); // [B, Hkv, 1, n, D]
+    let rows = PASS_ROWS;
+    let keys = Tensor::cat(&[k_st, step.k.to_kind(Kind::Float)], 2).unsqueeze(2); // [B, Hkv, 1, n, D]
     let n = keys.size()[3];
     let qg = q.view([b, hkv, g, l, d]);
     let mut best: Option<Tensor> = None;
     let mut a = 0i64;
     while a < l {
         let m = rows.min(l - a);
-        let logits = qg.narrow(3, a, m).matmul(&keys.transpose(-1, -2)) * step.scale; // [B, Hkv, G, m, n]
-                                                                                      // Query a+i sees the pass's own tokens up to itself.
+        // [B, Hkv, G, m, n]; query a+i sees the pass's own tokens up to itself.
+        let logits = qg.narrow(3, a, m).matmul(&keys.transpose(-1, -2)) * step.scale;
         let qi = Tensor::arange_start(a, a + m, (Kind::Int64, device)).unsqueeze(1);
         let kj = Tensor::arange(l, (Kind::Int64, device)).unsqueeze(0);
         let future = Tensor::cat(&[Tensor::zeros([m, n - l], (Kind::Bool, device)), kj.gt_tensor(&qi)], 1);
