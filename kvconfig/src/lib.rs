@@ -62,6 +62,11 @@ pub struct ModelConfig {
     /// Wrap prompts in the model's chat template where the task uses one.
     #[serde(default = "yes")]
     pub chat_template: bool,
+    /// A conversation format built into kvbench, used as the model's chat template
+    /// (`kvformats::chat::BUILTIN_FORMATS`; `vicuna`: fastchat's, which the paper wraps LongChat's
+    /// prompts in, the checkpoint shipping no template of its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_format: Option<String>,
     /// RoPE base override (replaces the checkpoint's `rope_theta`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_theta: Option<f64>,
@@ -379,6 +384,11 @@ fn check_model(file: &Path, m: &ModelConfig, out: &mut Vec<ConfigError>) {
     }
     if m.max_position_embeddings == Some(0) {
         out.push(err(file, "max_position_embeddings", "expected a positive number of tokens, got 0"));
+    }
+    if let Some(f) = &m.chat_format {
+        if !kvformats::chat::BUILTIN_FORMATS.contains(&f.as_str()) {
+            out.push(err(file, "chat_format", format!("expected one of {}, got \"{f}\"", kvformats::chat::BUILTIN_FORMATS.join(", "))));
+        }
     }
 }
 

@@ -172,7 +172,7 @@ fn shared_prefill_gives_every_method_its_own_outputs() {
     for n in ["full", "snapkv", "kivi", "quest", "h2o", "tova", "knorm", "keydiff", "expected-attention", "chunkkv", "kvzip"] {
         assert!(names.contains(&n), "{n} prefills with full attention and should declare a shared prefill");
     }
-    let context = prompt(&lm, 300);
+    let context = prompt(&lm, 200);
     let question = tokens(&lm, "Question: who kept the records? Answer:");
     let opts = GenerateOptions { max_new_tokens: 24, prefill_chunk: Some(128), ..Default::default() };
     let factories: Vec<&dyn CacheFactory> = shareable.iter().map(|(_, f)| f.as_ref()).collect();
@@ -201,4 +201,56 @@ fn shared_prefill_refuses_a_method_that_changes_prefill() {
     let ids = prompt(&lm, 40);
     let err = answer_shared(&mut lm, &ids, &[], &GenerateOptions::default(), PipelineOptions::default(), &[chunked.as_ref()], 4).unwrap_err();
     assert!(err.to_string().contains("streamingllm"), "{err}");
+}
+
+/// The paper grids' `query_aware = true` (issue 24 item 1): the pipeline prefills context and
+/// question in one pass, exactly as one generation over their concatenation does, for the
+/// methods whose behaviour depends on it (KIVI's exact prefill, H2O's scores, StreamingLLM's
+/// budget from the whole prompt), with the full cache beside them.
+#[test]
+fn query_aware_prefill_equals_one_prefill_of_context_and_question() {
+    let _g = tch::no_grad_guard();
+    tch::set_num_threads(2);
+    let mut lm = model();
+    let context = prompt(&lm, 200);
+    let question = tokens(&lm, "Question: who kept the records? Answer:");
+    let mut whole = context.clone();
+    whole.extend_from_slice(&question);
+    let opts = GenerateOptions { max_new_tokens: 12, prefill_chunk: Some(128), ..Default::default() };
+    let popts = PipelineOptions { query_aware: true };
+    // The methods the issue names, and the full cache; the others share the same pipeline path.
+    let named: &[(&str, &[&str])] = &[
+        ("full", &[]),
+        ("kivi", &["bits=2", "group_size=32", "residual_length=32"]),
+        ("h2o", &["ratio=2"]),
+        ("h2o", &["ratio=4", "mode=\"decode\""]),
+        ("streamingllm", &["ratio=2"]),
+    ];
+    for (name, set) in named {
+        let f = factory(name, set);
+        let aware = answer(&mut lm, &context, std::slice::from_ref(&question), &opts, popts, f.as_ref()).unwrap().remove(0);
+        let once = kvcore::generate::generate(&mut lm, &whole, &opts, f.as_ref()).unwrap();
+        same_output(&format!("{name} {set:?}"), &aware, &once);
+        assert_eq!(aware.prompt_tokens, whole.len(), "{name}: the whole prompt is prefilled");
+    }
+}
+
+/// LongBench samsum's stop rule as the engine applies it (issue 24 item 8,
+/// `kvexperiment::samples::apply_stop_rules`): the newline token ends generation like EOS, but
+/// not before one token is generated.
+#[test]
+fn a_newline_stop_token_ends_generation_after_one_token() {
+    let _g = tch::no_grad_guard();
+    tch::set_num_threads(2);
+    let mut lm = model();
+    let ids = tokens(&lm, "Monday\nTuesday\nWednesday\nThursday\n");
+    let nl = *tokens(&lm, "\n").last().unwrap();
+    let free = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+    let without = kvcore::generate::generate(&mut lm, &ids, &free, &kvcore::cache::FullCacheFactory).unwrap();
+    assert!(without.text.trim_start_matches('\n').contains('\n'), "the model goes on past a newline: {:?}", without.text);
+    let stop = GenerateOptions { extra_stop_token_ids: vec![nl], min_new_tokens: 1, ..free };
+    let with = kvcore::generate::generate(&mut lm, &ids, &stop, &kvcore::cache::FullCacheFactory).unwrap();
+    assert!(with.generated_tokens >= 1 && !with.token_ids.contains(&nl), "{:?}", with.token_ids);
+    assert_eq!(with.stop_reason, kvcore::generate::StopReason::EosToken, "{:?}", with.text);
+    assert!(without.token_ids.starts_with(&with.token_ids), "the same tokens up to the newline");
 }

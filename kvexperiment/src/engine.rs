@@ -5,7 +5,7 @@
 
 use crate::plan::cell_context_bound;
 use crate::provenance::sha256_path;
-use crate::samples::{compress_sample, datasets_for, encode_sample, select_fraction, task_spec, EngineTokenizer};
+use crate::samples::{apply_stop_rules, compress_sample, datasets_for, encode_sample, newline_stop_id, select_fraction, task_spec, EngineTokenizer};
 use crate::sink::{resume_records, write_atomic, RecordSink};
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Experiment, Template, Truncation};
@@ -80,6 +80,11 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         by_model.entry(c.model.clone()).or_default().push(c);
     }
     let mut info = crate::provenance::run_info(exp, reg, opts.shard.as_deref());
+    // A resumed run keeps the commits of its earlier sittings (provenance of their records).
+    if let Some(prev) = std::fs::read(out.join("run.json")).ok().and_then(|b| serde_json::from_slice::<kvreport::record::RunInfo>(&b).ok()) {
+        let commit = info.git_commit.clone();
+        info.add_commits(&prev.commits(), &commit);
+    }
 
     let mp = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template("{prefix:>28} [{bar:30}] {pos}/{len} {msg} (eta {eta})")
@@ -99,6 +104,9 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         // The memory guard: the largest context any of this model's cells asks for.
         let longest = model_cells.iter().map(cell_context_bound).max().unwrap_or(usize::MAX);
         let mut lm = crate::runtime::load_guarded(&files, settings, &overrides, longest, &opts.guard).with_context(|| format!("model `{model_name}`"))?;
+        if let Some(format) = &mc.chat_format {
+            lm.chat_template = Some(crate::samples::builtin_chat_template(&lm, format).with_context(|| format!("model `{model_name}`: chat_format"))?);
+        }
         info.device = kvcore::device::describe(settings.device);
         info.threads = threads;
         info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
@@ -137,8 +145,15 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     kvtasks::data::fetch(d, &kvtasks::data::kvbench_home()?).with_context(|| format!("fetching data set `{d}` for task `{}`", c.task))?;
                 }
             }
+            // The template the task's samples will be read through (decided per cell below, the
+            // same for every cell of a task): a generator that sizes to a token budget counts it.
+            let sizing_chat = match c.task_config.template.unwrap_or(Template::Auto) {
+                Template::Chat => true,
+                Template::Plain => false,
+                Template::Auto => mc.chat_template && lm.chat_template.is_some(),
+            };
             let mut s = task_spec(c)
-                .build(&EngineTokenizer(&lm.tokenizer))
+                .build(&EngineTokenizer::new(&lm, sizing_chat))
                 .with_context(|| format!("building the samples of task `{}` for model `{model_name}`", c.task))?;
             if let Some(f) = c.task_config.fraction {
                 s = select_fraction(s, f, c.seed);
@@ -222,7 +237,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 next: start,
             });
         }
-        let ctx = CellContext { exp, mc, max_pos, kv_per_token: lm.kv_bytes_per_token(), zero: opts.zero_measurements, memory_limit };
+        let newline_stop = newline_stop_id(&lm);
+        let ctx = CellContext { exp, mc, max_pos, kv_per_token: lm.kv_bytes_per_token(), zero: opts.zero_measurements, memory_limit, newline_stop };
         // Sample by sample, every cell of a task together (unless --isolated): the cells that can
         // share a prefill share it, the others prefill alone, and all of them decode together.
         let mut tasks: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -273,7 +289,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     }
                     if !p.shares_prefill {
                         let (cx, q, compression) = cell_prompt(&lm, &ctx, p, s, compressed.remove(&j))?;
-                        let gen_opts = ctx.generate_options(p.cell, s);
+                        let gen_opts = ctx.generate_options(p.cell, s)?;
                         let popts = kvcore::pipeline::PipelineOptions { query_aware: p.cell.query_aware };
                         let t = std::time::Instant::now();
                         let prompted = kvcore::shared::prompt_alone(&mut lm, &cx, &q, &gen_opts, popts, p.factory.as_ref()).with_context(|| where_(p.cell))?;
@@ -289,7 +305,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                     }
                 }
                 for ((cx, q, query_aware), group) in groups {
-                    let gen_opts = ctx.generate_options(prepared[group[0]].cell, s);
+                    let gen_opts = ctx.generate_options(prepared[group[0]].cell, s)?;
                     for part in group.chunks(ctx.members_that_fit(&lm, cx.len() + q.len() + gen_opts.max_new_tokens)) {
                         let factories: Vec<&dyn CacheFactory> = part.iter().map(|&j| prepared[j].factory.as_ref()).collect();
                         let popts = kvcore::pipeline::PipelineOptions { query_aware };
@@ -310,7 +326,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 let decoding = std::time::Instant::now();
                 let mut done: Vec<(usize, GenerationOutput, Compression)> = Vec::new();
                 for (_, batch) in by_budget {
-                    let gen_opts = ctx.generate_options(prepared[batch[0].0].cell, s);
+                    let gen_opts = ctx.generate_options(prepared[batch[0].0].cell, s)?;
                     let (meta, prompted): (Vec<(usize, Compression)>, Vec<Prompted>) = batch.into_iter().map(|(j, p, c)| ((j, c), p)).unzip();
                     let outs = kvcore::shared::decode_batch(&mut lm, prompted, &gen_opts, max_batch)
                         .with_context(|| format!("task {task}, sample {}: decoding {} cells together", s.id, meta.len()))?;
@@ -403,6 +419,8 @@ struct CellContext<'a> {
     kv_per_token: u64,
     zero: bool,
     memory_limit: Option<u64>,
+    /// The newline token that ends samsum's answers (the last id of `"\n"` encoded).
+    newline_stop: Option<u32>,
 }
 
 impl CellContext<'_> {
@@ -410,8 +428,10 @@ impl CellContext<'_> {
         c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)
     }
 
-    fn generate_options(&self, c: &Cell, s: &Sample) -> GenerateOptions {
-        GenerateOptions { max_new_tokens: self.max_new(c, s), prefill_chunk: self.exp.run.prefill_chunk, ..Default::default() }
+    fn generate_options(&self, c: &Cell, s: &Sample) -> Result<GenerateOptions> {
+        let mut o = GenerateOptions { max_new_tokens: self.max_new(c, s), prefill_chunk: self.exp.run.prefill_chunk, ..Default::default() };
+        apply_stop_rules(s, self.newline_stop, &mut o)?;
+        Ok(o)
     }
 
     /// The input-token limit of a cell's samples.
@@ -510,7 +530,7 @@ fn cell_prompt(
 fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Prepared<'_>, s: &Sample, i: usize) -> Result<SampleRecord> {
     let c = p.cell;
     let (cx, q, compression) = cell_prompt(lm, ctx, p, s, None)?;
-    let gen_opts = ctx.generate_options(c, s);
+    let gen_opts = ctx.generate_options(c, s)?;
     kvcore::memory::reset_peak_rss();
     let g = if q.is_empty() {
         generate(lm, &cx, &gen_opts, p.factory.as_ref())?

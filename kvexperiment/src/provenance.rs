@@ -59,6 +59,7 @@ pub fn run_info(exp: &kvconfig::Experiment, reg: &Registry, shard: Option<&str>)
         config_hash: exp.hash(),
         kvbench_version: env!("CARGO_PKG_VERSION").to_string(),
         git_commit: git_commit(),
+        git_commits: Vec::new(),
         libtorch_version: kvcore::plugin_ffi::Handshake::host().libtorch_version,
         device: String::new(),
         threads: 0,
@@ -67,6 +68,8 @@ pub fn run_info(exp: &kvconfig::Experiment, reg: &Registry, shard: Option<&str>)
         data_hashes: BTreeMap::new(),
         plugins: reg.plugins().into_iter().map(|(path, sha256, methods)| PluginInfo { path, sha256, methods }).collect(),
     };
+    let commit = info.git_commit.clone();
+    info.add_commits(&[], &commit);
     for d in kvtasks::data::known_datasets() {
         if kvtasks::data::data_dir(d.name).is_ok() {
             // The pinned sha256 of each package the data set is built from (verified at fetch).

@@ -5,19 +5,35 @@
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Truncation};
 use kvcore::loader::LoadedModel;
-use kvformats::chat::ChatMessage;
 use kvtasks::sample::{Sample, TextTokenizer};
 use kvtasks::spec::TaskSpec;
 
-/// The engine's tokenizer seen through the task generators' abstraction.
-pub struct EngineTokenizer<'a>(pub &'a kvcore::lm_tokenizer::LmTokenizer);
+/// The engine's tokenizer seen through the task generators' abstraction, with the chat template
+/// the run reads samples through (`None`: plain), so that a generator sizing its input to a
+/// token budget counts the template's tokens ([`TextTokenizer::count_input`]).
+pub struct EngineTokenizer<'a> {
+    pub tokenizer: &'a kvcore::lm_tokenizer::LmTokenizer,
+    pub chat: Option<&'a kvformats::chat::ChatTemplate>,
+}
+
+impl<'a> EngineTokenizer<'a> {
+    /// The model's tokenizer; samples sized with `chat` when it is `Some`.
+    pub fn new(lm: &'a LoadedModel, chat: bool) -> Self {
+        EngineTokenizer { tokenizer: &lm.tokenizer, chat: if chat { lm.chat_template.as_ref() } else { None } }
+    }
+}
 
 impl TextTokenizer for EngineTokenizer<'_> {
     fn encode(&self, text: &str) -> Vec<u32> {
-        self.0.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
+        self.tokenizer.encode(text, false).map(|e| e.get_ids().to_vec()).unwrap_or_default()
     }
     fn decode(&self, ids: &[u32]) -> String {
-        self.0.decode(ids, false).unwrap_or_default()
+        self.tokenizer.decode(ids, false).unwrap_or_default()
+    }
+    fn count_input(&self, sample: &Sample) -> usize {
+        // A template that fails to render here fails again, with its error, when the sample is
+        // encoded; sizing falls back to the plain text meanwhile.
+        self.count(&sample.input_text(self.chat).unwrap_or_else(|_| sample.plain_input()))
     }
 }
 
@@ -85,18 +101,39 @@ pub fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sa
     out
 }
 
+/// A built-in conversation format ([`kvformats::chat::ChatTemplate::builtin`]) as `lm`'s chat
+/// template. Its BOS text is the token the tokenizer prepends to an encoded input (fastchat leaves
+/// BOS to the tokenizer; a rendered template is encoded without added special tokens).
+pub fn builtin_chat_template(lm: &LoadedModel, format: &str) -> Result<kvformats::chat::ChatTemplate> {
+    let bos = lm.tokenizer.encode("", true).ok().and_then(|e| e.get_ids().first().copied()).and_then(|id| lm.tokenizer.id_to_token(id));
+    Ok(kvformats::chat::ChatTemplate::builtin(format, bos)?)
+}
+
+/// The newline token that ends LongBench samsum's answers: the last id of `"\n"` encoded, as
+/// THUDM's `pred.py` takes it (`None` if the tokenizer encodes it as nothing).
+pub fn newline_stop_id(lm: &LoadedModel) -> Option<u32> {
+    lm.tokenizer.encode("\n", false).ok().and_then(|e| e.get_ids().last().copied())
+}
+
+/// Applies a sample's own stop rule to `opts`. LongBench's samsum (`metadata.stop_at_newline`)
+/// stops as `pred.py` does: the newline token ([`newline_stop_id`]) ends generation like EOS,
+/// and neither may end it before one token is generated (`min_length = context_length + 1`).
+pub fn apply_stop_rules(s: &Sample, newline: Option<u32>, opts: &mut kvcore::generate::GenerateOptions) -> Result<()> {
+    if s.metadata.get("stop_at_newline").and_then(|v| v.as_bool()) == Some(true) {
+        let id = newline.with_context(|| format!("sample {} stops at a newline, which this tokenizer encodes as no token", s.id))?;
+        if !opts.extra_stop_token_ids.contains(&id) {
+            opts.extra_stop_token_ids.push(id);
+        }
+        opts.min_new_tokens = opts.min_new_tokens.max(1);
+    }
+    Ok(())
+}
+
 /// Context and question token ids of a sample (question empty when it has none), truncated in
 /// the middle of the context to `limit` input tokens.
 pub fn encode_sample(lm: &LoadedModel, s: &Sample, chat: bool, limit: usize, truncation: Truncation) -> Result<(Vec<u32>, Vec<u32>)> {
-    let mut text = if chat {
-        let tpl = lm.chat_template.as_ref().context("this model has no chat template")?;
-        tpl.render(&[ChatMessage { role: "user".into(), content: s.prompt() }], true)?
-    } else {
-        s.prompt()
-    };
-    if let Some(p) = &s.answer_prefix {
-        text.push_str(p);
-    }
+    let tpl = if chat { Some(lm.chat_template.as_ref().context("this model has no chat template")?) } else { None };
+    let text = s.input_text(tpl)?;
     let cut = if s.question.trim().is_empty() { None } else { text.rfind(s.question.as_str()) };
     let tok =
         |t: &str, special: bool| -> Result<Vec<u32>> { Ok(lm.tokenizer.encode(t, special).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?.get_ids().to_vec()) };
@@ -146,4 +183,46 @@ pub fn compress_sample_rates(comp: &dyn kvcore::prompt::PromptCompressor, s: &Sa
             (out, c.seconds)
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(stop_at_newline: Option<bool>) -> Sample {
+        let mut metadata = std::collections::BTreeMap::new();
+        if let Some(b) = stop_at_newline {
+            metadata.insert("stop_at_newline".to_string(), serde_json::json!(b));
+        }
+        Sample {
+            id: "s".into(),
+            task: "longbench/samsum".into(),
+            examples: Vec::new(),
+            prefix_instruction: None,
+            context: "c".into(),
+            question: String::new(),
+            answer_prefix: None,
+            answers: vec!["a".into()],
+            scoring: kvtasks::sample::ScoringKind::Passkey,
+            max_new_tokens: 128,
+            metadata,
+        }
+    }
+
+    #[test]
+    fn samsum_stops_at_the_newline_token_after_at_least_one_token() {
+        let mut o = kvcore::generate::GenerateOptions::default();
+        apply_stop_rules(&sample(Some(true)), Some(198), &mut o).unwrap();
+        assert_eq!((o.extra_stop_token_ids.clone(), o.min_new_tokens), (vec![198], 1));
+        // Applying twice adds nothing.
+        apply_stop_rules(&sample(Some(true)), Some(198), &mut o).unwrap();
+        assert_eq!(o.extra_stop_token_ids, vec![198]);
+        for s in [sample(None), sample(Some(false))] {
+            let mut o = kvcore::generate::GenerateOptions::default();
+            apply_stop_rules(&s, Some(198), &mut o).unwrap();
+            assert!(o.extra_stop_token_ids.is_empty() && o.min_new_tokens == 0);
+        }
+        let err = apply_stop_rules(&sample(Some(true)), None, &mut kvcore::generate::GenerateOptions::default()).unwrap_err();
+        assert!(err.to_string().contains("stops at a newline"), "{err}");
+    }
 }

@@ -18,6 +18,24 @@ pub const PINNED_DATE: (i32, u32, u32) = (2024, 7, 26);
 
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// The names [`ChatTemplate::builtin`] knows.
+pub const BUILTIN_FORMATS: &[&str] = &["vicuna"];
+
+/// fastchat `vicuna_v1.1` (`SeparatorStyle.ADD_COLON_TWO`, separators " " and "</s>"): the
+/// system message and a space, then each turn as `ROLE: text` followed by the role's separator,
+/// and `ASSISTANT:` with nothing after it for the turn to generate.
+pub const VICUNA_SYSTEM: &str =
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+const VICUNA_TEMPLATE: &str = concat!(
+    "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set turns = messages[1:] %}",
+    "{% else %}{% set system = \"",
+    "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.",
+    "\" %}{% set turns = messages %}{% endif %}",
+    "{{ bos_token }}{{ system + ' ' }}",
+    "{% for m in turns %}{% if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}{% else %}{{ 'ASSISTANT: ' + m['content'] + '</s>' }}{% endif %}{% endfor %}",
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+);
+
 /// Everything that can go wrong loading or rendering a chat template.
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -37,6 +55,8 @@ pub enum ChatError {
     BadConfig { path: PathBuf, key: String, reason: String },
     #[error("chat template does not parse: {0:#}")]
     Syntax(#[source] minijinja::Error),
+    #[error("unknown built-in chat format `{name}` (known: {known})")]
+    UnknownBuiltin { name: String, known: String },
     #[error("chat template failed to render: {0:#}")]
     Render(#[source] minijinja::Error),
 }
@@ -112,6 +132,19 @@ impl ChatTemplate {
             Some(_) => return Err(bad("chat_template", "expected a string or a list of {name, template}")),
         };
         Self::new(&source, special("bos_token")?, special("eos_token")?)
+    }
+
+    /// A conversation format built into kvbench, by name, for checkpoints that ship no chat
+    /// template but were evaluated with one. `vicuna`: fastchat's `vicuna_v1.1` conversation,
+    /// which LongBench's `build_chat` and the paper use for LongChat:
+    /// `<bos>{system} USER: {user} ASSISTANT: {assistant}</s>USER: {user} ASSISTANT:`, with
+    /// fastchat's default system message unless the first message is a system one. `bos` is the
+    /// BOS token's text (fastchat leaves it to the tokenizer, which prepends it).
+    pub fn builtin(name: &str, bos_token: Option<String>) -> Result<Self, ChatError> {
+        match name {
+            "vicuna" => Self::new(VICUNA_TEMPLATE, bos_token, Some("</s>".into())),
+            other => Err(ChatError::UnknownBuiltin { name: other.to_string(), known: BUILTIN_FORMATS.join(", ") }),
+        }
     }
 
     /// Renders `messages`, ending with the assistant header when `add_generation_prompt`.

@@ -157,3 +157,24 @@ fn syntax_errors_are_reported_at_load() {
     let err = ChatTemplate::new("{% for m in messages %}{{ m.content }}", None, None).unwrap_err();
     assert!(matches!(err, ChatError::Syntax(_)), "{err}");
 }
+
+/// fastchat `vicuna_v1.1` (`get_conversation_template("vicuna")`, `SeparatorStyle.ADD_COLON_TWO`):
+/// `ret = system + " "`, then `role + ": " + message + [" ", "</s>"][i % 2]` per turn, and
+/// `"ASSISTANT:"` for the turn left empty, as LongBench's `build_chat` builds LongChat's prompt.
+#[test]
+fn vicuna_renders_fastchats_string() {
+    let t = ChatTemplate::builtin("vicuna", Some("<s>".into())).unwrap();
+    let sys = kvformats::chat::VICUNA_SYSTEM;
+    assert_eq!(
+        sys,
+        "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions."
+    );
+    let one = t.render(&[ChatMessage::new("user", "Summarize:\nthe text.")], true).unwrap();
+    assert_eq!(one, format!("<s>{sys} USER: Summarize:\nthe text. ASSISTANT:"));
+    let turns = [ChatMessage::new("user", "a"), ChatMessage::new("assistant", "b"), ChatMessage::new("user", "c")];
+    assert_eq!(t.render(&turns, true).unwrap(), format!("<s>{sys} USER: a ASSISTANT: b</s>USER: c ASSISTANT:"));
+    let custom = [ChatMessage::new("system", "Be brief."), ChatMessage::new("user", "q")];
+    assert_eq!(t.render(&custom, true).unwrap(), "<s>Be brief. USER: q ASSISTANT:");
+    let err = ChatTemplate::builtin("alpaca", None).unwrap_err().to_string();
+    assert!(err.contains("`alpaca`") && err.contains("vicuna"), "{err}");
+}

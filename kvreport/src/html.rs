@@ -182,7 +182,7 @@ fn header<'a>(runs: &[RunInfo], kicker: &'a str, nav: &[(&'a str, &'a str)]) -> 
     }
     let plain = |name, value| ProvField { name, value, tip: String::new() };
     let fields = vec![
-        plain("commit", distinct(runs, |r| r.git_commit.clone())),
+        plain("commit", distinct(runs, |r| r.commits().join(" + "))),
         plain("device", distinct(runs, |r| r.device.clone())),
         plain("threads", distinct(runs, |r| r.threads.to_string())),
         plain("libtorch", distinct(runs, |r| r.libtorch_version.clone())),
@@ -558,6 +558,7 @@ mod tests {
             config_hash: format!("hash{evil}"),
             kvbench_version: "0.1.0".into(),
             git_commit: evil.into(),
+            git_commits: Vec::new(),
             libtorch_version: "2.13.0".into(),
             device: evil.into(),
             threads: 2,

@@ -106,6 +106,13 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
         config_hash: first.info.config_hash.clone(),
         kvbench_version: combine(runs, |i| &i.kvbench_version),
         git_commit: combine(runs, |i| &i.git_commit),
+        git_commits: {
+            // Sorted, so that the order of the shards given does not change the merged file.
+            let mut all: Vec<String> = runs.iter().flat_map(|r| r.info.commits()).collect();
+            all.sort();
+            all.dedup();
+            all
+        },
         libtorch_version: combine(runs, |i| &i.libtorch_version),
         device: combine(runs, |i| &i.device),
         threads: runs.iter().map(|r| r.info.threads).max().unwrap_or(0),

@@ -26,6 +26,12 @@ pub struct RunInfo {
     /// `git rev-parse HEAD` of the kvbench checkout (with `+dirty` when tracked files have
     /// uncommitted changes), or "unknown".
     pub git_commit: String,
+    /// Every kvbench commit whose binary ran in this run directory: a run resumed over several
+    /// sittings lists each, oldest first (`git_commit` is the latest); a merged run lists the
+    /// union of its shards' lists, sorted.
+    /// Absent in runs written before it was recorded; read it through [`RunInfo::commits`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub git_commits: Vec<String>,
     pub libtorch_version: String,
     /// e.g. "cpu (2 threads)", "cuda:0".
     pub device: String,
@@ -40,6 +46,30 @@ pub struct RunInfo {
     /// absent when none was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub plugins: Vec<PluginInfo>,
+}
+
+impl RunInfo {
+    /// The commits that wrote this run, oldest first: `git_commits`, or `git_commit` alone for a
+    /// run that predates the list.
+    pub fn commits(&self) -> Vec<String> {
+        if self.git_commits.is_empty() {
+            vec![self.git_commit.clone()]
+        } else {
+            self.git_commits.clone()
+        }
+    }
+
+    /// Appends `commit` to `git_commits` (seeded from [`commits`](RunInfo::commits)) unless
+    /// it is already the list's last entry.
+    pub fn add_commits(&mut self, earlier: &[String], commit: &str) {
+        let mut all: Vec<String> = Vec::new();
+        for c in earlier.iter().map(String::as_str).chain(std::iter::once(commit)) {
+            if all.last().map(String::as_str) != Some(c) {
+                all.push(c.to_string());
+            }
+        }
+        self.git_commits = all;
+    }
 }
 
 /// An external plugin a run loaded.
@@ -158,5 +188,38 @@ impl SampleRecord {
             serde_json::Value::String(s) => s.trim().parse().ok(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunInfo;
+
+    fn info(commit: &str, commits: &[&str]) -> RunInfo {
+        let mut i: RunInfo = serde_json::from_value(serde_json::json!({
+            "experiment": "e", "config_hash": "h", "kvbench_version": "0", "git_commit": commit, "libtorch_version": "2",
+            "device": "cpu", "threads": 2, "shard": "0/1", "model_hashes": {}, "data_hashes": {}
+        }))
+        .unwrap();
+        i.git_commits = commits.iter().map(|c| c.to_string()).collect();
+        i
+    }
+
+    #[test]
+    fn commits_of_a_run_resumed_across_sittings_are_kept_in_order() {
+        // A run written before the list existed reads as its one commit.
+        let old = info("aaa", &[]);
+        assert_eq!(old.commits(), ["aaa"]);
+        // Resumed by a new commit, then again by the same one, then by a third.
+        let mut now = info("bbb", &[]);
+        now.add_commits(&old.commits(), "bbb");
+        assert_eq!(now.git_commits, ["aaa", "bbb"]);
+        now.add_commits(&now.commits(), "bbb");
+        assert_eq!(now.git_commits, ["aaa", "bbb"]);
+        now.add_commits(&now.commits(), "ccc");
+        assert_eq!(now.git_commits, ["aaa", "bbb", "ccc"]);
+        // Written only when present, so older readers and fixtures see the same file.
+        assert!(!serde_json::to_string(&old).unwrap().contains("git_commits"));
+        assert!(serde_json::to_string(&now).unwrap().contains(r#""git_commits":["aaa","bbb","ccc"]"#));
     }
 }

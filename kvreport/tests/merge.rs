@@ -53,7 +53,7 @@ fn two_shards_and_merge_give_byte_identical_reports() {
 
     // the merged run.json
     let run: RunInfo = serde_json::from_str(&fs::read_to_string(merged.join("run.json")).unwrap()).unwrap();
-    let expect = RunInfo { shard: "merged:2".into(), ..run_info("x") };
+    let expect = RunInfo { shard: "merged:2".into(), git_commits: vec!["deadbeefcafe0123456789".into()], ..run_info("x") };
     assert_eq!(run, expect);
 
     // merging again (other order, new dir) gives byte-identical files

@@ -204,6 +204,7 @@ pub fn passkey_samples(essays: &Essays, cfg: &PasskeyConfig) -> Result<Vec<Sampl
                 metadata.insert("haystack_order".into(), json!("sorted"));
                 metadata.insert(CONTEXT_ID_KEY.into(), json!(cid));
                 out.push(Sample {
+                    examples: Vec::new(),
                     id: format!("passkey-{}d-{len}w-{di}-{it}", cfg.key_digits),
                     task: "paulgraham_passkey".into(),
                     prefix_instruction: Some(PASSKEY_INSTRUCTION.into()),
@@ -375,6 +376,7 @@ pub fn kamradt_samples(essays: &Essays, tok: &dyn TextTokenizer, cfg: &KamradtCo
             metadata.insert("haystack_order".into(), json!("sorted"));
             metadata.insert(CONTEXT_ID_KEY.into(), json!(cid));
             out.push(Sample {
+                examples: Vec::new(),
                 id: format!("kamradt-{len}t-{depth}pct"),
                 task: "kamradt_niah".into(),
                 prefix_instruction: Some(format!("{KAMRADT_SYSTEM}\n\n")),

@@ -253,6 +253,7 @@ pub fn passage_retrieval_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn
         metadata.insert("seed".into(), json!(cfg.seed));
         metadata.insert("index".into(), json!(i));
         let s = Sample {
+            examples: Vec::new(),
             id: format!("passage_retrieval-{}-{}-{i}", corpus.name.dataset(), cfg.target_tokens),
             task: format!("passage_retrieval_{}", corpus.name.dataset()),
             prefix_instruction: Some(prefix(ps.len())),
@@ -306,6 +307,7 @@ pub fn passage_count_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn Tex
         metadata.insert("seed".into(), json!(cfg.seed));
         metadata.insert("index".into(), json!(i));
         let mut s = Sample {
+            examples: Vec::new(),
             id: format!("passage_count-{}-{}-{i}", corpus.name.dataset(), cfg.target_tokens),
             task: format!("passage_count_{}", corpus.name.dataset()),
             prefix_instruction: Some(prefix.clone()),
@@ -459,6 +461,7 @@ pub fn code_completion_samples(repo: &CodeRepo, cfg: &CodeConfig, tok: &dyn Text
         metadata.insert("seed".into(), json!(cfg.seed));
         metadata.insert("index".into(), json!(i));
         let mut s = Sample {
+            examples: Vec::new(),
             id: format!("code_completion-{}-{}-{i}", repo.package, cfg.target_tokens),
             task: "code_completion_py".into(),
             prefix_instruction: Some(PREFIX.into()),

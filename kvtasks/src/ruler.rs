@@ -20,7 +20,8 @@ use serde_json::json;
 
 use crate::pyrandom::{derive_seed, PyRandom};
 use crate::sample::{
-    context_id, context_id_from_hash, read_text, sorted_files, split_sentences, Fnv1a64, Sample, ScoringKind, TaskError, TextTokenizer, CONTEXT_ID_KEY,
+    context_id, context_id_from_hash, read_text, sorted_files, split_sentences, Exchange, Fnv1a64, Sample, ScoringKind, TaskError, TextTokenizer,
+    CONTEXT_ID_KEY,
 };
 
 /// RULER's noise haystack sentence.
@@ -203,6 +204,8 @@ pub struct RulerConfig {
 /// A generated input, split the way [`Sample`] wants it.
 #[derive(Clone, Debug)]
 struct Parts {
+    /// Worked examples before the task (`cwe`'s one-shot example).
+    examples: Vec<Exchange>,
     prefix: String,
     context: String,
     question: String,
@@ -212,8 +215,28 @@ struct Parts {
 }
 
 impl Parts {
+    /// The input text without a chat template (the examples inline).
     fn full(&self) -> String {
-        format!("{}{}{}{}", self.prefix, self.context, self.question, self.answer_prefix)
+        let examples: String = self.examples.iter().map(|e| format!("{}{}\n", e.user, e.assistant)).collect();
+        format!("{examples}{}{}{}{}", self.prefix, self.context, self.question, self.answer_prefix)
+    }
+
+    /// The sample these parts make (`metadata` left to the caller).
+    fn into_sample(self, task: RulerTask, max_seq_length: usize, i: usize) -> (Sample, BTreeMap<String, serde_json::Value>) {
+        let sample = Sample {
+            id: format!("ruler-{}-{max_seq_length}-{i}", task.name()),
+            task: format!("ruler_{}", task.name()),
+            examples: self.examples,
+            prefix_instruction: Some(self.prefix),
+            context: self.context,
+            question: self.question,
+            answer_prefix: Some(self.answer_prefix),
+            answers: self.answers,
+            scoring: ScoringKind::RulerMatchAll,
+            max_new_tokens: task.tokens_to_generate(),
+            metadata: BTreeMap::new(),
+        };
+        (sample, self.meta)
     }
 }
 
@@ -382,7 +405,7 @@ fn niah_parts(spec: &NiahSpec, n: usize, rng: &mut PyRandom, res: &RulerResource
         v.pop();
     }
     let fill = |t: &str| t.replace("{v}", &v).replace("{q}", &query);
-    Parts { prefix: fill(&prefix), context, question: fill(&question), answer_prefix: fill(&answer_prefix), answers, meta }
+    Parts { examples: Vec::new(), prefix: fill(&prefix), context, question: fill(&question), answer_prefix: fill(&answer_prefix), answers, meta }
 }
 
 fn random_var(rng: &mut PyRandom, len: usize) -> String {
@@ -412,6 +435,7 @@ fn vt_core(n_noise: usize, hops: usize, var_len: usize, rng: &mut PyRandom) -> P
     }
     let context = sents.join("\n").replace(". \n", ".\n");
     Parts {
+        examples: Vec::new(),
         prefix: "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n".into(),
         context,
         question: format!("\nQuestion: Find all variables that are assigned the value {value} in the text above."),
@@ -428,7 +452,8 @@ fn vt_core(n_noise: usize, hops: usize, var_len: usize, rng: &mut PyRandom) -> P
 const VT_HOPS: usize = 4;
 
 /// The in-context example RULER prepends to variable tracking (a short instance, up to 500 tokens,
-/// followed by its answer).
+/// followed by its answer and a newline; [`vt_parts`] adds the newline RULER inserts before the
+/// task, so the two are separated by a blank line).
 fn vt_icl(tok: &dyn TextTokenizer, rng: &mut PyRandom) -> String {
     let probe = rng.clone();
     let fits = |n: usize| tok.count(&vt_core(n, VT_HOPS, 3, &mut probe.clone()).full()) <= 500;
@@ -442,7 +467,8 @@ fn vt_icl(tok: &dyn TextTokenizer, rng: &mut PyRandom) -> String {
 
 fn vt_parts(n: usize, rng: &mut PyRandom, icl: &str) -> Parts {
     let mut p = vt_core(n, VT_HOPS, 5, rng);
-    p.prefix = format!("{icl}{}", p.prefix);
+    // RULER: `input[:cutoff] + icl_example + '\n' + input[cutoff:]`, the example ending in '\n'.
+    p.prefix = if icl.is_empty() { p.prefix } else { format!("{icl}\n{}", p.prefix) };
     p
 }
 
@@ -472,10 +498,13 @@ fn cwe_example(words: &[String], n: usize, common_rep: usize, uncommon_rep: usiz
 fn cwe_parts(words: &[String], n: usize, long: bool, rng: &mut PyRandom) -> Parts {
     let (ex_n, ex_c, ex_u, c, u) = if long { (40, 10, 3, 30, 3) } else { (20, 3, 1, 6, 1) };
     let (ex_ctx, ex_ans) = cwe_example(words, ex_n, ex_c, ex_u, rng);
-    let fewshot = format!("{CWE_TEMPLATE_HEAD}{ex_ctx}{CWE_QUESTION}{CWE_ANSWER_PREFIX} {}", numbered(&ex_ans));
+    // RULER formats the example with the whole template, the model's included, and appends its
+    // answer after the answer prefix: under a chat template the answer is the assistant's turn.
+    let example = Exchange { user: format!("{CWE_TEMPLATE_HEAD}{ex_ctx}{CWE_QUESTION}"), assistant: format!("{CWE_ANSWER_PREFIX} {}", numbered(&ex_ans)) };
     let (ctx, ans) = cwe_example(words, n, c, u, rng);
     Parts {
-        prefix: format!("{fewshot}\n{CWE_TEMPLATE_HEAD}"),
+        examples: vec![example],
+        prefix: CWE_TEMPLATE_HEAD.into(),
         context: ctx,
         question: CWE_QUESTION.into(),
         answer_prefix: CWE_ANSWER_PREFIX.into(),
@@ -504,6 +533,7 @@ fn fwe_parts(n_words: usize, vocab_size: usize, rng: &mut PyRandom) -> Parts {
     }
     rng.shuffle(&mut sampled);
     Parts {
+        examples: Vec::new(),
         prefix: "Read the following coded text and track the frequency of each coded word. Find the three most frequently appeared coded words. ".into(),
         context: sampled.join(" "),
         question: "\nQuestion: Do not provide any explanation. Please ignore the dots '....'. What are the three most frequently appeared words in the above coded text?".into(),
@@ -548,8 +578,10 @@ fn largest_fitting(lo: usize, cap: usize, fits: &dyn Fn(usize) -> bool) -> Optio
 }
 
 /// Generate `cfg.num_samples` samples of `task`, each as long as possible with
-/// `tokens(prompt + answer_prefix) + tokens_to_generate <= max_seq_length` (the haystack size is
-/// searched once on sample 0's stream, then shrunk per sample by RULER's increment if needed).
+/// `tokens(input) + tokens_to_generate <= max_seq_length`, where the input is what the model
+/// reads, its chat template included as RULER counts it ([`TextTokenizer::count_input`]; the
+/// haystack size is searched once on sample 0's stream, then shrunk per sample by RULER's
+/// increment if needed). `metadata.input_tokens` is that count.
 ///
 /// Where the haystack is a function of its size alone — the noise and essay haystacks of the
 /// NIAH tasks, and the noise around variable tracking's chain — the samples with the same
@@ -596,11 +628,13 @@ pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, t
         }
     };
     let stream = |i: usize| PyRandom::new(derive_seed(cfg.seed, i as u64));
-    let fits_i = |n: usize, i: usize| tok.count(&gen(n, i, &mut stream(i)).full()) <= budget;
+    // RULER sizes the input with the model's template inside `max_seq_length`.
+    let count = |p: Parts, i: usize| tok.count_input(&p.into_sample(task, cfg.max_seq_length, i).0);
+    let fits_i = |n: usize, i: usize| count(gen(n, i, &mut stream(i)), i) <= budget;
     let n0 = match largest_fitting(lo, cap, &|n| fits_i(n, 0)) {
         Some(n) => n,
         None => {
-            let needed = tok.count(&gen(lo, 0, &mut stream(0)).full()) + ttg;
+            let needed = count(gen(lo, 0, &mut stream(0)), 0) + ttg;
             return Err(TaskError::TooShort { target: cfg.max_seq_length, needed });
         }
     };
@@ -610,29 +644,19 @@ pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, t
         while n > lo && !fits_i(n, i) {
             n = n.saturating_sub(step).max(lo);
         }
-        let parts = gen(n, i, &mut stream(i));
-        let input_tokens = tok.count(&parts.full());
+        let (mut sample, meta) = gen(n, i, &mut stream(i)).into_sample(task, cfg.max_seq_length, i);
+        let input_tokens = tok.count_input(&sample);
         if input_tokens > budget {
             return Err(TaskError::TooShort { target: cfg.max_seq_length, needed: input_tokens + ttg });
         }
-        let mut metadata = parts.meta.clone();
+        let mut metadata = meta;
         metadata.insert("max_seq_length".into(), json!(cfg.max_seq_length));
         metadata.insert("input_tokens".into(), json!(input_tokens));
         metadata.insert("haystack_units".into(), json!(n));
         metadata.insert("seed".into(), json!(cfg.seed));
         metadata.insert("index".into(), json!(i));
-        out.push(Sample {
-            id: format!("ruler-{}-{}-{i}", task.name(), cfg.max_seq_length),
-            task: format!("ruler_{}", task.name()),
-            prefix_instruction: Some(parts.prefix),
-            context: parts.context,
-            question: parts.question,
-            answer_prefix: Some(parts.answer_prefix),
-            answers: parts.answers,
-            scoring: ScoringKind::RulerMatchAll,
-            max_new_tokens: ttg,
-            metadata,
-        });
+        sample.metadata = metadata;
+        out.push(sample);
     }
     Ok(out)
 }

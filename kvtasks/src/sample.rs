@@ -16,6 +16,13 @@ pub trait TextTokenizer {
     fn count(&self, text: &str) -> usize {
         self.encode(text).len()
     }
+    /// Number of tokens of `sample`'s input as the model will read it. This default has no chat
+    /// template: [`Sample::input_text`] with none. The engine's tokenizer renders the model's
+    /// chat template around the sample when the run uses one, so that a generator sizing its
+    /// haystack to a token budget (RULER) counts the template's tokens inside the budget.
+    fn count_input(&self, sample: &Sample) -> usize {
+        self.count(&sample.plain_input())
+    }
 }
 
 /// One token per UTF-8 byte. Exact round trip for whole strings; for tests and rough sizing.
@@ -70,12 +77,25 @@ impl ScoringKind {
     }
 }
 
-/// A generated task instance. Prompt = `prefix_instruction + context + question`; for RULER tasks
-/// `answer_prefix` starts the model's reply (placed after the chat template's assistant header).
+/// A worked example shown before the task, as RULER shows `cwe`'s one-shot example: under a
+/// chat template a user turn followed by the assistant's answer, without one the two inline
+/// (`user`, `assistant`, then a newline).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exchange {
+    pub user: String,
+    pub assistant: String,
+}
+
+/// A generated task instance. Prompt = `prefix_instruction + context + question`, after any
+/// worked `examples`; for RULER tasks `answer_prefix` starts the model's reply (placed after the
+/// chat template's assistant header).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Sample {
     pub id: String,
     pub task: String,
+    /// Worked examples before the task (RULER `cwe`); empty for most tasks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub examples: Vec<Exchange>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prefix_instruction: Option<String>,
     /// The long part (what a KV-cache method compresses).
@@ -92,12 +112,49 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// The full prompt text without any chat template and without `answer_prefix`.
+    /// The full prompt text without any chat template and without `answer_prefix`: the worked
+    /// examples inline, then the task.
     pub fn prompt(&self) -> String {
+        let mut s: String = self.examples.iter().map(|e| format!("{}{}\n", e.user, e.assistant)).collect();
+        s.push_str(&self.task_prompt());
+        s
+    }
+
+    /// The task's own prompt, `prefix_instruction + context + question` (the last user turn).
+    pub fn task_prompt(&self) -> String {
         let mut s = self.prefix_instruction.clone().unwrap_or_default();
         s.push_str(&self.context);
         s.push_str(&self.question);
         s
+    }
+
+    /// The conversation a chat template renders: each worked example as a user turn and the
+    /// assistant's answer, then the task as the last user turn.
+    pub fn messages(&self) -> Vec<kvformats::chat::ChatMessage> {
+        use kvformats::chat::ChatMessage;
+        let mut m = Vec::with_capacity(2 * self.examples.len() + 1);
+        for e in &self.examples {
+            m.push(ChatMessage::new("user", e.user.clone()));
+            m.push(ChatMessage::new("assistant", e.assistant.clone()));
+        }
+        m.push(ChatMessage::new("user", self.task_prompt()));
+        m
+    }
+
+    /// `prompt() + answer_prefix`: the input text when no chat template is used.
+    pub fn plain_input(&self) -> String {
+        let mut s = self.prompt();
+        s.push_str(self.answer_prefix.as_deref().unwrap_or(""));
+        s
+    }
+
+    /// The input text the model reads: with `chat`, [`messages`](Sample::messages) rendered by
+    /// the template with its generation prompt, then `answer_prefix`; without, [`plain_input`](Sample::plain_input).
+    pub fn input_text(&self, chat: Option<&kvformats::chat::ChatTemplate>) -> Result<String, kvformats::chat::ChatError> {
+        let Some(tpl) = chat else { return Ok(self.plain_input()) };
+        let mut s = tpl.render(&self.messages(), true)?;
+        s.push_str(self.answer_prefix.as_deref().unwrap_or(""));
+        Ok(s)
     }
 
     /// `metadata["all_classes"]` as a list of strings (LongBench trec/lsht samples); `None` if

@@ -89,7 +89,8 @@ impl TaskSpec {
             let d = self.depths;
             let cfg = KamradtConfig {
                 context_lengths: self.lengths_or(&[1024, 2048]),
-                depth_percents: (0..d).map(|i| if d == 1 { 50.0 } else { 100.0 * i as f64 / (d - 1) as f64 }).collect(),
+                // The original's `np.round(np.linspace(0, 100, n)).astype(int)`: whole percents.
+                depth_percents: if d == 1 { vec![50.0] } else { crate::needle::linspace_rounded(0.0, 100.0, d).into_iter().map(|v| v as f64).collect() },
                 ..KamradtConfig::default()
             };
             samples = kamradt_samples(&Essays::from_cache()?, tok, &cfg)?;

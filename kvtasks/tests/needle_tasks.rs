@@ -202,3 +202,13 @@ fn context_ids_name_one_haystack_per_length() {
     assert!(by_len.values().all(|s| s.len() == 1));
     assert_ne!(by_len[&4000], by_len[&8000]);
 }
+
+#[test]
+fn kamradt_depths_from_a_task_spec_are_whole_percents_as_the_original_rounds_them() {
+    // needlehaystack: `np.round(np.linspace(0, 100, num=n)).astype(int)`.
+    let spec = kvtasks::spec::TaskSpec { task: "kamradt".into(), lengths: vec![400], depths: 4, ..Default::default() };
+    let samples = spec.build(&kvtasks::sample::ByteTokenizer).unwrap();
+    let depths: Vec<f64> = samples.iter().map(|s| s.metadata["depth_percent"].as_f64().unwrap()).collect();
+    assert_eq!(depths, vec![0.0, 33.0, 67.0, 100.0]);
+    assert_eq!(samples[1].id, "kamradt-400t-33pct");
+}

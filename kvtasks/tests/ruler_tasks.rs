@@ -151,3 +151,94 @@ fn ruler_string_match_semantics() {
     assert_eq!(RulerTask::from_name("niah_multikey_3"), Some(RulerTask::NiahMultikey3));
     assert_eq!(ByteTokenizer.decode(&ByteTokenizer.encode("héllo")), "héllo");
 }
+
+/// A ChatML template (SmolLM2's and Qwen2.5's turn markers, no system prompt).
+fn chatml() -> kvformats::chat::ChatTemplate {
+    let src = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+    kvformats::chat::ChatTemplate::new(src, None, None).unwrap()
+}
+
+/// Byte tokens of the input as rendered through a chat template (what the engine's tokenizer does
+/// with the model's template).
+struct TemplatedBytes(kvformats::chat::ChatTemplate);
+
+impl TextTokenizer for TemplatedBytes {
+    fn encode(&self, text: &str) -> Vec<u32> {
+        ByteTokenizer.encode(text)
+    }
+    fn decode(&self, ids: &[u32]) -> String {
+        ByteTokenizer.decode(ids)
+    }
+    fn count_input(&self, s: &sample::Sample) -> usize {
+        s.input_text(Some(&self.0)).unwrap().len()
+    }
+}
+
+#[test]
+fn cwe_example_answer_is_an_assistant_turn_under_a_chat_template() {
+    let r = res();
+    let tpl = chatml();
+    // Byte tokens: 2,048 takes RULER's short example (20 words), 16,384 its long one (40 words,
+    // which alone needs more than 4,096 bytes).
+    for max in [2048usize, 16384] {
+        let cfg = RulerConfig { max_seq_length: max, num_samples: 2, seed: 5 };
+        for x in ruler::ruler_samples(RulerTask::Cwe, &cfg, &r, &TemplatedBytes(chatml())).unwrap() {
+            assert_eq!(x.examples.len(), 1, "{}", x.id);
+            let ex = &x.examples[0];
+            let head = "Below is a numbered list of words. In these words, some appear more often than others. Memorize the ones that appear most often.\n";
+            assert!(ex.user.starts_with(head) && ex.user.ends_with("\nQuestion: What are the 10 most common words in the above list?"), "{}", ex.user);
+            assert!(ex.assistant.starts_with(" Answer: The top 10 words that appear most often in the list are: 1. "), "{}", ex.assistant);
+            assert!(ex.assistant.contains(" 10. "), "ten numbered answers: {}", ex.assistant);
+            // Under the template: the example as a user turn, its answer as the assistant's turn,
+            // then the task as the next user turn, and the reply opened with the answer prefix.
+            let rendered = x.input_text(Some(&tpl)).unwrap();
+            let want = format!(
+                "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n{}<|im_end|>\n<|im_start|>user\n{head}{}{}<|im_end|>\n<|im_start|>assistant\n{}",
+                ex.user,
+                ex.assistant,
+                x.context,
+                x.question,
+                x.answer_prefix.as_deref().unwrap()
+            );
+            assert_eq!(rendered, want);
+            // Without a template the example is inline, as RULER's base template has it.
+            assert_eq!(x.prompt(), format!("{}{}\n{head}{}{}", ex.user, ex.assistant, x.context, x.question));
+            // Sized with the template inside the budget.
+            let n = rendered.len() + RulerTask::Cwe.tokens_to_generate();
+            assert!(n <= max && n as f64 >= 0.8 * max as f64, "{}: {n} of {max}", x.id);
+            assert_eq!(x.metadata["input_tokens"], serde_json::json!(rendered.len()));
+        }
+    }
+}
+
+#[test]
+fn haystacks_are_sized_with_the_chat_template_inside_the_budget() {
+    let r = res();
+    let cfg = RulerConfig { max_seq_length: 2048, num_samples: 2, seed: 9 };
+    for task in [RulerTask::from_name("niah_single_1").unwrap(), RulerTask::from_name("niah_multikey_1").unwrap(), RulerTask::Vt] {
+        let plain = ruler::ruler_samples(task, &cfg, &r, &ByteTokenizer).unwrap();
+        let chat = ruler::ruler_samples(task, &cfg, &r, &TemplatedBytes(chatml())).unwrap();
+        for (p, c) in plain.iter().zip(&chat) {
+            let rendered = c.input_text(Some(&chatml())).unwrap().len();
+            assert!(rendered + task.tokens_to_generate() <= cfg.max_seq_length, "{}: {rendered}", c.id);
+            // The template's tokens come out of the haystack.
+            let units = |s: &sample::Sample| s.metadata["haystack_units"].as_u64().unwrap();
+            assert!(units(c) < units(p), "{}: {} vs {} units", c.id, units(c), units(p));
+            assert!(p.examples.is_empty() && c.examples.is_empty());
+        }
+    }
+}
+
+#[test]
+fn variable_tracking_example_is_followed_by_a_blank_line_as_in_ruler() {
+    let r = res();
+    let cfg = RulerConfig { max_seq_length: 4096, num_samples: 2, seed: 2 };
+    for x in ruler::ruler_samples(RulerTask::Vt, &cfg, &r, &ByteTokenizer).unwrap() {
+        let p = x.prefix_instruction.as_deref().unwrap();
+        let at = p.rfind("\n\nMemorize and track the chain(s)").expect("a blank line before the task");
+        // What precedes the blank line is the example's answer: five variable names.
+        let answer = p[..at].rsplit("they are: ").next().unwrap();
+        assert_eq!(answer.split_whitespace().count(), 5, "{answer:?}");
+        assert!(p.starts_with("Memorize and track"), "the example comes first: {p:.40}");
+    }
+}

@@ -17,6 +17,7 @@ pub fn run_info(shard: &str) -> RunInfo {
         config_hash: "c0ffee".repeat(10) + "abcd",
         kvbench_version: "0.1.0".into(),
         git_commit: "deadbeefcafe0123456789".into(),
+        git_commits: Vec::new(),
         libtorch_version: "2.13.0".into(),
         device: "cpu (2 threads)".into(),
         threads: 2,

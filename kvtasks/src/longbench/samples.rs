@@ -115,6 +115,7 @@ pub fn sample_from_record(subset: &Subset, record: &LongBenchRecord, longbench_e
         metadata.insert(CONTEXT_ID_KEY.to_string(), Value::from(cid));
     }
     Sample {
+        examples: Vec::new(),
         id: record.id.clone(),
         task: task_name(subset.name, longbench_e),
         prefix_instruction: (!parts.prefix_instruction.is_empty()).then_some(parts.prefix_instruction),

@@ -11,7 +11,6 @@ use kvcore::cache::FullCacheFactory;
 use kvcore::generate::{generate, GenerateOptions};
 use kvcore::loader::LoadedModel;
 use kvcore::sources::{kvbench_home, resolve_or_fetch};
-use kvformats::chat::ChatMessage;
 use kvtasks::sample::Sample;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -47,9 +46,15 @@ pub fn task_spec(a: &TaskArgs) -> kvtasks::spec::TaskSpec {
     }
 }
 
-/// Builds the samples a task name stands for.
+/// Builds the samples a task name stands for, sized (RULER) with the chat template where the
+/// samples will be read through it.
 pub fn build_samples(a: &TaskArgs, lm: &LoadedModel) -> Result<Vec<Sample>> {
-    Ok(task_spec(a).build(&EngineTokenizer(&lm.tokenizer))?)
+    let chat = match a.template {
+        TemplateMode::Chat => true,
+        TemplateMode::Plain => false,
+        TemplateMode::Auto => lm.chat_template.is_some(),
+    };
+    Ok(task_spec(a).build(&EngineTokenizer::new(lm, chat))?)
 }
 
 /// Token ids for a sample: the paper's passkey runs without a chat template; others use it.
@@ -63,20 +68,8 @@ fn sample_ids(lm: &LoadedModel, s: &Sample, mode: TemplateMode) -> Result<Vec<u3
             s.scoring != kvtasks::sample::ScoringKind::Passkey && lm.chat_template.is_some() && wants
         }
     };
-    let text = if chat {
-        let tpl = lm.chat_template.as_ref().context("this model has no chat template")?;
-        let mut t = tpl.render(&[ChatMessage { role: "user".into(), content: s.prompt() }], true)?;
-        if let Some(p) = &s.answer_prefix {
-            t.push_str(p);
-        }
-        t
-    } else {
-        let mut t = s.prompt();
-        if let Some(p) = &s.answer_prefix {
-            t.push_str(p);
-        }
-        t
-    };
+    let tpl = if chat { Some(lm.chat_template.as_ref().context("this model has no chat template")?) } else { None };
+    let text = s.input_text(tpl)?;
     let enc = lm.tokenizer.encode(text.as_str(), !chat).map_err(|e| anyhow::anyhow!("tokenizer: {e}"))?;
     Ok(enc.get_ids().to_vec())
 }
@@ -102,7 +95,8 @@ fn eval(a: TaskArgs) -> Result<()> {
         if ids.len() + max_new > ctx {
             bail!("sample {} has {} tokens; with {max_new} to generate it exceeds the model's {ctx}-token context", s.id, ids.len());
         }
-        let opts = GenerateOptions { max_new_tokens: max_new, ..Default::default() };
+        let mut opts = GenerateOptions { max_new_tokens: max_new, ..Default::default() };
+        kvexperiment::samples::apply_stop_rules(s, kvexperiment::samples::newline_stop_id(&lm), &mut opts)?;
         let g = generate(&mut lm, &ids, &opts, &FullCacheFactory)?;
         let scores = s.score(&g.text)?;
         for (k, v) in &scores {
