@@ -59,6 +59,12 @@ fn bad_configs_give_one_clear_message_each() {
     let cases: Vec<Case> = vec![
         // (what, files, file that must be named, expected substring)
         ("unknown experiment key", vec![("experiments/x.toml", exp("modle = 1\n"))], "experiments/x.toml", "unknown field `modle`"),
+        (
+            "unknown built-in chat format",
+            vec![("models/m.toml", format!("{MODEL}chat_format = \"alpaca\"\n"))],
+            "models/m.toml",
+            "chat_format: expected one of vicuna, got \"alpaca\"",
+        ),
         ("models wrong type", vec![("experiments/x.toml", EXPERIMENT.replace("models = [\"m\"]", "models = \"m\""))], "experiments/x.toml", "models"),
         ("missing models key", vec![("experiments/x.toml", EXPERIMENT.replace("models = [\"m\"]\n", ""))], "experiments/x.toml", "missing field `models`"),
         (
