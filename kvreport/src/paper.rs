@@ -253,6 +253,16 @@ pub fn comparisons(rows: &[LeaderboardRow], paper: &[PaperResult]) -> Vec<Compar
     out
 }
 
+/// Paper cells whose published number is ambiguous in the paper's own source, with why: the
+/// side-by-side table marks them (issue 24 item 11).
+pub fn ambiguity(paper_model: &str, paper_method: &str) -> Option<&'static str> {
+    (paper_model == "llama3-8b-instruct" && paper_method == "StreamLLM 4x").then_some(
+        "ambiguous: the paper's source has two Llama-3 StreamingLLM 4x sets (the \"Compression-Llama-3-8B\" and \
+         \"StreamLLM-Llama-3-8B\" groups of its radar script); the active one is shown, the other gives \
+         20.90 / 24.88 / 23.46 / 63.56 / 32.00 / 51.03 by category (15-task average 35.50)",
+    )
+}
+
 fn signed(v: f64) -> String {
     let s = fixed(v, 2);
     if s.starts_with('-') {
@@ -318,11 +328,17 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
                     fixed(c.kvbench, 2),
                     fixed(c.paper, 2),
                     signed(c.difference()),
-                    md_escape(&c.source),
+                    match paper_model(&c.model).and_then(|m| ambiguity(m, &c.paper_method)) {
+                        Some(_) => format!("{} ‡", md_escape(&c.source)),
+                        None => md_escape(&c.source),
+                    },
                 ]
             })
             .collect();
         o.push_str(&markdown_table(&header, &table, &[false, true, false, false, true, true, true, false]));
+        if let Some(why) = these.iter().find_map(|c| ambiguity(paper_model(&c.model)?, &c.paper_method)) {
+            o.push_str(&format!("\n‡ {}.\n", md_escape(why)));
+        }
     }
     o
 }

@@ -67,3 +67,30 @@ fn write_reports_writes_the_comparison_when_asked() {
     assert!(!s.files.iter().any(|f| f.ends_with("paper_comparison.md")));
     assert!(!out2.path().join("paper_comparison.md").exists());
 }
+
+#[test]
+fn the_ambiguous_llama3_streamingllm_4x_cell_is_marked() {
+    let loaded = load_runs(&[fixture()]).unwrap();
+    let mut rows = Leaderboard::build(&loaded.cells).rows;
+    // The fixture's H2O 4x row, relabelled as StreamingLLM at the same budget and at 2x.
+    let h2o = rows.iter().find(|r| r.method == "h2o").unwrap().clone();
+    let as_stream = |ratio: f64| {
+        let mut r = h2o.clone();
+        r.method = "streamingllm".into();
+        r.method_label = "streamingllm".into();
+        r.ratio = Some(ratio);
+        r
+    };
+    let plain = compare_paper(&rows);
+    assert!(!plain.contains('‡'), "nothing ambiguous is compared: {plain}");
+    rows.push(as_stream(2.0));
+    let two = compare_paper(&rows);
+    assert!(!two.contains('‡'), "2x is not ambiguous: {two}");
+    rows.push(as_stream(4.0));
+    let md = compare_paper(&rows);
+    let marked: Vec<Vec<String>> = md.lines().filter(|l| l.starts_with('|') && l.contains('‡')).map(cells).collect();
+    assert!(!marked.is_empty());
+    assert!(marked.iter().all(|r| r[2] == "StreamLLM 4x"), "{marked:?}");
+    assert!(md.contains("\n‡ ambiguous: the paper's source has two Llama-3 StreamingLLM 4x sets"), "{md}");
+    assert!(md.contains("35.50"), "the other set's average is given");
+}
