@@ -412,9 +412,9 @@ impl DeltaCell {
         let p = s.p_value.map(|p| format!(", p = {p:.2e}")).unwrap_or_default();
         DeltaCell {
             delta: if d.starts_with('-') { d } else { format!("+{d}") },
-            ci: s.ci95().map(|v| fixed(v, 1)),
+            ci: s.ci95().map(|v| if s.within_one_context { format!("{}†", fixed(v, 1)) } else { fixed(v, 1) }),
             significant: s.holm_significant,
-            tip: format!("{} pairs in {} clusters{p}", s.pairs, s.clusters),
+            tip: format!("{} pairs in {} clusters{p}{}", s.pairs, s.clusters, if s.within_one_context { "; † SE within one shared context" } else { "" }),
         }
     }
 }

@@ -26,7 +26,14 @@
 //!   cluster (clusters never span tasks); every other record is a cluster of its own. When
 //!   every record is its own cluster (`C = n`) this is exactly the ordinary `SE² = s²/n` with
 //!   the sample variance `s² = Σ (d_i − d̄)² / (n−1)`, the form of the leaderboard's absolute
-//!   columns. With fewer than two clusters there is no SE.
+//!   columns. With a single pair there is no SE.
+//! * **one shared context** (a task whose `n ≥ 2` pairs all carry the same [`CLUSTER_KEY`]:
+//!   RULER's niah and variable tracking at one length, whose noise haystack is a fixed
+//!   function of the length): `C = 1` and the clustered SE is undefined. The SE is then the
+//!   within-context `SE² = s²/n`, treating the samples as independent *given* that one fixed
+//!   context (they differ by needle, key and position), and the stat is marked
+//!   [`within_one_context`](DeltaStat::within_one_context) (`†` in the tables). It says nothing
+//!   about how the Δ would vary over other contexts.
 //! * **category** (its `T` tasks with pairs): `Δ = Σ_t Δ_t / T`, `SE² = Σ_t SE_t² / T²`
 //!   (tasks independent), the same averaging as the leaderboard's category columns (mean of
 //!   the cells' means), so when every sample pairs and each task has one cell per row, Δ is the
@@ -79,6 +86,9 @@ pub struct DeltaStat {
     pub p_value: Option<f64>,
     /// Significant after Holm–Bonferroni over the table's category and average cells.
     pub holm_significant: bool,
+    /// The SE (of this task, or of a task below it) is the within-context one of a task whose
+    /// pairs all share one context (see the module docs); `†` in the tables.
+    pub within_one_context: bool,
 }
 
 impl DeltaStat {
@@ -97,6 +107,9 @@ impl DeltaStat {
         let mut out = signed(self.delta, 1);
         if let Some(ci) = self.ci95() {
             out.push_str(&format!(" ± {}", fixed(ci, 1)));
+            if self.within_one_context {
+                out.push('†');
+            }
         }
         if self.holm_significant {
             out.push_str(" *");
@@ -219,10 +232,17 @@ fn task_stat(pairs: &[Pair]) -> DeltaStat {
     }
     sum_sq += keyed.values().map(|s| s * s).sum::<f64>();
     let clusters = singletons + keyed.len();
-    let se = (clusters >= 2).then(|| {
+    // All pairs in one shared context: the within-context SE, s²/n (see the module docs).
+    let within_one_context = clusters == 1 && pairs.len() >= 2;
+    let se = if clusters >= 2 {
         let c = clusters as f64;
-        (c / (c - 1.0) * sum_sq / (n * n)).sqrt()
-    });
+        Some((c / (c - 1.0) * sum_sq / (n * n)).sqrt())
+    } else if within_one_context {
+        let within: f64 = pairs.iter().map(|p| (p.d - mean) * (p.d - mean)).sum();
+        Some((within / (n - 1.0) / n).sqrt())
+    } else {
+        None
+    };
     DeltaStat {
         delta: mean,
         se,
@@ -231,6 +251,7 @@ fn task_stat(pairs: &[Pair]) -> DeltaStat {
         agreeing: pairs.iter().filter(|p| p.agree).count(),
         p_value: p_value(mean, se),
         holm_significant: false,
+        within_one_context,
     }
 }
 
@@ -250,6 +271,7 @@ fn mean_stat(parts: &[&DeltaStat]) -> Option<DeltaStat> {
         agreeing: parts.iter().map(|s| s.agreeing).sum(),
         p_value: p_value(delta, se),
         holm_significant: false,
+        within_one_context: parts.iter().any(|s| s.within_one_context),
     })
 }
 
@@ -360,6 +382,7 @@ impl Paired {
             "p_value",
             "holm_significant",
             "agreement",
+            "se_within_one_context",
         ])?;
         for model in self.models() {
             // The model's categories, then None for the average.
@@ -384,6 +407,7 @@ impl Paired {
                         s.and_then(|s| s.p_value).map(|p| format!("{p:.4e}")).unwrap_or_default(),
                         s.is_some_and(|s| s.holm_significant).to_string(),
                         s.and_then(DeltaStat::agreement).map(|v| fixed(v, 4)).unwrap_or_default(),
+                        s.is_some_and(|s| s.within_one_context).to_string(),
                     ])?;
                 }
             }
@@ -408,8 +432,12 @@ impl Paired {
              categories: the leaderboard's averaging, so with every sample paired Δ is the row's score minus the full \
              cache's. \\* marks a Δ significant at α = {ALPHA} after Holm–Bonferroni correction over all {} category and \
              average cells with an SE, from the two-sided normal-approximation p-value of z = Δ/SE (a Δ ≠ 0 with SE 0, \
-             every pair differing by the same amount, counts as p = 0; Δ = 0 with SE 0 as p = 1); with a single pair or \
-             cluster there is no SE, no ± and no test. *agreement* is the share of the row's pairs whose prediction equals \
+             every pair differing by the same amount, counts as p = 0; Δ = 0 with SE 0 as p = 1); with a single pair \
+             there is no SE, no ± and no test. † marks a half-width resting on a task whose paired samples all share one \
+             context (one cluster, where the clustered SE is undefined; for example RULER's niah and variable tracking at one \
+             length, whose noise haystack is fixed by the length): its SE is then the within-context sd/√n, treating the samples as \
+             independent given that fixed context (they differ by needle, key and position); it does not cover variation \
+             over other contexts. *agreement* is the share of the row's pairs whose prediction equals \
              the full cache's (ignoring white space at both ends), *pairs* the number of paired samples and *clusters* \
              the clusters they fall in. — marks a row or category without pairs. Also in `paired.csv`.\n",
             self.tests
@@ -504,5 +532,29 @@ mod tests {
         assert_eq!(s.clusters, 4);
         let one = task_stat(&pairs[..1]);
         assert_eq!((one.se, one.p_value, one.clusters), (None, None, 1));
+    }
+
+    #[test]
+    fn one_shared_context_gives_the_within_context_se_marked() {
+        let shared = |d: &[f64]| -> Vec<Pair> { d.iter().map(|&d| Pair { d, agree: false, cluster: Some("ruler-noise-x".into()) }).collect() };
+        // All four in one cluster: Miller's SE is undefined (C = 1); within the context,
+        // mean 5, Σe² = 34, SE² = 34/(3·4), as if unclustered, and marked.
+        let s = task_stat(&shared(&[1.0, 4.0, 6.0, 9.0]));
+        assert_eq!(s.clusters, 1);
+        assert!((s.se.unwrap() - (34.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        assert!(s.within_one_context);
+        assert_eq!(s.markdown_cell(), "+5.0 ± 3.3†");
+        // One pair in it: still no SE, no mark.
+        let one = task_stat(&shared(&[3.0]));
+        assert_eq!((one.se, one.within_one_context), (None, false));
+        // Two clusters: Miller's SE, unmarked. A mean over a marked part is marked.
+        let mut two = shared(&[1.0, 4.0]);
+        two.extend([6.0, 9.0].iter().map(|&d| Pair { d, agree: false, cluster: Some("other".into()) }));
+        let t = task_stat(&two);
+        assert!(!t.within_one_context);
+        let m = mean_stat(&[&s, &t]).unwrap();
+        assert!(m.within_one_context && !mean_stat(&[&t, &t]).unwrap().within_one_context);
+        // (5 ± 1.96·√(34/12) = 3.299 → "3.3"; a mean with a marked part keeps the mark.)
+        assert!(m.markdown_cell().contains('†'));
     }
 }

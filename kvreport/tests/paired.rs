@@ -309,7 +309,8 @@ fn reports_carry_the_paired_section_csv_and_html_table() {
             "ci95_half_width",
             "p_value",
             "holm_significant",
-            "agreement"
+            "agreement",
+            "se_within_one_context"
         ]
     );
     let lines: Vec<Vec<String>> = r.records().map(|x| x.unwrap().iter().map(String::from).collect()).collect();
@@ -318,14 +319,14 @@ fn reports_carry_the_paired_section_csv_and_html_table() {
     let find = |label: &str, ratio: &str, cat: &str| {
         lines.iter().find(|l| l[0] == "tiny" && l[2] == label && l[3] == ratio && l[4] == cat).unwrap_or_else(|| panic!("{label} {ratio} {cat}"))
     };
-    assert_eq!(find("snapkv", "2", "qa")[5..], ["8", "8", "-5.0000", "4.0008", "1.4306e-2", "false", "0.5000"]);
-    assert_eq!(find("snapkv", "2", "needle")[5..], ["4", "2", "-10.0000", "39.2000", "6.1708e-1", "false", "0.2500"]);
-    assert_eq!(find("snapkv", "2", "average")[5..], ["12", "10", "-7.5000", "19.7018", "4.5559e-1", "false", "0.4167"]);
-    assert_eq!(find("kivi-2bit", "", "qa")[5..], ["8", "8", "-10.0000", "0.0000", "0.0000e0", "true", "0.0000"]);
-    assert_eq!(find("snapkv", "8", "needle")[5..], ["0", "0", "", "", "", "false", ""]);
-    assert_eq!(find("snapkv", "8", "average")[5..], ["1", "1", "-30.0000", "", "", "false", "0.0000"]);
+    assert_eq!(find("snapkv", "2", "qa")[5..], ["8", "8", "-5.0000", "4.0008", "1.4306e-2", "false", "0.5000", "false"]);
+    assert_eq!(find("snapkv", "2", "needle")[5..], ["4", "2", "-10.0000", "39.2000", "6.1708e-1", "false", "0.2500", "false"]);
+    assert_eq!(find("snapkv", "2", "average")[5..], ["12", "10", "-7.5000", "19.7018", "4.5559e-1", "false", "0.4167", "false"]);
+    assert_eq!(find("kivi-2bit", "", "qa")[5..], ["8", "8", "-10.0000", "0.0000", "0.0000e0", "true", "0.0000", "false"]);
+    assert_eq!(find("snapkv", "8", "needle")[5..], ["0", "0", "", "", "", "false", "", "false"]);
+    assert_eq!(find("snapkv", "8", "average")[5..], ["1", "1", "-30.0000", "", "", "false", "0.0000", "false"]);
     assert_eq!(lines[0][..5], ["other", "snapkv", "snapkv", "2", "qa"]);
-    assert_eq!(lines[0][5..], ["0", "0", "", "", "", "false", ""]);
+    assert_eq!(lines[0][5..], ["0", "0", "", "", "", "false", "", "false"]);
 
     let html = fs::read_to_string(out.join("index.html")).unwrap();
     assert!(html.contains("<h2 id=\"paired\">Difference from the full cache (paired)</h2>") && html.contains("href=\"#paired\""));

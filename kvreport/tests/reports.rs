@@ -363,3 +363,33 @@ fn rows_timed_in_a_shared_run_are_marked_and_explained() {
     let (_d, lb) = fixture_leaderboard();
     assert!(!lb.to_markdown(EXPERIMENT).contains('‡'));
 }
+
+#[test]
+fn speed_and_memory_charts_plot_the_isolated_measurements_not_the_shared_timings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cells = cells();
+    for (_, recs) in cells.iter_mut() {
+        for r in recs.iter_mut() {
+            r.timing = Some(kvreport::record::TIMING_SHARED.to_string());
+            r.decode_tokens_per_s = 111.0;
+        }
+    }
+    write_run(dir.path(), &run_info("0/1"), &cells);
+    // Every cell measured alone: one sample at 777 input tokens decoding at 4321 tok/s.
+    for (info, recs) in &cells {
+        let mut m = recs[0].clone();
+        m.timing = None;
+        m.input_tokens = 777;
+        m.generated_tokens = 5;
+        m.decode_tokens_per_s = 4321.0;
+        let line = serde_json::to_string(&m).unwrap() + "\n";
+        fs::write(dir.path().join("cells").join(&info.id).join(kvreport::record::MEASURE_FILE), line).unwrap();
+    }
+    let out = dir.path().join("report");
+    write_reports(&[dir.path().to_path_buf()], &out, false).unwrap();
+    let html = fs::read_to_string(out.join("index.html")).unwrap();
+    let speed = &html[html.find("id=\"speed\"").unwrap()..];
+    assert!(speed.contains("one marker per sample run alone (kvbench run --measure)"), "the timed charts say where their points come from");
+    assert!(speed.contains("777 input tokens, 4321.00"), "the measured sample is plotted");
+    assert!(!speed.contains(", 111.00"), "no shared-run decode speed reaches the charts");
+}

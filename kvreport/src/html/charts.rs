@@ -197,6 +197,10 @@ pub(super) fn needle_groups(cells: &[Cell], lb: &Leaderboard) -> Vec<NeedleGroup
     out
 }
 
+/// Markers per series of the speed and memory charts before they are binned (a grid of
+/// hundreds of cells would otherwise put tens of thousands of markers in `index.html`).
+const MAX_POINTS_PER_SERIES: usize = 96;
+
 /// At most `max` points per series: beyond that, the points are averaged in equal-width x bins.
 fn thin(points: Vec<(f64, f64)>, max: usize) -> Vec<(f64, f64, usize)> {
     if points.len() <= max {
@@ -221,51 +225,75 @@ pub(super) fn speed_charts(cells: &[Cell], lb: &Leaderboard, palette: &Palette) 
     let mut out = Vec::new();
     for model in lb.models() {
         let rows: Vec<&LeaderboardRow> = lb.rows.iter().filter(|r| r.model == model).collect();
-        let records_of = |r: &LeaderboardRow| -> Vec<&SampleRecord> {
+        let cells_of = |r: &LeaderboardRow| -> Vec<&Cell> {
             let mut cs: Vec<&Cell> =
                 cells.iter().filter(|c| c.info.model == r.model && c.info.method_label == r.method_label && c.info.ratio == r.ratio).collect();
             cs.sort_by(|a, b| a.info.id.cmp(&b.info.id));
-            cs.into_iter().flat_map(|c| c.records.iter()).collect()
+            cs
         };
+        let records_of = |r: &LeaderboardRow| -> Vec<&SampleRecord> { cells_of(r).into_iter().flat_map(|c| c.records.iter()).collect() };
+        // Time and memory, as in the leaderboard: from the samples run alone (`--measure`) when
+        // every cell of the row has them, so a shared run's timings do not reach the charts.
+        let timed_of = |r: &LeaderboardRow| -> Vec<&SampleRecord> {
+            let cs = cells_of(r);
+            if !cs.is_empty() && cs.iter().all(|c| !c.measurements.is_empty()) {
+                cs.into_iter().flat_map(|c| c.measurements.iter()).collect()
+            } else {
+                cs.into_iter().flat_map(|c| c.records.iter()).collect()
+            }
+        };
+        let measured = rows.iter().any(|r| {
+            let cs = cells_of(r);
+            !cs.is_empty() && cs.iter().all(|c| !c.measurements.is_empty())
+        });
         let max_peak = rows.iter().filter_map(|r| r.peak_memory_bytes).max().unwrap_or(0) as f64;
         let max_kv = cells.iter().filter(|c| c.info.model == model).flat_map(|c| c.records.iter().map(|r| r.kv_bytes_held)).max().unwrap_or(0) as f64;
         let unit = |max: f64| if max >= 1024f64.powi(3) { ("GiB", 1024f64.powi(3)) } else { ("MiB", 1024f64.powi(2)) };
         let (peak_unit, peak_div) = unit(max_peak);
         let (kv_unit, kv_div) = unit(max_kv);
         type Get = fn(&SampleRecord) -> Option<f64>;
-        let specs: [(String, String, Get, f64); 3] = [
+        // (title, y label, value, divisor, is a time or memory figure)
+        let specs: [(String, String, Get, f64, bool); 3] = [
             (
                 format!("Decode speed vs. context — {model}"),
                 "decode tokens/s".to_string(),
                 (|r: &SampleRecord| (r.generated_tokens > 1).then_some(r.decode_tokens_per_s)) as Get,
                 1.0,
+                true,
             ),
             (
                 format!("Peak memory vs. context — {model}"),
                 format!("peak memory ({peak_unit})"),
                 (|r: &SampleRecord| Some(r.peak_memory_bytes as f64)) as Get,
                 peak_div,
+                true,
             ),
             (
                 format!("KV cache held vs. context — {model}"),
                 format!("KV cache held ({kv_unit})"),
                 (|r: &SampleRecord| Some(r.kv_bytes_held as f64)) as Get,
                 kv_div,
+                false,
             ),
         ];
         let mut charts = Vec::new();
-        for (title, ylabel, get, div) in specs {
+        for (title, ylabel, get, div, timed) in specs {
             let mut chart = XyChart::new(title, Axis::linear("input tokens (prompt length)"), Axis { zero: true, ..Axis::linear(ylabel) });
-            chart.subtitle = Some("one marker per sample (averaged in bins when dense)".into());
+            chart.subtitle = Some(if timed && measured {
+                "one marker per sample run alone (kvbench run --measure)".into()
+            } else {
+                format!("one marker per sample (averaged in {} bins when dense)", MAX_POINTS_PER_SERIES / 4)
+            });
             chart.width = 440.0;
             chart.height = 340.0;
             chart.legend_below = true;
             for r in &rows {
-                let pts: Vec<(f64, f64)> = records_of(r).iter().filter_map(|rec| get(rec).map(|y| (rec.input_tokens as f64, y / div))).collect();
+                let source = if timed { timed_of(r) } else { records_of(r) };
+                let pts: Vec<(f64, f64)> = source.iter().filter_map(|rec| get(rec).map(|y| (rec.input_tokens as f64, y / div))).collect();
                 let mut s = Series::new(r.display_name(), palette.color(r), palette.marker(r));
                 s.opacity = 0.8;
                 s.size = 4.0;
-                for (x, y, n) in thin(pts, 400) {
+                for (x, y, n) in thin(pts, MAX_POINTS_PER_SERIES) {
                     s.points.push(Point {
                         x,
                         y,
