@@ -531,6 +531,10 @@ fn run_alone(lm: &mut kvcore::loader::LoadedModel, ctx: &CellContext<'_>, p: &Pr
     let c = p.cell;
     let (cx, q, compression) = cell_prompt(lm, ctx, p, s, None)?;
     let gen_opts = ctx.generate_options(c, s)?;
+    // The peak is measured from the resident set at the start of the sample: hand back what the
+    // allocator keeps from earlier work first (a grid run before the measurements leaves
+    // gigabytes of freed heap resident, which would otherwise sit under every method's peak).
+    kvcore::memory::release_free_memory();
     kvcore::memory::reset_peak_rss();
     let g = if q.is_empty() {
         generate(lm, &cx, &gen_opts, p.factory.as_ref())?

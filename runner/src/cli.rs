@@ -150,7 +150,9 @@ pub struct RunArgs {
     /// After the grid, run each cell's first N samples alone, one cell after another (their own
     /// prefill and decoding, not interleaved), into cells/<id>/measure.jsonl: the report's time
     /// and memory columns then come from these, and say over how many samples. Ignored with
-    /// --isolated (every record is then measured alone).
+    /// --isolated (every record is then measured alone). Peak memory is the process's peak
+    /// resident set during the sample (weights included); for the cleanest figures measure in a
+    /// process of its own once the grid is done: `--resume --measure N` on the finished run.
     #[arg(long, value_name = "N")]
     pub measure: Option<usize>,
     /// Sequences decoded together in a shared run (default 16).
