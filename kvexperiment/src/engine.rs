@@ -198,7 +198,13 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 plugin_sha256: c.plugin_sha256.clone(),
             };
             let cell_json = serde_json::to_string_pretty(&cell_info)? + "\n";
-            if dir.join("done").exists() {
+            // A finished cell is skipped, unless `--measure N` asks for isolated samples it does
+            // not have yet (a finished run measured later, in a process of its own).
+            let measure_due = match (opts.measure, opts.isolated) {
+                (Some(n), false) => resume_records(&dir.join(kvreport::record::MEASURE_FILE))? < n.min(ss.len()),
+                _ => false,
+            };
+            if dir.join("done").exists() && !measure_due {
                 overall.inc(ss.len() as u64);
                 total_done += ss.len();
                 continue;

@@ -6,8 +6,10 @@ use kvreport::record::{PluginInfo, RunInfo};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-/// `git rev-parse HEAD` of the checkout the binary was built in (`+dirty` with uncommitted
-/// changes to tracked files), or "unknown".
+/// `git rev-parse HEAD` of the checkout the binary sits in (`+dirty` with uncommitted changes
+/// to tracked files), read when the run starts, or "unknown". This is the commit the binary was
+/// built from only while the checkout has not moved on since the build: a binary copied aside
+/// (to keep a long run on fixed code) records the checkout's later commits.
 pub fn git_commit() -> String {
     let exe = std::env::current_exe().ok();
     let root = exe.as_ref().and_then(|e| e.ancestors().find(|a| a.join(".git").exists()).map(Path::to_path_buf));

@@ -369,11 +369,44 @@ fn shared_and_isolated_runs_give_identical_records() {
             let first_two: Vec<&str> = alone.lines().take(2).collect();
             assert_eq!(measured.lines().collect::<Vec<_>>(), first_two, "{name}: {}: measure.jsonl", c.display());
         }
+        // A finished run measured later, in a process of its own (`--resume --measure N`): its
+        // done cells are measured, giving the same measure.jsonl, and nothing else is rerun.
+        if name == "context-only" {
+            let later = tmp.path().join("measured-later");
+            copy_dir(&shared, &later);
+            let cells: Vec<_> = std::fs::read_dir(later.join("cells")).unwrap().map(|c| c.unwrap().path()).collect();
+            let records_before: Vec<String> = cells.iter().map(|c| std::fs::read_to_string(c.join("records.jsonl")).unwrap()).collect();
+            for c in &cells {
+                assert!(c.join("done").exists());
+                std::fs::remove_file(c.join("measure.jsonl")).unwrap();
+            }
+            ok(&["run", e, "--out", later.to_str().unwrap(), "--zero-measurements", "--no-report", "--resume", "--measure", "2"]);
+            for (c, before) in cells.iter().zip(&records_before) {
+                let again = std::fs::read_to_string(c.join("measure.jsonl")).unwrap();
+                let first = std::fs::read_to_string(shared.join("cells").join(c.file_name().unwrap()).join("measure.jsonl")).unwrap();
+                assert_eq!(again, first, "{}: measured later in its own process", c.display());
+                assert_eq!(&std::fs::read_to_string(c.join("records.jsonl")).unwrap(), before, "{}: records untouched", c.display());
+            }
+        }
         ok(&["report", shared.to_str().unwrap(), "--out", shared.join("report").to_str().unwrap()]);
         let md = std::fs::read_to_string(shared.join("report/leaderboard.md")).unwrap();
         assert!(md.contains("are over 2 sample(s) per row run alone") && !md.contains('‡'), "{name}: leaderboard.md:\n{md}");
         let isolated_text: String =
             std::fs::read_dir(isolated.join("cells")).unwrap().map(|c| std::fs::read_to_string(c.unwrap().path().join("records.jsonl")).unwrap()).collect();
         assert!(!isolated_text.contains("\"timing\""), "{name}: isolated records carry no timing label");
+    }
+}
+
+/// Copies a directory tree (a run directory) file by file.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
     }
 }
