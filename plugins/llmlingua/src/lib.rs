@@ -69,18 +69,28 @@ pub struct LlmLingua2 {
     settings: Settings,
     model: String,
     device: DeviceSpec,
-    loaded: Mutex<Option<Lingua2>>,
+    /// The model, shared with every instance of the same model and device once loaded.
+    loaded: Mutex<Option<Arc<Mutex<Lingua2>>>>,
 }
 
 impl LlmLingua2 {
-    /// Runs `f` on the model, loading it on first use.
+    /// Runs `f` on the model, loading it on first use. Every instance with the same model and
+    /// device uses one loaded copy ([`kvcore::prompt::shared_model`]): a grid builds one instance
+    /// per cell and rate.
     pub fn with_model<T>(&self, f: impl FnOnce(&Lingua2) -> Result<T>) -> Result<T> {
-        let mut guard = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let dir = resolve_model(&self.model)?;
-            *guard = Some(load(&dir, self.device.resolve()?)?);
-        }
-        f(guard.as_ref().expect("loaded above"))
+        let shared = {
+            let mut held = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_none() {
+                let key = format!("llmlingua2 model={} device={}", self.model, self.device);
+                *held = Some(kvcore::prompt::shared_model(&key, || {
+                    let dir = resolve_model(&self.model)?;
+                    load(&dir, self.device.resolve()?)
+                })?);
+            }
+            Arc::clone(held.as_ref().expect("set above"))
+        };
+        let model = shared.lock().unwrap_or_else(|p| p.into_inner());
+        f(&model)
     }
 }
 

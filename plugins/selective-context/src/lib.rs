@@ -80,19 +80,30 @@ pub struct SelectiveContext {
     scorer: String,
     device: DeviceSpec,
     chunk: usize,
-    lm: Mutex<Option<LoadedModel>>,
+    /// The scorer, shared with every instance of the same scorer and device once loaded.
+    lm: Mutex<Option<Arc<Mutex<LoadedModel>>>>,
 }
 
 impl SelectiveContext {
+    /// Runs `f` on the scorer, loading it on first use. Every instance with the same scorer and
+    /// device uses one loaded copy ([`kvcore::prompt::shared_model`]): a grid builds one instance
+    /// per cell and rate.
     fn with_model<T>(&self, f: impl FnOnce(&mut LoadedModel) -> kvcore::Result<T>) -> kvcore::Result<T> {
-        let mut guard = self.lm.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let home = kvcore::sources::kvbench_home();
-            let files = kvcore::sources::resolve_or_fetch(&self.scorer, &home)?;
-            let settings = RuntimeSettings::resolve(self.device, None, None)?;
-            *guard = Some(kvcore::loader::load(&files, settings)?);
-        }
-        f(guard.as_mut().expect("scorer loaded above"))
+        let shared = {
+            let mut held = self.lm.lock().unwrap_or_else(|p| p.into_inner());
+            if held.is_none() {
+                let key = format!("selective-context scorer={} device={}", self.scorer, self.device);
+                *held = Some(kvcore::prompt::shared_model(&key, || {
+                    let home = kvcore::sources::kvbench_home();
+                    let files = kvcore::sources::resolve_or_fetch(&self.scorer, &home)?;
+                    let settings = RuntimeSettings::resolve(self.device, None, None)?;
+                    kvcore::loader::load(&files, settings)
+                })?);
+            }
+            Arc::clone(held.as_ref().expect("set above"))
+        };
+        let mut lm = shared.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut lm)
     }
 }
 
