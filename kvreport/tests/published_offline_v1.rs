@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// The run directories the published report is built from, in the order the README's
 /// `kvbench report` command names them. A run is listed once all its cells are finished and
 /// its report is published.
-const PUBLISHED_RUNS: &[&str] = &["runs/smollm2-135m"];
+const PUBLISHED_RUNS: &[&str] = &["runs/smollm2-135m", "runs/qwen2.5-0.5b"];
 
 fn offline_v1() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../reports/offline-v1")
