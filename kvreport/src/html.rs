@@ -77,8 +77,8 @@ pub struct Palette {
     markers: BTreeMap<(String, String, Option<u64>), Marker>,
 }
 
-const COLORS: [&str; 10] = ["#3366cc", "#e8743b", "#19a979", "#d64550", "#945ecf", "#13a4b4", "#b6992d", "#bf399e", "#6c8893", "#ed4a7b"];
-const FULL_COLOR: &str = "#1d2330";
+pub(crate) const COLORS: [&str; 10] = ["#3366cc", "#e8743b", "#19a979", "#d64550", "#945ecf", "#13a4b4", "#b6992d", "#bf399e", "#6c8893", "#ed4a7b"];
+pub(crate) const FULL_COLOR: &str = "#1d2330";
 
 impl Palette {
     pub fn new(rows: &[LeaderboardRow]) -> Palette {

@@ -70,7 +70,8 @@ fn experiment_name(loaded: &LoadedRuns) -> String {
 /// Reads the run directories (whole runs or shards) and writes into `out` (created if needed),
 /// each file atomically: leaderboard.csv, leaderboard.md (with the paired differences from the
 /// full cache after the leaderboard tables), paired.csv, tasks.csv, tasks.md, index.html,
-/// examples.md, examples.html, and paper_comparison.md when `compare_paper` is set. Identical
+/// examples.md, examples.html, and, when `compare_paper` is set, paper_comparison.md with one
+/// `paper_radar_<model-slug>.svg` per model it compares (the paper's Figure 1). Identical
 /// cells give byte-identical files, whether they come from one run, from shards, or from a merge.
 pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> Result<ReportSummary, ReportError> {
     write_reports_with_bench(run_dirs, out, compare_paper, &[])
@@ -117,7 +118,11 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     write("examples.md", &ex_md)?;
     write("examples.html", &ex_html)?;
     if compare_paper {
-        write("paper_comparison.md", &paper::compare_paper(&lb.rows))?;
+        let report = paper::paper_report(&lb.rows);
+        write("paper_comparison.md", &report.markdown)?;
+        for radar in &report.radars {
+            write(&radar.file_name, &radar.svg)?;
+        }
     }
     Ok(ReportSummary {
         leaderboard_markdown: markdown,

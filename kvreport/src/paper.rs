@@ -1,6 +1,11 @@
 //! Side-by-side comparison of a run with the numbers published for the paper ("KV Cache
 //! Compression, But What Must We Give in Return?", Yuan et al., EMNLP'24 Findings), so a
-//! reproduction can be judged against the original cell by cell.
+//! reproduction can be judged against the original cell by cell, and the paper's Figure 1 redrawn
+//! with the run's numbers: per model, a radar chart over the six LongBench categories with one
+//! solid polygon per method × budget the run shares with the paper (kvbench's per-category means)
+//! and a dashed one in the same colour (the published means), written by `kvbench report
+//! --compare paper` as `paper_radar_<model-slug>.svg` and embedded under the model's section of
+//! `paper_comparison.md` ([`radar_svg`], [`paper_report`]).
 //!
 //! The published numbers are transcribed in `data/paper_results.csv` (embedded) from
 //! `paper-protocol.md` §4: the per-category LongBench means the authors committed
@@ -45,6 +50,8 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 
 use crate::format::{budget_label, fixed, md_escape};
+use crate::html::{COLORS, FULL_COLOR};
+use crate::svg::{RadarChart, RadarSeries};
 // The paper's 15 averaged datasets, in the order its summary script adds them up.
 use crate::leaderboard::{markdown_table, LeaderboardRow};
 use kvtasks::longbench::prompts::AVERAGE_15 as DATASETS;
@@ -272,10 +279,116 @@ fn signed(v: f64) -> String {
     }
 }
 
-/// A Markdown report: per model, a table of the run's number, the paper's and the difference
-/// (kvbench − paper) for every (method, budget, category) both have.
+/// The `class` of a radar polygon drawn from the run's scores (solid line).
+pub const RADAR_RUN_CLASS: &str = "radar-kvbench";
+/// The `class` of a radar polygon drawn from the paper's published scores (dashed line).
+pub const RADAR_PAPER_CLASS: &str = "radar-paper";
+
+/// A model name as a file-name part: ASCII letters lower-cased, digits kept, every other run of
+/// characters one `-` (none at either end); `model` when nothing is left.
+pub fn model_slug(model: &str) -> String {
+    let mut s = String::new();
+    for c in model.chars() {
+        if c.is_ascii_alphanumeric() {
+            s.push(c.to_ascii_lowercase());
+        } else if !s.is_empty() && !s.ends_with('-') {
+            s.push('-');
+        }
+    }
+    let s = s.trim_end_matches('-');
+    if s.is_empty() {
+        "model".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// The paper's Figure 1 for one model of the run (`model` as in [`Comparison::model`]): a radar
+/// chart over the six LongBench categories (Single-Doc QA, Multi-Doc QA, Summarization,
+/// Few-shot, Synthetic, Code, clockwise from the top) with, per method × budget the run shares
+/// with the paper, kvbench's per-category means as a solid polygon and the paper's as a dashed one
+/// in the same colour. Only the categories both have a number for are drawn; a method with fewer
+/// than three is left out, and so is a category no method has. None when nothing is left.
+pub fn radar_svg(model: &str, comparisons: &[Comparison]) -> Option<String> {
+    // (row, budget, paper method) → (kvbench, paper) per category, in first-seen order
+    type Group<'a> = ((&'a str, &'a str, &'a str), BTreeMap<usize, (f64, f64)>);
+    let mut groups: Vec<Group> = Vec::new();
+    for c in comparisons.iter().filter(|c| c.model == model && c.kvbench.is_finite() && c.paper.is_finite()) {
+        let Some(axis) = CATEGORIES.iter().position(|(p, _, _)| *p == c.category) else { continue };
+        let key = (c.row.as_str(), c.budget.as_str(), c.paper_method.as_str());
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => {
+                v.insert(axis, (c.kvbench, c.paper));
+            }
+            None => groups.push((key, BTreeMap::from([(axis, (c.kvbench, c.paper))]))),
+        }
+    }
+    groups.retain(|(_, v)| v.len() >= 3);
+    if groups.is_empty() {
+        return None;
+    }
+    let mut axes: Vec<usize> = groups.iter().flat_map(|(_, v)| v.keys().copied()).collect();
+    axes.sort_unstable();
+    axes.dedup();
+    let mut series = Vec::new();
+    let mut next_color = 0;
+    for ((row, budget, method), v) in &groups {
+        let color = if *method == "Baseline" {
+            FULL_COLOR.to_string()
+        } else {
+            next_color += 1;
+            COLORS[(next_color - 1) % COLORS.len()].to_string()
+        };
+        let name = if *budget == budget_label(None) { row.to_string() } else { format!("{row} {budget}") };
+        let values = |pick: fn(&(f64, f64)) -> f64| -> Vec<Option<f64>> { axes.iter().map(|a| v.get(a).map(pick)).collect() };
+        series.push(RadarSeries {
+            name: format!("{name} (kvbench)"),
+            color: color.clone(),
+            dashed: false,
+            class: RADAR_RUN_CLASS.into(),
+            values: values(|p| p.0),
+        });
+        series.push(RadarSeries { name: format!("{method} (paper)"), color, dashed: true, class: RADAR_PAPER_CLASS.into(), values: values(|p| p.1) });
+    }
+    let chart = RadarChart {
+        title: format!("{model}: LongBench by category, kvbench vs the paper"),
+        subtitle: Some(format!("paper model {}; solid: kvbench, dashed: published (the paper's Figure 1)", paper_model(model).unwrap_or("?"))),
+        axes: axes.iter().map(|a| CATEGORIES[*a].0.to_string()).collect(),
+        series,
+    };
+    Some(chart.render())
+}
+
+/// One radar chart of a [`PaperReport`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Radar {
+    /// The run's model name (as in [`Comparison::model`]).
+    pub model: String,
+    /// `paper_radar_<slug>.svg`, the slug from [`model_slug`] (with `-2`, `-3`, ... when two
+    /// models' slugs coincide).
+    pub file_name: String,
+    pub svg: String,
+}
+
+/// What `kvbench report --compare paper` writes: `paper_comparison.md` and the radar charts it
+/// embeds, to be written next to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaperReport {
+    pub markdown: String,
+    pub radars: Vec<Radar>,
+}
+
+/// The Markdown of [`paper_report`] (its radar charts are referenced by file name, not written).
 pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
+    paper_report(rows).markdown
+}
+
+/// A Markdown report: per model, a table of the run's number, the paper's and the difference
+/// (kvbench − paper) for every (method, budget, category) both have, and a radar chart of the
+/// per-category means ([`radar_svg`]) embedded from its own SVG file.
+pub fn paper_report(rows: &[LeaderboardRow]) -> PaperReport {
     let mut o = String::from("# Comparison with the paper\n\n");
+    let mut radars: Vec<Radar> = Vec::new();
     o.push_str(
         "kvbench's scores next to those published for *KV Cache Compression, But What Must We Give in \
          Return?* (Yuan et al., EMNLP'24 Findings), as transcribed in `kvreport/data/paper_results.csv` from \
@@ -287,7 +400,7 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
         Ok(p) => p,
         Err(e) => {
             o.push_str(&format!("\nThe embedded paper results could not be read: {}\n", md_escape(&e.to_string())));
-            return o;
+            return PaperReport { markdown: o, radars };
         }
     };
     let comps = comparisons(rows, &paper);
@@ -298,7 +411,7 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
              with full, KIVI-2/4bit, FlexGen-4bit, H2O, StreamingLLM, InfLLM and LLMLingua-2 at 2/4/6/8x on the \
              LongBench categories.\n",
         );
-        return o;
+        return PaperReport { markdown: o, radars };
     }
     let mut models: Vec<&str> = Vec::new();
     for c in &comps {
@@ -316,6 +429,21 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
             these.len(),
             fixed(mean_abs, 2)
         ));
+        if let Some(svg) = radar_svg(model, &comps) {
+            let base = model_slug(model);
+            let mut slug = base.clone();
+            let mut n = 1;
+            while radars.iter().any(|r| r.file_name == format!("paper_radar_{slug}.svg")) {
+                n += 1;
+                slug = format!("{base}-{n}");
+            }
+            let file_name = format!("paper_radar_{slug}.svg");
+            o.push_str(&format!(
+                "![radar]({file_name})\n\nSolid lines are kvbench's per-category LongBench means for each method and budget, \
+                 dashed lines in the same colour the paper's published numbers for it (the paper's Figure 1).\n\n"
+            ));
+            radars.push(Radar { model: model.to_string(), file_name, svg });
+        }
         let header: Vec<String> = ["method", "budget", "paper method", "category", "kvbench", "paper", "Δ", "source"].iter().map(|s| s.to_string()).collect();
         let table: Vec<Vec<String>> = these
             .iter()
@@ -340,7 +468,7 @@ pub fn compare_paper(rows: &[LeaderboardRow]) -> String {
             o.push_str(&format!("\n‡ {}.\n", md_escape(why)));
         }
     }
-    o
+    PaperReport { markdown: o, radars }
 }
 
 #[cfg(test)]

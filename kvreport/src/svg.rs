@@ -1,5 +1,6 @@
 //! A small SVG chart helper for the HTML report (no plotting crate, no JavaScript): XY charts
-//! with linear or log axes, scatter markers and lines, legends and titles, and score heatmaps.
+//! with linear or log axes, scatter markers and lines, legends and titles, score heatmaps, and
+//! radar charts (the paper comparison's Figure 1).
 //! Coordinates are printed with fixed decimals so identical data gives identical SVG.
 
 use crate::format::{compact, fixed, html_escape};
@@ -621,6 +622,167 @@ impl Heatmap {
             o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\">{}</text>", f1(bx + 17.0), f1(top + frac * bh * steps as f64 + 4.0), v));
         }
         o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">score</text>", f1(bx + 8.0), f1(top - 6.0)));
+        o.push_str("</svg>");
+        o
+    }
+}
+
+/// Where a [`RadarChart`] puts its centre (x, y), in pixels from the top left of the SVG.
+pub const RADAR_CENTER: (f64, f64) = (300.0, 320.0);
+/// The radius, in pixels, of a [`RadarChart`]'s outermost ring (the top of its scale).
+pub const RADAR_RADIUS: f64 = 190.0;
+
+/// One closed polygon of a radar chart.
+#[derive(Clone, Debug)]
+pub struct RadarSeries {
+    pub name: String,
+    pub color: String,
+    pub dashed: bool,
+    /// The polygon's `class` attribute (e.g. to tell measured polygons from reference ones).
+    pub class: String,
+    /// One value per axis of the chart; None (or a value that is not finite): no vertex on that axis.
+    pub values: Vec<Option<f64>>,
+}
+
+/// A radar (spider) chart: axes spread clockwise from the top, one polygon per series over the
+/// axes it has a value for, concentric grid rings labelled with their values, a legend at the
+/// right. The scale runs from 0 at the centre to a round maximum over the values. Carries its
+/// own stylesheet, so it reads the same as a standalone `.svg` file as inside the HTML report.
+/// Vertices are printed with two decimals.
+#[derive(Clone, Debug)]
+pub struct RadarChart {
+    pub title: String,
+    pub subtitle: Option<String>,
+    pub axes: Vec<String>,
+    pub series: Vec<RadarSeries>,
+}
+
+/// The top of a radar scale over `values` and its ring step: a "nice" step (1, 2, 2.5 or 5 × 10^k)
+/// giving about five rings, and the smallest multiple of it at or above the largest value.
+pub fn radar_scale(values: &[f64]) -> (f64, f64) {
+    let hi = values.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let hi = if hi > 0.0 { hi } else { 100.0 };
+    let step = nice_step(hi, 5.0);
+    ((hi / step - 1e-9).ceil().max(1.0) * step, step)
+}
+
+const RADAR_STYLE: &str = "<style>.c-title{font:650 15px sans-serif;fill:#1d2330}.c-sub{font:12px sans-serif;fill:#6b7280}\
+.c-tick{font:11px sans-serif;fill:#4a5162}.c-label{font:12.5px sans-serif;fill:#2d3446}.c-legend{font:12px sans-serif;fill:#2d3446}\
+.c-grid{stroke:#dfe2e8;stroke-width:1;fill:none}.c-axis{stroke:#8a91a0;stroke-width:1;fill:none}</style>";
+
+fn f2(v: f64) -> String {
+    fixed(v, 2)
+}
+
+impl RadarChart {
+    /// The point of `value` on axis `i` of the chart's `n` axes, on a 0–`max` scale.
+    fn point(i: usize, n: usize, value: f64, max: f64) -> (f64, f64) {
+        let angle = -std::f64::consts::FRAC_PI_2 + std::f64::consts::TAU * i as f64 / n.max(1) as f64;
+        let r = RADAR_RADIUS * (value / max).max(0.0);
+        (RADAR_CENTER.0 + r * angle.cos(), RADAR_CENTER.1 + r * angle.sin())
+    }
+
+    /// The chart as an `<svg>` element; series with fewer than three values are left out.
+    pub fn render(&self) -> String {
+        let n = self.axes.len();
+        let (cx, cy) = RADAR_CENTER;
+        let vertices = |s: &RadarSeries| -> Vec<(usize, f64)> {
+            s.values.iter().take(n).enumerate().filter_map(|(i, v)| v.filter(|v| v.is_finite()).map(|v| (i, v))).collect()
+        };
+        let drawn: Vec<(&RadarSeries, Vec<(usize, f64)>)> = self.series.iter().map(|s| (s, vertices(s))).filter(|(_, v)| v.len() >= 3).collect();
+        let all: Vec<f64> = drawn.iter().flat_map(|(_, v)| v.iter().map(|(_, x)| *x)).collect();
+        let (max, step) = radar_scale(&all);
+        let width = cx + RADAR_RADIUS + 120.0 + LEGEND_W + 60.0;
+        let top = 60.0;
+        let height = (cy + RADAR_RADIUS + 50.0).max(top + 18.0 * drawn.len() as f64 + 24.0);
+
+        let mut o = String::new();
+        o.push_str(&format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart radar\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{t}\">",
+            w = f1(width),
+            h = f1(height),
+            t = html_escape(&self.title)
+        ));
+        o.push_str(RADAR_STYLE);
+        o.push_str(&format!("<title>{}</title>", html_escape(&self.title)));
+        o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(width), f1(height)));
+        o.push_str(&format!("<text class=\"c-title\" x=\"16\" y=\"22\">{}</text>", html_escape(&self.title)));
+        if let Some(sub) = &self.subtitle {
+            o.push_str(&format!("<text class=\"c-sub\" x=\"16\" y=\"40\">{}</text>", html_escape(sub)));
+        }
+        // grid rings, labelled along the first (upward) axis
+        let rings = (max / step).round() as usize;
+        for k in 1..=rings {
+            let v = step * k as f64;
+            let r = RADAR_RADIUS * v / max;
+            o.push_str(&format!("<circle class=\"c-grid\" cx=\"{}\" cy=\"{}\" r=\"{}\"/>", f2(cx), f2(cy), f2(r)));
+            o.push_str(&format!("<text class=\"c-tick\" x=\"{}\" y=\"{}\">{}</text>", f1(cx + 4.0), f1(cy - r - 3.0), html_escape(&compact(v))));
+        }
+        // spokes and axis names
+        for (i, name) in self.axes.iter().enumerate() {
+            let (x, y) = Self::point(i, n, max, max);
+            o.push_str(&format!("<line class=\"c-axis\" x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\"/>", f2(cx), f2(cy), f2(x), f2(y)));
+            let (lx, ly) = Self::point(i, n, max * (RADAR_RADIUS + 16.0) / RADAR_RADIUS, max);
+            let anchor = if lx > cx + 1.0 {
+                "start"
+            } else if lx < cx - 1.0 {
+                "end"
+            } else {
+                "middle"
+            };
+            let dy = if ly > cy + 1.0 {
+                12.0
+            } else if ly < cy - 1.0 {
+                -2.0
+            } else {
+                4.0
+            };
+            o.push_str(&format!("<text class=\"c-label\" x=\"{}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>", f1(lx), f1(ly + dy), html_escape(name)));
+        }
+        // polygons, then their vertices
+        for (s, vs) in &drawn {
+            let points: Vec<String> = vs.iter().map(|(i, v)| Self::point(*i, n, *v, max)).map(|(x, y)| format!("{},{}", f2(x), f2(y))).collect();
+            o.push_str(&format!(
+                "<polygon class=\"{}\" points=\"{}\" {} stroke=\"{c}\" stroke-width=\"2\"{} stroke-linejoin=\"round\"><title>{}</title></polygon>",
+                html_escape(&s.class),
+                points.join(" "),
+                // a light fill under measured polygons only, so reference outlines stay readable
+                if s.dashed { "fill=\"none\"".to_string() } else { format!("fill=\"{}\" fill-opacity=\"0.05\"", html_escape(&s.color)) },
+                if s.dashed { " stroke-dasharray=\"6 4\"" } else { "" },
+                html_escape(&s.name),
+                c = html_escape(&s.color),
+            ));
+            for (i, v) in vs {
+                let (x, y) = Self::point(*i, n, *v, max);
+                let tip = format!("{} — {}: {}", s.name, self.axes[*i], fixed(*v, 2));
+                let dot = if s.dashed {
+                    format!("<circle cx=\"{}\" cy=\"{}\" r=\"2.5\" fill=\"#fff\" stroke=\"{}\" stroke-width=\"1.5\"/>", f2(x), f2(y), html_escape(&s.color))
+                } else {
+                    marker_svg(Marker::Circle, x, y, 3.2, &html_escape(&s.color), 1.0)
+                };
+                o.push_str(&format!("<g><title>{}</title>{dot}</g>", html_escape(&tip)));
+            }
+        }
+        // legend
+        let lx = cx + RADAR_RADIUS + 120.0;
+        for (k, (s, _)) in drawn.iter().enumerate() {
+            let ly = top + 4.0 + 18.0 * k as f64;
+            o.push_str(&format!(
+                "<g><title>{}</title><line x1=\"{}\" y1=\"{y}\" x2=\"{}\" y2=\"{y}\" stroke=\"{}\" stroke-width=\"2\"{}/><text class=\"c-legend\" x=\"{}\" y=\"{}\">{}</text></g>",
+                html_escape(&s.name),
+                f1(lx),
+                f1(lx + 22.0),
+                html_escape(&s.color),
+                if s.dashed { " stroke-dasharray=\"6 4\"" } else { "" },
+                f1(lx + 30.0),
+                f1(ly + 4.0),
+                html_escape(&truncate_chars(&s.name, 30)),
+                y = f1(ly)
+            ));
+        }
+        if drawn.is_empty() {
+            o.push_str(&format!("<text class=\"c-sub\" x=\"{}\" y=\"{}\" text-anchor=\"middle\">no data</text>", f1(cx), f1(cy)));
+        }
         o.push_str("</svg>");
         o
     }
