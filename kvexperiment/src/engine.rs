@@ -84,6 +84,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
     if let Some(prev) = std::fs::read(out.join("run.json")).ok().and_then(|b| serde_json::from_slice::<kvreport::record::RunInfo>(&b).ok()) {
         let commit = info.git_commit.clone();
         info.add_commits(&prev.commits(), &commit);
+        info.add_cpus(&prev.cpus);
     }
 
     let mp = indicatif::MultiProgress::new();

@@ -32,6 +32,38 @@ pub fn git_commit() -> String {
     }
 }
 
+/// This machine's CPU as run.json records it: the model name (`/proc/cpuinfo` on Linux) and the
+/// widest vector instruction set libtorch's kernels can use here (`avx512f`, `avx2`, or none
+/// named), e.g. `Intel(R) Xeon(R) Processor (avx512f)`.
+pub fn cpu_description() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines()
+            .find(|l| l.starts_with("model name") || l.starts_with("Model") || l.starts_with("CPU part"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    });
+    let model = model.unwrap_or_else(|| format!("{} CPU", std::env::consts::ARCH));
+    match widest_vector_isa() {
+        Some(isa) => format!("{model} ({isa})"),
+        None => model,
+    }
+}
+
+/// `avx512f` or `avx2` when the CPU has it (x86-64), else `None`.
+fn widest_vector_isa() -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return Some("avx512f");
+        }
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return Some("avx2");
+        }
+    }
+    None
+}
+
 /// sha256 of a file, or of a directory's sorted (name, file hash) list.
 pub fn sha256_path(p: &Path) -> String {
     if p.is_file() {
@@ -64,6 +96,7 @@ pub fn run_info(exp: &kvconfig::Experiment, reg: &Registry, shard: Option<&str>)
         git_commits: Vec::new(),
         libtorch_version: kvcore::plugin_ffi::Handshake::host().libtorch_version,
         device: String::new(),
+        cpus: vec![cpu_description()],
         threads: 0,
         shard: shard.unwrap_or("0/1").to_string(),
         model_hashes: BTreeMap::new(),

@@ -181,7 +181,7 @@ fn header<'a>(runs: &[RunInfo], kicker: &'a str, nav: &[(&'a str, &'a str)]) -> 
         data.extend(r.data_hashes.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
     let plain = |name, value| ProvField { name, value, tip: String::new() };
-    let fields = vec![
+    let mut fields = vec![
         plain("commit", distinct(runs, |r| r.commits().join(" + "))),
         plain("device", distinct(runs, |r| r.device.clone())),
         plain("threads", distinct(runs, |r| r.threads.to_string())),
@@ -191,6 +191,10 @@ fn header<'a>(runs: &[RunInfo], kicker: &'a str, nav: &[(&'a str, &'a str)]) -> 
         hashes_field("models", &models),
         hashes_field("data", &data),
     ];
+    // The CPUs that wrote the records, when run.json recorded them (runs before that show none).
+    if runs.iter().any(|r| !r.cpus.is_empty()) {
+        fields.insert(2, plain("cpu", distinct(runs, |r| r.cpus.join(" + "))));
+    }
     Header { kicker, title: distinct(runs, |r| r.experiment.clone()), fields, nav: nav.iter().map(|&(href, text)| NavLink { href, text }).collect() }
 }
 
@@ -561,6 +565,7 @@ mod tests {
             git_commits: Vec::new(),
             libtorch_version: "2.13.0".into(),
             device: evil.into(),
+            cpus: vec![evil.into()],
             threads: 2,
             shard: "0/1".into(),
             model_hashes: BTreeMap::from([(evil.to_string(), evil.to_string())]),
@@ -586,6 +591,10 @@ mod tests {
         assert!(header.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;&amp;&quot;&#x27;"), "{header}");
         assert!(header.contains("<a href=\"a.html?x=1&amp;y=2\">&lt;b&gt;link&lt;&#x2f;b&gt;</a>"), "{header}");
         assert!(header.starts_with("<header class=\"top\">") && header.ends_with("</div></header>"), "{header}");
+        // The CPU is shown when recorded (escaped like every other field), and not for older runs.
+        assert!(header.contains("<dt>cpu</dt><dd>&lt;script&gt;alert(1)"), "{header}");
+        let older = RunInfo { cpus: Vec::new(), ..hostile_run() };
+        assert!(!report_header(&[older], "k", &[]).contains("<dt>cpu</dt>"));
 
         // No cells: every section still renders, with its empty-state note.
         let html = index_html_with(&runs, &[], &Leaderboard::build(&[]), "<section id=\"extra\"></section>");

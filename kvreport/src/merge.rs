@@ -115,6 +115,12 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
         },
         libtorch_version: combine(runs, |i| &i.libtorch_version),
         device: combine(runs, |i| &i.device),
+        cpus: {
+            let mut all: Vec<String> = runs.iter().flat_map(|r| r.info.cpus.iter().cloned()).collect();
+            all.sort();
+            all.dedup();
+            all
+        },
         threads: runs.iter().map(|r| r.info.threads).max().unwrap_or(0),
         shard: format!("merged:{}", runs.len()),
         model_hashes: merge_maps(runs, "model_hashes", |i| &i.model_hashes)?,

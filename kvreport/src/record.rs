@@ -35,6 +35,12 @@ pub struct RunInfo {
     pub libtorch_version: String,
     /// e.g. "cpu (2 threads)", "cuda:0".
     pub device: String,
+    /// The CPU of every sitting that wrote to this run, first-seen order, each once: model name
+    /// and widest vector instruction set, e.g. `Intel(R) Xeon(R) Processor (avx512f)`. libtorch's
+    /// CPU kernels (MKL) are chosen by CPU, so the last bits of a result can depend on it; a
+    /// merged run lists the union, sorted. Absent in runs written before it was recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<String>,
     pub threads: usize,
     /// `i/N` when sharded, else "0/1".
     pub shard: String,
@@ -69,6 +75,17 @@ impl RunInfo {
             }
         }
         self.git_commits = all;
+    }
+
+    /// Puts the CPUs of earlier sittings (`earlier`) before this sitting's, each listed once.
+    pub fn add_cpus(&mut self, earlier: &[String]) {
+        let mut all: Vec<String> = Vec::new();
+        for c in earlier.iter().chain(self.cpus.iter()) {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+        self.cpus = all;
     }
 }
 
@@ -221,5 +238,28 @@ mod tests {
         // Written only when present, so older readers and fixtures see the same file.
         assert!(!serde_json::to_string(&old).unwrap().contains("git_commits"));
         assert!(serde_json::to_string(&now).unwrap().contains(r#""git_commits":["aaa","bbb","ccc"]"#));
+    }
+
+    #[test]
+    fn cpus_of_a_run_resumed_on_other_machines_are_listed_once_each() {
+        let old = info("aaa", &[]);
+        assert!(old.cpus.is_empty(), "a run.json without the key reads as no CPU recorded");
+        assert!(!serde_json::to_string(&old).unwrap().contains("cpus"));
+        let mut first = info("aaa", &[]);
+        first.cpus = vec!["AMD EPYC (avx2)".into()];
+        first.add_cpus(&old.cpus);
+        assert_eq!(first.cpus, ["AMD EPYC (avx2)"]);
+        let mut second = info("bbb", &[]);
+        second.cpus = vec!["Intel Xeon (avx512f)".into()];
+        second.add_cpus(&first.cpus);
+        assert_eq!(second.cpus, ["AMD EPYC (avx2)", "Intel Xeon (avx512f)"]);
+        // Back on the first machine: nothing new.
+        let mut third = info("bbb", &[]);
+        third.cpus = vec!["AMD EPYC (avx2)".into()];
+        third.add_cpus(&second.cpus);
+        assert_eq!(third.cpus, ["AMD EPYC (avx2)", "Intel Xeon (avx512f)"]);
+        let json = serde_json::to_string(&third).unwrap();
+        assert!(json.contains(r#""cpus":["AMD EPYC (avx2)","Intel Xeon (avx512f)"]"#), "{json}");
+        assert_eq!(serde_json::from_str::<RunInfo>(&json).unwrap(), third);
     }
 }

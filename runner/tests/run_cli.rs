@@ -52,8 +52,29 @@ fn run_shards_merge_and_resume_give_identical_reports() {
         assert!(first.get(key).is_some(), "record lacks `{key}`: {first}");
     }
     let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("run.json")).unwrap()).unwrap();
-    for key in ["git_commit", "kvbench_version", "config_hash", "model_hashes", "libtorch_version", "device", "threads"] {
+    for key in ["git_commit", "kvbench_version", "config_hash", "model_hashes", "libtorch_version", "device", "cpus", "threads"] {
         assert!(run_json.get(key).is_some(), "run.json lacks `{key}`");
+    }
+    // The sitting's CPU: model name and widest vector ISA (libtorch's kernels depend on it).
+    let cpus = run_json["cpus"].as_array().expect("cpus is a list");
+    assert_eq!(cpus.len(), 1, "one sitting, one CPU: {cpus:?}");
+    let cpu = cpus[0].as_str().unwrap();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = if std::arch::is_x86_feature_detected!("avx512f") {
+            " (avx512f)"
+        } else if std::arch::is_x86_feature_detected!("avx2") {
+            " (avx2)"
+        } else {
+            ""
+        };
+        assert!(cpu.ends_with(isa) && cpu.len() > isa.len(), "{cpu} should be a model name ending with{isa}");
+    }
+    #[cfg(target_os = "linux")]
+    if let Some(name) =
+        std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default().lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':'))
+    {
+        assert!(cpu.starts_with(name.1.trim()), "{cpu} should start with /proc/cpuinfo's {}", name.1.trim());
     }
     let reference = report_bytes(&single.join("report"));
 
