@@ -95,7 +95,14 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
         // Mean configured length per sample (passkey lengths are words: about 1.3 tokens each).
         let mean = per / t.lengths.len().max(1);
         let m = per_model.entry(c.model.as_str()).or_default();
+        // A LongBench record is as long as its document (cut at the model's limit): the
+        // configured lengths say nothing about it, so its cells count samples but no tokens.
+        let lengths_unknown = t.task.starts_with("longbench");
         match n {
+            Some(n) if lengths_unknown => {
+                m.0 += n;
+                m.2 += 1;
+            }
             Some(n) => {
                 let tokens = n * if t.task == "passkey" { mean * 13 / 10 } else { mean };
                 m.0 += n;
@@ -128,7 +135,7 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
     let unknown: usize = per_model.values().map(|(_, _, u)| u).sum();
     out += &format!("estimated input: ~{tokens} tokens in all (an estimate from the configured lengths and sample counts)");
     if unknown > 0 {
-        out += &format!(", not counting {unknown} cell(s) whose sample count only the data can tell");
+        out += &format!(", not counting {unknown} cell(s) whose sample count or prompt lengths only the data can tell (LongBench documents)");
     }
     let shared_cells: usize = sharing.values().map(|g| g.2).sum();
     if shared_cells > 1 {

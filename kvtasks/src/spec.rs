@@ -130,8 +130,9 @@ impl TaskSpec {
         Ok(samples)
     }
 
-    /// How many samples [`TaskSpec::build`] makes, by the same rules, or `None` when only the
-    /// data can tell (a LongBench subset has as many records as its file).
+    /// How many samples [`TaskSpec::build`] makes, by the same rules, or `None` when it cannot be
+    /// told without the data (a LongBench subset has as many records as its file: counted when
+    /// fetched, else LongBench's published count for the paper's 16 datasets).
     pub fn sample_count(&self) -> Option<usize> {
         let name = self.task.as_str();
         let n = if name == "passkey" {
@@ -140,6 +141,9 @@ impl TaskSpec {
             self.depths * self.lengths_or(&[1024, 2048]).len()
         } else if name.starts_with("ruler/") || name.starts_with("retrieval/") || name.starts_with("count/") || name == "code" {
             self.samples * self.lengths_or(&[2048]).len()
+        } else if let Some(sub) = name.strip_prefix("longbench/").or_else(|| name.strip_prefix("longbench_e/")) {
+            // Every record of the subset's file (the published count when it is not fetched).
+            crate::longbench::dataset::record_count(&default_data_dir(), sub, name.starts_with("longbench_e/"))?
         } else {
             return None;
         };

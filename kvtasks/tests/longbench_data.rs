@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 
-use kvtasks::longbench::dataset::{data_zip_url, subset_path, DATA_ZIP_PATH, HF_ENDPOINT_ENV, LISTING_PATH};
+use kvtasks::longbench::dataset::{data_zip_url, published_record_count, record_count, subset_path, DATA_ZIP_PATH, HF_ENDPOINT_ENV, LISTING_PATH};
 use kvtasks::longbench::{fetch_longbench, fetch_longbench_from, load_subset, DataError};
 
 fn fixture_dir() -> PathBuf {
@@ -95,6 +95,24 @@ fn loads_official_format_records() {
     let e = load_subset(&fixture_dir(), "qasper", true).expect("qasper_e fixture");
     assert_eq!(e[0].length, 3500);
     assert!(e[0].all_classes.is_none());
+}
+
+#[test]
+fn record_counts_come_from_the_files_else_from_longbenchs_published_table() {
+    // Fetched: the file's records (the trec fixture has 2, qasper_e 1), not the published 200.
+    assert_eq!(record_count(&fixture_dir(), "trec", false), Some(2));
+    assert_eq!(record_count(&fixture_dir(), "qasper", true), Some(load_subset(&fixture_dir(), "qasper", true).unwrap().len()));
+    // Not fetched: LongBench's README counts for the paper's datasets; none for LongBench-E.
+    let empty = tempfile::tempdir().unwrap();
+    assert_eq!(record_count(empty.path(), "trec", false), Some(200));
+    assert_eq!(record_count(empty.path(), "multifieldqa_en", false), Some(150));
+    assert_eq!(record_count(empty.path(), "repobench-p", false), Some(500));
+    assert_eq!(record_count(empty.path(), "qasper", true), None);
+    // A Chinese subset is not in the paper's table; an unknown name is no subset.
+    assert_eq!(published_record_count("dureader"), None);
+    assert_eq!(record_count(empty.path(), "no-such-subset", false), None);
+    let paper_total: usize = kvtasks::longbench::PAPER_DATASETS.iter().map(|d| published_record_count(d).expect(d)).sum();
+    assert_eq!(paper_total, 13 * 200 + 150 + 2 * 500, "every paper dataset has a published count");
 }
 
 #[test]

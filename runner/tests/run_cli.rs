@@ -192,6 +192,22 @@ fn the_offline_v1_grid_covers_every_method_and_ratio() {
 }
 
 #[test]
+fn dry_run_of_a_paper_longbench_grid_shows_each_subsets_record_count() {
+    // Counted from the fetched files, or LongBench's published counts where the data is not
+    // fetched (this machine cannot reach the hub): the same numbers either way.
+    let grid = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("configs/experiments/paper/longbench-llama-3-8b-instruct.toml");
+    let dry = ok(&["run", grid.to_str().unwrap(), "--dry-run"]);
+    for (subset, n) in [("narrativeqa", 200), ("multifieldqa_en", 150), ("passage_count", 200), ("lcc", 500), ("repobench-p", 500)] {
+        let lines: Vec<&str> = dry.lines().filter(|l| l.contains(" full ") && l.contains(&format!("longbench-{subset} "))).collect();
+        assert_eq!(lines.len(), 1, "{subset}: one full-cache cell\n{dry}");
+        assert!(lines[0].ends_with(&format!(" ~{n} samples")), "{subset}: {n} records expected: {}", lines[0]);
+    }
+    assert!(!dry.contains("? samples"), "every LongBench cell has a count:\n{dry}");
+    // Their prompt lengths depend on the documents: no token estimate is made up for them.
+    assert!(dry.contains("whose sample count or prompt lengths only the data can tell"), "{dry}");
+}
+
+#[test]
 fn dry_run_sums_samples_and_tokens_per_model() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = config_tree(tmp.path(), &["full"]);

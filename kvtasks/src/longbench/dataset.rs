@@ -72,6 +72,42 @@ pub fn subset_path(dir: &Path, name: &str, longbench_e: bool) -> Result<PathBuf,
     Ok(dir.join(if longbench_e { format!("{name}_e.jsonl") } else { format!("{name}.jsonl") }))
 }
 
+/// How many records a subset has: the non-empty lines of its file when it is fetched into `dir`
+/// (what a run will read), else, for the 16 English datasets of the paper's LongBench v1 table,
+/// the count LongBench's README publishes ([`published_record_count`]), else `None` (LongBench-E
+/// without its files, or an unknown name).
+pub fn record_count(dir: &Path, name: &str, longbench_e: bool) -> Option<usize> {
+    let path = subset_path(dir, name, longbench_e).ok()?;
+    match File::open(&path) {
+        Ok(f) => Some(BufReader::new(f).lines().map_while(Result::ok).filter(|l| !l.trim().is_empty()).count()),
+        Err(_) if !longbench_e => published_record_count(name),
+        Err(_) => None,
+    }
+}
+
+/// The number of records LongBench v1's README lists for each of the 16 English datasets the
+/// paper uses (200 each, but multifieldqa_en 150 and lcc, repobench-p 500; paper-protocol.md §3).
+pub fn published_record_count(name: &str) -> Option<usize> {
+    match name {
+        "multifieldqa_en" => Some(150),
+        "lcc" | "repobench-p" => Some(500),
+        "narrativeqa"
+        | "qasper"
+        | "hotpotqa"
+        | "2wikimqa"
+        | "musique"
+        | "gov_report"
+        | "qmsum"
+        | "multi_news"
+        | "trec"
+        | "triviaqa"
+        | "samsum"
+        | "passage_retrieval_en"
+        | "passage_count" => Some(200),
+        _ => None,
+    }
+}
+
 /// All records of one subset, in file order.
 pub fn load_subset(dir: &Path, name: &str, longbench_e: bool) -> Result<Vec<LongBenchRecord>, DataError> {
     let path = subset_path(dir, name, longbench_e)?;
