@@ -88,10 +88,12 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
     // Input tokens of the cells that share prefills, and the most any one of them prefills per
     // (model, task): a shared run prefills each of those prompts once.
     let mut sharing: BTreeMap<(&str, &str), (usize, usize, usize)> = BTreeMap::new();
+    // A task's sample count, once per task: a LongBench count reads the subset's file.
+    let mut samples_of: BTreeMap<&str, Option<usize>> = BTreeMap::new();
     for c in cells {
         let t = &c.task_config;
         let per = if t.lengths.is_empty() { 2048 } else { t.lengths.iter().sum::<usize>() };
-        let n = cell_samples(c);
+        let n = *samples_of.entry(c.task.as_str()).or_insert_with(|| cell_samples(c));
         // Mean configured length per sample (passkey lengths are words: about 1.3 tokens each).
         let mean = per / t.lengths.len().max(1);
         let m = per_model.entry(c.model.as_str()).or_default();

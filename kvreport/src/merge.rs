@@ -89,6 +89,14 @@ fn merge_maps(runs: &[LoadedRun], field: &'static str, get: impl Fn(&RunInfo) ->
     Ok(out.into_iter().map(|(k, (v, _))| (k, v)).collect())
 }
 
+/// Every distinct string of `items`, sorted.
+fn sorted_union(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut all: Vec<String> = items.collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
 /// The provenance of the merged run: experiment and config hash must agree across shards,
 /// model and data hashes are united (a name with two hashes is an error), `shard` is
 /// `merged:<N>`, the other fields are combined with [`combine`] (`threads`: the largest).
@@ -106,21 +114,11 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
         config_hash: first.info.config_hash.clone(),
         kvbench_version: combine(runs, |i| &i.kvbench_version),
         git_commit: combine(runs, |i| &i.git_commit),
-        git_commits: {
-            // Sorted, so that the order of the shards given does not change the merged file.
-            let mut all: Vec<String> = runs.iter().flat_map(|r| r.info.commits()).collect();
-            all.sort();
-            all.dedup();
-            all
-        },
+        // Sorted, so that the order of the shards given does not change the merged file.
+        git_commits: sorted_union(runs.iter().flat_map(|r| r.info.commits())),
         libtorch_version: combine(runs, |i| &i.libtorch_version),
         device: combine(runs, |i| &i.device),
-        cpus: {
-            let mut all: Vec<String> = runs.iter().flat_map(|r| r.info.cpus.iter().cloned()).collect();
-            all.sort();
-            all.dedup();
-            all
-        },
+        cpus: sorted_union(runs.iter().flat_map(|r| r.info.cpus.iter().cloned())),
         threads: runs.iter().map(|r| r.info.threads).max().unwrap_or(0),
         shard: format!("merged:{}", runs.len()),
         model_hashes: merge_maps(runs, "model_hashes", |i| &i.model_hashes)?,

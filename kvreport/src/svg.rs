@@ -203,6 +203,26 @@ fn f1(v: f64) -> String {
     fixed(v, 1)
 }
 
+/// The opening every chart shares: the `<svg>` element of class `class`, the chart's own
+/// stylesheet (`style`, may be empty), its `<title>`, a white background, and the title and
+/// subtitle texts at `x` (as written in the attribute).
+fn chart_open(class: &str, width: f64, height: f64, style: &str, title: &str, subtitle: Option<&str>, x: &str) -> String {
+    let mut o = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"{class}\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{t}\">",
+        w = f1(width),
+        h = f1(height),
+        t = html_escape(title)
+    );
+    o.push_str(style);
+    o.push_str(&format!("<title>{}</title>", html_escape(title)));
+    o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(width), f1(height)));
+    o.push_str(&format!("<text class=\"c-title\" x=\"{x}\" y=\"22\">{}</text>", html_escape(title)));
+    if let Some(sub) = subtitle {
+        o.push_str(&format!("<text class=\"c-sub\" x=\"{x}\" y=\"40\">{}</text>", html_escape(sub)));
+    }
+    o
+}
+
 /// The SVG of one marker centred on (x, y).
 pub fn marker_svg(m: Marker, x: f64, y: f64, r: f64, color: &str, opacity: f64) -> String {
     let op = if opacity < 1.0 { format!(" fill-opacity=\"{}\"", fixed(opacity, 2)) } else { String::new() };
@@ -326,19 +346,7 @@ impl XyChart {
         let sx = if self.x.log { log_scale(&xs, px0, px1) } else { linear_scale(&xs, self.x.zero, self.x.limit, px0, px1) };
         let sy = if self.y.log { log_scale(&ys, py0, py1) } else { linear_scale(&ys, self.y.zero, self.y.limit, py0, py1) };
 
-        let mut o = String::new();
-        o.push_str(&format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{t}\">",
-            w = f1(self.width),
-            h = f1(height),
-            t = html_escape(&self.title)
-        ));
-        o.push_str(&format!("<title>{}</title>", html_escape(&self.title)));
-        o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(self.width), f1(height)));
-        o.push_str(&format!("<text class=\"c-title\" x=\"{}\" y=\"22\">{}</text>", f1(left - 50.0), html_escape(&self.title)));
-        if let Some(sub) = &self.subtitle {
-            o.push_str(&format!("<text class=\"c-sub\" x=\"{}\" y=\"40\">{}</text>", f1(left - 50.0), html_escape(sub)));
-        }
+        let mut o = chart_open("chart", self.width, height, "", &self.title, self.subtitle.as_deref(), &f1(left - 50.0));
         // grid and ticks
         for &t in &sx.ticks {
             let x = sx.map(t);
@@ -527,19 +535,7 @@ impl Heatmap {
         let plot_h = ch * ny;
         let width = left + plot_w + 64.0;
         let height = top + plot_h + x_tick_h + 30.0;
-        let mut o = String::new();
-        o.push_str(&format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart heat\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{t}\">",
-            w = f1(width),
-            h = f1(height),
-            t = html_escape(&self.title)
-        ));
-        o.push_str(&format!("<title>{}</title>", html_escape(&self.title)));
-        o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(width), f1(height)));
-        o.push_str(&format!("<text class=\"c-title\" x=\"12\" y=\"22\">{}</text>", html_escape(&self.title)));
-        if let Some(sub) = &self.subtitle {
-            o.push_str(&format!("<text class=\"c-sub\" x=\"12\" y=\"40\">{}</text>", html_escape(sub)));
-        }
+        let mut o = chart_open("chart heat", width, height, "", &self.title, self.subtitle.as_deref(), "12");
         let show_text = cw >= 24.0 && ch >= 15.0;
         for (r, row) in self.values.iter().enumerate() {
             for (c, v) in row.iter().enumerate() {
@@ -696,20 +692,7 @@ impl RadarChart {
         let top = 60.0;
         let height = (cy + RADAR_RADIUS + 50.0).max(top + 18.0 * drawn.len() as f64 + 24.0);
 
-        let mut o = String::new();
-        o.push_str(&format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart radar\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\" role=\"img\" aria-label=\"{t}\">",
-            w = f1(width),
-            h = f1(height),
-            t = html_escape(&self.title)
-        ));
-        o.push_str(RADAR_STYLE);
-        o.push_str(&format!("<title>{}</title>", html_escape(&self.title)));
-        o.push_str(&format!("<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"#fff\"/>", f1(width), f1(height)));
-        o.push_str(&format!("<text class=\"c-title\" x=\"16\" y=\"22\">{}</text>", html_escape(&self.title)));
-        if let Some(sub) = &self.subtitle {
-            o.push_str(&format!("<text class=\"c-sub\" x=\"16\" y=\"40\">{}</text>", html_escape(sub)));
-        }
+        let mut o = chart_open("chart radar", width, height, RADAR_STYLE, &self.title, self.subtitle.as_deref(), "16");
         // grid rings, labelled along the first (upward) axis
         let rings = (max / step).round() as usize;
         for k in 1..=rings {
