@@ -17,6 +17,7 @@
 
 pub mod config;
 pub mod conformance;
+pub mod decode_matmul;
 pub mod device;
 pub mod error;
 pub mod generate;

@@ -41,27 +41,70 @@ struct Layer {
     w_down: Tensor,
 }
 
-/// `x @ w_t (+ b)` with `w_t` in `[in, out]` layout. A batch of several sequences (`[B, L, in]`,
-/// `B > 1`) is multiplied row by row, each row (`[1, L, in]`, contiguous as alone) through the
-/// very call it makes alone, so batching changes no bit on any CPU. A batched product
-/// (`bmm` over the expanded matrix, or one `[B·L, in]` GEMM) reads the matrix once, but MKL
-/// picks its kernel by shape and CPU: on an AVX-512 Xeon, `bmm` rows differ from the single-row
-/// product in the last bits for SmolLM2's q/k/v, o and down projections (up to 1.4e-4), while on
-/// AVX2 EPYC machines they were equal. Row by row, a decode step's later rows read each layer's
-/// matrix (1–4 MiB for SmolLM2 and Qwen2.5-0.5B) from cache rather than from memory.
+/// `x @ w_t (+ b)` with `w_t` in `[in, out]` layout.
+///
+/// A decode step (`[B, 1, in]`, f32 on the CPU) goes through `decode_matmul`, whose every output
+/// sums in one fixed order whatever `B`: a sequence decoded in a batch gets the bits it gets
+/// alone, and the batch reads each matrix once per step. (libtorch cannot promise that: MKL
+/// picks its kernel, and so its summation order, by shape and CPU; on an AVX-512 Xeon a `bmm`
+/// row differs from the single-row product by up to 1.4e-4 for SmolLM2's projections.)
+/// Everything else (prefill, other dtypes and devices, CPUs without vector FMA, or
+/// `KVBENCH_DECODE_MATMUL=libtorch`) goes through libtorch; a batch of several sequences there
+/// is multiplied row by row, each row through the very call it makes alone.
 fn project(x: &Tensor, w_t: &Tensor, b: Option<&Tensor>) -> Tensor {
-    let batch = x.size()[0];
-    let y = if x.dim() == 3 && batch > 1 {
-        let x = x.contiguous();
-        let rows: Vec<Tensor> = (0..batch).map(|r| x.narrow(0, r, 1).matmul(w_t)).collect();
-        Tensor::cat(&rows, 0)
-    } else {
-        x.matmul(w_t)
+    let y = match decode_project(x, w_t) {
+        Some(y) => y,
+        None => {
+            let batch = x.size()[0];
+            if x.dim() == 3 && batch > 1 {
+                let x = x.contiguous();
+                let rows: Vec<Tensor> = (0..batch).map(|r| x.narrow(0, r, 1).matmul(w_t)).collect();
+                Tensor::cat(&rows, 0)
+            } else {
+                x.matmul(w_t)
+            }
+        }
     };
     match b {
         Some(b) => y + b,
         None => y,
     }
+}
+
+/// Whether decode steps use `decode_matmul` (the default where the CPU has vector FMA);
+/// `KVBENCH_DECODE_MATMUL=libtorch` keeps them on libtorch, for side-by-side measurements.
+/// The two differ in the last bits of every logit.
+pub fn decode_matmul_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let libtorch = std::env::var("KVBENCH_DECODE_MATMUL").is_ok_and(|v| v.eq_ignore_ascii_case("libtorch"));
+        !libtorch && crate::decode_matmul::Isa::detect().is_fast()
+    })
+}
+
+/// `x @ w_t` through `decode_matmul` for a decode step (`[B, 1, in]`) of f32 CPU tensors.
+fn decode_project(x: &Tensor, w_t: &Tensor) -> Option<Tensor> {
+    let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
+    if x.dim() != 3 || x.size()[1] != 1 || w_t.dim() != 2 || !cpu_f32(x) || !cpu_f32(w_t) || !decode_matmul_enabled() {
+        return None;
+    }
+    let (rows, k) = (x.size()[0], x.size()[2]);
+    let n = w_t.size()[1];
+    if w_t.size()[0] != k || !w_t.is_contiguous() {
+        return None;
+    }
+    let x = x.contiguous();
+    let y = Tensor::empty([rows, 1, n], (Kind::Float, Device::Cpu));
+    let (rows, k, n) = (rows as usize, k as usize, n as usize);
+    // SAFETY: all three are contiguous f32 CPU tensors of these sizes, `y` freshly allocated
+    // and not aliased; the views live only for this call.
+    unsafe {
+        let xs = std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * k);
+        let ws = std::slice::from_raw_parts(w_t.data_ptr() as *const f32, k * n);
+        let ys = std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, rows * n);
+        crate::decode_matmul::matmul(xs, rows, ws, k, n, ys, tch::get_num_threads().max(1) as usize);
+    }
+    Some(y)
 }
 
 /// A `[out, in]` weight as the contiguous `[in, out]` matrix `project` wants.
@@ -176,9 +219,9 @@ impl Model {
     /// Runs a batch of sequences (`input_ids` `[B, L]`), row `i` starting at absolute position
     /// `starts[i]`; `attend` receives each layer's step for row `i` alone (`[1, H, L, D]`, its
     /// own position), so every sequence attends through its own cache, of any method and length.
-    /// Norms, rotary embeddings and the MLP's activations run once for the whole batch, the
-    /// projections row by row (see [`project`]): each row's logits are bit-identical to the row
-    /// run alone.
+    /// Norms, rotary embeddings, the MLP's activations and (on CPU in f32) the projections run
+    /// once for the whole batch, the projections through the batch-invariant decode kernel (see
+    /// [`project`]): each row's logits are bit-identical to the row run alone.
     pub fn forward_batch(
         &mut self,
         input_ids: &Tensor,

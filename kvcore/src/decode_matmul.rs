@@ -1,0 +1,376 @@
+//! Batch-invariant matrix products for decoding: `y = x · W` over the rows of one decode step,
+//! where every output element is summed in one fixed order (over the input dimension, one fused
+//! multiply-add per term, in increasing order), whatever the number of rows, the threads and the
+//! CPU's vector width. A sequence decoded in a batch therefore gets the very bits it gets alone,
+//! while the batch reads each weight matrix once per step instead of once per row.
+//!
+//! libtorch's products (MKL) pick their kernel, and so their summation order, by shape and CPU:
+//! a `[B, in] × [in, out]` GEMM does not sum a row the way the `[1, in]` GEMV does, which is why
+//! batched decoding used to multiply row by row. Here a column tile of `W` is streamed once
+//! and applied to a group of rows from registers; each lane's accumulator is a chain of `fma`s,
+//! which IEEE 754 rounds exactly once per step, so the vectorised and the portable code agree
+//! bit for bit (tested in `kvcore/tests/decode_matmul.rs`).
+
+use std::sync::OnceLock;
+
+/// The instruction set the kernel is compiled for at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 with AVX-512F and FMA: 16-lane vectors, 32 registers.
+    Avx512,
+    /// x86-64 with AVX2 and FMA: 8-lane vectors, 16 registers.
+    Avx2,
+    /// The portable loop (`f32::mul_add`); hardware FMA on aarch64, same bits everywhere.
+    Portable,
+}
+
+impl Isa {
+    /// This CPU's, detected once.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx512;
+                }
+                if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+
+    /// Whether the kernel is worth using here: with vector FMA in hardware. Without it
+    /// (x86-64 before Haswell), `f32::mul_add` is a library call and libtorch is faster.
+    pub fn is_fast(self) -> bool {
+        match self {
+            Isa::Avx512 | Isa::Avx2 => true,
+            Isa::Portable => cfg!(target_arch = "aarch64"),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
+    }
+}
+
+/// `y[r, c] = Σ_i x[r, i] · w[i, c]` for `x: [rows, k]`, `w: [k, n]` and `y: [rows, n]`, all
+/// row-major and contiguous; each sum runs over `i = 0..k` in order, as
+/// `acc = x[r, i].mul_add(w[i, c], acc)` from `acc = 0`. `threads` splits the columns (the rayon
+/// global pool runs the parts); it changes no bit.
+///
+/// # Panics
+/// If a slice's length does not match `rows`, `k` and `n`.
+pub fn matmul(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, y: &mut [f32], threads: usize) {
+    assert_eq!(x.len(), rows * k, "x must be [rows, k]");
+    assert_eq!(w.len(), k * n, "w must be [k, n]");
+    assert_eq!(y.len(), rows * n, "y must be [rows, n]");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let isa = Isa::detect();
+    let (xp, wp, yp) = (Ptr(x.as_ptr() as *mut f32), Ptr(w.as_ptr() as *mut f32), Ptr(y.as_mut_ptr()));
+    // Part `part` of `parts`: a contiguous, 16-aligned range of columns.
+    let run = |part: usize, parts: usize| {
+        let per = n.div_ceil(parts).div_ceil(16) * 16;
+        let c0 = (part * per).min(n);
+        let c1 = ((part + 1) * per).min(n);
+        if c0 < c1 {
+            // SAFETY: the slices' lengths were checked above; parts write disjoint columns.
+            unsafe { columns(isa, xp.get(), rows, wp.get(), k, n, yp.get(), c0, c1) };
+        }
+    };
+    let threads = threads.clamp(1, n.div_ceil(16));
+    if threads == 1 {
+        run(0, 1);
+    } else if let Some(team) = OpenMpTeam::loaded() {
+        team.run(threads, &run);
+    } else {
+        rayon::scope(|s| {
+            for part in 1..threads {
+                s.spawn(move |_| run(part, threads));
+            }
+            run(0, threads);
+        });
+    }
+}
+
+/// libtorch's own CPU thread team (GNU OpenMP), when this process has it loaded. Its threads
+/// spin between parallel regions, so handing them a product costs about a microsecond, where
+/// waking rayon's sleeping workers costs tens; and it is the team libtorch's own operators
+/// run on, so the two never compete for the cores.
+struct OpenMpTeam {
+    parallel: unsafe extern "C" fn(extern "C" fn(*mut c_void), *mut c_void, c_uint, c_uint),
+    thread_num: unsafe extern "C" fn() -> c_int,
+    num_threads: unsafe extern "C" fn() -> c_int,
+}
+
+use std::ffi::{c_int, c_uint, c_void};
+
+impl OpenMpTeam {
+    /// The team, looked up once among the libraries already loaded (libgomp's stable entry
+    /// points, `GOMP_parallel` since GCC 4.9).
+    fn loaded() -> Option<&'static OpenMpTeam> {
+        static TEAM: OnceLock<Option<OpenMpTeam>> = OnceLock::new();
+        TEAM.get_or_init(|| {
+            #[cfg(unix)]
+            {
+                let this = libloading::os::unix::Library::this();
+                // SAFETY: the symbols have these C signatures in every libgomp since GCC 4.9;
+                // the library stays loaded for the life of the process (libtorch needs it).
+                unsafe {
+                    let parallel = *this.get(b"GOMP_parallel\0").ok()?;
+                    let thread_num = *this.get(b"omp_get_thread_num\0").ok()?;
+                    let num_threads = *this.get(b"omp_get_num_threads\0").ok()?;
+                    std::mem::forget(this);
+                    Some(OpenMpTeam { parallel, thread_num, num_threads })
+                }
+            }
+            #[cfg(not(unix))]
+            None
+        })
+        .as_ref()
+    }
+
+    /// Calls `work(t, T)` on each of the `T` threads of a parallel region of (at most)
+    /// `threads` threads, and returns when all have.
+    fn run(&'static self, threads: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+        struct Region<'a> {
+            team: &'static OpenMpTeam,
+            work: &'a (dyn Fn(usize, usize) + Sync),
+        }
+        extern "C" fn body(data: *mut c_void) {
+            // SAFETY: `data` is the `Region` below, alive until GOMP_parallel returns.
+            let region = unsafe { &*(data as *const Region<'_>) };
+            // SAFETY: called inside the parallel region.
+            let (t, nt) = unsafe { ((region.team.thread_num)(), (region.team.num_threads)()) };
+            (region.work)(t.max(0) as usize, nt.max(1) as usize);
+        }
+        let region = Region { team: self, work };
+        // SAFETY: `body` only reads `region`, which outlives the call.
+        unsafe { (self.parallel)(body, &region as *const Region<'_> as *mut c_void, threads as c_uint, 0) };
+    }
+}
+
+/// A raw pointer that the parts of one `matmul` share (each writes its own columns).
+#[derive(Clone, Copy)]
+struct Ptr(*mut f32);
+// SAFETY: `matmul` hands each part a disjoint column range of `y` and only reads `x` and `w`.
+unsafe impl Send for Ptr {}
+unsafe impl Sync for Ptr {}
+impl Ptr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Columns `c0..c1` of `y`, through the widest kernel this CPU has.
+///
+/// # Safety
+/// `x`, `w` and `y` hold `[rows, k]`, `[k, n]` and `[rows, n]` floats; `c0 <= c1 <= n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns(isa: Isa, x: *const f32, rows: usize, w: *const f32, k: usize, n: usize, y: *mut f32, c0: usize, c1: usize) {
+    // SAFETY: forwarded; the target features were detected at run time.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => columns_avx512(x, rows, w, k, n, y, c0, c1),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => columns_avx2(x, rows, w, k, n, y, c0, c1),
+            _ => columns_with::<64, 4, 16, 4>(x, rows, w, k, n, y, c0, c1),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns_avx512(x: *const f32, rows: usize, w: *const f32, k: usize, n: usize, y: *mut f32, c0: usize, c1: usize) {
+    // One row: 8 accumulators of 16 lanes. Several rows: 6 rows x 4 vectors = 24 of the 32
+    // registers, leaving room for the tile's 4 weight vectors and the broadcast input.
+    // SAFETY: forwarded.
+    unsafe { columns_with::<128, 64, 16, 6>(x, rows, w, k, n, y, c0, c1) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns_avx2(x: *const f32, rows: usize, w: *const f32, k: usize, n: usize, y: *mut f32, c0: usize, c1: usize) {
+    // One row: 8 accumulators of 8 lanes. Several rows: 6 rows x 2 vectors = 12 of the 16.
+    // SAFETY: forwarded.
+    unsafe { columns_with::<64, 16, 8, 6>(x, rows, w, k, n, y, c0, c1) }
+}
+
+/// The tiling: columns in tiles of `W1` (one row) or `WB` (several rows, `NB` at a time), the
+/// rest in tiles of `WV` (one vector), then one column at a time. Tiling changes which
+/// columns are computed together, never the order of any one column's sum.
+///
+/// # Safety
+/// As `columns`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn columns_with<const W1: usize, const WB: usize, const WV: usize, const NB: usize>(
+    x: *const f32,
+    rows: usize,
+    w: *const f32,
+    k: usize,
+    n: usize,
+    y: *mut f32,
+    c0: usize,
+    c1: usize,
+) {
+    // SAFETY: every tile below stays inside columns c0..c1 and rows 0..rows.
+    unsafe {
+        let mut i0 = 0;
+        while i0 < k {
+            let i1 = (i0 + K_BLOCK).min(k);
+            let rows_i = Rows { x, k, i0, i1 };
+            let mut c = c0;
+            if rows == 1 {
+                while c + W1 <= c1 {
+                    tile::<W1, 1>(rows_i, w.add(c), n, y.add(c));
+                    c += W1;
+                }
+            } else {
+                while c + WB <= c1 {
+                    row_groups::<WB, NB>(rows_i, rows, w.add(c), n, y.add(c));
+                    c += WB;
+                }
+            }
+            // What is left narrower than a tile: one pass of the widest whole vectors, then
+            // column by column.
+            let rest = (c1 - c) / WV * WV;
+            if rest > 0 {
+                row_groups_of_width::<NB>(rest, rows_i, rows, w.add(c), n, y.add(c));
+                c += rest;
+            }
+            while c < c1 {
+                row_groups::<1, NB>(rows_i, rows, w.add(c), n, y.add(c));
+                c += 1;
+            }
+            i0 = i1;
+        }
+    }
+}
+
+/// `row_groups` for a width known at run time: a multiple of 16 below 128 (the widest tile).
+///
+/// # Safety
+/// As `row_groups`.
+#[inline(always)]
+unsafe fn row_groups_of_width<const NB: usize>(width: usize, xs: Rows, rows: usize, w: *const f32, n: usize, y: *mut f32) {
+    // SAFETY: forwarded.
+    unsafe {
+        match width {
+            16 => row_groups::<16, NB>(xs, rows, w, n, y),
+            32 => row_groups::<32, NB>(xs, rows, w, n, y),
+            48 => row_groups::<48, NB>(xs, rows, w, n, y),
+            64 => row_groups::<64, NB>(xs, rows, w, n, y),
+            80 => row_groups::<80, NB>(xs, rows, w, n, y),
+            96 => row_groups::<96, NB>(xs, rows, w, n, y),
+            112 => row_groups::<112, NB>(xs, rows, w, n, y),
+            _ => {
+                for c in (0..width).step_by(16) {
+                    row_groups::<16, NB>(xs, rows, w.add(c), n, y.add(c));
+                }
+            }
+        }
+    }
+}
+
+/// One column tile of width `L` for all rows, `NB` rows at a time (the tile of `w` stays in
+/// cache after the first group).
+///
+/// # Safety
+/// `w` and `y` point at the tile's first column; `x` holds `[rows, k]`.
+#[inline(always)]
+unsafe fn row_groups<const L: usize, const NB: usize>(xs: Rows, rows: usize, w: *const f32, n: usize, y: *mut f32) {
+    // SAFETY: groups cover rows 0..rows exactly.
+    unsafe {
+        let mut r = 0;
+        while r + NB <= rows {
+            tile::<L, NB>(xs.skip(r), w, n, y.add(r * n));
+            r += NB;
+        }
+        match rows - r {
+            0 => {}
+            1 => tile::<L, 1>(xs.skip(r), w, n, y.add(r * n)),
+            2 => tile::<L, 2>(xs.skip(r), w, n, y.add(r * n)),
+            3 => tile::<L, 3>(xs.skip(r), w, n, y.add(r * n)),
+            4 => tile::<L, 4>(xs.skip(r), w, n, y.add(r * n)),
+            5 => tile::<L, 5>(xs.skip(r), w, n, y.add(r * n)),
+            left => {
+                // NB > 6 is not instantiated; fall back one row at a time (same bits).
+                for j in 0..left {
+                    tile::<L, 1>(xs.skip(r + j), w, n, y.add((r + j) * n));
+                }
+            }
+        }
+    }
+}
+
+/// How many input rows (`i`) a pass over the column tiles covers before moving on: a few rows
+/// of `w` read across their whole width are a few sequential streams, which the hardware
+/// prefetchers follow; a tile's accumulators go to `y` between passes (exact f32 values).
+const K_BLOCK: usize = 16;
+
+/// Rows `i0..i1` of the inputs `x: [rows, k]`, for one pass.
+#[derive(Clone, Copy)]
+struct Rows {
+    x: *const f32,
+    k: usize,
+    i0: usize,
+    i1: usize,
+}
+
+impl Rows {
+    /// The same pass starting `r` rows of `x` further.
+    ///
+    /// # Safety
+    /// `x` has at least `r + 1` rows.
+    #[inline(always)]
+    unsafe fn skip(self, r: usize) -> Rows {
+        // SAFETY: per the contract.
+        Rows { x: unsafe { self.x.add(r * self.k) }, ..self }
+    }
+}
+
+/// `L` columns for `R` rows over inputs `i0..i1`: the accumulators live in registers (starting
+/// from zero on the first pass, from `y` after), each weight row segment is loaded once and
+/// applied to every row.
+///
+/// # Safety
+/// `xs.x` holds `R` rows of `k`; `w` and `y` point at the tile's first column of a `[k, n]` and
+/// an `[R, n]` matrix with `L` columns available.
+#[inline(always)]
+unsafe fn tile<const L: usize, const R: usize>(xs: Rows, w: *const f32, n: usize, y: *mut f32) {
+    let Rows { x, k, i0, i1 } = xs;
+    let mut acc = [[0f32; L]; R];
+    if i0 > 0 {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: row r of y has the tile's L columns.
+            unsafe { std::ptr::copy_nonoverlapping(y.add(r * n), acc_r.as_mut_ptr(), L) };
+        }
+    }
+    for i in i0..i1 {
+        // SAFETY: row i of the tile, L floats inside w's row i.
+        let wi: &[f32; L] = unsafe { &*(w.add(i * n) as *const [f32; L]) };
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: row r of x has k floats.
+            let xi = unsafe { *x.add(r * k + i) };
+            for (a, &wv) in acc_r.iter_mut().zip(wi.iter()) {
+                *a = xi.mul_add(wv, *a);
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        // SAFETY: row r of y has the tile's L columns.
+        unsafe { std::ptr::copy_nonoverlapping(acc_r.as_ptr(), y.add(r * n), L) };
+    }
+}
