@@ -23,12 +23,35 @@ pub enum Budget {
     Ratio(f64),
     /// Keep this many tokens per head.
     Tokens(usize),
+    /// Keep `floor(f · S)` of an `S`-token context (0 < f ≤ 1): the paper's configs write their
+    /// budgets this way (`compression_ratio: 0.17` at 6x), see [`Budget::paper`].
+    Fraction(f64),
+}
+
+/// The fraction of the context the paper's configs keep at `ratio = N`: `1/N`, except that
+/// `ratio = 6` is written 0.17 there (1/6 would give a 840-token budget for a 5,000-token
+/// prompt where the paper's has 850).
+pub fn paper_fraction(ratio: f64) -> f64 {
+    if (ratio - 6.0).abs() < 1e-9 {
+        0.17
+    } else {
+        1.0 / ratio.max(1.0)
+    }
 }
 
 impl Budget {
     /// Whether the budget never evicts.
     pub fn is_unbounded(&self) -> bool {
-        matches!(self, Budget::Ratio(r) if *r <= 1.0)
+        matches!(self, Budget::Ratio(r) if *r <= 1.0) || matches!(self, Budget::Fraction(f) if *f >= 1.0)
+    }
+    /// The budget as the paper's configs give it: `ratio = 6` becomes `Fraction(0.17)` (see
+    /// [`paper_fraction`]); every other budget is unchanged (the paper's 0.5, 0.25 and 0.125 are
+    /// exactly 1/2, 1/4 and 1/8).
+    pub fn paper(self) -> Budget {
+        match self {
+            Budget::Ratio(r) if (r - 6.0).abs() < 1e-9 => Budget::Fraction(paper_fraction(r)),
+            other => other,
+        }
     }
     /// Tokens to keep out of `len`.
     pub fn keep(&self, len: usize) -> usize {
@@ -36,6 +59,8 @@ impl Budget {
             Budget::Ratio(r) if r <= 1.0 => len,
             Budget::Ratio(r) => ((len as f64 / r).floor() as usize).max(1).min(len),
             Budget::Tokens(k) => k.min(len),
+            Budget::Fraction(f) if f >= 1.0 => len,
+            Budget::Fraction(f) => ((len as f64 * f).floor() as usize).max(1).min(len),
         }
     }
     /// The kept fraction as a float (`1/N`), or `None` for an absolute budget.
@@ -43,6 +68,7 @@ impl Budget {
         match *self {
             Budget::Ratio(r) => Some(1.0 / r.max(1.0)),
             Budget::Tokens(_) => None,
+            Budget::Fraction(f) => Some(f.min(1.0)),
         }
     }
 }

@@ -162,6 +162,24 @@ fn streamingllm_default_sink_ratio_and_full_prefill_variant() {
 }
 
 #[test]
+fn streamingllm_at_6x_keeps_the_papers_0_17() {
+    let _g = tch::no_grad_guard();
+    // The paper's configs write 6x as compression_ratio 0.17: on 1,000 tokens, budget
+    // int(0.17 * 1000) = 170 (floor(1000 / 6) would be 166); sinks int(170 * 0.021) = 3.
+    let x = Qkv::random(1000, 4);
+    let mut c = cache("streamingllm", &["ratio=6"], 0, &spec(1000, 1000, 2));
+    let _ = x.feed(c.as_mut(), 0, 1000);
+    c.end_prefill().unwrap();
+    let want: Vec<i64> = (0..3).chain(833..1000).collect();
+    assert_eq!(c.kept_positions(), vec![want; HKV]);
+    // Other ratios are 1/N, unchanged: 1,000 tokens at 8x keep 125.
+    let mut c = cache("streamingllm", &["ratio=8"], 0, &spec(1000, 1000, 2));
+    let _ = x.feed(c.as_mut(), 0, 1000);
+    c.end_prefill().unwrap();
+    assert_eq!(c.kept_positions()[0].len(), 125);
+}
+
+#[test]
 fn knorm_keeps_the_smallest_key_norms_per_head() {
     let _g = tch::no_grad_guard();
     // Key of token p on head 0 has norm (7p mod 16) + 1, on head 1 (5p + 3 mod 16) + 1.
@@ -709,6 +727,57 @@ fn h2o_prefill_mode_ranks_by_summed_prompt_attention() {
         })
         .collect();
     assert_eq!(c.kept_positions(), want);
+}
+
+#[test]
+fn h2o_per_query_head_ranks_each_query_heads_own_attention() {
+    // heads = "query" (the paper's code on GQA models): KV heads repeated per query head, each
+    // query head keeps the top of its own summed attention, not its group's mean.
+    let _g = tch::no_grad_guard();
+    let x = Qkv::random(16, 11);
+    let set = ["ratio=2", "mode=\"prefill\"", "recent_fraction=0", "decode_evict=false"];
+    let mut c = cache("h2o", &[&set[..], &["heads=\"query\""]].concat(), 0, &spec(16, 16, 2));
+    let _ = x.feed(c.as_mut(), 0, 6);
+    let _ = x.feed(c.as_mut(), 6, 16);
+    c.end_prefill().unwrap();
+    let all: Vec<usize> = (0..16).collect();
+    let want: Vec<Vec<i64>> = (0..HQ)
+        .map(|h| {
+            let mut score = vec![0f64; 16];
+            for i in 0..16 {
+                for (p, pr) in x.probs(h, i, &all) {
+                    score[p] += pr;
+                }
+            }
+            top(&score.into_iter().enumerate().collect::<Vec<_>>(), 8)
+        })
+        .collect();
+    let kept = c.kept_positions();
+    assert_eq!(kept, want, "one kept set per query head");
+    assert!(kept[0] != kept[1] || kept[2] != kept[3], "this seed must separate two query heads of a group");
+    // It holds the repeated heads: group (2) times the bytes of the per-KV-head variant.
+    let mut per_kv = cache("h2o", &set, 0, &spec(16, 16, 2));
+    let _ = x.feed(per_kv.as_mut(), 0, 16);
+    per_kv.end_prefill().unwrap();
+    assert_eq!(c.bytes_held(), 2 * per_kv.bytes_held());
+    // Its attention output over what it keeps is grouped-query attention with each query head's
+    // own kept keys: query head h at position 16 (a decode step) sees only kept[h] and itself.
+    let y = Qkv::random(17, 12);
+    let (q, k, v) = (y.q.narrow(2, 16, 1), y.k.narrow(2, 16, 1), y.v.narrow(2, 16, 1));
+    let out = c.attend(&AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 16, sliding_window: None, scale: (D as f64).powf(-0.5) }).unwrap();
+    assert_eq!(out.size(), vec![1, HQ as i64, 1, D as i64]);
+    for (h, kept_h) in kept.iter().enumerate() {
+        let kv = (h / (HQ / HKV)) as i64;
+        let idx = Tensor::from_slice(kept_h);
+        let keys = Tensor::cat(&[x.k.get(0).get(kv).index_select(0, &idx), k.get(0).get(kv)], 0).to_kind(Kind::Double);
+        let vals = Tensor::cat(&[x.v.get(0).get(kv).index_select(0, &idx), v.get(0).get(kv)], 0).to_kind(Kind::Double);
+        let qh = q.get(0).get(h as i64).to_kind(Kind::Double);
+        let p = (qh.matmul(&keys.transpose(0, 1)) * (D as f64).powf(-0.5)).softmax(-1, Kind::Double);
+        let want = p.matmul(&vals);
+        let got = out.get(0).get(h as i64).to_kind(Kind::Double);
+        let diff = (got - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "query head {h}: attention over its own kept keys differs by {diff}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

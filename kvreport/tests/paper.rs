@@ -6,7 +6,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use kvreport::paper::{compare_paper, comparisons, model_slug, paper_report, paper_results, radar_svg, Comparison, RADAR_PAPER_CLASS, RADAR_RUN_CLASS};
+use kvreport::paper::{
+    compare_paper, comparisons, model_slug, paper_model, paper_report, paper_results, radar_svg, Comparison, RADAR_PAPER_CLASS, RADAR_RUN_CLASS,
+};
 use kvreport::svg::{RADAR_CENTER, RADAR_RADIUS};
 use kvreport::{load_runs, write_reports, Leaderboard, LeaderboardRow};
 
@@ -357,4 +359,17 @@ fn radar_vertex_of_50_on_a_0_to_100_scale_and_escaped_text() {
     // nothing with three categories: no chart
     assert_eq!(radar_svg(m, &comps[4..]), None);
     assert_eq!(radar_svg("absent", &comps), None);
+}
+
+#[test]
+fn the_31500_token_rope_ablation_is_not_compared_with_the_7500_token_numbers() {
+    // The paper's LongBench numbers for Llama-3 are at 7,500 tokens; its rope ×32 passkey model
+    // is the same paper model (the passkey tables), but the 31,500-token LongBench ablation
+    // (configs/models/llama-3-8b-instruct-rope32x-31500.toml) has no published table.
+    assert_eq!(paper_model("llama-3-8b-instruct"), Some("llama3-8b-instruct"));
+    assert_eq!(paper_model("llama-3-8b-instruct-rope32x"), Some("llama3-8b-instruct"));
+    assert_eq!(paper_model("llama-3-8b-instruct-rope32x-31500"), None);
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs/models/llama-3-8b-instruct-rope32x-31500.toml");
+    let text = std::fs::read_to_string(&model).unwrap();
+    assert!(text.contains("context_limit = 31500") && text.contains("rope_theta_factor = 32.0"), "{}", model.display());
 }

@@ -6,8 +6,11 @@
 //! `S = prompt + 1`: `heavy = floor(S·(1-recent_fraction)/N)`, `recent = floor(S·recent_fraction/N)`
 //! (0.125·S each at 4×); from then on each step's attention probabilities are accumulated per token
 //! and the cache keeps the newest `recent` tokens plus the `heavy` best-scored others. Scores are
-//! accumulated per KV head (query heads of a group combined by `gqa`); the paper's code repeats KV
-//! heads and keeps per-query-head scores. Tokens are removed physically, so the next step never
+//! accumulated per KV head (query heads of a group combined by `gqa`) by default; `heads = "query"`
+//! is the paper's code: KV heads repeated per query head, scores kept and tokens evicted per query
+//! head; the cache then stores `query_heads / kv_heads` times the K/V of the per-KV-head variant
+//! and reports those bytes. The paper's grids use `heads = "query"`
+//! (`configs/methods/h2o-paper.toml`). Tokens are removed physically, so the next step never
 //! sees them (the paper masks them, with the same effect).
 //!
 //! `mode = "prefill"` evicts right after prefill using the attention every prompt query paid each
@@ -24,6 +27,7 @@ use kvcache::registration::MethodRegistration;
 use kvcache::scorer::{ScoreInput, Scorer};
 use kvcache::MethodError;
 use kvmethods::eviction::{Accumulate, EvictionConfig, EvictionFactory, Start};
+use kvmethods::repeat_kv::RepeatKvFactory;
 use kvmethods::scoring::eviction_params;
 use std::sync::Arc;
 use tch::Tensor;
@@ -48,6 +52,7 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let budget = p.budget(4.0)?;
     let recent_fraction = p.float("recent_fraction", 0.5, 0.0, 1.0)?;
     let mode = p.choice("mode", "decode", &["decode", "prefill"])?;
+    let heads = p.choice("heads", "kv", &["kv", "query"])?;
     let from = if mode == "decode" { Accumulate::Decode } else { Accumulate::Always };
     let mut cfg = EvictionConfig::new("h2o", budget, Arc::new(AccumulatedScorer { from }));
     eviction_params(&mut p, &mut cfg, true)?;
@@ -59,7 +64,8 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
         cfg.schedule.start = Start::FirstDecode;
         cfg.schedule.decode_evict = true;
     }
-    Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
+    let factory: Arc<dyn CacheFactory> = Arc::new(EvictionFactory(Arc::new(cfg)));
+    Ok(if heads == "query" { Arc::new(RepeatKvFactory { inner: factory }) } else { factory })
 }
 
 kvcache::inventory::submit! {
@@ -70,10 +76,12 @@ kvcache::inventory::submit! {
         detail: "mode = \"decode\" (paper benchmark): full prefill; budgets fixed at the first decode step from S = prompt+1: \
                  heavy = floor(S*(1-recent_fraction)/N), recent = floor(S*recent_fraction/N); attention accumulated from the first \
                  decode step; evicts every step. mode = \"prefill\": evicts right after prefill using the prompt's attention, \
-                 then the same. Scores are per KV head (gqa combines the group). arXiv 2306.14048.",
+                 then the same. heads = \"kv\": scores per KV head (gqa combines the group); heads = \"query\": the paper's code, \
+                 KV heads repeated per query head, scored and evicted per query head (holds group x the K/V). arXiv 2306.14048.",
         params: kvmethods::eviction_param_docs!(decode_evict = "true";
             ("recent_fraction", "0.5", "share of the budget kept for the newest tokens"),
-            ("mode", "decode", "decode: paper H2O (full prefill); prefill: evict after prefill too")),
+            ("mode", "decode", "decode: paper H2O (full prefill); prefill: evict after prefill too"),
+            ("heads", "kv", "kv: scores per KV head; query: per query head over repeated KV heads (the paper's code)")),
         build,
         scorer: None,
     }

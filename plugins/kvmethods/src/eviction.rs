@@ -289,6 +289,8 @@ pub fn chunks_kept(len: usize, length: usize, budget: &Budget) -> usize {
         Budget::Ratio(r) if r <= 1.0 => chunks,
         Budget::Ratio(r) => ((chunks as f64 / r).floor() as usize).clamp(1, chunks.max(1)),
         Budget::Tokens(k) => (k / length.max(1)).min(chunks),
+        Budget::Fraction(f) if f >= 1.0 => chunks,
+        Budget::Fraction(f) => ((chunks as f64 * f).floor() as usize).clamp(1, chunks.max(1)),
     }
 }
 
@@ -977,10 +979,12 @@ impl EvictionCache {
             self.recent = match self.cfg.budget {
                 Budget::Ratio(r) => ((len as f64 * self.cfg.schedule.recent_fraction / r).floor() as usize).min(keep),
                 Budget::Tokens(_) => ((keep as f64 * self.cfg.schedule.recent_fraction).floor() as usize).min(keep),
+                Budget::Fraction(f) => ((len as f64 * self.cfg.schedule.recent_fraction * f).floor() as usize).min(keep),
             };
             let heavy = match self.cfg.budget {
                 Budget::Ratio(r) => (len as f64 * (1.0 - self.cfg.schedule.recent_fraction) / r).floor() as usize,
                 Budget::Tokens(_) => keep - self.recent,
+                Budget::Fraction(f) => (len as f64 * (1.0 - self.cfg.schedule.recent_fraction) * f).floor() as usize,
             };
             self.budget = Some((heavy + self.recent).max(1));
         }

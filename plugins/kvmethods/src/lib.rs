@@ -14,6 +14,7 @@
 pub mod eviction;
 pub mod quant;
 pub mod quantized;
+pub mod repeat_kv;
 pub mod scoring;
 
 pub use kvcache;

@@ -50,16 +50,8 @@ pub struct Knobs {
     pub n_local: usize,
 }
 
-/// The fraction of the context a `ratio = N` budget keeps: `1/N`, except that `ratio = 6` uses
-/// 0.17 as the paper's configs write it (1/6 would give a 840-token local window for a
-/// 7,500-token prompt where the paper's table has 865).
-pub fn paper_fraction(ratio: f64) -> f64 {
-    if (ratio - 6.0).abs() < 1e-9 {
-        0.17
-    } else {
-        1.0 / ratio.max(1.0)
-    }
-}
+/// The fraction of the context a `ratio = N` budget keeps (0.17 at 6x, as the paper's configs).
+pub use kvcache::params::paper_fraction;
 
 impl InfLlmConfig {
     /// Defaults of the paper's benchmark with `ratio = N`.
@@ -88,6 +80,7 @@ impl InfLlmConfig {
         match self.budget {
             Budget::Ratio(r) => (paper_fraction(r) * len as f64).floor() as usize,
             Budget::Tokens(k) => k,
+            Budget::Fraction(f) => (f.min(1.0) * len as f64).floor() as usize,
         }
     }
 

@@ -2,7 +2,8 @@
 //! Streaming Language Models with Attention Sinks", ICLR 2024 (arXiv 2309.17453).
 //!
 //! Budget as in the paper's benchmark (longctx_bench via InfLLM's stream-llm): `ratio = N` gives
-//! `budget = floor(S/N)` for an `S`-token context, `sinks = int(budget · sink_ratio)` (0.021) and
+//! `budget = floor(S/N)` for an `S`-token context (at `ratio = 6`, `floor(0.17 · S)`: the paper's
+//! configs write 6x as `compression_ratio: 0.17`, as InfLLM here does too), `sinks = int(budget · sink_ratio)` (0.021) and
 //! `local = budget - sinks`. `prefill = "chunked"` (default) compresses during prefill: every query
 //! sees only the sinks and the `local` tokens before it, and after each chunk the cache keeps the
 //! sinks and the newest `local` tokens, so memory stays at the budget throughout (chunk size is the
@@ -36,7 +37,7 @@ impl Scorer for RecencyScorer {
 
 fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let mut p = Params::new("streamingllm", t);
-    let budget = p.budget(4.0)?;
+    let budget = p.budget(4.0)?.paper();
     let sink_ratio = p.float("sink_ratio", 0.021, 0.0, 1.0)?;
     let sinks = p.opt_int("sinks", 0, usize::MAX >> 1)?;
     let mode = p.choice("prefill", "chunked", &["chunked", "full"])?;
@@ -52,7 +53,7 @@ kvcache::inventory::submit! {
         name: "streamingllm",
         family: "streamingllm",
         summary: "attention sinks + recent window, compressing during chunked prefill (Xiao et al. 2024)",
-        detail: "budget = floor(S/N) of the S-token context; sinks = int(budget * sink_ratio) (0.021 as in the paper's \
+        detail: "budget = floor(S/N) of the S-token context (floor(0.17 * S) at ratio = 6, the paper's 0.17); sinks = int(budget * sink_ratio) (0.021 as in the paper's \
                  config), local = budget - sinks. prefill = \"chunked\": sinks + sliding-window attention during prefill, \
                  cache trimmed after every chunk; prefill = \"full\": full prefill, then keep sinks + newest (kvpress \
                  StreamingLLMPress; use sinks = 4). Keys keep their original positions (no re-indexing). arXiv 2309.17453.",
