@@ -310,6 +310,14 @@ pub struct BenchArgs {
     /// `batched` in bench.json, bench_batched.csv).
     #[arg(long, value_delimiter = ',', value_name = "B,...")]
     pub batch: Vec<usize>,
+    /// With --batch, the serving question: what a memory budget (e.g. 8GiB) buys each method.
+    /// A batch of B fits when the weights plus B times one sequence's measured cache bytes (held
+    /// at the end of its generation) fit the budget; batch sizes that do not fit are not run.
+    /// Reports, per method and context, the largest --batch size that fits and its decode
+    /// tokens/s summed over the batch (table "serving", `serving` in bench.json,
+    /// bench_serving.csv).
+    #[arg(long, value_name = "SIZE", requires = "batch")]
+    pub memory_budget: Option<String>,
     /// Measure this machine's copy bandwidth and matmul rate (the ceilings) and save them to
     /// $KVBENCH_HOME/calibration.json; nothing else runs.
     #[arg(long)]

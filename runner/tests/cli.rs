@@ -203,3 +203,83 @@ fn smollm2_answers_paris_and_stop_strings_cut_the_text() {
     assert_eq!(v["stop_reason"], "stop_string");
     assert_eq!(v["text"].as_str().unwrap().trim_end(), "The capital of France is");
 }
+
+/// `kvbench bench --json` on the tiny model; its parsed JSON.
+fn bench_json(model: &Path, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "--model",
+        model.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--methods",
+        "full,snapkv(ratio=4)",
+        "--contexts",
+        "256",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--batch",
+        "1,2,4",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = kvbench(&args);
+    assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("one JSON object")
+}
+
+#[test]
+fn bench_memory_budget_reports_the_largest_batch_that_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), "llama");
+    // A budget everything fits: every batch size runs, the largest is 4 for both methods.
+    let all = bench_json(&model, &tmp.path().join("all"), &["--memory-budget", "1TiB"]);
+    let serving = all["serving"].as_array().expect("serving rows");
+    assert_eq!(serving.len(), 2);
+    let row = |v: &serde_json::Value, label: &str| v["serving"].as_array().unwrap().iter().find(|r| r["label"] == label).unwrap().clone();
+    let full = row(&all, "full");
+    let snap = row(&all, "snapkv(ratio=4)");
+    for r in [&full, &snap] {
+        assert_eq!(r["batch"], 4, "{r}");
+        assert_eq!(r["over_budget"], "", "{r}");
+        assert!(r["decode_tokens_per_s_summed"].as_f64().unwrap() > 0.0, "{r}");
+        assert_eq!(r["budget_bytes"].as_u64().unwrap(), 1u64 << 40);
+    }
+    let weights = full["weight_bytes"].as_u64().unwrap();
+    let (kv_full, kv_snap) = (full["kv_bytes_per_sequence"].as_u64().unwrap(), snap["kv_bytes_per_sequence"].as_u64().unwrap());
+    assert!(weights > 0 && kv_snap * 2 < kv_full, "SnapKV 4x holds under half the full cache: {kv_snap} vs {kv_full}");
+    assert_eq!(full["bytes_at_batch"].as_u64().unwrap(), weights + 4 * kv_full);
+    // One sequence's bytes are what the batch rows hold per sequence (copies of one prompt).
+    let batched = all["batched"].as_array().unwrap();
+    let held = |label: &str, b: u64| batched.iter().find(|r| r["label"] == label && r["batch"] == b).unwrap()["kv_bytes_held"].as_u64().unwrap();
+    assert_eq!(held("full", 4), 4 * kv_full);
+    assert_eq!(held("snapkv(ratio=4)", 2), 2 * kv_snap);
+
+    // A budget of the weights + 2 full caches: the full cache fits 2 sequences and 4 is not run;
+    // SnapKV's 4 fit.
+    let budget = (weights + 2 * kv_full).to_string();
+    let tight = bench_json(&model, &tmp.path().join("tight"), &["--memory-budget", &budget]);
+    let full = row(&tight, "full");
+    let snap = row(&tight, "snapkv(ratio=4)");
+    assert_eq!((full["batch"].as_u64(), full["over_budget"].as_str()), (Some(2), Some("4")), "{full}");
+    assert_eq!((snap["batch"].as_u64(), snap["over_budget"].as_str()), (Some(4), Some("")), "{snap}");
+    let ran: Vec<(String, u64)> =
+        tight["batched"].as_array().unwrap().iter().map(|r| (r["label"].as_str().unwrap().to_string(), r["batch"].as_u64().unwrap())).collect();
+    assert!(!ran.contains(&("full".to_string(), 4)), "an over-budget batch is not run: {ran:?}");
+    assert!(ran.contains(&("snapkv(ratio=4)".to_string(), 4)), "{ran:?}");
+    assert!(tmp.path().join("tight/bench_serving.csv").exists());
+    // Below the weights nothing fits.
+    let none = bench_json(&model, &tmp.path().join("none"), &["--memory-budget", "1KiB"]);
+    assert_eq!(row(&none, "full")["batch"], 0);
+    assert_eq!(row(&none, "full")["over_budget"], "1 2 4");
+    fails_with(&["bench", "--memory-budget", "8GiB"], &["--batch"]);
+    fails_with(&["bench", "--batch", "1", "--memory-budget", "eight", "--model", model.to_str().unwrap(), "--device", "cpu"], &["--memory-budget", "eight"]);
+}

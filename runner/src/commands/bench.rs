@@ -172,6 +172,33 @@ pub struct BatchedRow {
     pub dtype: String,
 }
 
+/// What a memory budget buys one method at one context (`--memory-budget`): the largest batch
+/// size of `--batch` that fits, and its decode speed.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServingRow {
+    pub model: String,
+    pub method: String,
+    pub label: String,
+    pub context_tokens: usize,
+    pub new_tokens: usize,
+    pub budget_bytes: u64,
+    /// Bytes of the model's weights as held in memory.
+    pub weight_bytes: u64,
+    /// One sequence's cache bytes at the end of its generation (measured alone).
+    pub kv_bytes_per_sequence: u64,
+    /// The largest batch size tried that fits (0: not even one sequence fits).
+    pub batch: usize,
+    /// `weight_bytes + batch × kv_bytes_per_sequence`.
+    pub bytes_at_batch: u64,
+    /// Decode tokens/s summed over that batch (0 when nothing fits).
+    pub decode_tokens_per_s_summed: f64,
+    /// The batch sizes tried that did not fit, which were not run.
+    pub over_budget: String,
+    pub threads: usize,
+    pub device: String,
+    pub dtype: String,
+}
+
 /// Batched decoding of `b` copies of `ids`, each with its own caches of `factory`: the median
 /// summed decode tokens/s over `repeats` (after `warmup`), and the bytes held at the end.
 fn batched_decode(
@@ -187,7 +214,7 @@ fn batched_decode(
     let mut rates = Vec::new();
     let mut held = 0;
     for round in 0..warmup + repeats {
-        let prompted = (0..b).map(|_| kvcore::shared::prompt_alone(lm, ids, &[], opts, popts, factory)).collect::<kvcore::Result<Vec<_>>>()?;
+        let prompted = copies(lm, ids, opts, popts, factory, b)?;
         let t0 = std::time::Instant::now();
         let outs = kvcore::shared::decode_batch(lm, prompted, opts, b)?;
         let wall = t0.elapsed().as_secs_f64();
@@ -198,6 +225,29 @@ fn batched_decode(
         }
     }
     Ok((median(rates), held))
+}
+
+/// `b` prompted copies of `ids`: one prefill, then forks of its caches (the same state, without
+/// paying `b` prefills), or `b` prefills for a method whose caches do not fork.
+fn copies(
+    lm: &mut LoadedModel,
+    ids: &[u32],
+    opts: &GenerateOptions,
+    popts: kvcore::pipeline::PipelineOptions,
+    factory: &dyn kvcore::cache::CacheFactory,
+    b: usize,
+) -> Result<Vec<kvcore::shared::Prompted>> {
+    let first = kvcore::shared::prompt_alone(lm, ids, &[], opts, popts, factory)?;
+    let mut out = Vec::with_capacity(b);
+    for _ in 1..b {
+        let forks: Option<Vec<_>> = first.caches.iter().map(|c| c.fork()).collect();
+        out.push(match forks {
+            Some(caches) => kvcore::shared::Prompted { caches, logits: first.logits.copy(), pos: first.pos, t0: std::time::Instant::now() },
+            None => kvcore::shared::prompt_alone(lm, ids, &[], opts, popts, factory)?,
+        });
+    }
+    out.insert(0, first);
+    Ok(out)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -280,6 +330,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
         );
         return Ok(());
     }
+    let budget = match &a.memory_budget {
+        Some(text) => Some(kvcore::memory_guard::parse_size(text).map_err(|e| anyhow::anyhow!("--memory-budget: {e}"))?),
+        None => None,
+    };
     let reg = super::methods::registry(plugins)?;
     let methods = parse_methods(&a.methods)?;
     for m in &methods {
@@ -320,6 +374,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     }
     let mut rows = Vec::new();
     let mut batched: Vec<BatchedRow> = Vec::new();
+    let mut serving: Vec<ServingRow> = Vec::new();
+    let mut batch_sizes = a.batch.clone();
+    batch_sizes.sort_unstable();
+    batch_sizes.dedup();
     let total = (methods.len() * contexts.len()) as u64;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
@@ -390,7 +448,14 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 dtype: settings.dtype.name().to_string(),
             });
             bar.inc(1);
-            for &b in &a.batch {
+            let per_sequence = g.kv_bytes_held;
+            let weights = lm.weight_bytes();
+            let fits = |b: usize| budget.is_none_or(|limit| weights + b as u64 * per_sequence <= limit);
+            let mut best: Option<(usize, f64)> = None;
+            for &b in &batch_sizes {
+                if !fits(b) {
+                    continue;
+                }
                 bar.set_prefix(format!("{} @ {ctx} x{b}", m.label));
                 let (summed, held) = batched_decode(&mut lm, &ids, factory.as_ref(), &opts, b, a.warmup, a.repeats)?;
                 batched.push(BatchedRow {
@@ -408,6 +473,28 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                     device: kvcore::device::describe(settings.device),
                     dtype: settings.dtype.name().to_string(),
                 });
+                best = Some((b, summed));
+            }
+            if let Some(limit) = budget {
+                let (b, summed) = best.unwrap_or((0, 0.0));
+                let over: Vec<String> = batch_sizes.iter().filter(|&&b| !fits(b)).map(|b| b.to_string()).collect();
+                serving.push(ServingRow {
+                    model: a.model.clone(),
+                    method: m.name.clone(),
+                    label: m.label.clone(),
+                    context_tokens: ctx,
+                    new_tokens: a.new_tokens,
+                    budget_bytes: limit,
+                    weight_bytes: weights,
+                    kv_bytes_per_sequence: per_sequence,
+                    batch: b,
+                    bytes_at_batch: weights + b as u64 * per_sequence,
+                    decode_tokens_per_s_summed: summed,
+                    over_budget: over.join(" "),
+                    threads,
+                    device: kvcore::device::describe(settings.device),
+                    dtype: settings.dtype.name().to_string(),
+                });
             }
         }
     }
@@ -419,6 +506,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     if !batched.is_empty() {
         write_csv(&out.join("bench_batched.csv"), &batched)?;
         json["batched"] = serde_json::to_value(&batched)?;
+    }
+    if budget.is_some() {
+        write_csv(&out.join("bench_serving.csv"), &serving)?;
+        json["serving"] = serde_json::to_value(&serving)?;
     }
     kvreport::fsio::write_atomic(&out.join("bench.json"), (serde_json::to_string_pretty(&json)? + "\n").as_bytes())?;
     if a.json {
@@ -473,6 +564,29 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
             .collect();
         print_table(&header, &table);
         println!("written: {}", out.join("bench_batched.csv").display());
+    }
+    if let Some(limit) = budget {
+        println!(
+            "\nserving at a {} budget: the largest --batch size whose weights + batch x one sequence's cache bytes fit, and its decode tok/s summed",
+            human(limit)
+        );
+        let header = ["method", "context", "KV per sequence", "largest batch", "bytes at it", "decode tok/s (sum)", "over budget (not run)"];
+        let table: Vec<Vec<String>> = serving
+            .iter()
+            .map(|r| {
+                vec![
+                    r.label.clone(),
+                    r.context_tokens.to_string(),
+                    human(r.kv_bytes_per_sequence),
+                    if r.batch == 0 { "none fits".into() } else { r.batch.to_string() },
+                    human(r.bytes_at_batch),
+                    format!("{:.1}", r.decode_tokens_per_s_summed),
+                    if r.over_budget.is_empty() { "-".into() } else { r.over_budget.clone() },
+                ]
+            })
+            .collect();
+        print_table(&header, &table);
+        println!("written: {}", out.join("bench_serving.csv").display());
     }
     println!("written: {} and {}", out.join("bench.csv").display(), out.join("bench.json").display());
     Ok(())
