@@ -1,9 +1,11 @@
 //! Speed and memory from `kvbench bench` files (`bench.json`) in the report: one chart per figure
 //! (decode and prefill tokens/s, peak memory) against context length, a line per method, with
-//! the decode ceiling of the full cache as a dashed line, and the table of every measurement.
+//! the decode ceiling of the full cache as a dashed line, and the table of every measurement;
+//! and, for `--memory-budget` runs, the serving section: decode throughput and memory against
+//! batch size per method, with the budget as a line, and what the budget buys each method.
 
 use crate::format::{fixed, html_escape};
-use crate::svg::{Axis, Marker, Point, Series, XyChart};
+use crate::svg::{Axis, Marker, Point, RefLine, Series, XyChart};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -26,9 +28,56 @@ pub struct BenchRow {
     pub threads: usize,
 }
 
+/// One row of `bench.json`'s `batched` (batched decoding at one batch size).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct BatchedRow {
+    pub model: String,
+    pub label: String,
+    pub context_tokens: usize,
+    pub batch: usize,
+    pub decode_tokens_per_s_summed: f64,
+    pub kv_bytes_held: u64,
+}
+
+/// One row of `bench.json`'s `serving` (`kvbench bench --memory-budget`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct ServingRow {
+    pub model: String,
+    pub label: String,
+    pub context_tokens: usize,
+    pub budget_bytes: u64,
+    pub weight_bytes: u64,
+    pub kv_bytes_per_sequence: u64,
+    pub batch: usize,
+    pub bytes_at_batch: u64,
+    pub decode_tokens_per_s_summed: f64,
+    /// Batch sizes over the budget (not run), space-separated.
+    pub over_budget: String,
+}
+
+/// Everything the report draws from bench files.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BenchData {
+    pub rows: Vec<BenchRow>,
+    pub batched: Vec<BatchedRow>,
+    pub serving: Vec<ServingRow>,
+}
+
+impl BenchData {
+    pub fn extend(&mut self, other: BenchData) {
+        self.rows.extend(other.rows);
+        self.batched.extend(other.batched);
+        self.serving.extend(other.serving);
+    }
+}
+
 #[derive(Deserialize)]
 struct BenchFile {
     rows: Vec<BenchRow>,
+    #[serde(default)]
+    batched: Vec<BatchedRow>,
+    #[serde(default)]
+    serving: Vec<ServingRow>,
 }
 
 /// Why a bench file could not be read.
@@ -39,12 +88,99 @@ pub struct BenchError {
     pub problem: String,
 }
 
-/// Reads `path` (a `bench.json`, or a directory holding one).
+/// Reads `path` (a `bench.json`, or a directory holding one): its per-context rows.
 pub fn load_bench(path: &Path) -> Result<Vec<BenchRow>, BenchError> {
+    Ok(load_bench_data(path)?.rows)
+}
+
+/// Reads `path` (a `bench.json`, or a directory holding one): all of it.
+pub fn load_bench_data(path: &Path) -> Result<BenchData, BenchError> {
     let file = if path.is_dir() { path.join("bench.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).map_err(|e| BenchError { path: file.clone(), problem: e.to_string() })?;
     let parsed: BenchFile = serde_json::from_str(&text).map_err(|e| BenchError { path: file.clone(), problem: format!("not a kvbench bench file ({e})") })?;
-    Ok(parsed.rows)
+    Ok(BenchData { rows: parsed.rows, batched: parsed.batched, serving: parsed.serving })
+}
+
+fn gib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0 * 1024.0)
+}
+
+/// The serving section (`kvbench bench --memory-budget`): per model and context, decode
+/// tokens/s summed over the batch against batch size, and the bytes each batch size needs
+/// (weights + B × one sequence's measured cache bytes) with the budget as a line, then what the
+/// budget buys each method. No serving rows give an empty string.
+pub fn serving_section(batched: &[BatchedRow], serving: &[ServingRow]) -> String {
+    if serving.is_empty() {
+        return String::new();
+    }
+    let mut groups: Vec<(&str, usize)> = serving.iter().map(|r| (r.model.as_str(), r.context_tokens)).collect();
+    groups.sort();
+    groups.dedup();
+    let mut o = String::new();
+    o.push_str("<h2 id=\"serving\">What a memory budget buys (kvbench bench --memory-budget)</h2>");
+    o.push_str(
+        "<p class=\"lead\">Each method serves as many copies of one prompt as fit the budget: a batch of B needs the \
+         weights plus B times one sequence's cache bytes, measured at the end of its generation. Batch sizes over the \
+         budget were not run. Decode tokens/s are summed over the batch (one forward step for all sequences).</p>",
+    );
+    for (model, ctx) in groups {
+        let mine: Vec<&ServingRow> = serving.iter().filter(|r| r.model == model && r.context_tokens == ctx).collect();
+        let budget = mine[0].budget_bytes;
+        o.push_str(&format!("<h3>{} at {ctx} tokens, {} GiB budget</h3><div class=\"grid3\">", html_escape(model), fixed(gib(budget), 1)));
+        let log_axis = |label: &str| Axis { log: true, ..Axis::linear(label) };
+        let mut speed = XyChart::new("Decode throughput by batch", log_axis("batch size"), Axis { zero: true, ..Axis::linear("decode tokens/s (sum)") });
+        let mut memory = XyChart::new("Memory by batch", log_axis("batch size"), Axis { zero: true, ..Axis::linear("weights + caches (GiB)") });
+        for chart in [&mut speed, &mut memory] {
+            chart.subtitle = Some(format!("{model}, {ctx} tokens"));
+            chart.width = 440.0;
+            chart.height = 340.0;
+            chart.legend_below = true;
+        }
+        memory.reference.push(RefLine { y: gib(budget), label: format!("budget {} GiB", fixed(gib(budget), 1)), color: "#dc2626".into() });
+        for (k, r) in mine.iter().enumerate() {
+            let (color, marker) = (COLORS[k % COLORS.len()], Marker::ALL[k % Marker::ALL.len()]);
+            let mut s = Series::new(r.label.as_str(), color, marker);
+            s.line = true;
+            let mut runs: Vec<&BatchedRow> = batched.iter().filter(|b| b.model == model && b.context_tokens == ctx && b.label == r.label).collect();
+            runs.sort_by_key(|b| b.batch);
+            for b in &runs {
+                s.points.push(Point {
+                    x: b.batch as f64,
+                    y: b.decode_tokens_per_s_summed,
+                    tip: format!("{}: batch {}, {} tok/s", r.label, b.batch, fixed(b.decode_tokens_per_s_summed, 1)),
+                    label: None,
+                });
+            }
+            speed.series.push(s);
+            let mut sizes: Vec<usize> = runs.iter().map(|b| b.batch).chain(r.over_budget.split_whitespace().filter_map(|t| t.parse().ok())).collect();
+            sizes.sort_unstable();
+            sizes.dedup();
+            let mut m = Series::new(r.label.as_str(), color, marker);
+            m.line = true;
+            for b in sizes {
+                let bytes = r.weight_bytes + b as u64 * r.kv_bytes_per_sequence;
+                let fits = if bytes <= budget { "fits" } else { "over budget, not run" };
+                m.points.push(Point { x: b as f64, y: gib(bytes), tip: format!("{}: batch {b}, {} GiB ({fits})", r.label, fixed(gib(bytes), 2)), label: None });
+            }
+            memory.series.push(m);
+        }
+        o.push_str(&format!("<div class=\"card\">{}</div><div class=\"card\">{}</div></div>", speed.render(), memory.render()));
+        o.push_str("<div class=\"tablewrap\"><table class=\"lb\"><thead><tr><th>method</th><th class=\"num\">KV per sequence MiB</th><th class=\"num\">largest batch that fits</th><th class=\"num\">GiB at it</th><th class=\"num\">decode tok/s (sum)</th><th>over budget (not run)</th></tr></thead><tbody>");
+        for r in &mine {
+            let batch = if r.batch == 0 { "none fits".to_string() } else { r.batch.to_string() };
+            o.push_str(&format!(
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                html_escape(&r.label),
+                fixed(mib(r.kv_bytes_per_sequence), 1),
+                batch,
+                fixed(gib(r.bytes_at_batch), 2),
+                fixed(r.decode_tokens_per_s_summed, 1),
+                if r.over_budget.is_empty() { "–".to_string() } else { html_escape(&r.over_budget) },
+            ));
+        }
+        o.push_str("</tbody></table></div>");
+    }
+    o
 }
 
 const COLORS: [&str; 12] = ["#111827", "#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#65a30d", "#9333ea", "#b45309", "#475569"];

@@ -80,9 +80,9 @@ pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> R
 /// [`write_reports`], with a speed-and-memory section drawn from `kvbench bench` files
 /// (`bench.json` files or directories holding one) in `index.html`.
 pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper: bool, bench_files: &[PathBuf]) -> Result<ReportSummary, ReportError> {
-    let mut bench_rows = Vec::new();
+    let mut bench_data = bench::BenchData::default();
     for b in bench_files {
-        bench_rows.extend(bench::load_bench(b)?);
+        bench_data.extend(bench::load_bench_data(b)?);
     }
     let loaded = load_runs(run_dirs)?;
     let infos = loaded.run_infos();
@@ -94,7 +94,13 @@ pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper:
     let paired_csv = paired.to_csv(&lb)?;
     let tasks_csv = lb.to_tasks_csv()?;
     let tasks_md = lb.to_tasks_markdown(&experiment);
-    let index = html::index_html_paired(&infos, &loaded.cells, &lb, &paired, &bench::bench_section(&bench_rows));
+    let index = html::index_html_paired(
+        &infos,
+        &loaded.cells,
+        &lb,
+        &paired,
+        &(bench::bench_section(&bench_data.rows) + &bench::serving_section(&bench_data.batched, &bench_data.serving)),
+    );
     let groups = examples::collect_examples(&loaded.cells, examples::SAMPLES_PER_TASK);
     let ex_md = examples::examples_markdown(&groups, &experiment);
     let ex_html = examples::examples_html(&groups, &infos, &lb);

@@ -393,3 +393,46 @@ fn speed_and_memory_charts_plot_the_isolated_measurements_not_the_shared_timings
     assert!(speed.contains("777 input tokens, 4321.00"), "the measured sample is plotted");
     assert!(!speed.contains(", 111.00"), "no shared-run decode speed reaches the charts");
 }
+
+#[test]
+fn a_memory_budget_bench_adds_the_serving_section() {
+    let dir = tempfile::tempdir().unwrap();
+    write_fixture(dir.path());
+    let bench_dir = dir.path().join("bench");
+    fs::create_dir_all(&bench_dir).unwrap();
+    let row = serde_json::json!({"model": "tiny-llama", "method": "full", "label": "full", "context_tokens": 4096, "new_tokens": 8, "repeats": 1,
+        "prefill_tokens_per_s": 500.0, "ttft_seconds": 8.0, "decode_tokens_per_s": 19.0, "kv_bytes_held": 1u64 << 20,
+        "kv_bytes_attended": 1u64 << 20, "kv_bytes_full": 1u64 << 20, "peak_rss_bytes": 1u64 << 30, "prefill_ceiling_tokens_per_s": 900.0,
+        "decode_ceiling_tokens_per_s": 40.0, "prefill_pct_of_ceiling": 55.0, "decode_pct_of_ceiling": 47.5,
+        "threads": 2, "device": "cpu (2 threads)", "dtype": "f32"});
+    let gib = 1u64 << 30;
+    let batched = |label: &str, b: u64, tps: f64| serde_json::json!({"model": "tiny-llama", "label": label, "context_tokens": 4096, "batch": b, "decode_tokens_per_s_summed": tps, "kv_bytes_held": b << 28});
+    let serving = |label: &str, kv: u64, b: u64, tps: f64, over: &str| {
+        serde_json::json!({"model": "tiny-llama", "label": label, "context_tokens": 4096, "budget_bytes": 8 * gib, "weight_bytes": gib / 2,
+            "kv_bytes_per_sequence": kv, "batch": b, "bytes_at_batch": gib / 2 + b * kv, "decode_tokens_per_s_summed": tps, "over_budget": over})
+    };
+    let file = serde_json::json!({"calibration": {}, "rows": [row],
+        "batched": [batched("full", 1, 19.0), batched("full", 16, 57.5), batched("kivi(bits=2)", 1, 9.0), batched("kivi(bits=2)", 64, 77.25)],
+        "serving": [serving("full", gib / 4, 16, 57.5, "64"), serving("kivi(bits=2)", gib / 32, 64, 77.25, "")]});
+    fs::write(bench_dir.join("bench.json"), file.to_string()).unwrap();
+    let out = dir.path().join("report");
+    kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, std::slice::from_ref(&bench_dir)).unwrap();
+    let html = fs::read_to_string(out.join("index.html")).unwrap();
+    assert!(html.contains("id=\"serving\"") && html.contains("tiny-llama at 4096 tokens, 8.0 GiB budget"), "no serving section");
+    assert!(
+        html.contains(">Decode throughput by batch<") && html.contains(">tiny-llama, 4096 tokens<") && html.contains("budget 8.0 GiB"),
+        "charts and budget line"
+    );
+    // The full cache's 64 is over the budget: 0.5 + 64 x 0.25 = 16.5 GiB, drawn but not run.
+    assert!(html.contains("full: batch 64, 16.50 GiB (over budget, not run)"), "{html}");
+    assert!(html.contains("kivi(bits=2): batch 64, 2.50 GiB (fits)"));
+    assert!(
+        html.contains("<td>full</td><td class=\"num\">256.0</td><td class=\"num\">16</td><td class=\"num\">4.50</td><td class=\"num\">57.5</td><td>64</td>"),
+        "serving table"
+    );
+    // A bench file without serving rows adds no serving section.
+    let plain = serde_json::json!({"calibration": {}, "rows": [file["rows"][0].clone()], "batched": file["batched"].clone()});
+    fs::write(bench_dir.join("bench.json"), plain.to_string()).unwrap();
+    kvreport::write_reports_with_bench(&[dir.path().to_path_buf()], &out, false, std::slice::from_ref(&bench_dir)).unwrap();
+    assert!(!fs::read_to_string(out.join("index.html")).unwrap().contains("id=\"serving\""));
+}
