@@ -260,3 +260,62 @@ fn infllm_rope_theta_scores_without_positions() {
     let ids = c.select_blocks(&qd, 81).unwrap();
     assert_eq!(Vec::<i64>::try_from(ids.flatten(0, -1)).unwrap(), vec![2, 2]);
 }
+
+/// `model_rope = true` (the paper's InfLLM takes the model's own rotary embedding, scaling
+/// included): retrieval un-rotates with the model's frequencies. Keys rotated with a linearly
+/// scaled RoPE (LongChat's factor 8) are retrieved by their planted block; an unscaled base would
+/// un-rotate them wrongly.
+#[test]
+fn infllm_model_rope_uses_the_models_own_frequencies() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(7);
+    let theta = 10_000.0f64;
+    // LongChat-style linear scaling: every frequency divided by 8.
+    let inv: Vec<f32> = (0..D / 2).map(|i| (1.0 / theta.powf(2.0 * i as f64 / D as f64) / 8.0) as f32).collect();
+    let rope = kvcache::rope::Rope::new(&inv);
+    let rotate_model = |x: &Tensor, positions: &[i64]| {
+        let (cos, sin) = rope.cos_sin(positions, Device::Cpu);
+        kvcache::rope::apply_rotary(x, &cos, &sin)
+    };
+    let all: Vec<i64> = (0..81).collect();
+    let raw = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
+    raw.narrow(2, 9, 4).copy_(&basis(0, 3.0).view([1, 1, 1, D]));
+    let k = rotate_model(&raw, &all);
+    let v = Tensor::randn([1, 2, 81, D], (Kind::Float, Device::Cpu));
+    let q = Tensor::randn([1, 4, 81, D], (Kind::Float, Device::Cpu)) * 0.1;
+    let qd = rotate_model(&basis(0, 3.0).view([1, 1, 1, D]).expand([1, 4, 1, D], false).contiguous(), &[81]);
+    let retrieved = |model_rope: bool, theta: Option<f64>| {
+        let mut cfg = InfLlmConfig::new(Budget::Ratio(4.0));
+        (cfg.block_size, cfg.repr_topk, cfg.exc_block_size, cfg.n_init, cfg.n_local, cfg.topk) = (4, 4, 4, Some(1), Some(6), Some(1));
+        (cfg.model_rope, cfg.rope_theta) = (model_rope, theta);
+        let mut c = InfLlmCache::new(Arc::new(cfg), CacheSpec { rope: Some(rope), ..spec(81) });
+        let _prefill = c.attend(&step(&q, &k, &v, 0)).unwrap();
+        Vec::<i64>::try_from(c.select_blocks(&qd, 81).unwrap().flatten(0, -1)).unwrap()
+    };
+    assert_eq!(retrieved(true, None), vec![2, 2], "the model's scaled frequencies find the planted block");
+    assert_ne!(retrieved(false, None), vec![2, 2], "absolute-position scores miss it (this seed)");
+    // With an unscaled model RoPE, model_rope and rope_theta = its base select the same blocks,
+    // for arbitrary queries too.
+    let plain = kvcache::rope::Rope::from_theta(D as usize, theta);
+    for seed in 0..4 {
+        tch::manual_seed(100 + seed);
+        let qr = Tensor::randn([1, 4, 1, D], (Kind::Float, Device::Cpu));
+        let pick = |model_rope: bool, theta: Option<f64>| {
+            let mut cfg = InfLlmConfig::new(Budget::Ratio(4.0));
+            (cfg.block_size, cfg.repr_topk, cfg.exc_block_size, cfg.n_init, cfg.n_local, cfg.topk) = (4, 4, 4, Some(1), Some(6), Some(3));
+            (cfg.model_rope, cfg.rope_theta) = (model_rope, theta);
+            let mut c = InfLlmCache::new(Arc::new(cfg), CacheSpec { rope: Some(plain), ..spec(81) });
+            let _prefill = c.attend(&step(&q, &k, &v, 0)).unwrap();
+            Vec::<i64>::try_from(c.select_blocks(&qr, 81).unwrap().flatten(0, -1)).unwrap()
+        };
+        assert_eq!(pick(true, None), pick(false, Some(theta)), "seed {seed}");
+    }
+    // Through the registry: needs the model's RoPE, and refuses rope_theta beside it.
+    let reg = Registry::builtin().unwrap();
+    let f = reg.build("infllm", &settings(&["model_rope=true"])).unwrap();
+    let err = f.layer_cache(0, &spec(81)).err().expect("no RoPE in the spec").to_string();
+    assert!(err.contains("model_rope") && err.contains("rope_theta"), "{err}");
+    assert!(f.layer_cache(0, &CacheSpec { rope: Some(rope), ..spec(81) }).is_ok());
+    let err = reg.build("infllm", &settings(&["model_rope=true", "rope_theta=10000"])).err().expect("both refused").to_string();
+    assert!(err.contains("model_rope") && err.contains("not both"), "{err}");
+}

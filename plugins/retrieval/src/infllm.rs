@@ -35,6 +35,10 @@ pub struct InfLlmConfig {
     /// (representative keys un-rotated to position 0, queries rotated to distance `n_local`);
     /// when unset, keys and queries are compared with their absolute positions.
     pub rope_theta: Option<f64>,
+    /// Position-free retrieval scores with the model's own rotary frequencies
+    /// ([`CacheSpec::rope`]: its base and any scaling, as the paper's InfLLM takes them from the
+    /// model), instead of a `rope_theta` given by hand.
+    pub model_rope: bool,
 }
 
 /// The resolved budget split for one context length.
@@ -70,6 +74,7 @@ impl InfLlmConfig {
             n_local: None,
             shared_blocks: true,
             rope_theta: None,
+            model_rope: false,
         }
     }
 
@@ -125,6 +130,11 @@ impl CacheFactory for InfLlmFactory {
         "infllm"
     }
     fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
+        if self.0.model_rope && spec.rope.is_none() {
+            return Err(kvcache::Error::Unsupported(
+                "infllm: model_rope = true needs the model's rotary frequencies (CacheSpec::rope), and this model gives none; set rope_theta instead".into(),
+            ));
+        }
         Ok(Box::new(InfLlmCache::new(self.0.clone(), *spec)))
     }
 }
@@ -159,6 +169,24 @@ pub struct InfLlmCache {
 }
 
 impl InfLlmCache {
+    /// Whether retrieval scores are position-free (`rope_theta` or `model_rope`).
+    fn position_free(&self) -> bool {
+        self.cfg.rope_theta.is_some() || (self.cfg.model_rope && self.spec.rope.is_some())
+    }
+
+    /// `x` (`[..., n, D]`, f32) rotated by the RoPE angles of the position shifts `shift` (`[n]`),
+    /// with the model's frequencies (`model_rope`) or `rope_theta`'s.
+    fn shift(&self, x: &Tensor, shift: &Tensor) -> Tensor {
+        match (self.cfg.model_rope, self.spec.rope, self.cfg.rope_theta) {
+            (true, Some(rope), _) => {
+                let (cos, sin) = rope.cos_sin(&Vec::<i64>::try_from(shift.to_device(tch::Device::Cpu)).unwrap_or_default(), x.device());
+                kvcache::rope::apply_rotary(x, &cos, &sin)
+            }
+            (_, _, Some(theta)) => rotate(x, shift, theta),
+            _ => x.shallow_clone(),
+        }
+    }
+
     pub fn new(cfg: Arc<InfLlmConfig>, spec: CacheSpec) -> Self {
         let context = spec.context_tokens.unwrap_or(spec.expected_tokens);
         let knobs = cfg.knobs(context);
@@ -211,11 +239,11 @@ impl InfLlmCache {
         }
         let repr = self.repr.as_ref()?.to_kind(Kind::Float);
         let mut qf = q.to_kind(Kind::Float);
-        if let Some(theta) = self.cfg.rope_theta {
+        if self.position_free() {
             // Move every query to distance n_local from the position-0 representative keys.
             let l = q.size()[2];
             let shift = Tensor::arange_start(pos0 as i64, pos0 as i64 + l, (Kind::Int64, dev)).neg() + self.knobs.n_local as i64;
-            qf = rotate(&qf, &shift, theta);
+            qf = self.shift(&qf, &shift);
         }
         let qm = qf.mean_dim(2, false, Kind::Float); // [B, Hq, D]
         let scores = repr.matmul(&qm.unsqueeze(-1)).squeeze_dim(-1); // [B, Hq, nb]
@@ -338,9 +366,9 @@ impl InfLlmCache {
         let r = self.cfg.repr_topk.min(bs) as i64;
         let top = score.narrow(2, 0, m).view([b, hq, nb, bs as i64]).topk(r, -1, true, false).1; // [B, Hq, nb, r]
         let mut bkf = bk.to_kind(Kind::Float);
-        if let Some(theta) = self.cfg.rope_theta {
+        if self.position_free() {
             let shift = Tensor::arange_start(self.local_start as i64, self.local_start as i64 + m, (Kind::Int64, lk.device())).neg();
-            bkf = rotate(&bkf, &shift, theta);
+            bkf = self.shift(&bkf, &shift);
         }
         let kq = bkf.view([b, hkv, 1, nb, bs as i64, d]).expand([b, hkv, group, nb, bs as i64, d], false).reshape([b, hq, nb, bs as i64, d]);
         let rep = kq.gather(3, &top.unsqueeze(-1).expand([b, hq, nb, r, d], false), false).mean_dim(3, false, Kind::Float).to_kind(self.spec.kv_dtype.kind());
@@ -514,6 +542,10 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     cfg.shared_blocks = p.bool("shared_blocks", true)?;
     let theta = p.float("rope_theta", 0.0, 0.0, 1e12)?;
     cfg.rope_theta = (theta > 0.0).then_some(theta);
+    cfg.model_rope = p.bool("model_rope", false)?;
+    if cfg.model_rope && cfg.rope_theta.is_some() {
+        return Err(p.refuse("model_rope", "true (with rope_theta)", "either model_rope = true (the model's own RoPE) or rope_theta, not both"));
+    }
     p.finish()?;
     Ok(Arc::new(InfLlmFactory(Arc::new(cfg))))
 }
@@ -532,6 +564,7 @@ const PARAMS: &[ParamDoc] = &[
     ParamDoc { name: "topk", default: "(from budget)", help: "override: blocks retrieved per chunk" },
     ParamDoc { name: "n_local", default: "(from budget)", help: "override: local window in tokens" },
     ParamDoc { name: "shared_blocks", default: "true", help: "retrieve the same blocks for all heads of a layer (InfLLM); false: per KV head" },
+    ParamDoc { name: "model_rope", default: "false", help: "position-free retrieval scores with the model's own rotary frequencies (its base and scaling), as the paper's InfLLM; overrides the need for rope_theta" },
     ParamDoc { name: "rope_theta", default: "0 (unset)", help: "the model's RoPE base (e.g. 100000 for SmolLM2): retrieval compares un-rotated keys with queries at distance n_local, position-free as InfLLM; unset: absolute-position scores (favour recent blocks)" },
 ];
 
@@ -552,8 +585,9 @@ kvcache::inventory::submit! {
                  memory on GPU runs (bytes_offloaded); bytes_held counts everything (tokens, representative keys, scores), \
                  bytes_attended the KV of the latest chunk. Deviations: keys keep their absolute RoPE positions (InfLLM \
                  re-indexes positions: local tokens by distance, retrieved blocks at a fixed offset), so retrieval scores \
-                 compare post-RoPE keys and queries and favour recent blocks unless rope_theta is given (then \
-                 representative keys are un-rotated and queries placed at distance n_local, as InfLLM); no GPU block LRU cache \
+                 compare post-RoPE keys and queries and favour recent blocks unless rope_theta or model_rope = true is given (then \
+                 representative keys are un-rotated and queries placed at distance n_local, as InfLLM; model_rope uses the \
+                 model's own frequencies, scaling included); no GPU block LRU cache \
                  (retrieved blocks are gathered from the store every chunk); attention is computed in f32. ratio = 1 is the \
                  full cache.",
         params: PARAMS,
