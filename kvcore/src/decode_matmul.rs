@@ -11,6 +11,7 @@
 //! which IEEE 754 rounds exactly once per step, so the vectorised and the portable code agree
 //! bit for bit (tested in `kvcore/tests/decode_matmul.rs`).
 
+use std::ffi::{c_int, c_uint, c_void};
 use std::sync::OnceLock;
 
 /// The instruction set the kernel is compiled for at run time.
@@ -62,12 +63,31 @@ impl Isa {
 
 /// `y[r, c] = Σ_i x[r, i] · w[i, c]` for `x: [rows, k]`, `w: [k, n]` and `y: [rows, n]`, all
 /// row-major and contiguous; each sum runs over `i = 0..k` in order, as
-/// `acc = x[r, i].mul_add(w[i, c], acc)` from `acc = 0`. `threads` splits the columns (the rayon
-/// global pool runs the parts); it changes no bit.
+/// `acc = x[r, i].mul_add(w[i, c], acc)` from `acc = 0`. `threads` splits the columns, run on
+/// libtorch's OpenMP team when the process has it, else on rayon's global pool; neither the
+/// split nor the pool changes any bit.
 ///
 /// # Panics
 /// If a slice's length does not match `rows`, `k` and `n`.
 pub fn matmul(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, y: &mut [f32], threads: usize) {
+    matmul_on(Pool::Auto, x, rows, w, k, n, y, threads)
+}
+
+/// Which threads run the parts of a [`matmul_on`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pool {
+    /// libtorch's OpenMP team when loaded, else rayon ([`matmul`]).
+    Auto,
+    /// rayon's global pool (the fallback, chosen explicitly: tests run it beside libtorch).
+    Rayon,
+}
+
+/// [`matmul`] on the given threads.
+///
+/// # Panics
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_on(pool: Pool, x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, y: &mut [f32], threads: usize) {
     assert_eq!(x.len(), rows * k, "x must be [rows, k]");
     assert_eq!(w.len(), k * n, "w must be [k, n]");
     assert_eq!(y.len(), rows * n, "y must be [rows, n]");
@@ -87,9 +107,10 @@ pub fn matmul(x: &[f32], rows: usize, w: &[f32], k: usize, n: usize, y: &mut [f3
         }
     };
     let threads = threads.clamp(1, n.div_ceil(16));
+    let team = if pool == Pool::Auto { OpenMpTeam::loaded() } else { None };
     if threads == 1 {
         run(0, 1);
-    } else if let Some(team) = OpenMpTeam::loaded() {
+    } else if let Some(team) = team {
         team.run(threads, &run);
     } else {
         rayon::scope(|s| {
@@ -110,8 +131,6 @@ struct OpenMpTeam {
     thread_num: unsafe extern "C" fn() -> c_int,
     num_threads: unsafe extern "C" fn() -> c_int,
 }
-
-use std::ffi::{c_int, c_uint, c_void};
 
 impl OpenMpTeam {
     /// The team, looked up once among the libraries already loaded (libgomp's stable entry

@@ -82,6 +82,17 @@ pub fn decode_matmul_enabled() -> bool {
     })
 }
 
+/// How this process multiplies a decode step's projections for a model on `device` computing in
+/// `kind`: `"kernel"` (`decode_matmul`, f32 on a CPU with vector FMA) or `"libtorch"`. The last
+/// bits of decoded logits depend on it (run.json records it per sitting).
+pub fn decode_matmul_path(device: Device, kind: Kind) -> &'static str {
+    if device == Device::Cpu && kind == Kind::Float && decode_matmul_enabled() {
+        "kernel"
+    } else {
+        "libtorch"
+    }
+}
+
 /// `x @ w_t` through `decode_matmul` for a decode step (`[B, 1, in]`) of f32 CPU tensors.
 fn decode_project(x: &Tensor, w_t: &Tensor) -> Option<Tensor> {
     let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;

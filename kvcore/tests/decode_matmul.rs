@@ -2,7 +2,7 @@
 //! plain scalar chain of fused multiply-adds, whatever the number of rows, the threads and the
 //! tiling that the shape leads to; and equal to libtorch's product within rounding.
 
-use kvcore::decode_matmul::{matmul, Isa};
+use kvcore::decode_matmul::{matmul, matmul_on, Isa, Pool};
 
 /// A deterministic pseudo-random matrix in [-1, 1).
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -48,9 +48,12 @@ fn every_output_is_the_documented_fma_chain() {
             let x = values(rows * k, 101 + (si * 31 + rows) as u64);
             let want = reference(&x, rows, &w, k, n);
             for threads in [1usize, 2, 3] {
-                let mut y = vec![f32::NAN; rows * n];
-                matmul(&x, rows, &w, k, n, &mut y, threads);
-                assert_eq!(bits(&y), bits(&want), "k={k} n={n} rows={rows} threads={threads} on {:?}", Isa::detect());
+                // libtorch's OpenMP team (loaded in this test process), and rayon's pool.
+                for pool in [Pool::Auto, Pool::Rayon] {
+                    let mut y = vec![f32::NAN; rows * n];
+                    matmul_on(pool, &x, rows, &w, k, n, &mut y, threads);
+                    assert_eq!(bits(&y), bits(&want), "k={k} n={n} rows={rows} threads={threads} {pool:?} on {:?}", Isa::detect());
+                }
             }
         }
     }

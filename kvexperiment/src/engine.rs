@@ -85,6 +85,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
         let commit = info.git_commit.clone();
         info.add_commits(&prev.commits(), &commit);
         info.add_cpus(&prev.cpus);
+        info.add_decode_matmul(&prev.decode_matmul);
     }
 
     let mp = indicatif::MultiProgress::new();
@@ -109,6 +110,7 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             lm.chat_template = Some(crate::samples::builtin_chat_template(&lm, format).with_context(|| format!("model `{model_name}`: chat_format"))?);
         }
         info.device = kvcore::device::describe(settings.device);
+        info.note_decode_matmul(kvcore::model::decode_matmul_path(settings.device, settings.dtype.kind()));
         info.threads = threads;
         info.model_hashes.insert(model_name.clone(), sha256_path(files.path()));
         write_atomic(&out.join("run.json"), serde_json::to_string_pretty(&info)?.as_bytes())?;

@@ -97,6 +97,7 @@ pub fn run_info(exp: &kvconfig::Experiment, reg: &Registry, shard: Option<&str>)
         libtorch_version: kvcore::plugin_ffi::Handshake::host().libtorch_version,
         device: String::new(),
         cpus: vec![cpu_description()],
+        decode_matmul: Vec::new(),
         threads: 0,
         shard: shard.unwrap_or("0/1").to_string(),
         model_hashes: BTreeMap::new(),

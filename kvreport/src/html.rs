@@ -195,6 +195,11 @@ fn header<'a>(runs: &[RunInfo], kicker: &'a str, nav: &[(&'a str, &'a str)]) -> 
     if runs.iter().any(|r| !r.cpus.is_empty()) {
         fields.insert(2, plain("cpu", distinct(runs, |r| r.cpus.join(" + "))));
     }
+    // How decode steps' products ran (kvbench's kernel or libtorch), when recorded.
+    if runs.iter().any(|r| !r.decode_matmul.is_empty()) {
+        let at = fields.iter().position(|f| f.name == "threads").map_or(fields.len(), |i| i + 1);
+        fields.insert(at, plain("decode", distinct(runs, |r| r.decode_matmul.join(" + "))));
+    }
     Header { kicker, title: distinct(runs, |r| r.experiment.clone()), fields, nav: nav.iter().map(|&(href, text)| NavLink { href, text }).collect() }
 }
 
@@ -566,6 +571,7 @@ mod tests {
             libtorch_version: "2.13.0".into(),
             device: evil.into(),
             cpus: vec![evil.into()],
+            decode_matmul: vec![evil.into()],
             threads: 2,
             shard: "0/1".into(),
             model_hashes: BTreeMap::from([(evil.to_string(), evil.to_string())]),
@@ -593,8 +599,10 @@ mod tests {
         assert!(header.starts_with("<header class=\"top\">") && header.ends_with("</div></header>"), "{header}");
         // The CPU is shown when recorded (escaped like every other field), and not for older runs.
         assert!(header.contains("<dt>cpu</dt><dd>&lt;script&gt;alert(1)"), "{header}");
-        let older = RunInfo { cpus: Vec::new(), ..hostile_run() };
-        assert!(!report_header(&[older], "k", &[]).contains("<dt>cpu</dt>"));
+        assert!(header.contains("<dt>decode</dt><dd>&lt;script&gt;alert(1)"), "{header}");
+        let older = RunInfo { cpus: Vec::new(), decode_matmul: Vec::new(), ..hostile_run() };
+        let older_header = report_header(&[older], "k", &[]);
+        assert!(!older_header.contains("<dt>cpu</dt>") && !older_header.contains("<dt>decode</dt>"));
 
         // No cells: every section still renders, with its empty-state note.
         let html = index_html_with(&runs, &[], &Leaderboard::build(&[]), "<section id=\"extra\"></section>");

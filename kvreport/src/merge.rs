@@ -119,6 +119,7 @@ pub fn merged_run_info(runs: &[LoadedRun]) -> Result<RunInfo, MergeError> {
         libtorch_version: combine(runs, |i| &i.libtorch_version),
         device: combine(runs, |i| &i.device),
         cpus: sorted_union(runs.iter().flat_map(|r| r.info.cpus.iter().cloned())),
+        decode_matmul: sorted_union(runs.iter().flat_map(|r| r.info.decode_matmul.iter().cloned())),
         threads: runs.iter().map(|r| r.info.threads).max().unwrap_or(0),
         shard: format!("merged:{}", runs.len()),
         model_hashes: merge_maps(runs, "model_hashes", |i| &i.model_hashes)?,

@@ -41,6 +41,13 @@ pub struct RunInfo {
     /// merged run lists the union, sorted. Absent in runs written before it was recorded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpus: Vec<String>,
+    /// How decode steps' matrix products ran in every sitting, first-seen order, each once:
+    /// `kernel` (kvbench's batch-invariant kernel, `kvcore::decode_matmul`) or `libtorch`
+    /// (`KVBENCH_DECODE_MATMUL=libtorch`, GPUs, non-f32 dtypes). The last bits of decoded logits
+    /// depend on it; a merged run lists the union, sorted. Absent in runs written before it was
+    /// recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decode_matmul: Vec<String>,
     pub threads: usize,
     /// `i/N` when sharded, else "0/1".
     pub shard: String,
@@ -79,14 +86,30 @@ impl RunInfo {
 
     /// Puts the CPUs of earlier sittings (`earlier`) before this sitting's, each listed once.
     pub fn add_cpus(&mut self, earlier: &[String]) {
-        let mut all: Vec<String> = Vec::new();
-        for c in earlier.iter().chain(self.cpus.iter()) {
-            if !all.contains(c) {
-                all.push(c.clone());
-            }
-        }
-        self.cpus = all;
+        self.cpus = first_seen(earlier, &self.cpus);
     }
+
+    /// Puts the decode paths of earlier sittings (`earlier`) before this sitting's, each listed
+    /// once.
+    pub fn add_decode_matmul(&mut self, earlier: &[String]) {
+        self.decode_matmul = first_seen(earlier, &self.decode_matmul);
+    }
+
+    /// Records that this sitting decodes through `path` (once).
+    pub fn note_decode_matmul(&mut self, path: &str) {
+        self.decode_matmul = first_seen(&self.decode_matmul, &[path.to_string()]);
+    }
+}
+
+/// `earlier` then `mine`, each entry once, in first-seen order.
+fn first_seen(earlier: &[String], mine: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = Vec::new();
+    for c in earlier.iter().chain(mine.iter()) {
+        if !all.contains(c) {
+            all.push(c.clone());
+        }
+    }
+    all
 }
 
 /// An external plugin a run loaded.
@@ -238,6 +261,23 @@ mod tests {
         // Written only when present, so older readers and fixtures see the same file.
         assert!(!serde_json::to_string(&old).unwrap().contains("git_commits"));
         assert!(serde_json::to_string(&now).unwrap().contains(r#""git_commits":["aaa","bbb","ccc"]"#));
+    }
+
+    #[test]
+    fn decode_paths_of_a_resumed_run_are_listed_once_each() {
+        let old = info("aaa", &[]);
+        assert!(old.decode_matmul.is_empty() && !serde_json::to_string(&old).unwrap().contains("decode_matmul"));
+        let mut first = info("aaa", &[]);
+        first.note_decode_matmul("libtorch");
+        first.note_decode_matmul("libtorch");
+        assert_eq!(first.decode_matmul, ["libtorch"]);
+        let mut second = info("bbb", &[]);
+        second.note_decode_matmul("kernel");
+        second.add_decode_matmul(&first.decode_matmul);
+        assert_eq!(second.decode_matmul, ["libtorch", "kernel"]);
+        second.note_decode_matmul("libtorch");
+        assert_eq!(second.decode_matmul, ["libtorch", "kernel"]);
+        assert!(serde_json::to_string(&second).unwrap().contains(r#""decode_matmul":["libtorch","kernel"]"#));
     }
 
     #[test]

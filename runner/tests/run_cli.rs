@@ -52,9 +52,13 @@ fn run_shards_merge_and_resume_give_identical_reports() {
         assert!(first.get(key).is_some(), "record lacks `{key}`: {first}");
     }
     let run_json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(single.join("run.json")).unwrap()).unwrap();
-    for key in ["git_commit", "kvbench_version", "config_hash", "model_hashes", "libtorch_version", "device", "cpus", "threads"] {
+    for key in ["git_commit", "kvbench_version", "config_hash", "model_hashes", "libtorch_version", "device", "cpus", "decode_matmul", "threads"] {
         assert!(run_json.get(key).is_some(), "run.json lacks `{key}`");
     }
+    // How decode steps multiplied (their last bits depend on it): the kernel on an f32 CPU run
+    // where the CPU has vector FMA, libtorch otherwise.
+    let fast = kvcore::decode_matmul::Isa::detect().is_fast() && std::env::var("KVBENCH_DECODE_MATMUL").map_or(true, |v| v != "libtorch");
+    assert_eq!(run_json["decode_matmul"], serde_json::json!([if fast { "kernel" } else { "libtorch" }]), "{run_json}");
     // The sitting's CPU: model name and widest vector ISA (libtorch's kernels depend on it).
     let cpus = run_json["cpus"].as_array().expect("cpus is a list");
     assert_eq!(cpus.len(), 1, "one sitting, one CPU: {cpus:?}");

@@ -21,6 +21,7 @@ pub fn run_info(shard: &str) -> RunInfo {
         libtorch_version: "2.13.0".into(),
         device: "cpu (2 threads)".into(),
         cpus: Vec::new(),
+        decode_matmul: Vec::new(),
         threads: 2,
         shard: shard.into(),
         model_hashes: BTreeMap::from([("tiny-llama".to_string(), "aa11".repeat(16)), ("model-b".to_string(), "bb22".repeat(16))]),
