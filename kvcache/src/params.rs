@@ -32,11 +32,16 @@ pub enum Budget {
 /// `ratio = 6` is written 0.17 there (1/6 would give a 840-token budget for a 5,000-token
 /// prompt where the paper's has 850).
 pub fn paper_fraction(ratio: f64) -> f64 {
-    if (ratio - 6.0).abs() < 1e-9 {
+    if is_paper_6x(ratio) {
         0.17
     } else {
         1.0 / ratio.max(1.0)
     }
+}
+
+/// Whether `ratio` is the paper's 6x, the one budget its configs do not write as exactly 1/N.
+fn is_paper_6x(ratio: f64) -> bool {
+    (ratio - 6.0).abs() < 1e-9
 }
 
 impl Budget {
@@ -49,7 +54,7 @@ impl Budget {
     /// exactly 1/2, 1/4 and 1/8).
     pub fn paper(self) -> Budget {
         match self {
-            Budget::Ratio(r) if (r - 6.0).abs() < 1e-9 => Budget::Fraction(paper_fraction(r)),
+            Budget::Ratio(r) if is_paper_6x(r) => Budget::Fraction(paper_fraction(r)),
             other => other,
         }
     }

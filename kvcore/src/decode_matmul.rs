@@ -51,14 +51,6 @@ impl Isa {
             Isa::Portable => cfg!(target_arch = "aarch64"),
         }
     }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Isa::Avx512 => "avx512",
-            Isa::Avx2 => "avx2",
-            Isa::Portable => "portable",
-        }
-    }
 }
 
 /// `y[r, c] = Σ_i x[r, i] · w[i, c]` for `x: [rows, k]`, `w: [k, n]` and `y: [rows, n]`, all

@@ -86,17 +86,22 @@ pub fn decode_matmul_enabled() -> bool {
 /// `kind`: `"kernel"` (`decode_matmul`, f32 on a CPU with vector FMA) or `"libtorch"`. The last
 /// bits of decoded logits depend on it (run.json records it per sitting).
 pub fn decode_matmul_path(device: Device, kind: Kind) -> &'static str {
-    if device == Device::Cpu && kind == Kind::Float && decode_matmul_enabled() {
+    if uses_decode_kernel(device, kind) {
         "kernel"
     } else {
         "libtorch"
     }
 }
 
+/// Whether a decode step on `device` in `kind` goes through `decode_matmul`.
+fn uses_decode_kernel(device: Device, kind: Kind) -> bool {
+    device == Device::Cpu && kind == Kind::Float && decode_matmul_enabled()
+}
+
 /// `x @ w_t` through `decode_matmul` for a decode step (`[B, 1, in]`) of f32 CPU tensors.
 fn decode_project(x: &Tensor, w_t: &Tensor) -> Option<Tensor> {
-    let cpu_f32 = |t: &Tensor| t.device() == Device::Cpu && t.kind() == Kind::Float;
-    if x.dim() != 3 || x.size()[1] != 1 || w_t.dim() != 2 || !cpu_f32(x) || !cpu_f32(w_t) || !decode_matmul_enabled() {
+    let kernel = |t: &Tensor| uses_decode_kernel(t.device(), t.kind());
+    if x.dim() != 3 || x.size()[1] != 1 || w_t.dim() != 2 || !kernel(x) || !kernel(w_t) {
         return None;
     }
     let (rows, k) = (x.size()[0], x.size()[2]);

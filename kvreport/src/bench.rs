@@ -55,11 +55,14 @@ pub struct ServingRow {
     pub over_budget: String,
 }
 
-/// Everything the report draws from bench files.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// Everything the report draws from bench files: a `bench.json` as read (`batched` and
+/// `serving` are absent from files written without `--batch` / `--memory-budget`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct BenchData {
     pub rows: Vec<BenchRow>,
+    #[serde(default)]
     pub batched: Vec<BatchedRow>,
+    #[serde(default)]
     pub serving: Vec<ServingRow>,
 }
 
@@ -71,15 +74,6 @@ impl BenchData {
     }
 }
 
-#[derive(Deserialize)]
-struct BenchFile {
-    rows: Vec<BenchRow>,
-    #[serde(default)]
-    batched: Vec<BatchedRow>,
-    #[serde(default)]
-    serving: Vec<ServingRow>,
-}
-
 /// Why a bench file could not be read.
 #[derive(Debug, thiserror::Error)]
 #[error("{}: {problem}", .path.display())]
@@ -88,17 +82,11 @@ pub struct BenchError {
     pub problem: String,
 }
 
-/// Reads `path` (a `bench.json`, or a directory holding one): its per-context rows.
-pub fn load_bench(path: &Path) -> Result<Vec<BenchRow>, BenchError> {
-    Ok(load_bench_data(path)?.rows)
-}
-
-/// Reads `path` (a `bench.json`, or a directory holding one): all of it.
-pub fn load_bench_data(path: &Path) -> Result<BenchData, BenchError> {
+/// Reads `path` (a `bench.json`, or a directory holding one).
+pub fn load_bench(path: &Path) -> Result<BenchData, BenchError> {
     let file = if path.is_dir() { path.join("bench.json") } else { path.to_path_buf() };
     let text = std::fs::read_to_string(&file).map_err(|e| BenchError { path: file.clone(), problem: e.to_string() })?;
-    let parsed: BenchFile = serde_json::from_str(&text).map_err(|e| BenchError { path: file.clone(), problem: format!("not a kvbench bench file ({e})") })?;
-    Ok(BenchData { rows: parsed.rows, batched: parsed.batched, serving: parsed.serving })
+    serde_json::from_str(&text).map_err(|e| BenchError { path: file.clone(), problem: format!("not a kvbench bench file ({e})") })
 }
 
 fn gib(b: u64) -> f64 {

@@ -82,7 +82,7 @@ pub fn write_reports(run_dirs: &[PathBuf], out: &Path, compare_paper: bool) -> R
 pub fn write_reports_with_bench(run_dirs: &[PathBuf], out: &Path, compare_paper: bool, bench_files: &[PathBuf]) -> Result<ReportSummary, ReportError> {
     let mut bench_data = bench::BenchData::default();
     for b in bench_files {
-        bench_data.extend(bench::load_bench_data(b)?);
+        bench_data.extend(bench::load_bench(b)?);
     }
     let loaded = load_runs(run_dirs)?;
     let infos = loaded.run_infos();

@@ -174,15 +174,15 @@ impl InfLlmCache {
         self.cfg.rope_theta.is_some() || (self.cfg.model_rope && self.spec.rope.is_some())
     }
 
-    /// `x` (`[..., n, D]`, f32) rotated by the RoPE angles of the position shifts `shift` (`[n]`),
+    /// `x` (`[..., n, D]`, f32) rotated by the RoPE angles of the position shifts `shift` (`n`),
     /// with the model's frequencies (`model_rope`) or `rope_theta`'s.
-    fn shift(&self, x: &Tensor, shift: &Tensor) -> Tensor {
+    fn shift(&self, x: &Tensor, shift: &[i64]) -> Tensor {
         match (self.cfg.model_rope, self.spec.rope, self.cfg.rope_theta) {
             (true, Some(rope), _) => {
-                let (cos, sin) = rope.cos_sin(&Vec::<i64>::try_from(shift.to_device(tch::Device::Cpu)).unwrap_or_default(), x.device());
+                let (cos, sin) = rope.cos_sin(shift, x.device());
                 kvcache::rope::apply_rotary(x, &cos, &sin)
             }
-            (_, _, Some(theta)) => rotate(x, shift, theta),
+            (_, _, Some(theta)) => rotate(x, &Tensor::from_slice(shift).to_device(x.device()), theta),
             _ => x.shallow_clone(),
         }
     }
@@ -242,7 +242,7 @@ impl InfLlmCache {
         if self.position_free() {
             // Move every query to distance n_local from the position-0 representative keys.
             let l = q.size()[2];
-            let shift = Tensor::arange_start(pos0 as i64, pos0 as i64 + l, (Kind::Int64, dev)).neg() + self.knobs.n_local as i64;
+            let shift: Vec<i64> = (pos0 as i64..pos0 as i64 + l).map(|p| self.knobs.n_local as i64 - p).collect();
             qf = self.shift(&qf, &shift);
         }
         let qm = qf.mean_dim(2, false, Kind::Float); // [B, Hq, D]
@@ -367,7 +367,7 @@ impl InfLlmCache {
         let top = score.narrow(2, 0, m).view([b, hq, nb, bs as i64]).topk(r, -1, true, false).1; // [B, Hq, nb, r]
         let mut bkf = bk.to_kind(Kind::Float);
         if self.position_free() {
-            let shift = Tensor::arange_start(self.local_start as i64, self.local_start as i64 + m, (Kind::Int64, lk.device())).neg();
+            let shift: Vec<i64> = (self.local_start as i64..self.local_start as i64 + m).map(|p| -p).collect();
             bkf = self.shift(&bkf, &shift);
         }
         let kq = bkf.view([b, hkv, 1, nb, bs as i64, d]).expand([b, hkv, group, nb, bs as i64, d], false).reshape([b, hq, nb, bs as i64, d]);

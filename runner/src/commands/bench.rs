@@ -375,6 +375,7 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let mut rows = Vec::new();
     let mut batched: Vec<BatchedRow> = Vec::new();
     let mut serving: Vec<ServingRow> = Vec::new();
+    let (device, dtype) = (kvcore::device::describe(settings.device), settings.dtype.name().to_string());
     let mut batch_sizes = a.batch.clone();
     batch_sizes.sort_unstable();
     batch_sizes.dedup();
@@ -444,8 +445,8 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 prefill_pct_of_ceiling: 100.0 * prefill / prefill_ceiling,
                 decode_pct_of_ceiling: 100.0 * decode / decode_ceiling,
                 threads,
-                device: kvcore::device::describe(settings.device),
-                dtype: settings.dtype.name().to_string(),
+                device: device.clone(),
+                dtype: dtype.clone(),
             });
             bar.inc(1);
             let per_sequence = g.kv_bytes_held;
@@ -470,8 +471,8 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                     decode_tokens_per_s_per_sequence: summed / b as f64,
                     kv_bytes_held: held,
                     threads,
-                    device: kvcore::device::describe(settings.device),
-                    dtype: settings.dtype.name().to_string(),
+                    device: device.clone(),
+                    dtype: dtype.clone(),
                 });
                 best = Some((b, summed));
             }
@@ -492,8 +493,8 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                     decode_tokens_per_s_summed: summed,
                     over_budget: over.join(" "),
                     threads,
-                    device: kvcore::device::describe(settings.device),
-                    dtype: settings.dtype.name().to_string(),
+                    device: device.clone(),
+                    dtype: dtype.clone(),
                 });
             }
         }
@@ -519,9 +520,9 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     println!(
         "{} on {} ({} threads, {}); ceilings from copy {:.2} GB/s and matmul {:.1} GFLOP/s (estimates); medians of {} after {} warm-up",
         a.model,
-        kvcore::device::describe(settings.device),
+        device,
         threads,
-        settings.dtype.name(),
+        dtype,
         cal.copy_bytes_per_s / 1e9,
         cal.matmul_flops_per_s / 1e9,
         a.repeats,
