@@ -1,4 +1,4 @@
-//! Makes the kvbench binary and its tests find libtorch at run time and link libtorch_cuda.
+//! Makes the kvbench binary and its tests (and kvexperiment's, which builds with this file) find libtorch at run time and link libtorch_cuda.
 //!
 //! torch-sys does not give the final link an rpath, and `--as-needed` drops `libtorch_cuda.so`
 //! (so CUDA silently looks unavailable). `DEP_TCH_LIBTORCH_LIB` reaches only packages that depend

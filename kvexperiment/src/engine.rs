@@ -5,7 +5,7 @@
 
 use crate::plan::cell_context_bound;
 use crate::provenance::sha256_path;
-use crate::samples::{apply_stop_rules, compress_sample, datasets_for, encode_sample, newline_stop_id, select_fraction, task_spec, EngineTokenizer};
+use crate::samples::{apply_stop_rules, build_samples, compress_sample, datasets_for, encode_sample, newline_stop_id, task_spec, EngineTokenizer};
 use crate::sink::{resume_records, write_atomic, RecordSink};
 use anyhow::{bail, Context, Result};
 use kvconfig::{Cell, Experiment, Template, Truncation};
@@ -155,12 +155,8 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
                 Template::Plain => false,
                 Template::Auto => mc.chat_template && lm.chat_template.is_some(),
             };
-            let mut s = task_spec(c)
-                .build(&EngineTokenizer::new(&lm, sizing_chat))
+            let s = build_samples(&task_spec(c), &EngineTokenizer::new(&lm, sizing_chat), c.task_config.fraction, c.seed)
                 .with_context(|| format!("building the samples of task `{}` for model `{model_name}`", c.task))?;
-            if let Some(f) = c.task_config.fraction {
-                s = select_fraction(s, f, c.seed);
-            }
             if s.is_empty() {
                 bail!("task `{}` produced no samples", c.task);
             }

@@ -82,23 +82,33 @@ pub fn fraction_keep(n: usize, fraction: f64) -> usize {
 /// A deterministic subset: the `fraction` of samples whose seeded hash of their id is smallest,
 /// in their original order.
 pub fn select_fraction(samples: Vec<Sample>, fraction: f64, seed: u64) -> Vec<Sample> {
-    let keep = fraction_keep(samples.len(), fraction);
+    let ids: Vec<&str> = samples.iter().map(|s| s.id.as_str()).collect();
+    let chosen = fraction_indices(&ids, fraction, seed);
+    samples.into_iter().enumerate().filter(|(i, _)| chosen.contains(i)).map(|(_, s)| s).collect()
+}
+
+/// The positions in `ids` of [`select_fraction`]'s choice.
+pub fn fraction_indices(ids: &[&str], fraction: f64, seed: u64) -> std::collections::BTreeSet<usize> {
+    let keep = fraction_keep(ids.len(), fraction);
     let mut keyed: Vec<(String, usize)> =
-        samples.iter().enumerate().map(|(i, s)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{}", s.id).as_bytes())), i)).collect();
+        ids.iter().enumerate().map(|(i, id)| (hex::encode(<sha2::Sha256 as sha2::Digest>::digest(format!("{seed}:{id}").as_bytes())), i)).collect();
     keyed.sort();
-    let mut chosen: Vec<usize> = keyed.into_iter().take(keep).map(|(_, i)| i).collect();
-    chosen.sort_unstable();
-    let mut out = Vec::new();
-    let mut it = samples.into_iter().enumerate();
-    for c in chosen {
-        for (i, s) in it.by_ref() {
-            if i == c {
-                out.push(s);
-                break;
-            }
+    keyed.into_iter().take(keep).map(|(_, i)| i).collect()
+}
+
+/// A task's samples, or with `fraction` the [`select_fraction`] of them, building only those
+/// when the task's ids are known beforehand ([`TaskSpec::sample_ids`]): a one-sample
+/// probe of a generated task then tokenizes one sample, not all of them.
+pub fn build_samples(spec: &TaskSpec, tok: &dyn TextTokenizer, fraction: Option<f64>, seed: u64) -> Result<Vec<Sample>, kvtasks::sample::TaskError> {
+    let Some(f) = fraction else { return spec.build(tok) };
+    match spec.sample_ids()? {
+        Some(ids) => {
+            let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+            let chosen: std::collections::BTreeSet<&str> = fraction_indices(&refs, f, seed).into_iter().map(|i| refs[i]).collect();
+            spec.build_where(tok, &|id| chosen.contains(id))
         }
+        None => Ok(select_fraction(spec.build(tok)?, f, seed)),
     }
-    out
 }
 
 /// A built-in conversation format ([`kvformats::chat::ChatTemplate::builtin`]) as `lm`'s chat
@@ -224,5 +234,21 @@ mod tests {
         }
         let err = apply_stop_rules(&sample(Some(true)), None, &mut kvcore::generate::GenerateOptions::default()).unwrap_err();
         assert!(err.to_string().contains("stops at a newline"), "{err}");
+    }
+
+    #[test]
+    fn a_fraction_built_from_ids_is_the_fraction_of_the_full_build() {
+        // The tasks' data come from `kvbench data fetch`: the RULER essays and the code package.
+        for task in ["ruler/niah_single_1", "code"] {
+            let spec = TaskSpec { task: task.into(), lengths: vec![2048], samples: 40, seed: 9, ..TaskSpec::default() };
+            let tok = kvtasks::sample::ByteTokenizer;
+            let all = spec.build(&tok).unwrap();
+            for f in [0.0025, 0.1, 0.5] {
+                let by_ids = build_samples(&spec, &tok, Some(f), 42).unwrap();
+                let reference = select_fraction(all.clone(), f, 42);
+                assert_eq!(kvtasks::sample::to_jsonl(&by_ids).unwrap(), kvtasks::sample::to_jsonl(&reference).unwrap(), "{task} at {f}");
+                assert_eq!(by_ids.len(), fraction_keep(40, f));
+            }
+        }
     }
 }

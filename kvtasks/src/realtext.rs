@@ -209,8 +209,28 @@ fn fill_passages(
 /// "Which paragraph is this quote from?" over passages of distinct documents; answer "Paragraph N",
 /// scored with LongBench `retrieval_score`.
 pub fn passage_retrieval_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+    passage_retrieval_samples_where(corpus, cfg, tok, &|_| true)
+}
+
+/// The id of passage retrieval's sample `i`.
+pub fn passage_retrieval_id(corpus: CorpusName, target_tokens: usize, i: usize) -> String {
+    format!("passage_retrieval-{}-{target_tokens}-{i}", corpus.dataset())
+}
+
+/// [`passage_retrieval_samples`] whose id `keep` accepts, the others not built at all (each
+/// sample draws from its own seeded stream, so the kept ones are the same either way).
+pub fn passage_retrieval_samples_where(
+    corpus: &Corpus,
+    cfg: &PassageConfig,
+    tok: &dyn TextTokenizer,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Sample>, TaskError> {
     let mut out = Vec::new();
     for i in 0..cfg.num_samples {
+        let id = passage_retrieval_id(corpus.name, cfg.target_tokens, i);
+        if !keep(&id) {
+            continue;
+        }
         let mut rng = PyRandom::new(derive_seed(cfg.seed, i as u64));
         let prefix = |n: usize| {
             format!(
@@ -254,7 +274,7 @@ pub fn passage_retrieval_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn
         metadata.insert("index".into(), json!(i));
         let s = Sample {
             examples: Vec::new(),
-            id: format!("passage_retrieval-{}-{}-{i}", corpus.name.dataset(), cfg.target_tokens),
+            id,
             task: format!("passage_retrieval_{}", corpus.name.dataset()),
             prefix_instruction: Some(prefix(ps.len())),
             context,
@@ -275,12 +295,31 @@ pub fn passage_retrieval_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn
 
 /// "How many unique paragraphs?" over passages with duplicates; scored with LongBench `count_score`.
 pub fn passage_count_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+    passage_count_samples_where(corpus, cfg, tok, &|_| true)
+}
+
+/// The id of passage count's sample `i`.
+pub fn passage_count_id(corpus: CorpusName, target_tokens: usize, i: usize) -> String {
+    format!("passage_count-{}-{target_tokens}-{i}", corpus.dataset())
+}
+
+/// [`passage_count_samples`] whose id `keep` accepts, the others not built at all.
+pub fn passage_count_samples_where(
+    corpus: &Corpus,
+    cfg: &PassageConfig,
+    tok: &dyn TextTokenizer,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Sample>, TaskError> {
     const PREFIX_HEAD: &str = "There are some paragraphs below sourced from ";
     let prefix = format!("{PREFIX_HEAD}{}. Some of them may be duplicates. Please carefully read these paragraphs and determine how many unique paragraphs there are after removing duplicates. In other words, how many non-repeating paragraphs are there in total?\n\n", corpus.name.described());
     let question = "\n\nPlease enter the final count of unique paragraphs after removing duplicates. The output format should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer is: ";
     let fixed = tok.count(&prefix) + tok.count(question);
     let mut out = Vec::new();
     for i in 0..cfg.num_samples {
+        let id = passage_count_id(corpus.name, cfg.target_tokens, i);
+        if !keep(&id) {
+            continue;
+        }
         let mut rng = PyRandom::new(derive_seed(cfg.seed, i as u64));
         let fits = |ps: &[String]| fixed + tok.count(&paragraphs(ps)) <= cfg.target_tokens;
         let (pool, ids) = fill_passages(corpus, cfg, tok, &mut rng, &fits);
@@ -308,7 +347,7 @@ pub fn passage_count_samples(corpus: &Corpus, cfg: &PassageConfig, tok: &dyn Tex
         metadata.insert("index".into(), json!(i));
         let mut s = Sample {
             examples: Vec::new(),
-            id: format!("passage_count-{}-{}-{i}", corpus.name.dataset(), cfg.target_tokens),
+            id,
             task: format!("passage_count_{}", corpus.name.dataset()),
             prefix_instruction: Some(prefix.clone()),
             context: paragraphs(&ps),
@@ -412,6 +451,21 @@ fn tail_lines(text: &str, budget: usize, tok: &dyn TextTokenizer) -> String {
 /// to a chosen line (preceded by other files of the package, `# Path:` headers, when there is room),
 /// the answer is that line without surrounding whitespace; scored with `code_sim_score`.
 pub fn code_completion_samples(repo: &CodeRepo, cfg: &CodeConfig, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+    code_completion_samples_where(repo, cfg, tok, &|_| true)
+}
+
+/// The id of code completion's sample `i` over `package`.
+pub fn code_completion_id(package: &str, target_tokens: usize, i: usize) -> String {
+    format!("code_completion-{package}-{target_tokens}-{i}")
+}
+
+/// [`code_completion_samples`] whose id `keep` accepts, the others not built at all.
+pub fn code_completion_samples_where(
+    repo: &CodeRepo,
+    cfg: &CodeConfig,
+    tok: &dyn TextTokenizer,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Sample>, TaskError> {
     const PREFIX: &str = "Please complete the code given below. \n";
     const QUESTION: &str = "Next line of code:\n";
     let fixed = tok.count(PREFIX) + tok.count(QUESTION);
@@ -422,6 +476,10 @@ pub fn code_completion_samples(repo: &CodeRepo, cfg: &CodeConfig, tok: &dyn Text
     }
     let mut out = Vec::new();
     for i in 0..cfg.num_samples {
+        let id = code_completion_id(&repo.package, cfg.target_tokens, i);
+        if !keep(&id) {
+            continue;
+        }
         let mut rng = PyRandom::new(derive_seed(cfg.seed, i as u64));
         let fi = *rng.choice(&eligible).unwrap_or(&eligible[0]);
         let (path, text) = &repo.files[fi];
@@ -462,7 +520,7 @@ pub fn code_completion_samples(repo: &CodeRepo, cfg: &CodeConfig, tok: &dyn Text
         metadata.insert("index".into(), json!(i));
         let mut s = Sample {
             examples: Vec::new(),
-            id: format!("code_completion-{}-{}-{i}", repo.package, cfg.target_tokens),
+            id,
             task: "code_completion_py".into(),
             prefix_instruction: Some(PREFIX.into()),
             context,

@@ -224,7 +224,7 @@ impl Parts {
     /// The sample these parts make (`metadata` left to the caller).
     fn into_sample(self, task: RulerTask, max_seq_length: usize, i: usize) -> (Sample, BTreeMap<String, serde_json::Value>) {
         let sample = Sample {
-            id: format!("ruler-{}-{max_seq_length}-{i}", task.name()),
+            id: ruler_sample_id(task, max_seq_length, i),
             task: format!("ruler_{}", task.name()),
             examples: self.examples,
             prefix_instruction: Some(self.prefix),
@@ -589,6 +589,24 @@ fn largest_fitting(lo: usize, cap: usize, fits: &dyn Fn(usize) -> bool) -> Optio
 /// ([`noise_context_id`], [`essay_context_id`]). The distractor-needle haystacks
 /// (`niah_multikey_2/3`), `cwe` and `fwe` draw their whole context per sample and carry none.
 pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+    ruler_samples_where(task, cfg, res, tok, &|_| true)
+}
+
+/// The id of `task`'s sample `i` at `max_seq_length`.
+pub fn ruler_sample_id(task: RulerTask, max_seq_length: usize, i: usize) -> String {
+    format!("ruler-{}-{max_seq_length}-{i}", task.name())
+}
+
+/// [`ruler_samples`] whose id `keep` accepts, the others not built at all. Each sample draws
+/// from its own seeded stream and the haystack size starts from sample 0's (sized whether or
+/// not it is kept), so the kept samples are the same either way.
+pub fn ruler_samples_where(
+    task: RulerTask,
+    cfg: &RulerConfig,
+    res: &RulerResources,
+    tok: &dyn TextTokenizer,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<Vec<Sample>, TaskError> {
     let ttg = task.tokens_to_generate();
     let budget = cfg.max_seq_length.saturating_sub(ttg);
     let mut cwe_words: Vec<String> = Vec::new();
@@ -611,6 +629,11 @@ pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, t
     };
     if task == RulerTask::Vt {
         for i in 0..cfg.num_samples {
+            // Sample 0's example sizes the haystack, kept or not.
+            if i > 0 && !keep(&ruler_sample_id(task, cfg.max_seq_length, i)) {
+                icls.push(String::new());
+                continue;
+            }
             let mut r = PyRandom::new(derive_seed(cfg.seed ^ 0x1c1, i as u64));
             icls.push(vt_icl(tok, &mut r));
         }
@@ -640,6 +663,9 @@ pub fn ruler_samples(task: RulerTask, cfg: &RulerConfig, res: &RulerResources, t
     };
     let mut out = Vec::new();
     for i in 0..cfg.num_samples {
+        if !keep(&ruler_sample_id(task, cfg.max_seq_length, i)) {
+            continue;
+        }
         let mut n = n0;
         while n > lo && !fits_i(n, i) {
             n = n.saturating_sub(step).max(lo);

@@ -4,8 +4,11 @@
 
 use crate::longbench::dataset::default_data_dir;
 use crate::needle::{kamradt_samples, passkey_samples, Essays, KamradtConfig, PasskeyConfig};
-use crate::realtext::{code_completion_samples, passage_count_samples, passage_retrieval_samples, CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig};
-use crate::ruler::{ruler_samples, RulerConfig, RulerResources, RulerTask};
+use crate::realtext::{
+    code_completion_id, code_completion_samples_where, passage_count_id, passage_count_samples_where, passage_retrieval_id, passage_retrieval_samples_where,
+    CodeConfig, CodeRepo, Corpus, CorpusName, PassageConfig,
+};
+use crate::ruler::{ruler_sample_id, ruler_samples_where, RulerConfig, RulerResources, RulerTask};
 use crate::sample::{Sample, TaskError, TextTokenizer};
 
 /// A task and its generator's settings. Defaults are `kvbench task`'s.
@@ -69,6 +72,20 @@ impl TaskSpec {
 
     /// The samples this task stands for, sized with `tok` (the model's tokenizer).
     pub fn build(&self, tok: &dyn TextTokenizer) -> Result<Vec<Sample>, TaskError> {
+        self.build_where(tok, &|_| true)
+    }
+
+    /// The samples of [`TaskSpec::build`] whose id `keep` accepts, in the same order and equal to
+    /// them. Generators whose samples each draw from their own seeded stream (RULER, passage
+    /// retrieval and count, code completion) skip the others without building them, which is
+    /// most of the cost of a small `fraction` of a task sized with a real tokenizer; the rest
+    /// build every sample and filter.
+    pub fn build_where(&self, tok: &dyn TextTokenizer, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Sample>, TaskError> {
+        // Within `limit` (the first samples by the same rules) and accepted by `keep`.
+        let ids = self.sample_ids()?;
+        let within: Option<std::collections::BTreeSet<&str>> = ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
+        let keep = |id: &str| within.as_ref().is_none_or(|w| w.contains(id)) && keep(id);
+        let keep: &dyn Fn(&str) -> bool = &keep;
         let name = self.task.as_str();
         let mut samples = Vec::new();
         if name == "passkey" {
@@ -99,7 +116,7 @@ impl TaskSpec {
             let res = RulerResources::from_cache()?;
             for len in self.lengths_or(&[2048]) {
                 let cfg = RulerConfig { max_seq_length: len, num_samples: self.samples, seed: self.seed };
-                samples.extend(ruler_samples(task, &cfg, &res, tok)?);
+                samples.extend(ruler_samples_where(task, &cfg, &res, tok, keep)?);
             }
         } else if let Some(c) = name.strip_prefix("retrieval/").or_else(|| name.strip_prefix("count/")) {
             let corpus = Self::corpus(c)?;
@@ -107,15 +124,20 @@ impl TaskSpec {
             for len in self.lengths_or(&[2048]) {
                 let cfg = PassageConfig { corpus, target_tokens: len, passage_tokens: 150, num_samples: self.samples, seed: self.seed };
                 samples.extend(if name.starts_with("retrieval/") {
-                    passage_retrieval_samples(&loaded, &cfg, tok)?
+                    passage_retrieval_samples_where(&loaded, &cfg, tok, keep)?
                 } else {
-                    passage_count_samples(&loaded, &cfg, tok)?
+                    passage_count_samples_where(&loaded, &cfg, tok, keep)?
                 });
             }
         } else if name == "code" {
             let repo = CodeRepo::from_cache()?;
             for len in self.lengths_or(&[2048]) {
-                samples.extend(code_completion_samples(&repo, &CodeConfig { target_tokens: len, num_samples: self.samples, seed: self.seed }, tok)?);
+                samples.extend(code_completion_samples_where(
+                    &repo,
+                    &CodeConfig { target_tokens: len, num_samples: self.samples, seed: self.seed },
+                    tok,
+                    keep,
+                )?);
             }
         } else if let Some(sub) = name.strip_prefix("longbench/").or_else(|| name.strip_prefix("longbench_e/")) {
             // Official LongBench records (`kvbench data fetch longbench`), prompts and metrics.
@@ -124,10 +146,42 @@ impl TaskSpec {
         } else {
             return Err(TaskError::Config { key: "task".into(), detail: format!("unknown task `{name}` (expected {TASK_NAMES})") });
         }
-        if let Some(n) = self.limit {
-            samples.truncate(n);
+        if ids.is_none() {
+            if let Some(n) = self.limit {
+                samples.truncate(n);
+            }
         }
+        samples.retain(|s| keep(&s.id));
         Ok(samples)
+    }
+
+    /// The ids of [`TaskSpec::build`]'s samples, in order, without building them, for the
+    /// generators that can skip samples ([`TaskSpec::build_where`]); `None` for the others.
+    pub fn sample_ids(&self) -> Result<Option<Vec<String>>, TaskError> {
+        let name = self.task.as_str();
+        let lengths = self.lengths_or(&[2048]);
+        let per_length = |id: &dyn Fn(usize, usize) -> String| -> Vec<String> {
+            lengths.iter().flat_map(|&len| (0..self.samples).map(move |i| (len, i))).map(|(len, i)| id(len, i)).collect()
+        };
+        let mut ids = if let Some(r) = name.strip_prefix("ruler/") {
+            let task = RulerTask::from_name(r).ok_or_else(|| TaskError::Config { key: "task".into(), detail: format!("unknown RULER task `{r}`") })?;
+            per_length(&|len, i| ruler_sample_id(task, len, i))
+        } else if let Some(c) = name.strip_prefix("retrieval/") {
+            let corpus = Self::corpus(c)?;
+            per_length(&|len, i| passage_retrieval_id(corpus, len, i))
+        } else if let Some(c) = name.strip_prefix("count/") {
+            let corpus = Self::corpus(c)?;
+            per_length(&|len, i| passage_count_id(corpus, len, i))
+        } else if name == "code" {
+            let package = CodeRepo::from_cache()?.package;
+            per_length(&|len, i| code_completion_id(&package, len, i))
+        } else {
+            return Ok(None);
+        };
+        if let Some(n) = self.limit {
+            ids.truncate(n);
+        }
+        Ok(Some(ids))
     }
 
     /// How many samples [`TaskSpec::build`] makes, by the same rules, or `None` when it cannot be
