@@ -2,7 +2,8 @@
 //! position order, with spare capacity so appending a token writes one slot and never copies the
 //! whole cache. Positions are materialised only once the kept set stops being contiguous (after
 //! an eviction), and an optional per-token score (accumulated attention) travels with its token.
-//! Eviction gathers the survivors into fresh storage, so the memory of evicted tokens is returned.
+//! Eviction moves the survivors to the front (in place when the storage is already the size they
+//! need, else into fresh storage), so the memory of evicted tokens is returned.
 
 use crate::cache::{contiguous_positions, tensor_bytes, CacheSpec};
 use tch::{Kind, Tensor};
@@ -153,10 +154,14 @@ impl KvBuffer {
         }
     }
 
-    /// Keeps the tokens at slot indices `idx` (`[B, H, n]`, ascending), reallocating to `n +
-    /// headroom` slots so the memory of evicted tokens is returned.
+    /// Keeps the tokens at slot indices `idx` (`[B, H, n]`, ascending), in `n + headroom` slots
+    /// so the memory of evicted tokens is returned: in place when the storage already has that
+    /// many (decoding's one token in, one out, every step), else in fresh storage.
     pub fn keep(&mut self, idx: &Tensor, headroom: usize) {
         let n = idx.size()[2] as usize;
+        if self.keep_in_place(idx, n, headroom) {
+            return;
+        }
         let (_, _, d) = self.dims();
         let Some((k, v)) = self.views() else { return };
         let positions = self.positions();
@@ -186,6 +191,55 @@ impl KvBuffer {
         if n > 0 {
             self.first_pos = np.min().int64_value(&[]) as usize;
         }
+    }
+
+    /// [`KvBuffer::keep`] by moving the kept slots to the front of each `[B·H]` row of the
+    /// storage it already has, when that is exactly `n + headroom` slots of contiguous CPU
+    /// tensors and `idx` is ascending within the held tokens (else `false`, nothing changed).
+    /// The same bytes end up in the same layout as a fresh copy, without gathering into a
+    /// temporary and allocating the storage again.
+    fn keep_in_place(&mut self, idx: &Tensor, n: usize, headroom: usize) -> bool {
+        let (b, h, _) = self.dims();
+        let rows = (b * h) as usize;
+        let cap = self.cap;
+        let on_cpu = self.spec.device == tch::Device::Cpu;
+        if n == 0 || cap != n + headroom.max(1) || !on_cpu || idx.size() != [b, h, n as i64] || idx.kind() != Kind::Int64 {
+            return false;
+        }
+        let Ok(slots) = Vec::<i64>::try_from(idx.contiguous().view([-1])) else { return false };
+        let ascending = slots.chunks(n).all(|r| r.windows(2).all(|w| w[0] < w[1]) && r[0] >= 0 && (r[n - 1] as usize) < self.len);
+        let stored = [&self.k, &self.v, &self.pos, &self.aux];
+        let contiguous = stored.iter().all(|t| t.as_ref().is_none_or(|t| t.is_contiguous() && t.size()[2] as usize == cap));
+        if !ascending || !contiguous || self.k.is_none() || self.v.is_none() {
+            return false;
+        }
+        if self.pos.is_none() {
+            self.materialise_positions();
+        }
+        for t in [&self.k, &self.v, &self.pos, &self.aux].into_iter().flatten() {
+            let size = t.size();
+            let slot_bytes = size[3..].iter().product::<i64>() as usize * t.kind().elt_size_in_bytes();
+            let base = t.data_ptr() as *mut u8;
+            for (r, kept) in slots.chunks(n).enumerate() {
+                for (to, &from) in kept.iter().enumerate() {
+                    let from = from as usize;
+                    if from != to {
+                        // SAFETY: `t` is a contiguous CPU tensor of `rows × cap` slots of
+                        // `slot_bytes` bytes; `to < n <= cap` and `from < len <= cap` were checked
+                        // above, and `ptr::copy` allows the overlap of a slot moving forward.
+                        unsafe {
+                            let row = base.add(r * cap * slot_bytes);
+                            std::ptr::copy(row.add(from * slot_bytes), row.add(to * slot_bytes), slot_bytes);
+                        }
+                    }
+                }
+            }
+        }
+        self.len = n;
+        let pos = self.pos.as_ref().expect("materialised above");
+        // Each row's kept positions ascend, so its first slot is its smallest.
+        self.first_pos = (0..rows as i64).map(|r| pos.view([rows as i64, cap as i64]).int64_value(&[r, 0])).min().unwrap_or(0) as usize;
+        true
     }
 
     pub fn bytes_held(&self) -> u64 {
