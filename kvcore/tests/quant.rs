@@ -325,3 +325,57 @@ fn decode_step_time_per_layer() {
         eprintln!("{}: {:.3} ms per decode step per layer", cfg.name, t0.elapsed().as_secs_f64() * 1000.0 / 50.0);
     }
 }
+
+/// The packed-code attention (`kvmethods::quant_attend`) gives the same bits whichever vector
+/// unit runs it (here the widest this CPU has against the baseline build), for per-channel keys
+/// (KIVI, 2 and 4 bits), per-token keys and values (FlexGen, int8 with its offset), and with
+/// full-precision residuals; and it is within float rounding of attention over the decoded
+/// tensors.
+#[test]
+fn packed_attention_is_the_same_bits_on_every_instruction_set() {
+    use kvmethods::quant_attend::{attend_one, attend_one_baseline, residual, Dims, Held};
+    use kvmethods::quantized::KeyLayout;
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(21);
+    let (hkv, group, d, n, r) = (2i64, 3i64, 64i64, 96i64, 5i64);
+    let dims = Dims { batch: 1, kv_heads: hkv as usize, group: group as usize, head_dim: d as usize };
+    for (kq, layout, vq) in [
+        (Quantizer::new(2, 32, false), KeyLayout::PerChannel, Quantizer::new(2, 32, false)),
+        (Quantizer::new(4, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 32, false)),
+        (Quantizer::new(4, 32, false), KeyLayout::PerToken, Quantizer::new(4, 32, false)),
+        (Quantizer::new(8, 64, true), KeyLayout::PerToken, Quantizer::new(8, 64, true)),
+    ] {
+        let k = Tensor::randn([1, hkv, n, d], (Kind::Float, Device::Cpu));
+        let v = Tensor::randn([1, hkv, n, d], (Kind::Float, Device::Cpu));
+        let q = Tensor::randn([1, hkv * group, 1, d], (Kind::Float, Device::Cpu));
+        let (kr, vr) = (Tensor::randn([1, hkv, r, d], (Kind::Float, Device::Cpu)), Tensor::randn([1, hkv, r, d], (Kind::Float, Device::Cpu)));
+        // Keys as the caches store them: per channel, groups of G tokens of each channel.
+        let (pk, kd) = match layout {
+            KeyLayout::PerChannel => {
+                let g = kq.group as i64;
+                let p = kq.quantize(&k.reshape([1, hkv, n / g, g, d]).transpose(-1, -2), Kind::Float);
+                let dec = kq.dequantize(&p, &kq.code_table(Kind::Float, Device::Cpu), Kind::Float).transpose(-1, -2).reshape([1, hkv, n, d]);
+                (p, dec)
+            }
+            KeyLayout::PerToken => {
+                let p = kq.quantize(&k, Kind::Float);
+                let dec = kq.dequantize(&p, &kq.code_table(Kind::Float, Device::Cpu), Kind::Float);
+                (p, dec)
+            }
+        };
+        let pv = vq.quantize(&v, Kind::Float);
+        let vd = vq.dequantize(&pv, &vq.code_table(Kind::Float, Device::Cpu), Kind::Float);
+        let keys = Held::of(kq, layout, &pk.codes, &pk.scale, pk.min.as_ref(), n as usize).unwrap();
+        let values = Held::of(vq, KeyLayout::PerToken, &pv.codes, &pv.scale, pv.min.as_ref(), n as usize).unwrap();
+        let qf = q.contiguous();
+        let qs = residual(&qf).unwrap();
+        let (krs, vrs) = (residual(&kr).unwrap(), residual(&vr).unwrap());
+        let wide = attend_one(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
+        let base = attend_one_baseline(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
+        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{layout:?} {}-bit: builds differ", kq.bits);
+        let expect = reference_attention(&q, &Tensor::cat(&[&kd, &kr], 2), &Tensor::cat(&[&vd, &vr], 2), 0.125);
+        let got = Tensor::from_slice(&wide).view([1, hkv * group, 1, d]);
+        let diff = (&got - &expect).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{layout:?} {}-bit: differs from attention over the decoded tensors by {diff}", kq.bits);
+    }
+}

@@ -13,6 +13,7 @@
 
 pub mod eviction;
 pub mod quant;
+pub mod quant_attend;
 pub mod quantized;
 pub mod repeat_kv;
 pub mod scoring;

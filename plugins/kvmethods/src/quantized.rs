@@ -18,14 +18,18 @@
 //!   channels, llama.cpp q8_0-like); prefill attends to exact K/V, everything is quantized at the
 //!   end of prefill, and each decoded token is quantized before it is attended to.
 //!
-//! Decoding attends block by block over at most [`DECODE_BLOCK`] quantized tokens at a time: the
-//! block's codes become values with one `index_select` of a 256-entry table, and the scales and
-//! minimums are folded into the small operands (`(q ⊙ s)·c + q·m` for keys, `(p ⊙ s)·c + p·m`
-//! for values), so no step builds a dequantized copy of the cache, not even of a block. Multi-token steps (prefill
+//! Decoding one token of an f32 cache on CPU reads the packed codes directly
+//! ([`crate::quant_attend`]: scales and minimums folded into the scores and the value sums, one
+//! pass, no dequantized copy). Elsewhere (16-bit caches, GPU) it attends block by block over at
+//! most [`DECODE_BLOCK`] quantized tokens at a time with libtorch: the block's code values, and
+//! the scales and minimums folded into the small operands (`(q ⊙ s)·c + q·m` for keys,
+//! `(p ⊙ s)·c + p·m` for values), so no step builds a dequantized copy of the cache, not even of a
+//! block. Multi-token steps (prefill
 //! chunks of `flexgen`, an appended question) decode the cache once for that step and use the
 //! masked SDPA path. Held bytes count codes, scales, minimums, residuals and kept positions.
 
 use crate::quant::{fake_quantize, Packed, Quantizer};
+use crate::quant_attend;
 use kvcache::buffer::KvBuffer;
 use kvcache::cache::{attend_at_positions, attend_contiguous, tensor_bytes, AttentionStep, CacheSpec, LayerCache, Visibility};
 use kvcache::params::Params;
@@ -560,8 +564,49 @@ impl QuantCache {
         Tensor::cat(&parts, -1)
     }
 
+    /// One query token over the packed codes directly ([`crate::quant_attend`]), when the cache
+    /// is an f32 one on CPU (codes u8, parameters and residuals f32); `None` otherwise.
+    fn attend_one_packed(&self, step: &AttentionStep<'_>) -> Option<Tensor> {
+        if self.spec.device != tch::Device::Cpu || self.pk != Kind::Float || self.kind() != Kind::Float {
+            return None;
+        }
+        let q = step.q;
+        let (b, hq, _, d) = q.size4().ok()?;
+        let hkv = self.spec.kv_heads as i64;
+        let dims = quant_attend::Dims { batch: b as usize, kv_heads: hkv as usize, group: (hq / hkv) as usize, head_dim: d as usize };
+        let qf = q.to_kind(Kind::Float).contiguous();
+        let qs = quant_attend::residual(&qf)?;
+        let held = |st: &'_ QStore| -> Option<(Tensor, Tensor, Option<Tensor>)> {
+            match (&st.codes.t, &st.scale.t) {
+                (Some(c), Some(s)) if st.tokens > 0 => Some((c.shallow_clone(), s.shallow_clone(), st.min.t.as_ref().map(Tensor::shallow_clone))),
+                _ => None,
+            }
+        };
+        // An empty store: no codes, no parameters.
+        let empty = || (Tensor::zeros([1, 1, 0], (Kind::Uint8, tch::Device::Cpu)), Tensor::zeros([0], (Kind::Float, tch::Device::Cpu)), None);
+        let (kc, ks, km) = held(&self.kq).unwrap_or_else(empty);
+        let (vc, vs, vm) = held(&self.vq).unwrap_or_else(empty);
+        let keys = quant_attend::Held::of(self.kq.q, self.kq.layout, &kc, &ks, km.as_ref(), self.kq.tokens)?;
+        let values = quant_attend::Held::of(self.vq.q, self.vq.layout, &vc, &vs, vm.as_ref(), self.vq.tokens)?;
+        let kr = self.k_res.as_ref().map(Tensor::contiguous);
+        let vr = self.v_res.as_ref().map(Tensor::contiguous);
+        let key_res = match &kr {
+            Some(t) => Some(quant_attend::residual(t)?),
+            None => None,
+        };
+        let value_res = match &vr {
+            Some(t) => Some(quant_attend::residual(t)?),
+            None => None,
+        };
+        let out = quant_attend::attend_one(qs, &keys, key_res, &values, value_res, dims, step.scale as f32);
+        Some(Tensor::from_slice(&out).view([b, hq, 1, d]).to_kind(q.kind()))
+    }
+
     /// One query token over quantized blocks and residuals, block by block.
     fn attend_one(&self, step: &AttentionStep<'_>) -> Tensor {
+        if let Some(out) = self.attend_one_packed(step) {
+            return out;
+        }
         let q = step.q;
         let (b, hq, _, d) = q.size4().expect("[B, Hq, 1, D]");
         let hkv = self.spec.kv_heads as i64;

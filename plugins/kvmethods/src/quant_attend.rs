@@ -1,0 +1,417 @@
+//! One decoded token's attention straight from packed codes (KIVI, FlexGen, int8, int4 storage on
+//! CPU): scores from the codes with each group's scale and minimum folded in, the softmax, and the
+//! values accumulated the same way, in one pass over the bytes held and without a dequantized copy
+//! of any block. The libtorch path it replaces made about twenty small tensor operations per
+//! block and layer, whose overhead, not the arithmetic, set a quantized cache's decoding speed.
+//!
+//! Per query `q` (of the KV head's group) and held token `t`:
+//! - keys per channel (KIVI: groups of `G` tokens of one channel share a scale `s` and minimum
+//!   `m`): `score(t) = Σ_d q_d·s_d·c_{t,d} + q_d·m_d`;
+//! - keys and values per token (groups of channels): `Σ_groups s·(Σ q_d·c_{t,d}) + m·(Σ q_d)`, and
+//!   `out_d = Σ_t p_t·s·c_{t,d} + p_t·m`;
+//! - symmetric codes (int8, int4) are stored offset by `2^(b-1)`, removed before use;
+//! - full-precision residual tokens (KIVI's) follow the quantized ones.
+//!
+//! The result equals attention over the decoded cache to float rounding (~1e-6), not bit for bit:
+//! sums run in another order than libtorch's matmuls.
+
+use crate::quant::Quantizer;
+use crate::quantized::KeyLayout;
+use tch::{Device, Kind, Tensor};
+
+/// A contiguous CPU tensor's elements (none if it is not one, or not of kind `kind`).
+fn elements<T>(t: &Tensor, kind: Kind) -> Option<&[T]> {
+    if t.device() != Device::Cpu || t.kind() != kind || !t.is_contiguous() || std::mem::size_of::<T>() != kind.elt_size_in_bytes() {
+        return None;
+    }
+    let n = t.numel();
+    if n == 0 {
+        return Some(&[]);
+    }
+    // SAFETY: a contiguous CPU tensor of `n` elements of `kind`, whose size is `T`'s, alive as
+    // long as the borrow of `t`; nothing writes to it meanwhile (the caller holds `&` access).
+    Some(unsafe { std::slice::from_raw_parts(t.data_ptr() as *const T, n) })
+}
+
+/// Quantized tokens as stored: packed codes and per-group parameters, `[B, H, cap, ...]` along
+/// axis 2 (tokens per token, groups of `G` tokens per channel).
+pub struct Held<'a> {
+    pub q: Quantizer,
+    pub layout: KeyLayout,
+    pub codes: &'a [u8],
+    pub scale: &'a [f32],
+    pub min: Option<&'a [f32]>,
+    /// Units of axis 2 the storage has room for.
+    pub cap: usize,
+    /// Tokens held.
+    pub tokens: usize,
+}
+
+impl<'a> Held<'a> {
+    /// The storage of `tokens` tokens from its tensors (codes u8, parameters f32), or `None`
+    /// when they are not contiguous f32/u8 CPU tensors.
+    pub fn of(q: Quantizer, layout: KeyLayout, codes: &'a Tensor, scale: &'a Tensor, min: Option<&'a Tensor>, tokens: usize) -> Option<Self> {
+        let min = match min {
+            Some(m) => Some(elements::<f32>(m, Kind::Float)?),
+            None => None,
+        };
+        Some(Held {
+            q,
+            layout,
+            codes: elements::<u8>(codes, Kind::Uint8)?,
+            scale: elements::<f32>(scale, Kind::Float)?,
+            min,
+            cap: codes.size()[2] as usize,
+            tokens,
+        })
+    }
+}
+
+/// Byte-to-values tables: a byte's `8 / bits` codes, little end first, as f32.
+struct Tables {
+    two: [[f32; 4]; 256],
+    four: [[f32; 2]; 256],
+}
+
+static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
+    let mut t = Tables { two: [[0.0; 4]; 256], four: [[0.0; 2]; 256] };
+    for b in 0..256usize {
+        for i in 0..4 {
+            t.two[b][i] = ((b >> (2 * i)) & 3) as f32;
+        }
+        t.four[b] = [(b & 0xf) as f32, (b >> 4) as f32];
+    }
+    t
+});
+
+/// Unpacks `out.len()` codes from `packed` (little end first, `8 / bits` per byte) as f32 values,
+/// `offset` removed.
+#[inline(always)]
+fn unpack(packed: &[u8], bits: u32, offset: f32, out: &mut [f32]) {
+    let t = &*TABLES;
+    match bits {
+        8 => out.iter_mut().zip(packed).for_each(|(o, &c)| *o = c as f32),
+        4 => out.chunks_exact_mut(2).zip(packed).for_each(|(o, &c)| o.copy_from_slice(&t.four[c as usize])),
+        _ => out.chunks_exact_mut(4).zip(packed).for_each(|(o, &c)| o.copy_from_slice(&t.two[c as usize])),
+    }
+    if offset != 0.0 {
+        out.iter_mut().for_each(|o| *o -= offset);
+    }
+}
+
+/// `Σ a_i·b_i` in a fixed order: 16 running sums (lane `i mod 16`), then added pairwise; the same
+/// bits on every instruction set.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    for (i, (x, y)) in ra.iter().zip(rb).enumerate() {
+        acc[i] = x.mul_add(*y, acc[i]);
+    }
+    let mut w = 16;
+    while w > 1 {
+        w /= 2;
+        for i in 0..w {
+            acc[i] += acc[i + w];
+        }
+    }
+    acc[0]
+}
+
+/// `e^x` for `x <= 0` (a softmax's shifted scores) to about 2 ulp, branch-free so that a loop of
+/// it vectorizes (libm's `expf` does not, and a call per score cost more than the rest of the
+/// attention): `x = n·ln 2 + r`, a degree-6 polynomial for `e^r` (Cephes' `expf`), times `2^n`.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    let x = x.max(-87.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = 1.987_569_1e-4f32;
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5] {
+        p = p.mul_add(r, c);
+    }
+    let y = (p * r).mul_add(r, r) + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+fn offset(q: &Quantizer) -> f32 {
+    if q.symmetric {
+        (1u32 << (q.bits - 1)) as f32
+    } else {
+        0.0
+    }
+}
+
+/// Shapes of one attention: batch rows, KV heads, queries per KV head, head dim.
+#[derive(Clone, Copy)]
+pub struct Dims {
+    pub batch: usize,
+    pub kv_heads: usize,
+    pub group: usize,
+    pub head_dim: usize,
+}
+
+/// Adds to `scores[qi·stride + t]` the scores of row `row`'s quantized keys against `q`
+/// (`[group, D]`).
+#[inline(always)]
+fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32], stride: usize) {
+    let d = dims.head_dim;
+    let per = k.q.per_byte();
+    let off = offset(&k.q);
+    match k.layout {
+        KeyLayout::PerChannel => {
+            // Unit: G tokens; per unit and channel, G codes and one (scale, min). The unit is
+            // unpacked once (`[D, G]` values), then each query's G scores are summed over the
+            // channels 16 tokens at a time in one register: `Σ_c (q_c·s_c)·code_{c,t}`, plus the
+            // unit's `Σ_c q_c·m_c`.
+            let g = k.q.group;
+            let units = k.tokens / g;
+            let code_unit = d * g / per;
+            let mut vals = vec![0f32; d * g];
+            let mut a = vec![0f32; d];
+            for u in 0..units {
+                let unit = row * k.cap + u;
+                unpack(&k.codes[unit * code_unit..(unit + 1) * code_unit], k.q.bits, off, &mut vals);
+                let (scale, min) = (&k.scale[unit * d..(unit + 1) * d], k.min.map(|m| &m[unit * d..(unit + 1) * d]));
+                for qi in 0..dims.group {
+                    let qrow = &q[qi * d..(qi + 1) * d];
+                    a.iter_mut().zip(qrow.iter().zip(scale)).for_each(|(a, (q, s))| *a = q * s);
+                    let bias = min.map_or(0.0, |m| dot(qrow, m));
+                    let out = &mut scores[qi * stride + u * g..qi * stride + (u + 1) * g];
+                    for (t0, chunk) in out.chunks_mut(16).enumerate().map(|(i, c)| (i * 16, c)) {
+                        let mut acc = [bias; 16];
+                        let w = chunk.len();
+                        for (c, &ac) in a.iter().enumerate() {
+                            let v = &vals[c * g + t0..c * g + t0 + w];
+                            if w == 16 {
+                                for i in 0..16 {
+                                    acc[i] = ac.mul_add(v[i], acc[i]);
+                                }
+                            } else {
+                                for i in 0..w {
+                                    acc[i] = ac.mul_add(v[i], acc[i]);
+                                }
+                            }
+                        }
+                        chunk.copy_from_slice(&acc[..w]);
+                    }
+                }
+            }
+        }
+        KeyLayout::PerToken => {
+            let gsz = k.q.group;
+            let ng = d / gsz;
+            let code_tok = d / per;
+            // Σ q over each channel group (the minimum's factor).
+            let ones = vec![1f32; gsz];
+            let qsum: Vec<f32> = (0..dims.group * ng).map(|i| dot(&q[i * gsz..(i + 1) * gsz], &ones)).collect();
+            let mut vals = vec![0f32; d];
+            for t in 0..k.tokens {
+                let unit = row * k.cap + t;
+                unpack(&k.codes[unit * code_tok..(unit + 1) * code_tok], k.q.bits, off, &mut vals);
+                let (scale, min) = (&k.scale[unit * ng..(unit + 1) * ng], k.min.map(|m| &m[unit * ng..(unit + 1) * ng]));
+                for qi in 0..dims.group {
+                    let qrow = &q[qi * d..(qi + 1) * d];
+                    let mut total = 0f32;
+                    for c in 0..ng {
+                        let dot = dot(&qrow[c * gsz..(c + 1) * gsz], &vals[c * gsz..(c + 1) * gsz]);
+                        total += scale[c] * dot + min.map_or(0.0, |m| m[c] * qsum[qi * ng + c]);
+                    }
+                    scores[qi * stride + t] += total;
+                }
+            }
+        }
+    }
+}
+
+/// Adds to `out` (`[group, D]`) row `row`'s quantized values weighted by `p[qi·stride + t]`:
+/// tokens 64 at a time are unpacked once, then each query's output is summed over them 16
+/// channels at a time in one register, `Σ_t (p_t·s_t)·code_{t,d}`, and each channel group's
+/// `Σ_t p_t·m_t` added once.
+#[inline(always)]
+fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, out: &mut [f32]) {
+    const BLOCK: usize = 64;
+    let d = dims.head_dim;
+    let per = v.q.per_byte();
+    let gsz = v.q.group;
+    let ng = d / gsz;
+    let code_tok = d / per;
+    let off = offset(&v.q);
+    let mut vals = vec![0f32; BLOCK * d];
+    let mut ws = vec![0f32; BLOCK * ng];
+    let mut t0 = 0;
+    while t0 < v.tokens {
+        let n = BLOCK.min(v.tokens - t0);
+        let first = row * v.cap + t0;
+        for i in 0..n {
+            let unit = first + i;
+            unpack(&v.codes[unit * code_tok..(unit + 1) * code_tok], v.q.bits, off, &mut vals[i * d..(i + 1) * d]);
+        }
+        let scale = &v.scale[first * ng..(first + n) * ng];
+        let min = v.min.map(|m| &m[first * ng..(first + n) * ng]);
+        for qi in 0..dims.group {
+            let pw = &p[qi * stride + t0..qi * stride + t0 + n];
+            for (i, &w) in pw.iter().enumerate() {
+                for c in 0..ng {
+                    ws[i * ng + c] = w * scale[i * ng + c];
+                }
+            }
+            let o = &mut out[qi * d..(qi + 1) * d];
+            for (d0, chunk) in o.chunks_mut(16).enumerate().map(|(j, c)| (j * 16, c)) {
+                let w = chunk.len();
+                let c = d0 / gsz;
+                let mut acc = [0f32; 16];
+                if w == 16 && gsz.is_multiple_of(16) {
+                    for i in 0..n {
+                        let wsc = ws[i * ng + c];
+                        let x = &vals[i * d + d0..i * d + d0 + 16];
+                        for l in 0..16 {
+                            acc[l] = wsc.mul_add(x[l], acc[l]);
+                        }
+                    }
+                } else {
+                    for i in 0..n {
+                        for l in 0..w {
+                            acc[l] = ws[i * ng + (d0 + l) / gsz].mul_add(vals[i * d + d0 + l], acc[l]);
+                        }
+                    }
+                }
+                chunk.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
+            }
+            if let Some(m) = min {
+                for c in 0..ng {
+                    let mut mterm = 0f32;
+                    for (i, &w) in pw.iter().enumerate() {
+                        mterm = w.mul_add(m[i * ng + c], mterm);
+                    }
+                    o[c * gsz..(c + 1) * gsz].iter_mut().for_each(|x| *x += mterm);
+                }
+            }
+        }
+        t0 += n;
+    }
+}
+
+/// One query token's attention `[B, H_q, 1, D]` (f32) over quantized keys and values followed by
+/// full-precision residual keys/values (`[B, H_kv, r, D]` f32, contiguous), `q` being `[B, H_q,
+/// 1, D]` f32 contiguous. Query head `h·group + i` reads KV head `h`.
+/// Compiled for the widest vector unit the CPU has (AVX-512, AVX2 with FMA, or the baseline);
+/// every sum runs in the same order and every multiply-add is fused on each (`mul_add`), so the
+/// results are the same bits.
+pub fn attend_one(q: &[f32], keys: &Held<'_>, key_res: Option<&[f32]>, values: &Held<'_>, value_res: Option<&[f32]>, dims: Dims, scale: f32) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
+            // SAFETY: the CPU has the features the function is compiled for.
+            return unsafe { attend_one_avx512(q, keys, key_res, values, value_res, dims, scale) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { attend_one_avx2(q, keys, key_res, values, value_res, dims, scale) };
+        }
+    }
+    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+}
+
+/// [`attend_one`] compiled for the baseline instruction set only (what a CPU without AVX2 runs),
+/// for checking that every build gives the same bits.
+pub fn attend_one_baseline(
+    q: &[f32],
+    keys: &Held<'_>,
+    key_res: Option<&[f32]>,
+    values: &Held<'_>,
+    value_res: Option<&[f32]>,
+    dims: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn attend_one_avx512(
+    q: &[f32],
+    keys: &Held<'_>,
+    key_res: Option<&[f32]>,
+    values: &Held<'_>,
+    value_res: Option<&[f32]>,
+    dims: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_one_avx2(
+    q: &[f32],
+    keys: &Held<'_>,
+    key_res: Option<&[f32]>,
+    values: &Held<'_>,
+    value_res: Option<&[f32]>,
+    dims: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+}
+
+#[inline(always)]
+fn attend_one_body(q: &[f32], keys: &Held<'_>, key_res: Option<&[f32]>, values: &Held<'_>, value_res: Option<&[f32]>, dims: Dims, scale: f32) -> Vec<f32> {
+    let d = dims.head_dim;
+    let rk = key_res.map_or(0, |r| r.len() / (dims.batch * dims.kv_heads * d));
+    let rv = value_res.map_or(0, |r| r.len() / (dims.batch * dims.kv_heads * d));
+    let total = keys.tokens + rk;
+    debug_assert_eq!(total, values.tokens + rv, "keys and values hold the same tokens");
+    let mut out = vec![0f32; dims.batch * dims.kv_heads * dims.group * d];
+    let mut scores = vec![0f32; dims.group * total];
+    for row in 0..dims.batch * dims.kv_heads {
+        let qrow = &q[row * dims.group * d..(row + 1) * dims.group * d];
+        scores.fill(0.0);
+        key_scores(keys, row, qrow, dims, &mut scores, total);
+        if let Some(r) = key_res {
+            let r = &r[row * rk * d..(row + 1) * rk * d];
+            for qi in 0..dims.group {
+                let qv = &qrow[qi * d..(qi + 1) * d];
+                for (j, kr) in r.chunks(d).enumerate() {
+                    scores[qi * total + keys.tokens + j] = dot(qv, kr);
+                }
+            }
+        }
+        for s in scores.chunks_mut(total) {
+            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+            let mut sum = 0f32;
+            for x in s.iter_mut() {
+                *x = exp_nonpositive(x.mul_add(scale, -max));
+            }
+            for x in s.iter() {
+                sum += x;
+            }
+            s.iter_mut().for_each(|x| *x /= sum);
+        }
+        let o = &mut out[row * dims.group * d..(row + 1) * dims.group * d];
+        value_sums(values, row, &scores, dims, total, o);
+        if let Some(r) = value_res {
+            let r = &r[row * rv * d..(row + 1) * rv * d];
+            for qi in 0..dims.group {
+                let orow = &mut o[qi * d..(qi + 1) * d];
+                for (j, vr) in r.chunks(d).enumerate() {
+                    let w = scores[qi * total + values.tokens + j];
+                    orow.iter_mut().zip(vr).for_each(|(x, &v)| *x = w.mul_add(v, *x));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// [`elements`] for residual tensors (f32, contiguous, on CPU).
+pub fn residual(t: &Tensor) -> Option<&[f32]> {
+    elements::<f32>(t, Kind::Float)
+}
