@@ -48,6 +48,14 @@ pub enum KeyLayout {
     PerChannel,
 }
 
+/// Whether one decoded token attends from the packed codes ([`crate::quant_attend`]) where it
+/// can: yes unless `KVBENCH_QUANT_ATTEND=libtorch`, which keeps the libtorch path (read once; for
+/// side-by-side measurements, since the two sum in different orders).
+pub fn packed_attention_enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| !matches!(std::env::var("KVBENCH_QUANT_ATTEND").as_deref(), Ok("libtorch")))
+}
+
 /// Everything that makes one quantized cache.
 #[derive(Clone, Debug)]
 pub struct QuantConfig {
@@ -567,7 +575,7 @@ impl QuantCache {
     /// One query token over the packed codes directly ([`crate::quant_attend`]), when the cache
     /// is an f32 one on CPU (codes u8, parameters and residuals f32); `None` otherwise.
     fn attend_one_packed(&self, step: &AttentionStep<'_>) -> Option<Tensor> {
-        if self.spec.device != tch::Device::Cpu || self.pk != Kind::Float || self.kind() != Kind::Float {
+        if !packed_attention_enabled() || self.spec.device != tch::Device::Cpu || self.pk != Kind::Float || self.kind() != Kind::Float {
             return None;
         }
         let q = step.q;

@@ -325,8 +325,14 @@ impl InfLlmCache {
         // 4. Attention (explicit, so the local scores come with it).
         let mask = position_mask(pos0, n as usize, group as usize, &kpos, Visibility { window, sinks_local: None });
         let qg = q.to_kind(Kind::Float).reshape([b, hkv, group * n, d]);
-        let logits = qg.matmul(&keys.transpose(-1, -2)) * scale;
-        let probs = logits.masked_fill(&mask.logical_not(), f64::NEG_INFINITY).softmax(-1, Kind::Float);
+        // Scaled and masked in place: the same values as out-of-place operations, without two more
+        // `[B, Hkv, G·L, S]` buffers per chunk (tens of MB each at 4K tokens, every one of them
+        // freshly mapped and faulted in).
+        let mut logits = qg.matmul(&keys.transpose(-1, -2));
+        let _ = logits.g_mul_scalar_(scale);
+        let _ = logits.masked_fill_(&mask.logical_not(), f64::NEG_INFINITY);
+        let probs = logits.softmax(-1, Kind::Float);
+        drop(logits);
         let out = probs.matmul(&vals).reshape([b, hq, n, d]).to_kind(q.kind());
 
         // 5. Local scores: attention the resident tokens got from queries within n_local of them.
