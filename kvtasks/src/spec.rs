@@ -81,8 +81,9 @@ impl TaskSpec {
     /// most of the cost of a small `fraction` of a task sized with a real tokenizer; the rest
     /// build every sample and filter.
     pub fn build_where(&self, tok: &dyn TextTokenizer, keep: &dyn Fn(&str) -> bool) -> Result<Vec<Sample>, TaskError> {
-        // Within `limit` (the first samples by the same rules) and accepted by `keep`.
-        let ids = self.sample_ids()?;
+        // Within `limit` (the first samples by the same rules) and accepted by `keep`: with a
+        // limit, a generator that skips samples is told which ids are within it.
+        let ids = if self.limit.is_some() { self.sample_ids()? } else { None };
         let within: Option<std::collections::BTreeSet<&str>> = ids.as_ref().map(|ids| ids.iter().map(String::as_str).collect());
         let keep = |id: &str| within.as_ref().is_none_or(|w| w.contains(id)) && keep(id);
         let keep: &dyn Fn(&str) -> bool = &keep;

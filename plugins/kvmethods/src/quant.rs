@@ -63,7 +63,6 @@ impl Quantizer {
             ((1u32 << self.bits) - 1) as f64
         }
     }
-    /// The offset added to a symmetric code so it is stored unsigned.
     /// Unpacks packed codes `[.., N·bits/8]` to their values `[.., N]` in f32, offset removed
     /// (what [`Quantizer::code_table`] gives, computed with shifts and masks: on 2 CPU cores
     /// about 3x faster than the table's gather for a 4K-token block).
@@ -86,7 +85,8 @@ impl Quantizer {
         }
     }
 
-    fn offset(&self) -> f64 {
+    /// The offset added to a symmetric code so it is stored unsigned (0 for asymmetric codes).
+    pub fn offset(&self) -> f64 {
         if self.symmetric {
             (1u32 << (self.bits - 1)) as f64
         } else {

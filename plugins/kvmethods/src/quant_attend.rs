@@ -141,14 +141,6 @@ fn exp_nonpositive(x: f32) -> f32 {
     y * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-fn offset(q: &Quantizer) -> f32 {
-    if q.symmetric {
-        (1u32 << (q.bits - 1)) as f32
-    } else {
-        0.0
-    }
-}
-
 /// Shapes of one attention: batch rows, KV heads, queries per KV head, head dim.
 #[derive(Clone, Copy)]
 pub struct Dims {
@@ -164,7 +156,7 @@ pub struct Dims {
 fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32], stride: usize) {
     let d = dims.head_dim;
     let per = k.q.per_byte();
-    let off = offset(&k.q);
+    let off = k.q.offset() as f32;
     match k.layout {
         KeyLayout::PerChannel => {
             // Unit: G tokens; per unit and channel, G codes and one (scale, min). The unit is
@@ -243,7 +235,7 @@ fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, ou
     let gsz = v.q.group;
     let ng = d / gsz;
     let code_tok = d / per;
-    let off = offset(&v.q);
+    let off = v.q.offset() as f32;
     let mut vals = vec![0f32; BLOCK * d];
     let mut ws = vec![0f32; BLOCK * ng];
     let mut t0 = 0;
