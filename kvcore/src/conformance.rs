@@ -32,7 +32,7 @@ use crate::registry::{parse_settings, MethodError, MethodInfo};
 use crate::sources::ModelFiles;
 use kvcache::cache::{tensor_bytes, AttentionStep, CacheFactory, CacheSpec, FullCacheFactory, LayerCache};
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use tch::{Device, Kind, Tensor};
 
@@ -213,14 +213,7 @@ fn observe(caches: &[Box<dyn LayerCache>]) -> Vec<LayerObs> {
 /// The tiny random model and the records of the runs made on it.
 pub struct Bench {
     lm: Mutex<LoadedModel>,
-    dir: PathBuf,
     runs: Mutex<HashMap<String, Arc<Result<RunRecord, String>>>>,
-}
-
-impl Drop for Bench {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 const PROMPT: usize = 48;
@@ -228,7 +221,8 @@ const DECODE: usize = 12;
 
 impl Bench {
     /// Writes a tiny random GQA Llama (tokenizer from `tokenizer_gguf`) into a temporary folder
-    /// and loads it on the CPU in f32.
+    /// and loads it on the CPU in f32. The folder is removed once the model is loaded (a bench
+    /// kept in a static is never dropped, and each left folder was 14 MB in the temp dir).
     pub fn new(tokenizer_gguf: &Path) -> crate::Result<Bench> {
         let dir = std::env::temp_dir().join(format!(
             "kvbench-conformance-{}-{}",
@@ -244,13 +238,16 @@ impl Bench {
             tokenizer_gguf: tokenizer_gguf.to_path_buf(),
             sliding_window: None,
         };
-        crate::random_init::write_random_model(&opts, &dir)?;
-        let lm = load(&ModelFiles::HfDir(dir.clone()), RuntimeSettings { device: Device::Cpu, dtype: DType::F32, kv_dtype: DType::F32 })?;
+        let written = crate::random_init::write_random_model(&opts, &dir);
+        let loaded =
+            written.and_then(|_| load(&ModelFiles::HfDir(dir.clone()), RuntimeSettings { device: Device::Cpu, dtype: DType::F32, kv_dtype: DType::F32 }));
+        let _ = std::fs::remove_dir_all(&dir);
+        let lm = loaded?;
         let cfg = &lm.transformer("conformance")?.config;
         if cfg.num_attention_heads <= cfg.num_key_value_heads {
             return Err(crate::Error::Other("the conformance model must use GQA".into()));
         }
-        Ok(Bench { lm: Mutex::new(lm), dir, runs: Mutex::new(HashMap::new()) })
+        Ok(Bench { lm: Mutex::new(lm), runs: Mutex::new(HashMap::new()) })
     }
 
     /// The run of `factory` under `key`, made once and shared by the trials that read it.

@@ -1,6 +1,6 @@
 //! Runs that never lose results and clear answers to impossible requests, end to end on a tiny
 //! random model: `kvbench run` killed with SIGKILL at 10 random moments and resumed gives reports
-//! byte-identical to an uninterrupted run's; a full disk (a 64 KiB tmpfs in a private mount
+//! byte-identical to an uninterrupted run's; a full disk (a 40 KiB tmpfs in a private mount
 //! namespace) gives a clear error and leaves every earlier record readable and resumable; the
 //! memory guard refuses work that cannot fit, naming the numbers, and `--force` overrides it.
 
@@ -137,13 +137,13 @@ fn a_full_disk_gives_a_clear_error_and_keeps_every_earlier_record() {
     let reference = tmp.path().join("reference");
     ok(&["run", exp.to_str().unwrap(), "--out", reference.to_str().unwrap(), "--zero-measurements"]);
 
-    // The run writes into a 64 KiB tmpfs: it fills up part-way through the cells. What was on
+    // The run writes into a 40 KiB tmpfs: it fills up part-way through the cells (24 of 36 records). What was on
     // it is copied out before the namespace (and the tmpfs) goes away.
     let mnt = tmp.path().join("small-disk");
     let saved = tmp.path().join("saved");
     std::fs::create_dir_all(&mnt).unwrap();
     let script = format!(
-        "mount -t tmpfs -o size=64k kvbench-test '{mnt}' || exit 90; '{bin}' run '{exp}' --out '{mnt}/run' --zero-measurements; echo \"exit=$?\"; cp -a '{mnt}/run' '{saved}'",
+        "mount -t tmpfs -o size=40k kvbench-test '{mnt}' || exit 90; '{bin}' run '{exp}' --out '{mnt}/run' --zero-measurements; echo \"exit=$?\"; cp -a '{mnt}/run' '{saved}'",
         mnt = mnt.display(),
         bin = env!("CARGO_BIN_EXE_kvbench"),
         exp = exp.display(),

@@ -22,7 +22,7 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A config tree with a tiny random model (`tiny`), a small passkey task (`needle`), a KIVI preset
+/// A config tree with a tiny random model (`tiny`), a small passkey task (`needle`, 40 new tokens), a KIVI preset
 /// (`kivi-small`) and an experiment `t` over `methods` at ratios 2 and 4; returns the experiment.
 pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
     let model = dir.join("tiny");
@@ -30,7 +30,9 @@ pub fn config_tree(dir: &Path, methods: &[&str]) -> PathBuf {
     let list = methods.iter().map(|m| format!("\"{m}\"")).collect::<Vec<_>>().join(", ");
     let files = [
         ("models/tiny.toml", format!("source = \"{}\"\nchat_template = true\n", model.display())),
-        ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\n".to_string()),
+        // 40 new tokens, not passkey's 256: the random model never stops early, and 40 steps
+        // still cross KIVI's 16-token residual flush twice and keep H2O/TOVA evicting while decoding.
+        ("tasks/needle.toml", "task = \"passkey\"\nlengths = [40, 120]\nsteps = 3\ndepths = 3\nseed = 7\nmax_new_tokens = 40\n".to_string()),
         ("methods/kivi-small.toml", "method = \"kivi\"\nlabel = \"kivi-2bit\"\n[params]\nbits = 2\ngroup_size = 8\nresidual_length = 16\n".to_string()),
         (
             "experiments/t.toml",
