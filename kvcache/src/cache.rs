@@ -483,6 +483,89 @@ pub fn attend_sinks_local(step: &AttentionStep<'_>, k: &Tensor, v: &Tensor, kpos
     Tensor::cat(&outs, 2)
 }
 
+/// StreamingLLM's attention with the sink positions that InfLLM's `stream-llm` (the paper's
+/// StreamingLLM) assigns: the keys a query sees are [`attend_sinks_local`]'s (sinks, and keys less
+/// than `local` positions behind it), and a key inside the local window keeps its distance to the
+/// query, but a sink `j` outside the window (`P - j >= local` for the query at `P`) is seen at
+/// distance `local + sinks - j`, as if the sinks sat just before a full window, however far behind
+/// they are. So no query is ever farther than `local + sinks` positions from a key it attends.
+///
+/// The keys are held rotated at their absolute positions `kpos` (`[B, Hkv, S]`, the same for every
+/// head, any order; sinks are the positions `< sinks`), and so are the queries; for their scores
+/// against the far sinks, each query's rotation is turned from its own position `P` to
+/// `local + sinks` (RoPE is relative: `R(a)q · R(b)k` depends on `a - b` only), which is InfLLM's
+/// `apply_rotary_pos_emb_one_angle(q, n_local + n_init)` against sinks at `0..n_init`. One explicit
+/// softmax in f32 over both parts, one block of at most [`SINKS_LOCAL_BLOCK`] queries at a time,
+/// each over the sinks and the keys its window reaches.
+pub fn attend_sinks_local_reindexed(
+    step: &AttentionStep<'_>,
+    k: &Tensor,
+    v: &Tensor,
+    kpos: &Tensor,
+    sinks: usize,
+    local: usize,
+    rope: crate::rope::Rope,
+) -> Result<Tensor> {
+    let (b, hq, l, d) = step.q.size4()?;
+    let hkv = k.size()[1];
+    let group = hq / hkv;
+    let dv = v.size()[3];
+    let device = k.device();
+    if rope.head_dim() != d as usize {
+        return Err(Error::InvalidArgument {
+            what: "re-indexed sink positions",
+            value: format!("{} rotated channels", rope.head_dim()),
+            expected: format!("head_dim = {d} (partial rotary embeddings are not supported)"),
+        });
+    }
+    let flat = kpos.flatten(0, -2);
+    if flat.size()[0] > 1 && flat.eq_tensor(&flat.narrow(0, 0, 1)).all().int64_value(&[]) != 1 {
+        return Err(Error::Unsupported("re-indexed sink positions need every head to hold the same positions".into()));
+    }
+    let row = Vec::<i64>::try_from(flat.get(0).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+    let sink_slots: Vec<i64> = (0..row.len() as i64).filter(|&i| row[i as usize] < sinks as i64).collect();
+    let slot_positions = |slots: &[i64]| -> Tensor {
+        let p: Vec<i64> = slots.iter().map(|&i| row[i as usize]).collect();
+        Tensor::from_slice(&p).to_device(device).unsqueeze(0)
+    };
+    let pick = |t: &Tensor, slots: &[i64]| t.index_select(2, &Tensor::from_slice(slots).to_device(device)).to_kind(Kind::Float);
+    let (ks, vs, sink_pos) = (pick(k, &sink_slots), pick(v, &sink_slots), slot_positions(&sink_slots));
+    let mut outs = Vec::with_capacity((l as usize).div_ceil(SINKS_LOCAL_BLOCK));
+    let mut a = 0usize;
+    while a < l as usize {
+        let n = SINKS_LOCAL_BLOCK.min(l as usize - a);
+        let (first, end) = ((step.start_pos + a) as i64, (step.start_pos + a + n) as i64);
+        let qpos: Vec<i64> = (first..end).collect();
+        let qp = Tensor::from_slice(&qpos).to_device(device).unsqueeze(1);
+        let q = step.q.narrow(2, a as i64, n as i64).to_kind(Kind::Float);
+        // Sinks and the keys some query of the block may reach: positions in (first - local, end).
+        let near: Vec<i64> = (0..row.len() as i64)
+            .filter(|&i| {
+                let p = row[i as usize];
+                p < sinks as i64 || (p > first - local as i64 && p < end)
+            })
+            .collect();
+        let dist = &qp - &slot_positions(&near);
+        let visible = dist.ge(0).logical_and(&dist.lt(local as i64)).repeat([group, 1]);
+        let qg = q.reshape([b, hkv, group * n as i64, d]);
+        let near_logits = (qg.matmul(&pick(k, &near).transpose(-1, -2)) * step.scale).masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
+        let far = (&qp - &sink_pos).ge(local as i64).repeat([group, 1]);
+        let (logits, values) = if sink_slots.is_empty() || !bool::try_from(far.any())? {
+            (near_logits, pick(v, &near))
+        } else {
+            let turn: Vec<i64> = qpos.iter().map(|&p| (local + sinks) as i64 - p).collect();
+            let (cos, sin) = rope.cos_sin(&turn, device);
+            let qf = crate::rope::apply_rotary(&q, &cos, &sin).reshape([b, hkv, group * n as i64, d]);
+            let far_logits = (qf.matmul(&ks.transpose(-1, -2)) * step.scale).masked_fill(&far.logical_not(), f64::NEG_INFINITY);
+            (Tensor::cat(&[near_logits, far_logits], -1), Tensor::cat(&[pick(v, &near), vs.shallow_clone()], 2))
+        };
+        let probs = logits.softmax(-1, Kind::Float);
+        outs.push(probs.matmul(&values).reshape([b, hq, n as i64, dv]));
+        a += n;
+    }
+    Ok(Tensor::cat(&outs, 2).to_kind(step.q.kind()))
+}
+
 /// The CPU flash path of [`attend_sinks_local`]: keys in slots `[0, ns)` are the sinks (position =
 /// slot) and slot `ns + i` holds position `run_start + i`. Per query block `[qa, qb)`
 /// (`qb - qa ≤ local`), a key at position `j` is visible to query `p` when `j ≤ p` and

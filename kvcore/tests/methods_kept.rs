@@ -140,6 +140,99 @@ fn streamingllm_chunked_keeps_sinks_and_recent_and_masks_prefill() {
     assert_eq!(c.kept_positions(), vec![want; HKV], "the window slides while decoding");
 }
 
+/// `[x1, x2] -> x·cos(pθ) + [-x2, x1]·sin(pθ)` in f64, θ_i = 10000^(-2i/D) (the Hugging Face
+/// `rotate_half` layout), written here independently of `kvcache::rope`.
+fn rotate_f64(x: &[f32], p: f64) -> Vec<f64> {
+    let h = D / 2;
+    (0..D)
+        .map(|c| {
+            let i = c % h;
+            let angle = p * 10000f64.powf(-2.0 * i as f64 / D as f64);
+            let other = if c < h { -(x[c + h] as f64) } else { x[c - h] as f64 };
+            x[c] as f64 * angle.cos() + other * angle.sin()
+        })
+        .collect()
+}
+
+/// The paper's StreamingLLM is InfLLM's stream-llm, which re-indexes positions: a query at `i`
+/// attends the `local` keys up to itself at their true distance and each sink `j` outside that
+/// window with its query rotated to `local + sinks` and the sink's key at `j` (InfLLM's
+/// `apply_rotary_pos_emb_one_angle`), so the sink sits at distance `local + sinks - j`. The
+/// reference below is that computation from unrotated queries and keys in f64; the cache gets
+/// them rotated at their absolute positions, as the engine gives them, in chunks of 8 and then
+/// decoding, and must match within 1e-5. The default (`positions = "absolute"`) must differ
+/// where a sink is far, or the check would not see the re-indexing.
+#[test]
+fn streamingllm_reindexed_sees_far_sinks_at_infllms_distance() {
+    let _g = tch::no_grad_guard();
+    // 40-token context, ratio 4: budget 10 = 2 sinks + 8 local; 4 decode steps.
+    let (n, sinks, local) = (44usize, 2usize, 8usize);
+    let raw = Qkv::random(n, 11);
+    let rotated = |t: &Tensor, heads: usize| -> Tensor {
+        let f = Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
+        let mut out = Vec::with_capacity(f.len());
+        for h in 0..heads {
+            for p in 0..n {
+                out.extend(rotate_f64(&f[(h * n + p) * D..(h * n + p + 1) * D], p as f64).into_iter().map(|x| x as f32));
+            }
+        }
+        Tensor::from_slice(&out).view([1, heads as i64, n as i64, D as i64])
+    };
+    let fed = Qkv::from(rotated(&raw.q, HQ), rotated(&raw.k, HKV), raw.v.shallow_clone());
+    let vals = Vec::<f32>::try_from(&raw.v.contiguous().view([-1])).unwrap();
+    let sp = spec(n, 40, 2);
+    let mut reindexed = cache("streamingllm", &["ratio=4", "sinks=2", "positions=\"reindexed\""], 0, &sp);
+    let mut absolute = cache("streamingllm", &["ratio=4", "sinks=2"], 0, &sp);
+    let scale = (D as f64).powf(-0.5);
+    let mut steps: Vec<(usize, usize)> = (0..5).map(|c| (c * 8, c * 8 + 8)).collect();
+    steps.extend((40..n).map(|p| (p, p + 1)));
+    let mut far_differs = false;
+    for (a, b) in steps {
+        if a == 40 {
+            reindexed.end_prefill().unwrap();
+            absolute.end_prefill().unwrap();
+        }
+        let got = fed.feed(reindexed.as_mut(), a, b);
+        let plain = fed.feed(absolute.as_mut(), a, b);
+        for h in 0..HQ {
+            let kv = h / (HQ / HKV);
+            for i in a..b {
+                let near = rotate_f64(raw.qrow(h, i), i as f64);
+                let turned = rotate_f64(raw.qrow(h, i), (local + sinks) as f64);
+                // (logit, value position) over the keys the query sees.
+                let mut seen: Vec<(f64, usize)> = Vec::new();
+                for p in 0..=i {
+                    let key = rotate_f64(raw.krow(kv, p), p as f64);
+                    let dot = |q: &[f64]| q.iter().zip(&key).map(|(x, y)| x * y).sum::<f64>() * scale;
+                    if i - p < local {
+                        seen.push((dot(&near), p));
+                    } else if p < sinks {
+                        seen.push((dot(&turned), p));
+                    }
+                }
+                let m = seen.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = seen.iter().map(|s| (s.0 - m).exp()).sum();
+                for d in 0..D {
+                    let want: f64 = seen.iter().map(|&(x, p)| (x - m).exp() / z * vals[(kv * n + p) * D + d] as f64).sum();
+                    let at = [0, h as i64, (i - a) as i64, d as i64];
+                    let g = got.double_value(&at);
+                    assert!((g - want).abs() < 1e-5, "head {h} query {i} channel {d}: {g} vs InfLLM's {want}");
+                    if i >= local && (plain.double_value(&at) - want).abs() > 1e-3 {
+                        far_differs = true;
+                    }
+                }
+            }
+        }
+    }
+    assert!(far_differs, "absolute positions should give other outputs once the sinks are out of the window");
+    let want: Vec<i64> = [0, 1].into_iter().chain(36..44).collect();
+    assert_eq!(reindexed.kept_positions(), vec![want; HKV], "the same tokens kept as with absolute positions");
+    // Refused where it cannot apply.
+    let table = parse_settings(&["ratio=4".into(), "positions=\"reindexed\"".into(), "prefill=\"full\"".into()]).unwrap();
+    let err = Registry::builtin().unwrap().build("streamingllm", &table).err().expect("reindexed needs the chunked prefill").to_string();
+    assert!(err.contains("positions") && err.contains("chunked"), "{err}");
+}
+
 #[test]
 fn streamingllm_default_sink_ratio_and_full_prefill_variant() {
     let _g = tch::no_grad_guard();

@@ -319,3 +319,86 @@ fn infllm_model_rope_uses_the_models_own_frequencies() {
     let err = reg.build("infllm", &settings(&["model_rope=true", "rope_theta=10000"])).err().expect("both refused").to_string();
     assert!(err.contains("model_rope") && err.contains("not both"), "{err}");
 }
+
+/// `x` rotated to position `p` in f64 (RoPE base 10000, Hugging Face `rotate_half` layout),
+/// written here independently of `kvcache::rope`.
+fn rotate_f64(x: &[f32], p: f64) -> Vec<f64> {
+    let (d, h) = (D as usize, D as usize / 2);
+    (0..d)
+        .map(|c| {
+            let angle = p * 10000f64.powf(-2.0 * (c % h) as f64 / d as f64);
+            let other = if c < h { -(x[c + h] as f64) } else { x[c - h] as f64 };
+            x[c] as f64 * angle.cos() + other * angle.sin()
+        })
+        .collect()
+}
+
+/// The paper's InfLLM re-indexes positions in attention: a key within `n_local` of the query at
+/// its true distance, and every other key it attends (init tokens, retrieved blocks, the
+/// remainder) at the one distance `n_local`: the query rotated to `n_local`
+/// (`apply_rotary_pos_emb_one_angle`) against the unrotated key. With every block retrieved, the
+/// reference is that rule over all earlier tokens, computed here in f64 from unrotated queries
+/// and keys; the cache gets them rotated at their absolute positions (as the engine gives them),
+/// in chunks of 8 and then decoding, and must match within 1e-5. Absolute positions must give
+/// other outputs, or the check would not see the re-indexing.
+#[test]
+fn infllm_reindexed_attends_far_keys_at_distance_n_local() {
+    let _g = tch::no_grad_guard();
+    tch::manual_seed(21);
+    let (n, n_local, d) = (44usize, 8usize, D as usize);
+    let (hq, hkv) = (4usize, 2usize);
+    let raw_q = Tensor::randn([1, hq as i64, n as i64, D], (Kind::Float, Device::Cpu));
+    let raw_k = Tensor::randn([1, hkv as i64, n as i64, D], (Kind::Float, Device::Cpu));
+    let v = Tensor::randn([1, hkv as i64, n as i64, D], (Kind::Float, Device::Cpu));
+    let flat = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap();
+    let (qf, kf, vf) = (flat(&raw_q), flat(&raw_k), flat(&v));
+    let row = |f: &[f32], h: usize, p: usize| f[(h * n + p) * d..(h * n + p + 1) * d].to_vec();
+    let rotated = |f: &[f32], heads: usize| -> Tensor {
+        let out: Vec<f32> =
+            (0..heads).flat_map(|h| (0..n).flat_map(move |p| rotate_f64(&f[(h * n + p) * d..(h * n + p + 1) * d], p as f64))).map(|x| x as f32).collect();
+        Tensor::from_slice(&out).view([1, heads as i64, n as i64, D])
+    };
+    let (q, k) = (rotated(&qf, hq), rotated(&kf, hkv));
+    let sp = CacheSpec { rope: Some(kvcache::rope::Rope::from_theta(d, 10000.0)), ..spec(40) };
+    let base = ["ratio=2", "n_init=2", "n_local=8", "topk=100", "block_size=4", "exc_block_size=8"];
+    let make = |extra: &[&str]| {
+        let set: Vec<&str> = base.iter().chain(extra).copied().collect();
+        Registry::builtin().unwrap().build("infllm", &settings(&set)).unwrap().layer_cache(2, &sp).unwrap()
+    };
+    let (mut reindexed, mut absolute) = (make(&["positions=\"reindexed\""]), make(&[]));
+    let mut steps: Vec<(usize, usize)> = (0..5).map(|c| (c * 8, c * 8 + 8)).collect();
+    steps.extend((40..n).map(|p| (p, p + 1)));
+    let scale = (D as f64).powf(-0.5);
+    let mut differs = false;
+    for (a, b) in steps {
+        let (qs, ks, vs) = (q.narrow(2, a as i64, (b - a) as i64), k.narrow(2, a as i64, (b - a) as i64), v.narrow(2, a as i64, (b - a) as i64));
+        let got = reindexed.attend(&step(&qs, &ks, &vs, a)).unwrap();
+        let plain = absolute.attend(&step(&qs, &ks, &vs, a)).unwrap();
+        for h in 0..hq {
+            let kv = h / (hq / hkv);
+            for i in a..b {
+                let (near, turned) = (rotate_f64(&row(&qf, h, i), i as f64), rotate_f64(&row(&qf, h, i), n_local as f64));
+                let logits: Vec<f64> = (0..=i)
+                    .map(|p| {
+                        let (qv, kv_) =
+                            if i - p < n_local { (&near, rotate_f64(&row(&kf, kv, p), p as f64)) } else { (&turned, rotate_f64(&row(&kf, kv, p), 0.0)) };
+                        qv.iter().zip(&kv_).map(|(x, y)| x * y).sum::<f64>() * scale
+                    })
+                    .collect();
+                let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = logits.iter().map(|x| (x - m).exp()).sum();
+                for c in 0..d {
+                    let want: f64 = logits.iter().enumerate().map(|(p, x)| (x - m).exp() / z * vf[(kv * n + p) * d + c] as f64).sum();
+                    let at = [0, h as i64, (i - a) as i64, c as i64];
+                    let g = got.double_value(&at);
+                    assert!((g - want).abs() < 1e-5, "head {h} query {i} channel {c}: {g} vs InfLLM's {want}");
+                    differs |= (plain.double_value(&at) - want).abs() > 1e-3;
+                }
+            }
+        }
+    }
+    assert!(differs, "absolute positions should give other outputs once keys are past n_local");
+    // A model without rotary frequencies is refused by name.
+    let err = Registry::builtin().unwrap().build("infllm", &settings(&["positions=\"reindexed\""])).unwrap().layer_cache(0, &spec(40)).err().expect("no RoPE");
+    assert!(err.to_string().contains("reindexed"), "{err}");
+}

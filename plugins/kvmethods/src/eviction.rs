@@ -37,6 +37,10 @@ pub struct StreamingPrefill {
     pub sinks: Option<usize>,
     /// Compress during prefill (sinks + local attention); false: full prefill, compress after.
     pub chunked: bool,
+    /// InfLLM's re-indexed positions (the paper's StreamingLLM): a sink outside a query's local
+    /// window is seen at distance `local + sinks - j` instead of its true distance
+    /// ([`kvcache::cache::attend_sinks_local_reindexed`]). Needs `chunked` and the model's RoPE.
+    pub reindex: bool,
 }
 
 /// Per-layer budget (PyramidKV): `(layer, num_layers, context_len, budget) -> tokens to keep`.
@@ -574,9 +578,30 @@ impl EvictionCache {
         Ok(())
     }
 
+    /// The model's RoPE when StreamingLLM re-indexes its sink positions (`positions =
+    /// "reindexed"`), checked against the heads; None otherwise.
+    fn reindex_rope(&self) -> Result<Option<kvcache::rope::Rope>> {
+        let Start::Streaming(StreamingPrefill { reindex: true, .. }) = self.cfg.schedule.start else { return Ok(None) };
+        match self.spec.rope {
+            Some(rope) if rope.head_dim() == self.spec.head_dim => Ok(Some(rope)),
+            other => Err(Error::InvalidArgument {
+                what: "CacheSpec::rope",
+                value: other.map_or("none".into(), |r| format!("{} rotated channels", r.head_dim())),
+                expected: format!(
+                    "a rotary embedding over all head_dim = {} channels: `{}` with positions = \"reindexed\" turns the queries' rotation",
+                    self.spec.head_dim, self.cfg.name
+                ),
+            }),
+        }
+    }
+
     /// Attention of one dense block, over contiguous or kept positions.
-    fn attend_dense(store: &KvBuffer, step: &AttentionStep<'_>, sinks_local: Option<(usize, usize)>) -> Result<Tensor> {
+    fn attend_dense(store: &KvBuffer, step: &AttentionStep<'_>, sinks_local: Option<(usize, usize)>, reindex: Option<kvcache::rope::Rope>) -> Result<Tensor> {
         let (k, v) = store.views().ok_or_else(|| Error::Other("eviction cache: attention over an empty store".into()))?;
+        if let (Some((sinks, local)), Some(rope)) = (sinks_local, reindex) {
+            // The paper's StreamingLLM: sinks outside the window at InfLLM's re-indexed distance.
+            return kvcache::cache::attend_sinks_local_reindexed(step, &k, &v, &store.positions(), sinks, local, rope);
+        }
         if store.is_contiguous() && sinks_local.is_none() {
             return Ok(attend_contiguous(step, &k, &v, store.first_pos()));
         }
@@ -927,11 +952,12 @@ impl EvictionCache {
             return qc.attend(step).map(Some);
         }
         // Store the new tokens, then attend over everything kept.
+        let reindex = if self.sinks_local.is_some() && want_output { self.reindex_rope()? } else { None };
         let out = match &mut self.store {
             Store::Dense(store) => {
                 store.append(step.k, step.v, step.start_pos);
                 if want_output {
-                    Some(Self::attend_dense(store, step, self.sinks_local)?)
+                    Some(Self::attend_dense(store, step, self.sinks_local, reindex)?)
                 } else {
                     None
                 }
@@ -948,7 +974,7 @@ impl EvictionCache {
                         hs.append(&k, &v, step.start_pos);
                         let q = step.q.narrow(0, bi, 1).narrow(1, hi * g, g);
                         let sub = AttentionStep { q: &q, k: &k, v: &v, ..*step };
-                        outs.push(Self::attend_dense(hs, &sub, None)?);
+                        outs.push(Self::attend_dense(hs, &sub, None, None)?);
                     }
                 }
                 let rows: Vec<Tensor> = (0..b as usize).map(|bi| Tensor::cat(&outs[bi * hkv as usize..(bi + 1) * hkv as usize], 1)).collect();

@@ -39,6 +39,12 @@ pub struct InfLlmConfig {
     /// ([`CacheSpec::rope`]: its base and any scaling, as the paper's InfLLM takes them from the
     /// model), instead of a `rope_theta` given by hand.
     pub model_rope: bool,
+    /// InfLLM's positions in attention (`positions = "reindexed"`): a key within `n_local` of the
+    /// query at its true distance, every other key (init tokens, retrieved blocks, the remainder
+    /// not yet in a block) at the one distance `n_local` (its key un-rotated to position 0, the
+    /// query turned to `n_local`, InfLLM's `apply_rotary_pos_emb_one_angle`). Needs the model's
+    /// RoPE ([`CacheSpec::rope`]). False: every key at its absolute position.
+    pub reindex: bool,
 }
 
 /// The resolved budget split for one context length.
@@ -75,6 +81,7 @@ impl InfLlmConfig {
             shared_blocks: true,
             rope_theta: None,
             model_rope: false,
+            reindex: false,
         }
     }
 
@@ -130,6 +137,13 @@ impl CacheFactory for InfLlmFactory {
         "infllm"
     }
     fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
+        if self.0.reindex && spec.rope.is_none_or(|r| r.head_dim() != spec.head_dim) {
+            return Err(kvcache::Error::Unsupported(format!(
+                "infllm: positions = \"reindexed\" needs the model's rotary embedding over all {} head channels (CacheSpec::rope), and this model gives {}",
+                spec.head_dim,
+                spec.rope.map_or("none".to_string(), |r| format!("{} rotated channels", r.head_dim()))
+            )));
+        }
         if self.0.model_rope && spec.rope.is_none() {
             return Err(kvcache::Error::Unsupported(
                 "infllm: model_rope = true needs the model's rotary frequencies (CacheSpec::rope), and this model gives none; set rope_theta instead".into(),
@@ -329,6 +343,9 @@ impl InfLlmCache {
         // `[B, Hkv, G·L, S]` buffers per chunk (tens of MB each at 4K tokens, every one of them
         // freshly mapped and faulted in).
         let mut logits = qg.matmul(&keys.transpose(-1, -2));
+        if let (true, Some(rope)) = (self.cfg.reindex, self.spec.rope) {
+            logits = self.reindexed_logits(logits, &qg, &keys, &kpos, pos0, n, group, rope);
+        }
         let _ = logits.g_mul_scalar_(scale);
         let _ = logits.masked_fill_(&mask.logical_not(), f64::NEG_INFINITY);
         let probs = logits.softmax(-1, Kind::Float);
@@ -350,6 +367,28 @@ impl InfLlmCache {
         // 6. Tokens leaving the local window form blocks.
         self.form_blocks();
         out
+    }
+
+    /// InfLLM's positions (`positions = "reindexed"`): `near` holds the scores of the folded
+    /// queries `qg` (`[B, Hkv, G·L, D]`, rotated at `pos0..pos0+L`) against `keys` rotated at
+    /// their absolute positions `kpos` (`[B, Hkv, S]`), right for keys within `n_local` of the
+    /// query; every farther key is scored at distance `n_local` instead: the key un-rotated to
+    /// position 0, the query turned to `n_local`.
+    #[allow(clippy::too_many_arguments)]
+    fn reindexed_logits(&self, near: Tensor, qg: &Tensor, keys: &Tensor, kpos: &Tensor, pos0: usize, l: i64, group: i64, rope: kvcache::rope::Rope) -> Tensor {
+        let dev = keys.device();
+        let (b, hkv, s, d) = keys.size4().expect("keys are [B, Hkv, S, D]");
+        let minus: Vec<i64> = Vec::<i64>::try_from(kpos.flatten(0, -1).neg().to_device(Device::Cpu)).expect("key positions");
+        let (cos, sin) = rope.cos_sin(&minus, dev);
+        let raw = kvcache::rope::apply_rotary(keys, &cos.view([b, hkv, s, d]), &sin.view([b, hkv, s, d]));
+        let turn: Vec<i64> = (pos0 as i64..pos0 as i64 + l).map(|p| self.knobs.n_local as i64 - p).collect();
+        let (cos, sin) = rope.cos_sin(&turn, dev);
+        // Folded row `g·L + i` is query `i`: the same turn for every `g`.
+        let (cos, sin) = (cos.repeat([group, 1]), sin.repeat([group, 1]));
+        let far_scores = kvcache::rope::apply_rotary(qg, &cos, &sin).matmul(&raw.transpose(-1, -2));
+        let qpos = Tensor::arange_start(pos0 as i64, pos0 as i64 + l, (Kind::Int, dev)).repeat([group]).view([1, 1, group * l, 1]);
+        let far = (qpos - kpos.to_kind(Kind::Int).unsqueeze(2)).ge(self.knobs.n_local as i64);
+        far_scores.where_self(&far, &near)
     }
 
     /// Moves whole blocks out of the resident window while it holds `n_local + block_size`
@@ -549,6 +588,7 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let theta = p.float("rope_theta", 0.0, 0.0, 1e12)?;
     cfg.rope_theta = (theta > 0.0).then_some(theta);
     cfg.model_rope = p.bool("model_rope", false)?;
+    cfg.reindex = p.choice("positions", "absolute", &["absolute", "reindexed"])? == "reindexed";
     if cfg.model_rope && cfg.rope_theta.is_some() {
         return Err(p.refuse("model_rope", "true (with rope_theta)", "either model_rope = true (the model's own RoPE) or rope_theta, not both"));
     }
@@ -571,6 +611,7 @@ const PARAMS: &[ParamDoc] = &[
     ParamDoc { name: "n_local", default: "(from budget)", help: "override: local window in tokens" },
     ParamDoc { name: "shared_blocks", default: "true", help: "retrieve the same blocks for all heads of a layer (InfLLM); false: per KV head" },
     ParamDoc { name: "model_rope", default: "false", help: "position-free retrieval scores with the model's own rotary frequencies (its base and scaling), as the paper's InfLLM; overrides the need for rope_theta" },
+    ParamDoc { name: "positions", default: "absolute", help: "absolute: attention sees every key at its RoPE position; reindexed: as InfLLM, keys within n_local at their true distance, all others (init, retrieved blocks, remainder) at distance n_local (needs the model's RoPE)" },
     ParamDoc { name: "rope_theta", default: "0 (unset)", help: "the model's RoPE base (e.g. 100000 for SmolLM2): retrieval compares un-rotated keys with queries at distance n_local, position-free as InfLLM; unset: absolute-position scores (favour recent blocks)" },
 ];
 
@@ -589,8 +630,9 @@ kvcache::inventory::submit! {
                  resident token before it (the local window plus the not-yet-blocked remainder, as InfLLM's complement \
                  window). Decoding retrieves per step (each step is a one-query chunk, as in InfLLM). Blocks live in host \
                  memory on GPU runs (bytes_offloaded); bytes_held counts everything (tokens, representative keys, scores), \
-                 bytes_attended the KV of the latest chunk. Deviations: keys keep their absolute RoPE positions (InfLLM \
-                 re-indexes positions: local tokens by distance, retrieved blocks at a fixed offset), so retrieval scores \
+                 bytes_attended the KV of the latest chunk. positions = \"reindexed\" re-indexes attention as InfLLM does (keys \
+                 within n_local at their true distance, all others at distance n_local). Deviations: by default keys keep \
+                 their absolute RoPE positions in attention, and retrieval scores \
                  compare post-RoPE keys and queries and favour recent blocks unless rope_theta or model_rope = true is given (then \
                  representative keys are un-rotated and queries placed at distance n_local, as InfLLM; model_rope uses the \
                  model's own frequencies, scaling included); no GPU block LRU cache \

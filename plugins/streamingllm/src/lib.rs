@@ -11,8 +11,12 @@
 //! full attention and keeps sinks + recent afterwards (kvpress `StreamingLLMPress`, which uses
 //! `n_sink = 4`: set `sinks = 4`). Decoding keeps the window sliding at the budget.
 //!
-//! Difference from the paper's code: InfLLM re-indexes positions inside the window; keys here keep
-//! their original RoPE positions (as kvpress does without `KeyRerotationPress`).
+//! Positions: by default keys keep their original RoPE positions (as kvpress does without
+//! `KeyRerotationPress`). `positions = "reindexed"` follows the paper's code (InfLLM's stream-llm):
+//! a sink outside a query's local window is seen at distance `local + sinks - j`, as if the sinks
+//! sat just before the window, so no attended key is farther than the budget
+//! (`kvcache::cache::attend_sinks_local_reindexed`; chunked prefill only). The paper grids run it
+//! (`configs/methods/streamingllm-paper.toml`).
 //! With `prefill = "full"`, `sinks = 4` the kept positions equal kvpress `StreamingLLMPress` on
 //! SmolLM2 (`kvcore/tests/kvpress_crosscheck.rs`).
 
@@ -41,10 +45,25 @@ fn build(t: &toml::Table) -> Result<Arc<dyn CacheFactory>, MethodError> {
     let sink_ratio = p.float("sink_ratio", 0.021, 0.0, 1.0)?;
     let sinks = p.opt_int("sinks", 0, usize::MAX >> 1)?;
     let mode = p.choice("prefill", "chunked", &["chunked", "full"])?;
+    let positions = p.choice("positions", "absolute", &["absolute", "reindexed"])?;
+    if positions == "reindexed" && mode != "chunked" {
+        return Err(p.refuse(
+            "positions",
+            "\"reindexed\" (with prefill = \"full\")",
+            "positions = \"reindexed\" only with prefill = \"chunked\" (InfLLM's stream-llm attends through sinks and a local window from the first chunk)",
+        ));
+    }
     let mut cfg = EvictionConfig::new("streamingllm", budget, Arc::new(RecencyScorer));
     eviction_params(&mut p, &mut cfg, true)?;
+    if positions == "reindexed" && matches!(cfg.storage, kvmethods::eviction::Storage::Quantized(_)) {
+        return Err(p.refuse(
+            "positions",
+            "\"reindexed\" (with storage)",
+            "positions = \"reindexed\" with dense storage (quantized storage attends at absolute positions)",
+        ));
+    }
     p.finish()?;
-    cfg.schedule.start = Start::Streaming(StreamingPrefill { sink_ratio, sinks, chunked: mode == "chunked" });
+    cfg.schedule.start = Start::Streaming(StreamingPrefill { sink_ratio, sinks, chunked: mode == "chunked", reindex: positions == "reindexed" });
     Ok(Arc::new(EvictionFactory(Arc::new(cfg))))
 }
 
@@ -56,11 +75,14 @@ kvcache::inventory::submit! {
         detail: "budget = floor(S/N) of the S-token context (floor(0.17 * S) at ratio = 6, the paper's 0.17); sinks = int(budget * sink_ratio) (0.021 as in the paper's \
                  config), local = budget - sinks. prefill = \"chunked\": sinks + sliding-window attention during prefill, \
                  cache trimmed after every chunk; prefill = \"full\": full prefill, then keep sinks + newest (kvpress \
-                 StreamingLLMPress; use sinks = 4). Keys keep their original positions (no re-indexing). arXiv 2309.17453.",
+                 StreamingLLMPress; use sinks = 4). positions = \"absolute\": keys keep their original positions; \
+                 \"reindexed\": InfLLM's stream-llm (the paper's code), a sink outside the local window is seen at distance \
+                 local + sinks - j. arXiv 2309.17453.",
         params: kvmethods::eviction_param_docs!(decode_evict = "true";
             ("sink_ratio", "0.021", "fraction of the budget kept as sink tokens"),
             ("sinks", "(unset)", "absolute number of sink tokens (overrides sink_ratio)"),
-            ("prefill", "chunked", "chunked: compress during prefill; full: full prefill, compress after")),
+            ("prefill", "chunked", "chunked: compress during prefill; full: full prefill, compress after"),
+            ("positions", "absolute", "absolute: keys keep their positions; reindexed: sinks outside the window at InfLLM's distance local + sinks - j (chunked only)")),
         build,
         scorer: None,
     }
