@@ -180,6 +180,12 @@ pub struct MethodPreset {
     pub label: Option<String>,
     #[serde(default)]
     pub params: toml::Table,
+    /// `false`: the method's prompts are never cut, neither to the model's `context_limit` nor to
+    /// its positions (the paper's `truncation_mode: null` for InfLLM, StreamingLLM and
+    /// LLMLingua-2); cache budgets are then sized from the prompt's length up to what the cut
+    /// would have left (the paper's `ratio × min(length, model max length)`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
 }
 
 /// An inline `[[method]]` of an experiment.
@@ -197,6 +203,10 @@ pub struct InlineMethod {
     /// Parameters, merged over the preset's.
     #[serde(default)]
     pub params: toml::Table,
+    /// Whether prompts are cut to the model's limits ([`MethodPreset::truncate`]; default: the
+    /// preset's, else true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
 }
 
 /// `[run]` settings of an experiment.
@@ -247,6 +257,13 @@ pub struct MethodRef {
     pub label: String,
     pub method: String,
     pub params: toml::Table,
+    /// Prompts are cut to the model's limits (false: [`MethodPreset::truncate`]).
+    #[serde(skip_serializing_if = "is_true")]
+    pub truncate: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// An experiment with every name resolved.
@@ -569,16 +586,22 @@ pub fn parse_experiment(path: &Path, text: &str) -> Result<Experiment, ConfigErr
                 None => None,
             };
             let method = m.method.clone().or_else(|| base.as_ref().map(|b| b.method.clone())).unwrap_or_default();
+            let truncate = m.truncate.or(base.as_ref().and_then(|b| b.truncate)).unwrap_or(true);
             let params = merge_params(&base.map(|b| b.params).unwrap_or_default(), &m.params);
-            methods.push(MethodRef { label: m.name.clone(), method, params });
+            methods.push(MethodRef { label: m.name.clone(), method, params, truncate });
         } else if let Some(p) = preset(name) {
             match p {
-                Ok(p) => methods.push(MethodRef { label: p.label.clone().unwrap_or_else(|| name.clone()), method: p.method, params: p.params }),
+                Ok(p) => methods.push(MethodRef {
+                    label: p.label.clone().unwrap_or_else(|| name.clone()),
+                    method: p.method,
+                    params: p.params,
+                    truncate: p.truncate.unwrap_or(true),
+                }),
                 Err(e) => errors.push(e),
             }
         } else if valid_name(name) {
             // A registered method with its defaults; the runner checks the name.
-            methods.push(MethodRef { label: name.clone(), method: name.clone(), params: toml::Table::new() });
+            methods.push(MethodRef { label: name.clone(), method: name.clone(), params: toml::Table::new(), truncate: true });
         } else {
             errors.push(err(path, key, format!("\"{name}\" is not a valid method or preset name")));
         }
@@ -645,7 +668,7 @@ pub fn cells_with_plugins(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool, 
             };
             for (ratio, params) in variants {
                 for (task, tc) in &exp.tasks {
-                    let method = MethodRef { label: m.label.clone(), method: m.method.clone(), params: params.clone() };
+                    let method = MethodRef { label: m.label.clone(), method: m.method.clone(), params: params.clone(), truncate: m.truncate };
                     let task_seed = tc.seed.unwrap_or(seed);
                     let mut identity = serde_json::json!({
                         "schema": CELL_SCHEMA,
@@ -656,6 +679,10 @@ pub fn cells_with_plugins(exp: &Experiment, takes_ratio: &dyn Fn(&str) -> bool, 
                         "seed": task_seed,
                         "query_aware": exp.run.query_aware,
                     });
+                    // Only an untruncated method adds the key, so every other cell keeps its id.
+                    if !method.truncate {
+                        identity["truncate"] = serde_json::Value::Bool(false);
+                    }
                     let plugin_sha256 = plugin_hash(&method.method);
                     if let Some(h) = &plugin_sha256 {
                         identity["plugin_sha256"] = serde_json::Value::String(h.clone());

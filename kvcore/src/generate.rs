@@ -24,6 +24,18 @@ pub struct GenerateOptions {
     /// Reset the process's peak RSS after the prompt, so `peak_rss_decode_bytes` measures decoding
     /// alone (the peak before the reset is kept in `peak_rss_prefill_bytes`).
     pub measure_decode_rss: bool,
+    /// Caches size their budgets from at most this many prompt tokens
+    /// ([`crate::cache::CacheSpec::context_tokens`] is `min(prompt, cap)`): the paper's
+    /// `ratio × min(length, model max length)` for the methods it never truncates (None: the
+    /// prompt's length).
+    pub budget_context_cap: Option<usize>,
+}
+
+impl GenerateOptions {
+    /// The context length caches size their budgets from, for a prompt of `tokens`.
+    pub fn budget_context(&self, tokens: usize) -> usize {
+        self.budget_context_cap.map_or(tokens, |cap| tokens.min(cap))
+    }
 }
 
 impl Default for GenerateOptions {
@@ -35,6 +47,7 @@ impl Default for GenerateOptions {
             extra_stop_token_ids: vec![],
             prefill_chunk: None,
             measure_decode_rss: false,
+            budget_context_cap: None,
         }
     }
 }
@@ -329,7 +342,7 @@ pub fn generate(lm: &mut LoadedModel, prompt_ids: &[u32], opts: &GenerateOptions
         return Err(Error::InvalidArgument { what: "prompt", value: String::new(), expected: "at least one token".into() });
     }
     let t0 = std::time::Instant::now();
-    let mut seq = new_sequence(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(prompt_ids.len()))?;
+    let mut seq = new_sequence(lm, factory, prompt_ids.len() + opts.max_new_tokens, Some(opts.budget_context(prompt_ids.len())))?;
     let logits = forward_sequence(lm, &mut seq, prompt_ids, 0, opts.prefill_chunk, false)?;
     crate::reconstruct::finish_sequence_prefill(lm, &mut seq, factory, prompt_ids)?;
     decode(lm, &mut seq, logits, prompt_ids.len(), opts, t0)

@@ -43,7 +43,7 @@ pub fn answer(
             let t0 = std::time::Instant::now();
             let mut ids = context.to_vec();
             ids.extend_from_slice(q);
-            let mut seq = new_sequence(lm, factory, expected, Some(ids.len()))?;
+            let mut seq = new_sequence(lm, factory, expected, Some(opts.budget_context(ids.len())))?;
             let logits = forward_sequence(lm, &mut seq, &ids, 0, opts.prefill_chunk, false)?;
             finish_sequence_prefill(lm, &mut seq, factory, &ids)?;
             outs.push(decode(lm, &mut seq, logits, ids.len(), opts, t0)?);
@@ -52,7 +52,7 @@ pub fn answer(
     }
     // Compress the context once.
     let t0 = std::time::Instant::now();
-    let mut base = Some(new_sequence(lm, factory, expected, Some(context.len()))?);
+    let mut base = Some(new_sequence(lm, factory, expected, Some(opts.budget_context(context.len())))?);
     let mut context_logits = Some(forward_sequence(lm, base.as_mut().expect("just set"), context, 0, opts.prefill_chunk, false)?);
     finish_sequence_prefill(lm, base.as_mut().expect("just set"), factory, context)?;
     let context_seconds = t0.elapsed();
@@ -67,7 +67,7 @@ pub fn answer(
                 Some(c) => c,
                 None => {
                     // The method cannot copy its state: rebuild the compressed context.
-                    let mut c = new_sequence(lm, factory, expected, Some(context.len()))?;
+                    let mut c = new_sequence(lm, factory, expected, Some(opts.budget_context(context.len())))?;
                     let _ = forward_sequence(lm, &mut c, context, 0, opts.prefill_chunk, false)?;
                     finish_sequence_prefill(lm, &mut c, factory, context)?;
                     c

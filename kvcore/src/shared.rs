@@ -81,7 +81,8 @@ pub fn prefill_shared(
     let device = lm.settings.device;
 
     let t0 = Instant::now();
-    let mut members: Vec<Vec<Box<dyn LayerCache>>> = factories.iter().map(|f| new_caches_for(lm, *f, expected, Some(prompt.len()))).collect::<Result<_>>()?;
+    let mut members: Vec<Vec<Box<dyn LayerCache>>> =
+        factories.iter().map(|f| new_caches_for(lm, *f, expected, Some(opts.budget_context(prompt.len())))).collect::<Result<_>>()?;
     // The leader computes each step's attention output once: full causal attention over the
     // exact K/V, which is what every member computes during its prefill.
     let mut leader = new_caches_for(lm, &FullCacheFactory, expected, Some(prompt.len()))?;
@@ -195,7 +196,7 @@ pub fn prompt_alone(
     let t0 = Instant::now();
     let together = popts.query_aware || question.is_empty();
     let first: Vec<u32> = if together { [context, question].concat() } else { context.to_vec() };
-    let mut seq = new_sequence(lm, factory, expected, Some(first.len()))?;
+    let mut seq = new_sequence(lm, factory, expected, Some(opts.budget_context(first.len())))?;
     let mut logits = forward_sequence(lm, &mut seq, &first, 0, opts.prefill_chunk, false)?;
     crate::reconstruct::finish_sequence_prefill(lm, &mut seq, factory, &first)?;
     let mut pos = first.len();

@@ -218,11 +218,10 @@ pub fn run_cells(exp: &Experiment, reg: &Registry, cells: Vec<Cell>, out: &Path,
             {
                 let max_new = ss.iter().map(|s| c.task_config.max_new_tokens.unwrap_or(s.max_new_tokens)).max().unwrap_or(0);
                 let longest_text = ss.iter().map(|s| s.prompt().len() + s.answer_prefix.as_ref().map_or(0, String::len) + 64).max().unwrap_or(0);
-                let input = [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new)), Some(longest_text)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(max_pos);
+                // An untruncated method (`truncate = false`) takes the whole prompt.
+                let limits =
+                    if c.method.truncate { [mc.context_limit, c.task_config.max_input_tokens, Some(max_pos.saturating_sub(max_new))] } else { [None; 3] };
+                let input = limits.into_iter().chain([Some(longest_text)]).flatten().min().unwrap_or(max_pos);
                 let estimate = kvcore::memory_guard::MemoryEstimate::for_loaded(&lm, input.saturating_add(max_new));
                 let what = format!("cell {} ({} / {} / {})", c.id, c.model, c.method.label, c.task);
                 kvcore::memory_guard::check(&what, &estimate, kvcore::memory_guard::available(lm.settings.device, memory_limit).as_ref(), opts.guard.force)?;
@@ -434,13 +433,31 @@ impl CellContext<'_> {
     }
 
     fn generate_options(&self, c: &Cell, s: &Sample) -> Result<GenerateOptions> {
-        let mut o = GenerateOptions { max_new_tokens: self.max_new(c, s), prefill_chunk: self.exp.run.prefill_chunk, ..Default::default() };
+        let mut o = GenerateOptions {
+            max_new_tokens: self.max_new(c, s),
+            prefill_chunk: self.exp.run.prefill_chunk,
+            // An untruncated method sizes its budget from the prompt up to what the cut would
+            // have left: the paper's ratio × min(length, model max length).
+            budget_context_cap: (!c.method.truncate).then(|| self.model_limit(c, s)),
+            ..Default::default()
+        };
         apply_stop_rules(s, self.newline_stop, &mut o)?;
         Ok(o)
     }
 
-    /// The input-token limit of a cell's samples.
+    /// The input-token limit of a cell's samples: [`Self::model_limit`], or none for a method
+    /// that is never truncated (`truncate = false`, the paper's `truncation_mode: null`).
     fn limit(&self, c: &Cell, s: &Sample) -> usize {
+        if c.method.truncate {
+            self.model_limit(c, s)
+        } else {
+            usize::MAX
+        }
+    }
+
+    /// The model's and task's input-token limit: the configured `context_limit` and
+    /// `max_input_tokens`, and the model's positions less the tokens to generate.
+    fn model_limit(&self, c: &Cell, s: &Sample) -> usize {
         let max_new = self.max_new(c, s);
         [self.mc.context_limit, c.task_config.max_input_tokens, Some(self.max_pos.saturating_sub(max_new))].into_iter().flatten().min().unwrap_or(self.max_pos)
     }

@@ -78,6 +78,19 @@ pub fn shares_prefill(reg: &Registry, c: &Cell) -> bool {
     !m.is_prompt() && m.build(&c.method.params).map(|f| f.shared_prefill()).unwrap_or(false)
 }
 
+/// What a cell's prompts are cut to, as the dry run shows it: `uncut` for a method that is never
+/// truncated (`truncate = false`), else the configured `context_limit` / `max_input_tokens`
+/// (`<=7500 tok`), else the model's positions less the tokens to generate (known once it loads).
+pub fn prompt_cut(c: &Cell) -> String {
+    if !c.method.truncate {
+        return "uncut".into();
+    }
+    match [c.model_config.context_limit, c.task_config.max_input_tokens].into_iter().flatten().min() {
+        Some(n) => format!("<={n} tok"),
+        None => "<=positions".into(),
+    }
+}
+
 /// The dry run: one line per cell, then samples and input tokens per model and in all, and the
 /// prefill tokens a shared run saves (one prefill per prompt for each task's sharing cells).
 pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&str>) -> String {
@@ -119,12 +132,13 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
             None => m.2 += 1,
         }
         out += &format!(
-            "  {}  {:<14} {:<22} {:<6} {:<24} {}\n",
+            "  {}  {:<14} {:<22} {:<6} {:<24} {:<16} {}\n",
             c.id,
             c.model,
             c.method.label,
             c.ratio.map(|r| format!("{r}x")).unwrap_or_else(|| "-".into()),
             c.task,
+            prompt_cut(c),
             n.map_or_else(|| "? samples (all of the data set's records)".to_string(), |n| format!("~{n} samples"))
         );
     }
@@ -160,6 +174,7 @@ pub fn dry_run(exp: &Experiment, reg: &Registry, cells: &[Cell], shard: Option<&
 pub fn cell_context_bound(c: &Cell) -> usize {
     let t = &c.task_config;
     let configured = t.lengths.iter().max().map(|&l| l.saturating_mul(2));
-    let input = [c.model_config.context_limit, t.max_input_tokens, configured].into_iter().flatten().min().unwrap_or(usize::MAX);
+    let limits = if c.method.truncate { [c.model_config.context_limit, t.max_input_tokens] } else { [None; 2] };
+    let input = limits.into_iter().chain([configured]).flatten().min().unwrap_or(usize::MAX);
     input.saturating_add(t.max_new_tokens.unwrap_or(128))
 }

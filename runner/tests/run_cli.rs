@@ -207,6 +207,12 @@ fn dry_run_of_a_paper_longbench_grid_shows_each_subsets_record_count() {
         assert!(lines[0].ends_with(&format!(" ~{n} samples")), "{subset}: {n} records expected: {}", lines[0]);
     }
     assert!(!dry.contains("? samples"), "every LongBench cell has a count:\n{dry}");
+    // The prompt each method sees: cut at Llama-3's 7,500 tokens, except the three methods the
+    // paper never truncates (issue 24 item 2).
+    for line in dry.lines().filter(|l| l.contains(" longbench-")) {
+        let uncut = [" streamingllm ", " infllm ", " llmlingua2 "].iter().any(|m| line.contains(m));
+        assert!(line.contains(if uncut { " uncut " } else { " <=7500 tok " }), "{line}");
+    }
     // Their prompt lengths depend on the documents: no token estimate is made up for them.
     assert!(dry.contains("whose sample count or prompt lengths only the data can tell"), "{dry}");
 }
@@ -450,4 +456,57 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// The paper never truncates InfLLM, StreamingLLM and LLMLingua-2 (`truncation_mode: null`), and
+/// sizes their budgets from `min(length, model max length)`: with `truncate = false` and
+/// re-indexed positions, those cells take prompts past the model's positions (here a tiny model
+/// told it has 64), whole, while the full cache is cut to 64 - 40 new tokens, and their budgets
+/// stay those of the 24 tokens the cut would have left.
+#[test]
+fn untruncated_methods_take_prompts_past_the_models_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full"]);
+    let configs = exp.parent().unwrap().parent().unwrap();
+    let tiny = std::fs::read_to_string(configs.join("models/tiny.toml")).unwrap();
+    std::fs::write(configs.join("models/short.toml"), format!("{tiny}max_position_embeddings = 64\n")).unwrap();
+    let text = "name = \"u\"\nmodels = [\"short\"]\ntasks = [\"needle\"]\nmethods = [\"full\", \"stream\", \"inf\"]\nratios = [2]\n\
+                [[method]]\nname = \"stream\"\nmethod = \"streamingllm\"\ntruncate = false\n[method.params]\npositions = \"reindexed\"\nsinks = 2\n\
+                [[method]]\nname = \"inf\"\nmethod = \"infllm\"\ntruncate = false\n[method.params]\npositions = \"reindexed\"\nmin_local = 8\nblock_size = 4\n\
+                [run]\nthreads = 1\ndevice = \"cpu\"\n";
+    let file = exp.with_file_name("u.toml");
+    std::fs::write(&file, text).unwrap();
+    let out = tmp.path().join("u-run");
+    ok(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--zero-measurements", "--no-report"]);
+    let mut inputs: std::collections::BTreeMap<String, Vec<u64>> = Default::default();
+    for (cell, recs) in records_by_cell(&out) {
+        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("cells").join(&cell).join("cell.json")).unwrap()).unwrap();
+        let label = info["method_label"].as_str().or(info["label"].as_str()).unwrap_or_else(|| info["method"].as_str().unwrap()).to_string();
+        assert_eq!(recs.len(), 9, "{label}");
+        for r in &recs {
+            let (input, generated) = (r["input_tokens"].as_u64().unwrap(), r["generated_tokens"].as_u64().unwrap());
+            assert_eq!(generated, 40, "{label}: {r}");
+            // Full-cache bytes count every token but the last generated one.
+            let per_token = r["kv_bytes_full"].as_u64().unwrap() / (input + generated - 1);
+            match info["method"].as_str().unwrap() {
+                "full" => assert!(input <= 24, "full is cut to 64 - 40 tokens: {input}"),
+                "streamingllm" => {
+                    assert!(input > 64, "streamingllm takes the whole prompt: {input} tokens");
+                    // Budget floor(24 / 2) = 12 (+1 while decoding), not half the prompt.
+                    let held = r["kv_bytes_held"].as_u64().unwrap();
+                    assert!(held <= 13 * per_token, "streamingllm holds {} tokens' bytes", held as f64 / per_token as f64);
+                }
+                "infllm" => {
+                    assert!(input > 64, "infllm takes the whole prompt: {input} tokens");
+                    // Budget 12: no init tokens, no retrieved blocks, a 12-token window (+ the
+                    // remainder not yet in a block and the step's own tokens).
+                    let attended = r["kv_bytes_attended"].as_u64().unwrap();
+                    assert!(attended <= 17 * per_token, "infllm attends {} tokens' bytes", attended as f64 / per_token as f64);
+                }
+                m => panic!("unexpected method {m}"),
+            }
+            inputs.entry(info["method"].as_str().unwrap().to_string()).or_default().push(input);
+        }
+    }
+    assert_eq!(inputs["streamingllm"], inputs["infllm"], "both take the same whole prompts");
 }
