@@ -81,7 +81,16 @@ pub struct ModelConfig {
     /// override this is how far the run goes, e.g. 32000 for the paper's Llama-3 passkey runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_position_embeddings: Option<usize>,
+    /// Penalties on the logits before each greedy choice. `rwkv-pipeline`: the `rwkv` package's
+    /// `PIPELINE.generate` defaults (presence 0.2, frequency 0.2, decay 0.996; whitespace and
+    /// digit tokens count 0), which the paper's RWKV runs keep (`PIPELINE_ARGS(top_p=0)`). Unset:
+    /// plain greedy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalties: Option<String>,
 }
+
+/// The values [`ModelConfig::penalties`] takes.
+pub const PENALTIES: &[&str] = &["rwkv-pipeline"];
 
 fn yes() -> bool {
     true
@@ -405,6 +414,11 @@ fn check_model(file: &Path, m: &ModelConfig, out: &mut Vec<ConfigError>) {
     if let Some(f) = &m.chat_format {
         if !kvformats::chat::BUILTIN_FORMATS.contains(&f.as_str()) {
             out.push(err(file, "chat_format", format!("expected one of {}, got \"{f}\"", kvformats::chat::BUILTIN_FORMATS.join(", "))));
+        }
+    }
+    if let Some(p) = &m.penalties {
+        if !PENALTIES.contains(&p.as_str()) {
+            out.push(err(file, "penalties", format!("expected one of {}, got \"{p}\"", PENALTIES.join(", "))));
         }
     }
 }

@@ -29,6 +29,70 @@ pub struct GenerateOptions {
     /// `ratio × min(length, model max length)` for the methods it never truncates (None: the
     /// prompt's length).
     pub budget_context_cap: Option<usize>,
+    /// Presence/frequency penalties on the logits before each greedy choice (None: plain greedy).
+    pub penalties: Option<Penalties>,
+}
+
+/// Presence and frequency penalties as the `rwkv` package's `PIPELINE.generate` applies them
+/// (the paper's RWKV runs keep `PIPELINE_ARGS`' defaults): before each choice, every token `n`
+/// generated so far loses `presence + occurrence[n] · frequency` from its logit (in the logits'
+/// dtype); after each choice every occurrence decays by `decay`, then the chosen token's grows by
+/// 1, or by 0 when it decodes to text inside `" \t0123456789"` (a space, a tab or digits).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalties {
+    pub presence: f64,
+    pub frequency: f64,
+    pub decay: f64,
+}
+
+impl Penalties {
+    /// `rwkv.utils.PIPELINE_ARGS` defaults: `alpha_presence = 0.2`, `alpha_frequency = 0.2`,
+    /// `alpha_decay = 0.996`.
+    pub const RWKV_PIPELINE: Penalties = Penalties { presence: 0.2, frequency: 0.2, decay: 0.996 };
+}
+
+/// One sequence's [`Penalties`] state: each generated token's weight, in first-seen order.
+#[derive(Clone, Debug)]
+pub struct PenaltyState {
+    pub penalties: Penalties,
+    occurrence: Vec<(u32, f64)>,
+}
+
+impl PenaltyState {
+    pub fn new(penalties: Penalties) -> Self {
+        PenaltyState { penalties, occurrence: Vec::new() }
+    }
+
+    /// Subtracts each generated token's penalty from `logits` (`[..., vocab]`, one row), in the
+    /// logits' dtype, as `out[n] -= presence + occurrence[n] * frequency` does.
+    pub fn apply(&self, logits: &mut Tensor) {
+        if self.occurrence.is_empty() {
+            return;
+        }
+        let p = self.penalties;
+        let ids: Vec<i64> = self.occurrence.iter().map(|&(t, _)| t as i64).collect();
+        let minus: Vec<f32> = self.occurrence.iter().map(|&(_, w)| -((p.presence + w * p.frequency) as f32)).collect();
+        let mut flat = logits.view([-1]);
+        let delta = Tensor::from_slice(&minus).to_kind(flat.kind()).to_device(flat.device());
+        let _ = flat.index_add_(0, &Tensor::from_slice(&ids).to_device(flat.device()), &delta);
+    }
+
+    /// Records a chosen token whose text is `text` (None when it does not decode to valid
+    /// UTF-8 on its own): every weight decays, then the token's grows by 1, or by 0 when its
+    /// text lies inside `" \t0123456789"` (the `rwkv` package's rule for spaces and digits).
+    pub fn observe(&mut self, token: u32, text: Option<&str>) {
+        for (_, w) in &mut self.occurrence {
+            *w *= self.penalties.decay;
+        }
+        let weight = match text {
+            Some(t) if !t.is_empty() && " \t0123456789".contains(t) => 0.0,
+            _ => 1.0,
+        };
+        match self.occurrence.iter_mut().find(|(t, _)| *t == token) {
+            Some((_, w)) => *w += weight,
+            None => self.occurrence.push((token, weight)),
+        }
+    }
 }
 
 impl GenerateOptions {
@@ -48,6 +112,7 @@ impl Default for GenerateOptions {
             prefill_chunk: None,
             measure_decode_rss: false,
             budget_context_cap: None,
+            penalties: None,
         }
     }
 }
@@ -374,13 +439,15 @@ pub(crate) struct Greedy<'o> {
     pub(crate) stop_reason: StopReason,
     /// The text cut before a stop string (set when one ended generation).
     cut_text: Option<String>,
+    /// [`GenerateOptions::penalties`]' state.
+    penalties: Option<PenaltyState>,
 }
 
 impl<'o> Greedy<'o> {
     pub(crate) fn new(lm: &LoadedModel, opts: &'o GenerateOptions) -> Self {
         let mut stop_ids = lm.eos_token_ids.clone();
         stop_ids.extend(&opts.extra_stop_token_ids);
-        Greedy { opts, stop_ids, out_ids: Vec::new(), stop_reason: StopReason::MaxNewTokens, cut_text: None }
+        Greedy { opts, stop_ids, out_ids: Vec::new(), stop_reason: StopReason::MaxNewTokens, cut_text: None, penalties: opts.penalties.map(PenaltyState::new) }
     }
 
     /// Whether another token may be chosen (fewer than `max_new_tokens` so far).
@@ -391,6 +458,9 @@ impl<'o> Greedy<'o> {
     /// Chooses the next token from `logits` (the last position's); returns it when it must be
     /// fed back to the model, `None` when generation ends here.
     pub(crate) fn choose(&mut self, lm: &LoadedModel, logits: &mut Tensor) -> Result<Option<u32>> {
+        if let Some(p) = &self.penalties {
+            p.apply(logits);
+        }
         if self.out_ids.len() < self.opts.min_new_tokens {
             let vocab = logits.size().last().copied().unwrap_or(0);
             for &id in &self.stop_ids {
@@ -405,6 +475,11 @@ impl<'o> Greedy<'o> {
             return Ok(None);
         }
         self.out_ids.push(next);
+        if let Some(p) = &mut self.penalties {
+            // A token that is not valid UTF-8 on its own decodes to replacement characters.
+            let text = lm.tokenizer.decode(&[next], true).map_err(|e| Error::Tokenizer(e.to_string()))?;
+            p.observe(next, (!text.contains('\u{fffd}')).then_some(text.as_str()));
+        }
         if !self.opts.stop_strings.is_empty() {
             let mut text = lm.tokenizer.decode(&self.out_ids, true).map_err(|e| Error::Tokenizer(e.to_string()))?;
             if let Some(cut) = self.opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {

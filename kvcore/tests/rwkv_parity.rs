@@ -215,3 +215,45 @@ fn rwkv_scaling_timings() {
         }
     }
 }
+
+/// The paper's RWKV decoding (issue 24 item 4b) is `PIPELINE.generate` with
+/// `PIPELINE_ARGS(top_p=0)`: greedy, with the package's default presence and frequency penalties.
+/// `scripts/reference/rwkv_penalties_reference.py` runs that very function over synthetic logits
+/// (a few candidates a little above the rest: a space, digits, words, a newline, unknown ids) and
+/// records each choice; kvbench's `PenaltyState` with `Penalties::RWKV_PIPELINE` over the same
+/// logits must choose the same token at every one of 300 steps. Without penalties the top
+/// candidate would win every step.
+#[test]
+fn rwkv_pipeline_penalties_choose_the_rwkv_packages_tokens() {
+    use kvcore::generate::{Penalties, PenaltyState};
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("penalties.json");
+    run_reference("rwkv_penalties_reference.py", &[out.to_str().unwrap(), "300"]);
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let tok = kvformats::world_tokenizer::WorldTokenizer::from_vocab_file(Path::new(r["vocab"].as_str().unwrap())).unwrap();
+    let candidates: Vec<(u64, f64)> = r["candidates"].as_array().unwrap().iter().map(|c| (c[0].as_u64().unwrap(), c[1].as_f64().unwrap())).collect();
+    let want: Vec<u32> = r["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap() as u32).collect();
+    assert_eq!(want.len(), 300);
+    let top = candidates.iter().max_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0 as u32;
+    assert!(want.iter().filter(|&&t| t != top).count() > 100, "the penalties should move the choice off the top candidate: {want:?}");
+    let mut state = PenaltyState::new(Penalties::RWKV_PIPELINE);
+    let mut last = r["prompt_last"].as_u64().unwrap();
+    for (step, &expected) in want.iter().enumerate() {
+        let x: Vec<f32> = (0..65536u64)
+            .map(|j| {
+                let h = (j * 2654435761 + last * 40503 + step as u64 * 97) % (1 << 24);
+                let mut v = h as f64 / (1u64 << 24) as f64 * 0.05;
+                if let Some((_, base)) = candidates.iter().find(|(t, _)| *t == j) {
+                    v += base;
+                }
+                v as f32
+            })
+            .collect();
+        let mut logits = Tensor::from_slice(&x);
+        state.apply(&mut logits);
+        let got = logits.argmax(-1, false).int64_value(&[]) as u32;
+        assert_eq!(got, expected, "step {step}: kvbench chose {got}, the rwkv package {expected}\n(all: {want:?})");
+        state.observe(got, tok.id_to_token(got).and_then(|b| std::str::from_utf8(b).ok()));
+        last = got as u64;
+    }
+}

@@ -19,7 +19,16 @@ pub const PINNED_DATE: (i32, u32, u32) = (2024, 7, 26);
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// The names [`ChatTemplate::builtin`] knows.
-pub const BUILTIN_FORMATS: &[&str] = &["vicuna"];
+pub const BUILTIN_FORMATS: &[&str] = &["vicuna", "rwkv"];
+
+/// The paper's RWKV prompt (longctx_bench `pipeline/model_utils.py::build_chat`, `"rwkv"`): a
+/// hand-written first exchange, then the user's prompt, each line after a blank one indented by
+/// the 16 spaces of the Python f-string it was written in.
+pub const RWKV_PREAMBLE: &str = "User: hi\n\n                Assistant: Hi. I am your assistant and I will provide expert full response in full details. Please feel free to ask any question and I will always answer it.\n\n                User: ";
+/// What follows the user's prompt in [`RWKV_PREAMBLE`]'s conversation.
+pub const RWKV_SUFFIX: &str = "\n\n                Assistant:";
+const RWKV_TEMPLATE: &str =
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ preamble + m['content'] + suffix }}{% else %}{{ m['content'] }}{% endif %}{% endfor %}";
 
 /// fastchat `vicuna_v1.1` (`SeparatorStyle.ADD_COLON_TWO`, separators " " and "</s>"): the
 /// system message and a space, then each turn as `ROLE: text` followed by the role's separator,
@@ -140,9 +149,14 @@ impl ChatTemplate {
     /// `<bos>{system} USER: {user} ASSISTANT: {assistant}</s>USER: {user} ASSISTANT:`, with
     /// fastchat's default system message unless the first message is a system one. `bos` is the
     /// BOS token's text (fastchat leaves it to the tokenizer, which prepends it).
+    /// `rwkv`: the paper's hand-written RWKV conversation ([`RWKV_PREAMBLE`], the prompt,
+    /// [`RWKV_SUFFIX`]) for a single user message.
     pub fn builtin(name: &str, bos_token: Option<String>) -> Result<Self, ChatError> {
         match name {
             "vicuna" => Self::new(VICUNA_TEMPLATE, bos_token, Some("</s>".into())),
+            "rwkv" => {
+                Self::new(&RWKV_TEMPLATE.replace("preamble", &format!("{RWKV_PREAMBLE:?}")).replace("suffix", &format!("{RWKV_SUFFIX:?}")), bos_token, None)
+            }
             other => Err(ChatError::UnknownBuiltin { name: other.to_string(), known: BUILTIN_FORMATS.join(", ") }),
         }
     }

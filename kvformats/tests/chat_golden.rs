@@ -161,6 +161,27 @@ fn syntax_errors_are_reported_at_load() {
 /// fastchat `vicuna_v1.1` (`get_conversation_template("vicuna")`, `SeparatorStyle.ADD_COLON_TWO`):
 /// `ret = system + " "`, then `role + ": " + message + [" ", "</s>"][i % 2]` per turn, and
 /// `"ASSISTANT:"` for the turn left empty, as LongBench's `build_chat` builds LongChat's prompt.
+/// The paper's RWKV conversation (issue 24 item 4b), as its `build_chat` writes it for
+/// `chat_template = "rwkv"`: the f-string's continuation lines keep the 16 spaces of the Python
+/// source they were indented by.
+#[test]
+fn rwkv_renders_the_papers_preamble() {
+    let t = ChatTemplate::builtin("rwkv", None).unwrap();
+    let got = t.render(&[ChatMessage::new("user", "Read this: \"a\" {b}\nQuestion: c?")], true).unwrap();
+    let want = [
+        "User: hi",
+        "",
+        "                Assistant: Hi. I am your assistant and I will provide expert full response in full details. Please feel free to ask any question and I will always answer it.",
+        "",
+        "                User: Read this: \"a\" {b}",
+        "Question: c?",
+        "",
+        "                Assistant:",
+    ]
+    .join("\n");
+    assert_eq!(got, want);
+}
+
 #[test]
 fn vicuna_renders_fastchats_string() {
     let t = ChatTemplate::builtin("vicuna", Some("<s>".into())).unwrap();

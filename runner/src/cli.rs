@@ -532,6 +532,11 @@ pub struct GenerateArgs {
     /// Stop when this string appears (repeatable); the text is cut before it.
     #[arg(long = "stop")]
     pub stop: Vec<String>,
+    /// Penalise tokens already generated before each greedy choice. `rwkv-pipeline`: the `rwkv`
+    /// package's `PIPELINE.generate` defaults (presence 0.2, frequency 0.2, decay 0.996; spaces
+    /// and digits count 0), as the paper's RWKV runs decode.
+    #[arg(long, value_parser = ["rwkv-pipeline"])]
+    pub penalties: Option<String>,
     /// Cut the middle of a prompt that does not fit the model's context (instead of failing).
     #[arg(long)]
     pub truncate: bool,

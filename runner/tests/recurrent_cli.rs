@@ -107,3 +107,60 @@ fn run_mixes_transformer_and_mamba_cells() {
     }
     assert!(stdout.contains("mamba"), "the leaderboard lists the Mamba model:\n{stdout}");
 }
+
+/// The paper's RWKV protocol (issue 24 item 4b): through `kvbench run`, `chat_format = "rwkv"`
+/// wraps a chat task's prompts in the hand-written preamble (more input tokens than plain) and
+/// `penalties = "rwkv-pipeline"` reaches generation; `kvbench generate --penalties` shows what
+/// the penalties do where a model repeats itself (a tiny random transformer says " is" 40 times;
+/// the tiny random RWKV never repeats a token in 40, so it cannot show it).
+#[test]
+fn rwkv_runs_with_the_papers_preamble_and_penalties() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full"]);
+    let model = tmp.path().join("rwkv");
+    ok(&["model", "init", "--arch", "rwkv5", "--preset", "tiny", "--random", "--seed", "2", model.to_str().unwrap()]);
+    let configs = tmp.path().join("configs");
+    // The same passkey samples, in the chat template for the variant that has one.
+    let task = std::fs::read_to_string(configs.join("tasks/needle.toml")).unwrap();
+    std::fs::write(configs.join("tasks/needle-chat.toml"), format!("{task}template = \"chat\"\n")).unwrap();
+    let rwkv = format!("source = \"{}\"\n", model.display());
+    let variants = [
+        ("rwkv-plain", format!("{rwkv}chat_template = false\n"), "needle"),
+        ("rwkv-paper", format!("{rwkv}chat_template = true\nchat_format = \"rwkv\"\npenalties = \"rwkv-pipeline\"\n"), "needle-chat"),
+    ];
+    let mut runs = Vec::new();
+    for (name, model_toml, task) in &variants {
+        std::fs::write(configs.join(format!("models/{name}.toml")), model_toml).unwrap();
+        let text = std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("models = [\"tiny\"]", &format!("models = [\"{name}\"]"))
+            .replace("tasks = [\"needle\"]", &format!("tasks = [\"{task}\"]"));
+        let file = exp.with_file_name(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let out = tmp.path().join(format!("run-{name}"));
+        ok(&["run", file.to_str().unwrap(), "--out", out.to_str().unwrap(), "--zero-measurements", "--no-report"]);
+        let cell = std::fs::read_dir(out.join("cells")).unwrap().next().unwrap().unwrap().path();
+        let recs: Vec<serde_json::Value> =
+            std::fs::read_to_string(cell.join("records.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(recs.len(), 9, "{name}");
+        runs.push(recs);
+    }
+    for (plain, pre) in runs[0].iter().zip(&runs[1]) {
+        let (a, b) = (plain["input_tokens"].as_u64().unwrap(), pre["input_tokens"].as_u64().unwrap());
+        assert!(b >= a + 30, "the preamble adds its ~40 tokens: {a} plain, {b} with it");
+    }
+    // The penalties on a model that repeats itself.
+    let tiny = tmp.path().join("tiny2");
+    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "2", tiny.to_str().unwrap()]);
+    let prompt = "There is a pass key hidden. The grass is green. The sky is blue. What is the pass key? The pass key is";
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["generate", "--model", tiny.to_str().unwrap(), "--prompt", prompt, "--max-new-tokens", "40", "--json", "--threads", "1"];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        serde_json::from_str(out.lines().last().unwrap()).unwrap()
+    };
+    let ids = |v: &serde_json::Value| -> Vec<u64> { v["token_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect() };
+    let (plain, penalised) = (ids(&run(&[])), ids(&run(&["--penalties", "rwkv-pipeline"])));
+    assert!(plain.iter().all(|&t| t == plain[0]) && plain.len() == 40, "greedy repeats one token: {plain:?}");
+    assert!(penalised.iter().filter(|&&t| t == plain[0]).count() < 20, "the penalties break the repetition: {penalised:?}");
+}
