@@ -1,6 +1,7 @@
 //! Parity with Hugging Face transformers: tiny random Llama (plain, Llama-3.1 rope scaling, linear
 //! rope scaling), Mistral (sliding window on) and Qwen2 models created by transformers and saved
-//! as safetensors; and the real SmolLM2 GGUF loaded by both from the same file.
+//! as safetensors, in f32 and in f16 (the paper's dtype); and the real SmolLM2 GGUF loaded by both
+//! from the same file.
 
 mod common;
 
@@ -54,6 +55,16 @@ fn tiny_random_models_match_transformers_at_1e4() {
         }
         eprintln!("{case}: chunked prefill + decode max |logit diff| = {worst:.3e}");
         assert!(worst <= 1e-4, "{case}: cached path differs by {worst}");
+
+        // (3) f16 weights and compute (the paper's dtype), against transformers' `.half()`.
+        let mut lm16 = load(&ModelFiles::HfDir(dir.clone()), RuntimeSettings { device: Device::Cpu, dtype: DType::F16, kv_dtype: DType::F16 }).unwrap();
+        let ours16 = all_logits(&mut lm16, &ids, &FullCacheFactory).unwrap().to_kind(Kind::Float);
+        let ref16 = npy(&dir.join("logits_f16.npy"));
+        let (d16, rounding) = (max_abs_diff(&ours16, &ref16), max_abs_diff(&ref16, &reference));
+        eprintln!("{case}: f16 max |logit diff| = {d16:.3e} (transformers' own f16 vs f32: {rounding:.3e})");
+        // Two runs in f16 differ by their rounding, which is what f16 does to the f32 logits:
+        // kvbench must be no farther from transformers' f16 than twice that (measured: 0.9-1.1x).
+        assert!(d16 <= 2.0 * rounding, "{case}: f16 logits differ from transformers' f16 by {d16}, over twice f16's own rounding {rounding}");
     }
 }
 

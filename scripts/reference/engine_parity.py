@@ -1,7 +1,7 @@
 """Reference outputs from Hugging Face transformers for kvbench's engine parity tests.
 
   engine_parity.py tiny OUT_DIR        tiny random Llama/Mistral/Qwen2 models (saved as safetensors)
-                                       and their f32 logits over a 64-token input
+                                       and their f32 and f16 logits over a 64-token input
   engine_parity.py gguf GGUF OUT_DIR   logits of a GGUF model (loaded by transformers from the same
                                        file) over a 512-token text, and 64 greedy tokens on 5 prompts
 
@@ -61,6 +61,10 @@ def tiny(out_dir):
         with torch.no_grad():
             logits = model(ids).logits[0].float().numpy()
         np.save(os.path.join(d, "logits.npy"), logits)
+        # The same model in f16 (the paper's dtype): weights and compute cast, as `.half()`.
+        with torch.no_grad():
+            logits16 = model.half()(ids).logits[0].float().numpy()
+        np.save(os.path.join(d, "logits_f16.npy"), logits16)
         print(f"{name}: {logits.shape}", file=sys.stderr)
 
 
