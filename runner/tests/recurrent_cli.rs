@@ -164,3 +164,36 @@ fn rwkv_runs_with_the_papers_preamble_and_penalties() {
     assert!(plain.iter().all(|&t| t == plain[0]) && plain.len() == 40, "greedy repeats one token: {plain:?}");
     assert!(penalised.iter().filter(|&&t| t == plain[0]).count() < 20, "the penalties break the repetition: {penalised:?}");
 }
+
+/// The paper's linear-time passkey runs (issue 24 item 5a) feed the whole haystack: a recurrent
+/// model has no position limit, so a model config without `context_limit` (the `*-passkey`
+/// variants) cuts nothing. The tiny Mamba takes exactly the prompts the tiny transformer (4,096
+/// positions, far above these) takes, and more than the 150 tokens a `context_limit` leaves.
+#[test]
+fn a_recurrent_model_without_a_context_limit_takes_the_whole_haystack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = config_tree(tmp.path(), &["full"]);
+    let mamba = tmp.path().join("mamba");
+    ok(&["model", "init", "--arch", "mamba", "--preset", "tiny", "--random", "--seed", "4", mamba.to_str().unwrap()]);
+    let configs = tmp.path().join("configs");
+    std::fs::write(configs.join("models/mamba-passkey.toml"), format!("source = \"{}\"\nchat_template = false\n", mamba.display())).unwrap();
+    let text = std::fs::read_to_string(&exp).unwrap().replace("models = [\"tiny\"]", "models = [\"tiny\", \"mamba-passkey\"]");
+    std::fs::write(&exp, text).unwrap();
+    let out = tmp.path().join("run");
+    ok(&["run", exp.to_str().unwrap(), "--out", out.to_str().unwrap(), "--zero-measurements", "--no-report"]);
+    let mut inputs: std::collections::BTreeMap<String, Vec<(String, u64)>> = Default::default();
+    for cell in std::fs::read_dir(out.join("cells")).unwrap() {
+        let dir = cell.unwrap().path();
+        let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("cell.json")).unwrap()).unwrap();
+        let mut v: Vec<(String, u64)> = std::fs::read_to_string(dir.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| (r["sample_id"].as_str().unwrap().to_string(), r["input_tokens"].as_u64().unwrap()))
+            .collect();
+        v.sort();
+        inputs.insert(info["model"].as_str().unwrap().to_string(), v);
+    }
+    assert_eq!(inputs["mamba-passkey"], inputs["tiny"], "the same whole prompts");
+    assert!(inputs["mamba-passkey"].iter().map(|x| x.1).max().unwrap() > 150, "{:?}", inputs["mamba-passkey"]);
+}
