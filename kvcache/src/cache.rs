@@ -518,6 +518,10 @@ pub fn attend_sinks_local_reindexed(
             expected: format!("head_dim = {d} (partial rotary embeddings are not supported)"),
         });
     }
+    if let Some(w) = step.sliding_window {
+        // InfLLM's stream-llm has no model window to combine with its own; say so, not guess.
+        return Err(Error::Unsupported(format!("re-indexed sink positions on a layer with its own sliding window ({w} tokens)")));
+    }
     let flat = kpos.flatten(0, -2);
     if flat.size()[0] > 1 && flat.eq_tensor(&flat.narrow(0, 0, 1)).all().int64_value(&[]) != 1 {
         return Err(Error::Unsupported("re-indexed sink positions need every head to hold the same positions".into()));

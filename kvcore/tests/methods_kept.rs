@@ -227,7 +227,12 @@ fn streamingllm_reindexed_sees_far_sinks_at_infllms_distance() {
     assert!(far_differs, "absolute positions should give other outputs once the sinks are out of the window");
     let want: Vec<i64> = [0, 1].into_iter().chain(36..44).collect();
     assert_eq!(reindexed.kept_positions(), vec![want; HKV], "the same tokens kept as with absolute positions");
-    // Refused where it cannot apply.
+    // Refused where it cannot apply: a layer with its own sliding window, and a full prefill.
+    let mut windowed = cache("streamingllm", &["ratio=4", "sinks=2", "positions=\"reindexed\""], 0, &sp);
+    let (q, k, v) = (fed.q.narrow(2, 0, 8), fed.k.narrow(2, 0, 8), fed.v.narrow(2, 0, 8));
+    let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 0, sliding_window: Some(4), scale };
+    let err = windowed.attend(&step).err().expect("a model window is refused").to_string();
+    assert!(err.contains("sliding window"), "{err}");
     let table = parse_settings(&["ratio=4".into(), "positions=\"reindexed\"".into(), "prefill=\"full\"".into()]).unwrap();
     let err = Registry::builtin().unwrap().build("streamingllm", &table).err().expect("reindexed needs the chunked prefill").to_string();
     assert!(err.contains("positions") && err.contains("chunked"), "{err}");
