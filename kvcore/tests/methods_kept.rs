@@ -231,7 +231,7 @@ fn streamingllm_reindexed_sees_far_sinks_at_infllms_distance() {
     let mut windowed = cache("streamingllm", &["ratio=4", "sinks=2", "positions=\"reindexed\""], 0, &sp);
     let (q, k, v) = (fed.q.narrow(2, 0, 8), fed.k.narrow(2, 0, 8), fed.v.narrow(2, 0, 8));
     let step = AttentionStep { layer: 0, q: &q, k: &k, v: &v, start_pos: 0, sliding_window: Some(4), scale };
-    let err = windowed.attend(&step).err().expect("a model window is refused").to_string();
+    let err = windowed.attend(&step).expect_err("a model window is refused").to_string();
     assert!(err.contains("sliding window"), "{err}");
     let table = parse_settings(&["ratio=4".into(), "positions=\"reindexed\"".into(), "prefill=\"full\"".into()]).unwrap();
     let err = Registry::builtin().unwrap().build("streamingllm", &table).err().expect("reindexed needs the chunked prefill").to_string();
