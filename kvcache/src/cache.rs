@@ -553,15 +553,16 @@ pub fn attend_sinks_local_reindexed(
         let visible = dist.ge(0).logical_and(&dist.lt(local as i64)).repeat([group, 1]);
         let qg = q.reshape([b, hkv, group * n as i64, d]);
         let near_logits = (qg.matmul(&pick(k, &near).transpose(-1, -2)) * step.scale).masked_fill(&visible.logical_not(), f64::NEG_INFINITY);
+        let near_values = pick(v, &near);
         let far = (&qp - &sink_pos).ge(local as i64).repeat([group, 1]);
         let (logits, values) = if sink_slots.is_empty() || !bool::try_from(far.any())? {
-            (near_logits, pick(v, &near))
+            (near_logits, near_values)
         } else {
             let turn: Vec<i64> = qpos.iter().map(|&p| (local + sinks) as i64 - p).collect();
             let (cos, sin) = rope.cos_sin(&turn, device);
             let qf = crate::rope::apply_rotary(&q, &cos, &sin).reshape([b, hkv, group * n as i64, d]);
             let far_logits = (qf.matmul(&ks.transpose(-1, -2)) * step.scale).masked_fill(&far.logical_not(), f64::NEG_INFINITY);
-            (Tensor::cat(&[near_logits, far_logits], -1), Tensor::cat(&[pick(v, &near), vs.shallow_clone()], 2))
+            (Tensor::cat(&[near_logits, far_logits], -1), Tensor::cat(&[&near_values, &vs], 2))
         };
         let probs = logits.softmax(-1, Kind::Float);
         outs.push(probs.matmul(&values).reshape([b, hq, n as i64, dv]));

@@ -49,6 +49,15 @@ impl Penalties {
     /// `rwkv.utils.PIPELINE_ARGS` defaults: `alpha_presence = 0.2`, `alpha_frequency = 0.2`,
     /// `alpha_decay = 0.996`.
     pub const RWKV_PIPELINE: Penalties = Penalties { presence: 0.2, frequency: 0.2, decay: 0.996 };
+
+    /// The penalties a model config's `penalties` or `kvbench generate --penalties` names
+    /// (`rwkv-pipeline`); None for any other name.
+    pub fn by_name(name: &str) -> Option<Penalties> {
+        match name {
+            "rwkv-pipeline" => Some(Self::RWKV_PIPELINE),
+            _ => None,
+        }
+    }
 }
 
 /// One sequence's [`Penalties`] state: each generated token's weight, in first-seen order.

@@ -58,3 +58,16 @@ pub fn npy(path: &Path) -> tch::Tensor {
 pub fn max_abs_diff(a: &tch::Tensor, b: &tch::Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
+
+/// `x` (one head's `D` channels) rotated to position `p` in f64: RoPE base 10000 in the Hugging
+/// Face `rotate_half` layout, written independently of `kvcache::rope` for the re-indexing tests.
+pub fn rotate_f64(x: &[f32], p: f64) -> Vec<f64> {
+    let (d, h) = (x.len(), x.len() / 2);
+    (0..d)
+        .map(|c| {
+            let angle = p * 10000f64.powf(-2.0 * (c % h) as f64 / d as f64);
+            let other = if c < h { -(x[c + h] as f64) } else { x[c - h] as f64 };
+            x[c] as f64 * angle.cos() + other * angle.sin()
+        })
+        .collect()
+}

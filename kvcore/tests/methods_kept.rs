@@ -4,6 +4,8 @@
 //! the PyramidKV layer-budget schedule against hand-computed values and the attention mask that
 //! evicting caches build from kept positions.
 
+mod common;
+
 use kvcore::cache::{attend_at_positions, attend_sinks_local, position_mask, AttentionStep, CacheFactory, CacheSpec, LayerCache, Visibility};
 use kvcore::device::DType;
 use kvcore::registry::{parse_settings, Registry};
@@ -140,20 +142,6 @@ fn streamingllm_chunked_keeps_sinks_and_recent_and_masks_prefill() {
     assert_eq!(c.kept_positions(), vec![want; HKV], "the window slides while decoding");
 }
 
-/// `[x1, x2] -> x·cos(pθ) + [-x2, x1]·sin(pθ)` in f64, θ_i = 10000^(-2i/D) (the Hugging Face
-/// `rotate_half` layout), written here independently of `kvcache::rope`.
-fn rotate_f64(x: &[f32], p: f64) -> Vec<f64> {
-    let h = D / 2;
-    (0..D)
-        .map(|c| {
-            let i = c % h;
-            let angle = p * 10000f64.powf(-2.0 * i as f64 / D as f64);
-            let other = if c < h { -(x[c + h] as f64) } else { x[c - h] as f64 };
-            x[c] as f64 * angle.cos() + other * angle.sin()
-        })
-        .collect()
-}
-
 /// The paper's StreamingLLM is InfLLM's stream-llm, which re-indexes positions: a query at `i`
 /// attends the `local` keys up to itself at their true distance and each sink `j` outside that
 /// window with its query rotated to `local + sinks` and the sink's key at `j` (InfLLM's
@@ -173,7 +161,7 @@ fn streamingllm_reindexed_sees_far_sinks_at_infllms_distance() {
         let mut out = Vec::with_capacity(f.len());
         for h in 0..heads {
             for p in 0..n {
-                out.extend(rotate_f64(&f[(h * n + p) * D..(h * n + p + 1) * D], p as f64).into_iter().map(|x| x as f32));
+                out.extend(common::rotate_f64(&f[(h * n + p) * D..(h * n + p + 1) * D], p as f64).into_iter().map(|x| x as f32));
             }
         }
         Tensor::from_slice(&out).view([1, heads as i64, n as i64, D as i64])
@@ -197,12 +185,12 @@ fn streamingllm_reindexed_sees_far_sinks_at_infllms_distance() {
         for h in 0..HQ {
             let kv = h / (HQ / HKV);
             for i in a..b {
-                let near = rotate_f64(raw.qrow(h, i), i as f64);
-                let turned = rotate_f64(raw.qrow(h, i), (local + sinks) as f64);
+                let near = common::rotate_f64(raw.qrow(h, i), i as f64);
+                let turned = common::rotate_f64(raw.qrow(h, i), (local + sinks) as f64);
                 // (logit, value position) over the keys the query sees.
                 let mut seen: Vec<(f64, usize)> = Vec::new();
                 for p in 0..=i {
-                    let key = rotate_f64(raw.krow(kv, p), p as f64);
+                    let key = common::rotate_f64(raw.krow(kv, p), p as f64);
                     let dot = |q: &[f64]| q.iter().zip(&key).map(|(x, y)| x * y).sum::<f64>() * scale;
                     if i - p < local {
                         seen.push((dot(&near), p));

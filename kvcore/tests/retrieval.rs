@@ -2,6 +2,8 @@
 //! paper's budget split, retrieval of a planted key's block or page, Quest's bound, exactness
 //! when everything is retrieved, and byte accounting (held vs attended, held = tensors held).
 
+mod common;
+
 use kvcache::params::Budget;
 use kvcore::cache::{tensor_bytes, AttentionStep, CacheSpec, FullCache, LayerCache};
 use kvcore::device::DType;
@@ -320,19 +322,6 @@ fn infllm_model_rope_uses_the_models_own_frequencies() {
     assert!(err.contains("model_rope") && err.contains("not both"), "{err}");
 }
 
-/// `x` rotated to position `p` in f64 (RoPE base 10000, Hugging Face `rotate_half` layout),
-/// written here independently of `kvcache::rope`.
-fn rotate_f64(x: &[f32], p: f64) -> Vec<f64> {
-    let (d, h) = (D as usize, D as usize / 2);
-    (0..d)
-        .map(|c| {
-            let angle = p * 10000f64.powf(-2.0 * (c % h) as f64 / d as f64);
-            let other = if c < h { -(x[c + h] as f64) } else { x[c - h] as f64 };
-            x[c] as f64 * angle.cos() + other * angle.sin()
-        })
-        .collect()
-}
-
 /// The paper's InfLLM re-indexes positions in attention: a key within `n_local` of the query at
 /// its true distance, and every other key it attends (init tokens, retrieved blocks, the
 /// remainder) at the one distance `n_local`: the query rotated to `n_local`
@@ -354,8 +343,10 @@ fn infllm_reindexed_attends_far_keys_at_distance_n_local() {
     let (qf, kf, vf) = (flat(&raw_q), flat(&raw_k), flat(&v));
     let row = |f: &[f32], h: usize, p: usize| f[(h * n + p) * d..(h * n + p + 1) * d].to_vec();
     let rotated = |f: &[f32], heads: usize| -> Tensor {
-        let out: Vec<f32> =
-            (0..heads).flat_map(|h| (0..n).flat_map(move |p| rotate_f64(&f[(h * n + p) * d..(h * n + p + 1) * d], p as f64))).map(|x| x as f32).collect();
+        let out: Vec<f32> = (0..heads)
+            .flat_map(|h| (0..n).flat_map(move |p| common::rotate_f64(&f[(h * n + p) * d..(h * n + p + 1) * d], p as f64)))
+            .map(|x| x as f32)
+            .collect();
         Tensor::from_slice(&out).view([1, heads as i64, n as i64, D])
     };
     let (q, k) = (rotated(&qf, hq), rotated(&kf, hkv));
@@ -377,11 +368,14 @@ fn infllm_reindexed_attends_far_keys_at_distance_n_local() {
         for h in 0..hq {
             let kv = h / (hq / hkv);
             for i in a..b {
-                let (near, turned) = (rotate_f64(&row(&qf, h, i), i as f64), rotate_f64(&row(&qf, h, i), n_local as f64));
+                let (near, turned) = (common::rotate_f64(&row(&qf, h, i), i as f64), common::rotate_f64(&row(&qf, h, i), n_local as f64));
                 let logits: Vec<f64> = (0..=i)
                     .map(|p| {
-                        let (qv, kv_) =
-                            if i - p < n_local { (&near, rotate_f64(&row(&kf, kv, p), p as f64)) } else { (&turned, rotate_f64(&row(&kf, kv, p), 0.0)) };
+                        let (qv, kv_) = if i - p < n_local {
+                            (&near, common::rotate_f64(&row(&kf, kv, p), p as f64))
+                        } else {
+                            (&turned, common::rotate_f64(&row(&kf, kv, p), 0.0))
+                        };
                         qv.iter().zip(&kv_).map(|(x, y)| x * y).sum::<f64>() * scale
                     })
                     .collect();

@@ -439,10 +439,7 @@ impl CellContext<'_> {
             // An untruncated method sizes its budget from the prompt up to what the cut would
             // have left: the paper's ratio × min(length, model max length).
             budget_context_cap: (!c.method.truncate).then(|| self.model_limit(c, s)),
-            penalties: match self.mc.penalties.as_deref() {
-                Some("rwkv-pipeline") => Some(kvcore::generate::Penalties::RWKV_PIPELINE),
-                _ => None,
-            },
+            penalties: self.mc.penalties.as_deref().and_then(kvcore::generate::Penalties::by_name),
             ..Default::default()
         };
         apply_stop_rules(s, self.newline_stop, &mut o)?;

@@ -83,7 +83,7 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         min_new_tokens: a.min_new_tokens,
-        penalties: a.penalties.as_deref().map(|_| kvcore::generate::Penalties::RWKV_PIPELINE),
+        penalties: a.penalties.as_deref().and_then(kvcore::generate::Penalties::by_name),
         stop_strings: a.stop.clone(),
         prefill_chunk: a.prefill_chunk,
         measure_decode_rss: a.decode_peak_rss || a.prefill_peak_rss,
