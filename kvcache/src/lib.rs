@@ -9,7 +9,8 @@
 //! itself known with a [`registration::MethodRegistration`], and a `cdylib` plugin exports its
 //! registrations through the C interface with [`export_plugin!`] ([`ffi`]).
 //!
-//! Depends on tch, inventory, serde, toml and thiserror only. The engine (kvcore) depends on this
+//! Depends on tch, inventory, serde, toml and thiserror, plus libloading and rayon for
+//! [`team`] (splitting a method's own CPU kernels across libtorch's threads). The engine (kvcore) depends on this
 //! crate; the method library (`plugins/kvmethods`) and every method family build on it.
 
 pub mod buffer;
@@ -21,6 +22,7 @@ pub mod params;
 pub mod registration;
 pub mod rope;
 pub mod scorer;
+pub mod team;
 
 pub use dtype::DType;
 pub use error::{Error, MethodError, Result};

@@ -327,13 +327,15 @@ fn decode_step_time_per_layer() {
 }
 
 /// The packed-code attention (`kvmethods::quant_attend`) gives the same bits whichever vector
-/// unit runs it (here the widest this CPU has against the baseline build), for per-channel keys
+/// unit runs it (here the widest this CPU has against the baseline build) and however many
+/// threads split it, for per-channel keys
 /// (KIVI, 2 and 4 bits), per-token keys and values (FlexGen, int8 with its offset), and with
 /// full-precision residuals; and it is within float rounding of attention over the decoded
 /// tensors.
 #[test]
 fn packed_attention_is_the_same_bits_on_every_instruction_set() {
-    use kvmethods::quant_attend::{attend_one, attend_one_baseline, residual, Dims, Held};
+    use kvcache::team::Pool;
+    use kvmethods::quant_attend::{attend_one, attend_one_baseline, attend_one_on, residual, Build, Dims, Held};
     use kvmethods::quantized::KeyLayout;
     let _g = tch::no_grad_guard();
     tch::manual_seed(21);
@@ -373,6 +375,15 @@ fn packed_attention_is_the_same_bits_on_every_instruction_set() {
         let wide = attend_one(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
         let base = attend_one_baseline(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
         assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{layout:?} {}-bit: builds differ", kq.bits);
+        // Split across 1, 2, 3 or 7 threads, on libtorch's team or rayon's pool: the same bits.
+        for (threads, pool) in [(1, Pool::Auto), (2, Pool::Auto), (3, Pool::Rayon), (7, Pool::Rayon), (2, Pool::Rayon)] {
+            let split = attend_one_on(Build::detect(), pool, threads, qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
+            assert!(
+                split.iter().zip(&wide).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{layout:?} {}-bit: {threads} threads on {pool:?} differ from libtorch's thread count",
+                kq.bits
+            );
+        }
         let expect = reference_attention(&q, &Tensor::cat(&[&kd, &kr], 2), &Tensor::cat(&[&vd, &vr], 2), 0.125);
         let got = Tensor::from_slice(&wide).view([1, hkv * group, 1, d]);
         let diff = (&got - &expect).abs().max().double_value(&[]);

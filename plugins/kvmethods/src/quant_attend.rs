@@ -17,6 +17,7 @@
 
 use crate::quant::Quantizer;
 use crate::quantized::KeyLayout;
+use kvcache::team::{self, Pool, SharedMut};
 use tch::{Device, Kind, Tensor};
 
 /// A contiguous CPU tensor's elements (none if it is not one, or not of kind `kind`).
@@ -150,10 +151,23 @@ pub struct Dims {
     pub head_dim: usize,
 }
 
-/// Adds to `scores[qi·stride + t]` the scores of row `row`'s quantized keys against `q`
-/// (`[group, D]`).
+/// Tokens of a per-token key block (one work item of the key phase).
+const KEY_BLOCK: usize = 64;
+
+/// The tokens of key block `block`: per channel the unit of `G` tokens, per token 64 tokens.
+fn key_block_tokens(k: &Held<'_>, block: usize) -> std::ops::Range<usize> {
+    let n = match k.layout {
+        KeyLayout::PerChannel => k.q.group,
+        KeyLayout::PerToken => KEY_BLOCK,
+    };
+    block * n..((block + 1) * n).min(k.tokens)
+}
+
+/// Adds to `scores[qi·len + i]` (zeroed, `[group, len]`) the scores of row `row`'s quantized
+/// keys of block `block` (its `len` tokens, [`key_block_tokens`]) against `q` (`[group, D]`).
+/// Each score is one token's sum, so blocks can run on any thread.
 #[inline(always)]
-fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32], stride: usize) {
+fn key_scores(k: &Held<'_>, row: usize, block: usize, q: &[f32], dims: Dims, scores: &mut [f32]) {
     let d = dims.head_dim;
     let per = k.q.per_byte();
     let off = k.q.offset() as f32;
@@ -164,36 +178,34 @@ fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32
             // channels 16 tokens at a time in one register: `Σ_c (q_c·s_c)·code_{c,t}`, plus the
             // unit's `Σ_c q_c·m_c`.
             let g = k.q.group;
-            let units = k.tokens / g;
             let code_unit = d * g / per;
             let mut vals = vec![0f32; d * g];
             let mut a = vec![0f32; d];
-            for u in 0..units {
-                let unit = row * k.cap + u;
-                unpack(&k.codes[unit * code_unit..(unit + 1) * code_unit], k.q.bits, off, &mut vals);
-                let (scale, min) = (&k.scale[unit * d..(unit + 1) * d], k.min.map(|m| &m[unit * d..(unit + 1) * d]));
-                for qi in 0..dims.group {
-                    let qrow = &q[qi * d..(qi + 1) * d];
-                    a.iter_mut().zip(qrow.iter().zip(scale)).for_each(|(a, (q, s))| *a = q * s);
-                    let bias = min.map_or(0.0, |m| dot(qrow, m));
-                    let out = &mut scores[qi * stride + u * g..qi * stride + (u + 1) * g];
-                    for (t0, chunk) in out.chunks_mut(16).enumerate().map(|(i, c)| (i * 16, c)) {
-                        let mut acc = [bias; 16];
-                        let w = chunk.len();
-                        for (c, &ac) in a.iter().enumerate() {
-                            let v = &vals[c * g + t0..c * g + t0 + w];
-                            if w == 16 {
-                                for i in 0..16 {
-                                    acc[i] = ac.mul_add(v[i], acc[i]);
-                                }
-                            } else {
-                                for i in 0..w {
-                                    acc[i] = ac.mul_add(v[i], acc[i]);
-                                }
+            let u = block;
+            let unit = row * k.cap + u;
+            unpack(&k.codes[unit * code_unit..(unit + 1) * code_unit], k.q.bits, off, &mut vals);
+            let (scale, min) = (&k.scale[unit * d..(unit + 1) * d], k.min.map(|m| &m[unit * d..(unit + 1) * d]));
+            for qi in 0..dims.group {
+                let qrow = &q[qi * d..(qi + 1) * d];
+                a.iter_mut().zip(qrow.iter().zip(scale)).for_each(|(a, (q, s))| *a = q * s);
+                let bias = min.map_or(0.0, |m| dot(qrow, m));
+                let out = &mut scores[qi * g..(qi + 1) * g];
+                for (t0, chunk) in out.chunks_mut(16).enumerate().map(|(i, c)| (i * 16, c)) {
+                    let mut acc = [bias; 16];
+                    let w = chunk.len();
+                    for (c, &ac) in a.iter().enumerate() {
+                        let v = &vals[c * g + t0..c * g + t0 + w];
+                        if w == 16 {
+                            for i in 0..16 {
+                                acc[i] = ac.mul_add(v[i], acc[i]);
+                            }
+                        } else {
+                            for i in 0..w {
+                                acc[i] = ac.mul_add(v[i], acc[i]);
                             }
                         }
-                        chunk.copy_from_slice(&acc[..w]);
                     }
+                    chunk.copy_from_slice(&acc[..w]);
                 }
             }
         }
@@ -205,7 +217,9 @@ fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32
             let ones = vec![1f32; gsz];
             let qsum: Vec<f32> = (0..dims.group * ng).map(|i| dot(&q[i * gsz..(i + 1) * gsz], &ones)).collect();
             let mut vals = vec![0f32; d];
-            for t in 0..k.tokens {
+            let tokens = key_block_tokens(k, block);
+            let len = tokens.len();
+            for (i, t) in tokens.enumerate() {
                 let unit = row * k.cap + t;
                 unpack(&k.codes[unit * code_tok..(unit + 1) * code_tok], k.q.bits, off, &mut vals);
                 let (scale, min) = (&k.scale[unit * ng..(unit + 1) * ng], k.min.map(|m| &m[unit * ng..(unit + 1) * ng]));
@@ -216,27 +230,40 @@ fn key_scores(k: &Held<'_>, row: usize, q: &[f32], dims: Dims, scores: &mut [f32
                         let dot = dot(&qrow[c * gsz..(c + 1) * gsz], &vals[c * gsz..(c + 1) * gsz]);
                         total += scale[c] * dot + min.map_or(0.0, |m| m[c] * qsum[qi * ng + c]);
                     }
-                    scores[qi * stride + t] += total;
+                    scores[qi * len + i] += total;
                 }
             }
         }
     }
 }
 
-/// Adds to `out` (`[group, D]`) row `row`'s quantized values weighted by `p[qi·stride + t]`:
-/// tokens 64 at a time are unpacked once, then each query's output is summed over them 16
-/// channels at a time in one register, `Σ_t (p_t·s_t)·code_{t,d}`, and each channel group's
-/// `Σ_t p_t·m_t` added once.
+/// Key blocks per row: units of `G` tokens per channel, or blocks of [`KEY_BLOCK`] tokens.
+fn key_blocks(k: &Held<'_>) -> usize {
+    match k.layout {
+        KeyLayout::PerChannel => k.tokens / k.q.group,
+        KeyLayout::PerToken => k.tokens.div_ceil(KEY_BLOCK),
+    }
+}
+
+/// Adds to `out` (`[group, width]`: channels `d0..d1` = `channels` of each query) row `row`'s quantized
+/// values weighted by `p[qi·stride + t]`: tokens 64 at a time are unpacked once, then each
+/// query's channels are summed over them in one register, `Σ_t (p_t·s_t)·code_{t,d}`, and each
+/// channel group's `Σ_t p_t·m_t` added once. Each channel's sum runs in the same order whatever
+/// channel range it is computed in, so ranges can run on any thread.
 #[inline(always)]
-fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, out: &mut [f32]) {
+fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, out: &mut [f32], channels: std::ops::Range<usize>) {
     const BLOCK: usize = 64;
+    let (d0, d1) = (channels.start, channels.end);
     let d = dims.head_dim;
+    let width = d1 - d0;
+    debug_assert!(width <= 16 && d0.is_multiple_of(v.q.per_byte()));
     let per = v.q.per_byte();
     let gsz = v.q.group;
     let ng = d / gsz;
     let code_tok = d / per;
+    let (b0, b1) = (d0 / per, d1.div_ceil(per));
     let off = v.q.offset() as f32;
-    let mut vals = vec![0f32; BLOCK * d];
+    let mut vals = vec![0f32; BLOCK * width];
     let mut ws = vec![0f32; BLOCK * ng];
     let mut t0 = 0;
     while t0 < v.tokens {
@@ -244,7 +271,7 @@ fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, ou
         let first = row * v.cap + t0;
         for i in 0..n {
             let unit = first + i;
-            unpack(&v.codes[unit * code_tok..(unit + 1) * code_tok], v.q.bits, off, &mut vals[i * d..(i + 1) * d]);
+            unpack(&v.codes[unit * code_tok + b0..unit * code_tok + b1], v.q.bits, off, &mut vals[i * width..(i + 1) * width]);
         }
         let scale = &v.scale[first * ng..(first + n) * ng];
         let min = v.min.map(|m| &m[first * ng..(first + n) * ng]);
@@ -255,35 +282,33 @@ fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, ou
                     ws[i * ng + c] = w * scale[i * ng + c];
                 }
             }
-            let o = &mut out[qi * d..(qi + 1) * d];
-            for (d0, chunk) in o.chunks_mut(16).enumerate().map(|(j, c)| (j * 16, c)) {
-                let w = chunk.len();
-                let c = d0 / gsz;
-                let mut acc = [0f32; 16];
-                if w == 16 && gsz.is_multiple_of(16) {
-                    for i in 0..n {
-                        let wsc = ws[i * ng + c];
-                        let x = &vals[i * d + d0..i * d + d0 + 16];
-                        for l in 0..16 {
-                            acc[l] = wsc.mul_add(x[l], acc[l]);
-                        }
-                    }
-                } else {
-                    for i in 0..n {
-                        for l in 0..w {
-                            acc[l] = ws[i * ng + (d0 + l) / gsz].mul_add(vals[i * d + d0 + l], acc[l]);
-                        }
+            let o = &mut out[qi * width..(qi + 1) * width];
+            let c = d0 / gsz;
+            let mut acc = [0f32; 16];
+            if width == 16 && gsz.is_multiple_of(16) {
+                for i in 0..n {
+                    let wsc = ws[i * ng + c];
+                    let x = &vals[i * 16..i * 16 + 16];
+                    for l in 0..16 {
+                        acc[l] = wsc.mul_add(x[l], acc[l]);
                     }
                 }
-                chunk.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
+            } else {
+                for i in 0..n {
+                    for l in 0..width {
+                        acc[l] = ws[i * ng + (d0 + l) / gsz].mul_add(vals[i * width + l], acc[l]);
+                    }
+                }
             }
+            o.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
             if let Some(m) = min {
-                for c in 0..ng {
+                for c in d0 / gsz..(d1 - 1) / gsz + 1 {
                     let mut mterm = 0f32;
                     for (i, &w) in pw.iter().enumerate() {
                         mterm = w.mul_add(m[i * ng + c], mterm);
                     }
-                    o[c * gsz..(c + 1) * gsz].iter_mut().for_each(|x| *x += mterm);
+                    let (c0, c1) = ((c * gsz).max(d0), ((c + 1) * gsz).min(d1));
+                    o[c0 - d0..c1 - d0].iter_mut().for_each(|x| *x += mterm);
                 }
             }
         }
@@ -296,20 +321,11 @@ fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, ou
 /// 1, D]` f32 contiguous. Query head `h·group + i` reads KV head `h`.
 /// Compiled for the widest vector unit the CPU has (AVX-512, AVX2 with FMA, or the baseline);
 /// every sum runs in the same order and every multiply-add is fused on each (`mul_add`), so the
-/// results are the same bits.
+/// results are the same bits. Runs on libtorch's threads (`tch::get_num_threads()`), split so
+/// that the bits do not depend on how many there are: [`attend_one_on`].
 pub fn attend_one(q: &[f32], keys: &Held<'_>, key_res: Option<&[f32]>, values: &Held<'_>, value_res: Option<&[f32]>, dims: Dims, scale: f32) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") {
-            // SAFETY: the CPU has the features the function is compiled for.
-            return unsafe { attend_one_avx512(q, keys, key_res, values, value_res, dims, scale) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-            // SAFETY: as above.
-            return unsafe { attend_one_avx2(q, keys, key_res, values, value_res, dims, scale) };
-        }
-    }
-    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+    let threads = tch::get_num_threads().max(1) as usize;
+    attend_one_on(Build::detect(), Pool::Auto, threads, q, keys, key_res, values, value_res, dims, scale)
 }
 
 /// [`attend_one`] compiled for the baseline instruction set only (what a CPU without AVX2 runs),
@@ -323,84 +339,231 @@ pub fn attend_one_baseline(
     dims: Dims,
     scale: f32,
 ) -> Vec<f32> {
-    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+    let threads = tch::get_num_threads().max(1) as usize;
+    attend_one_on(Build::Baseline, Pool::Auto, threads, q, keys, key_res, values, value_res, dims, scale)
+}
+
+/// Which compiled copy of the kernel runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Build {
+    /// AVX-512 (F, VL) with FMA.
+    Avx512,
+    /// AVX2 with FMA.
+    Avx2,
+    /// The baseline instruction set.
+    Baseline,
+}
+
+impl Build {
+    /// The widest this CPU runs.
+    pub fn detect() -> Build {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512vl") && std::arch::is_x86_feature_detected!("fma") {
+                return Build::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Build::Avx2;
+            }
+        }
+        Build::Baseline
+    }
+}
+
+/// The three passes of [`attend_one_on`], each split into items that write disjoint outputs.
+#[derive(Clone, Copy)]
+enum Pass {
+    /// Items: (row, key block or the residual keys); writes those tokens' scores.
+    Scores,
+    /// Items: (row, query); the softmax of that query's scores, in place.
+    Softmax,
+    /// Items: (row, 16 channels); writes those channels of every query of the row.
+    Values,
+}
+
+/// One attention's inputs and its two shared buffers.
+struct Job<'a> {
+    q: &'a [f32],
+    keys: &'a Held<'a>,
+    key_res: Option<&'a [f32]>,
+    values: &'a Held<'a>,
+    value_res: Option<&'a [f32]>,
+    dims: Dims,
+    scale: f32,
+    /// Tokens attended: quantized then residual.
+    total: usize,
+    /// Residual tokens of keys and of values.
+    rk: usize,
+    rv: usize,
+    /// `[B·H_kv·group, total]`.
+    scores: SharedMut<f32>,
+    /// `[B·H_kv·group, D]`.
+    out: SharedMut<f32>,
+}
+
+impl Job<'_> {
+    fn key_items_per_row(&self) -> usize {
+        key_blocks(self.keys) + usize::from(self.rk > 0)
+    }
+
+    fn items(&self, pass: Pass) -> usize {
+        let rows = self.dims.batch * self.dims.kv_heads;
+        match pass {
+            Pass::Scores => rows * self.key_items_per_row(),
+            Pass::Softmax => rows * self.dims.group,
+            Pass::Values => rows * self.dims.head_dim.div_ceil(16),
+        }
+    }
+}
+
+/// [`attend_one`] with a given build, pool and thread count; the same bits for any of them.
+/// Each of three passes (scores, softmax, values) is split into items, and each item's outputs
+/// are computed in one fixed order by whichever thread runs it.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_one_on(
+    build: Build,
+    pool: Pool,
+    threads: usize,
+    q: &[f32],
+    keys: &Held<'_>,
+    key_res: Option<&[f32]>,
+    values: &Held<'_>,
+    value_res: Option<&[f32]>,
+    dims: Dims,
+    scale: f32,
+) -> Vec<f32> {
+    let d = dims.head_dim;
+    let rows = dims.batch * dims.kv_heads;
+    let rk = key_res.map_or(0, |r| r.len() / (rows * d));
+    let rv = value_res.map_or(0, |r| r.len() / (rows * d));
+    let total = keys.tokens + rk;
+    assert_eq!(total, values.tokens + rv, "keys and values hold the same tokens");
+    let mut out = vec![0f32; rows * dims.group * d];
+    let mut scores = vec![0f32; rows * dims.group * total];
+    let job = Job { q, keys, key_res, values, value_res, dims, scale, total, rk, rv, scores: SharedMut::new(&mut scores), out: SharedMut::new(&mut out) };
+    for pass in [Pass::Scores, Pass::Softmax, Pass::Values] {
+        let items = job.items(pass);
+        let work = |part: usize, parts: usize| {
+            let (lo, hi) = (part * items / parts, (part + 1) * items / parts);
+            if lo < hi {
+                // SAFETY: the build's features were detected (or it is the baseline); items
+                // write disjoint parts of the job's buffers, which outlive the pass.
+                unsafe { run_items(build, &job, pass, lo, hi) };
+            }
+        };
+        team::run_on(pool, threads.min(items).max(1), &work);
+    }
+    out
+}
+
+/// Items `lo..hi` of `pass`, through `build`'s compiled copy.
+///
+/// # Safety
+/// `build`'s instructions exist on this CPU; no other thread touches these items' outputs.
+unsafe fn run_items(build: Build, job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
+    // SAFETY: forwarded.
+    unsafe {
+        match build {
+            #[cfg(target_arch = "x86_64")]
+            Build::Avx512 => items_avx512(job, pass, lo, hi),
+            #[cfg(target_arch = "x86_64")]
+            Build::Avx2 => items_avx2(job, pass, lo, hi),
+            _ => items_body(job, pass, lo, hi),
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
-unsafe fn attend_one_avx512(
-    q: &[f32],
-    keys: &Held<'_>,
-    key_res: Option<&[f32]>,
-    values: &Held<'_>,
-    value_res: Option<&[f32]>,
-    dims: Dims,
-    scale: f32,
-) -> Vec<f32> {
-    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+unsafe fn items_avx512(job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
+    // SAFETY: forwarded.
+    unsafe { items_body(job, pass, lo, hi) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn attend_one_avx2(
-    q: &[f32],
-    keys: &Held<'_>,
-    key_res: Option<&[f32]>,
-    values: &Held<'_>,
-    value_res: Option<&[f32]>,
-    dims: Dims,
-    scale: f32,
-) -> Vec<f32> {
-    attend_one_body(q, keys, key_res, values, value_res, dims, scale)
+unsafe fn items_avx2(job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
+    // SAFETY: forwarded.
+    unsafe { items_body(job, pass, lo, hi) }
 }
 
+/// # Safety
+/// As [`run_items`].
 #[inline(always)]
-fn attend_one_body(q: &[f32], keys: &Held<'_>, key_res: Option<&[f32]>, values: &Held<'_>, value_res: Option<&[f32]>, dims: Dims, scale: f32) -> Vec<f32> {
-    let d = dims.head_dim;
-    let rk = key_res.map_or(0, |r| r.len() / (dims.batch * dims.kv_heads * d));
-    let rv = value_res.map_or(0, |r| r.len() / (dims.batch * dims.kv_heads * d));
-    let total = keys.tokens + rk;
-    debug_assert_eq!(total, values.tokens + rv, "keys and values hold the same tokens");
-    let mut out = vec![0f32; dims.batch * dims.kv_heads * dims.group * d];
-    let mut scores = vec![0f32; dims.group * total];
-    for row in 0..dims.batch * dims.kv_heads {
-        let qrow = &q[row * dims.group * d..(row + 1) * dims.group * d];
-        scores.fill(0.0);
-        key_scores(keys, row, qrow, dims, &mut scores, total);
-        if let Some(r) = key_res {
-            let r = &r[row * rk * d..(row + 1) * rk * d];
-            for qi in 0..dims.group {
-                let qv = &qrow[qi * d..(qi + 1) * d];
-                for (j, kr) in r.chunks(d).enumerate() {
-                    scores[qi * total + keys.tokens + j] = dot(qv, kr);
+unsafe fn items_body(job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
+    let dims = job.dims;
+    let (d, total, group) = (dims.head_dim, job.total, dims.group);
+    let qrow = |row: usize| &job.q[row * group * d..(row + 1) * group * d];
+    for item in lo..hi {
+        match pass {
+            Pass::Scores => {
+                let per_row = job.key_items_per_row();
+                let (row, block) = (item / per_row, item % per_row);
+                let q = qrow(row);
+                // This item's tokens, scored into a local [group, len] and then copied out.
+                let (t0, local) = if block < key_blocks(job.keys) {
+                    let tokens = key_block_tokens(job.keys, block);
+                    let mut local = vec![0f32; group * tokens.len()];
+                    key_scores(job.keys, row, block, q, dims, &mut local);
+                    (tokens.start, local)
+                } else {
+                    let r = &job.key_res.expect("a residual item only with residual keys")[row * job.rk * d..(row + 1) * job.rk * d];
+                    let mut local = vec![0f32; group * job.rk];
+                    for qi in 0..group {
+                        let qv = &q[qi * d..(qi + 1) * d];
+                        for (j, kr) in r.chunks(d).enumerate() {
+                            local[qi * job.rk + j] = dot(qv, kr);
+                        }
+                    }
+                    (job.keys.tokens, local)
+                };
+                let len = local.len() / group;
+                for qi in 0..group {
+                    // SAFETY: tokens t0..t0+len of query (row, qi): this item's alone.
+                    let dst = unsafe { job.scores.slice((row * group + qi) * total + t0, len) };
+                    dst.copy_from_slice(&local[qi * len..(qi + 1) * len]);
                 }
             }
-        }
-        for s in scores.chunks_mut(total) {
-            let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
-            let mut sum = 0f32;
-            for x in s.iter_mut() {
-                *x = exp_nonpositive(x.mul_add(scale, -max));
+            Pass::Softmax => {
+                // SAFETY: query `item`'s scores: this item's alone.
+                let s = unsafe { job.scores.slice(item * total, total) };
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * job.scale;
+                let mut sum = 0f32;
+                for x in s.iter_mut() {
+                    *x = exp_nonpositive(x.mul_add(job.scale, -max));
+                }
+                for x in s.iter() {
+                    sum += x;
+                }
+                s.iter_mut().for_each(|x| *x /= sum);
             }
-            for x in s.iter() {
-                sum += x;
-            }
-            s.iter_mut().for_each(|x| *x /= sum);
-        }
-        let o = &mut out[row * dims.group * d..(row + 1) * dims.group * d];
-        value_sums(values, row, &scores, dims, total, o);
-        if let Some(r) = value_res {
-            let r = &r[row * rv * d..(row + 1) * rv * d];
-            for qi in 0..dims.group {
-                let orow = &mut o[qi * d..(qi + 1) * d];
-                for (j, vr) in r.chunks(d).enumerate() {
-                    let w = scores[qi * total + values.tokens + j];
-                    orow.iter_mut().zip(vr).for_each(|(x, &v)| *x = w.mul_add(v, *x));
+            Pass::Values => {
+                let chunks = d.div_ceil(16);
+                let (row, chunk) = (item / chunks, item % chunks);
+                let (d0, d1) = (chunk * 16, (chunk * 16 + 16).min(d));
+                let width = d1 - d0;
+                // SAFETY: no pass writes scores while the values pass runs.
+                let scores = unsafe { std::slice::from_raw_parts(job.scores.get().add(row * group * total) as *const f32, group * total) };
+                let mut local = vec![0f32; group * width];
+                value_sums(job.values, row, scores, dims, total, &mut local, d0..d1);
+                if let Some(r) = job.value_res {
+                    let r = &r[row * job.rv * d..(row + 1) * job.rv * d];
+                    for qi in 0..group {
+                        let orow = &mut local[qi * width..(qi + 1) * width];
+                        for (j, vr) in r.chunks(d).enumerate() {
+                            let w = scores[qi * total + job.values.tokens + j];
+                            orow.iter_mut().zip(&vr[d0..d1]).for_each(|(x, &v)| *x = w.mul_add(v, *x));
+                        }
+                    }
+                }
+                for qi in 0..group {
+                    // SAFETY: channels d0..d1 of query (row, qi): this item's alone.
+                    let dst = unsafe { job.out.slice((row * group + qi) * d + d0, width) };
+                    dst.copy_from_slice(&local[qi * width..(qi + 1) * width]);
                 }
             }
         }
     }
-    out
 }
 
 /// [`elements`] for residual tensors (f32, contiguous, on CPU).
