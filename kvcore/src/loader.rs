@@ -2,7 +2,7 @@
 //! format (GGUF with everything embedded, or a Hugging Face directory).
 
 use crate::config::ModelConfig;
-use crate::device::RuntimeSettings;
+use crate::device::{DType, RuntimeSettings};
 use crate::error::{Error, Result};
 use crate::lm_tokenizer::LmTokenizer;
 use crate::model::Model;
@@ -80,6 +80,25 @@ impl LoadedModel {
     }
 
     /// Bytes of the weights in memory.
+    /// Stores a transformer's projection matrices in a 16-bit `dtype` while it computes in f32
+    /// on the CPU ([`Model::store_weights_as`]); `dtype` f32 leaves them as loaded.
+    ///
+    /// # Errors
+    /// For a recurrent model, another compute dtype or device, or a dtype that is not f16/bf16.
+    pub fn store_weights_as(&mut self, dtype: DType) -> Result<()> {
+        if dtype == DType::F32 {
+            return Ok(());
+        }
+        match &mut self.decoder {
+            Decoder::Transformer(m) => m.store_weights_as(dtype.kind()),
+            Decoder::Recurrent(_) => Err(Error::InvalidArgument {
+                what: "weight dtype",
+                value: dtype.name().into(),
+                expected: "f32 for a recurrent model (16-bit weight storage is for transformer decoders)".into(),
+            }),
+        }
+    }
+
     pub fn weight_bytes(&self) -> u64 {
         match &self.decoder {
             Decoder::Transformer(m) => m.weight_bytes,

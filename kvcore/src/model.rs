@@ -51,9 +51,13 @@ struct Layer {
 /// Everything else (prefill, other dtypes and devices, CPUs without vector FMA, or
 /// `KVBENCH_DECODE_MATMUL=libtorch`) goes through libtorch; a batch of several sequences there
 /// is multiplied row by row, each row through the very call it makes alone.
+///
+/// Weights stored in 16 bits under f32 compute ([`Model::store_weights_as`]) are widened as the
+/// decode kernel reads them; on the libtorch path they are widened to a temporary f32 matrix.
 fn project(x: &Tensor, w_t: &Tensor, b: Option<&Tensor>) -> Tensor {
     let y = match decode_project(x, w_t) {
         Some(y) => y,
+        None if w_t.kind() != x.kind() => return project(x, &w_t.to_kind(x.kind()), b),
         None => {
             let batch = x.size()[0];
             if x.dim() == 3 && batch > 1 {
@@ -100,8 +104,8 @@ fn uses_decode_kernel(device: Device, kind: Kind) -> bool {
 
 /// `x @ w_t` through `decode_matmul` for a decode step (`[B, 1, in]`) of f32 CPU tensors.
 fn decode_project(x: &Tensor, w_t: &Tensor) -> Option<Tensor> {
-    let kernel = |t: &Tensor| uses_decode_kernel(t.device(), t.kind());
-    if x.dim() != 3 || x.size()[1] != 1 || w_t.dim() != 2 || !kernel(x) || !kernel(w_t) {
+    let stored = matches!(w_t.kind(), Kind::Float | Kind::Half | Kind::BFloat16) && w_t.device() == Device::Cpu;
+    if x.dim() != 3 || x.size()[1] != 1 || w_t.dim() != 2 || !uses_decode_kernel(x.device(), x.kind()) || !stored {
         return None;
     }
     let (rows, k) = (x.size()[0], x.size()[2]);
@@ -112,13 +116,19 @@ fn decode_project(x: &Tensor, w_t: &Tensor) -> Option<Tensor> {
     let x = x.contiguous();
     let y = Tensor::empty([rows, 1, n], (Kind::Float, Device::Cpu));
     let (rows, k, n) = (rows as usize, k as usize, n as usize);
-    // SAFETY: all three are contiguous f32 CPU tensors of these sizes, `y` freshly allocated
-    // and not aliased; the views live only for this call.
+    // SAFETY: all three are contiguous CPU tensors of these sizes (x and y f32, w_t of the
+    // element type matched below), `y` freshly allocated and not aliased; the views live only
+    // for this call.
     unsafe {
         let xs = std::slice::from_raw_parts(x.data_ptr() as *const f32, rows * k);
-        let ws = std::slice::from_raw_parts(w_t.data_ptr() as *const f32, k * n);
         let ys = std::slice::from_raw_parts_mut(y.data_ptr() as *mut f32, rows * n);
-        crate::decode_matmul::matmul(xs, rows, ws, k, n, ys, tch::get_num_threads().max(1) as usize);
+        let threads = tch::get_num_threads().max(1) as usize;
+        use crate::decode_matmul::{matmul_weights, Bf16, F16};
+        match w_t.kind() {
+            Kind::Half => matmul_weights(xs, rows, std::slice::from_raw_parts(w_t.data_ptr() as *const F16, k * n), k, n, ys, threads),
+            Kind::BFloat16 => matmul_weights(xs, rows, std::slice::from_raw_parts(w_t.data_ptr() as *const Bf16, k * n), k, n, ys, threads),
+            _ => matmul_weights(xs, rows, std::slice::from_raw_parts(w_t.data_ptr() as *const f32, k * n), k, n, ys, threads),
+        }
     }
     Some(y)
 }
@@ -222,6 +232,40 @@ impl Model {
         Ok(Model { config, embed, layers, norm, lm_head_t, rope, kind, device, weight_bytes })
     }
 
+    /// Stores the projection matrices (q/k/v, o, gate/up, down and the LM head, which is also the
+    /// tied embedding table) in `kind` (`Half` or `BFloat16`) while computing in f32: a decode
+    /// step streams half the bytes, the decode kernel widening each weight exactly as it reads
+    /// it; prefill widens each matrix to a temporary f32 copy. Norms, biases and an untied
+    /// embedding table stay f32. The logits change by the weights' rounding, nothing else.
+    ///
+    /// # Errors
+    /// When the model does not compute in f32 on the CPU, or `kind` is not a 16-bit float.
+    pub fn store_weights_as(&mut self, kind: Kind) -> Result<()> {
+        if self.kind != Kind::Float || self.device != Device::Cpu {
+            return Err(Error::InvalidArgument {
+                what: "weight dtype",
+                value: format!("{kind:?}"),
+                expected: format!("f32 compute on the CPU (this model computes in {:?} on {:?})", self.kind, self.device),
+            });
+        }
+        if !matches!(kind, Kind::Half | Kind::BFloat16) {
+            return Err(Error::InvalidArgument { what: "weight dtype", value: format!("{kind:?}"), expected: "f16 or bf16".into() });
+        }
+        let bytes = |t: &Tensor| (t.numel() * t.kind().elt_size_in_bytes()) as u64;
+        let mut store = |t: &mut Tensor| {
+            let before = bytes(t);
+            *t = t.to_kind(kind).contiguous();
+            self.weight_bytes = self.weight_bytes - before + bytes(t);
+        };
+        for layer in &mut self.layers {
+            for t in [&mut layer.wqkv, &mut layer.wo, &mut layer.w_gate_up, &mut layer.w_down] {
+                store(t);
+            }
+        }
+        store(&mut self.lm_head_t);
+        Ok(())
+    }
+
     /// Runs `input_ids` (`[B, L]`, int64) whose first token sits at absolute position `start_pos`,
     /// through every layer, each attending through its cache in `caches`.
     pub fn forward(&mut self, input_ids: &Tensor, start_pos: usize, caches: &mut [Box<dyn LayerCache>], logits: Logits) -> Result<Tensor> {
@@ -288,12 +332,12 @@ impl Model {
         };
         let mut x = match &self.embed {
             Some(e) => Tensor::embedding(e, input_ids, -1, false, false),
-            None if b == 1 => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]),
+            None if b == 1 => self.lm_head_t.index_select(1, &input_ids.reshape([-1])).transpose(0, 1).reshape([b, l, -1]).to_kind(self.kind),
             // A batch: each row laid out in memory as it is alone (a row's RMSNorm sums in the
             // order of its memory layout, so the same row in another layout sums differently).
             None => {
                 let rows: Vec<Tensor> = (0..b).map(|r| self.lm_head_t.index_select(1, &input_ids.get(r))).collect();
-                Tensor::stack(&rows, 0).transpose(1, 2)
+                Tensor::stack(&rows, 0).transpose(1, 2).to_kind(self.kind)
             }
         };
         for (i, layer) in self.layers.iter().enumerate() {

@@ -328,6 +328,12 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Store the transformer's projection matrices (and LM head) in f16 or bf16 while computing
+    /// in f32 on the CPU: a decoded token reads half the weight bytes, each weight widened
+    /// exactly as the decode kernel reads it. Logits change by the weights' rounding.
+    /// Default f32 (weights as computed).
+    #[arg(long, value_name = "DTYPE")]
+    pub weight_dtype: Option<DType>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -556,6 +562,14 @@ pub struct GenerateArgs {
     /// With --dump-logits: write the logits of every prompt position ([tokens, vocab]).
     #[arg(long, requires = "dump_logits")]
     pub all_positions: bool,
+    /// Store the transformer's projection matrices (and LM head) in f16 or bf16 while computing
+    /// in f32 on the CPU: a decoded token reads half the weight bytes, each weight widened
+    /// exactly as the decode kernel reads it. Logits change by the weights' rounding;
+    /// with --json the output adds `weight_logit_error`, the largest difference of the prompt's
+    /// last-position logits from f32 weights (one more prefill).
+    /// Default f32 (weights as computed).
+    #[arg(long, value_name = "DTYPE")]
+    pub weight_dtype: Option<DType>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }

@@ -101,6 +101,35 @@ fn generate_with_a_method_reports_bytes_and_ratio() {
     assert_eq!(full["compression_ratio"].as_f64().unwrap(), 1.0);
 }
 
+/// `generate --weight-dtype f16|bf16 --json` stores the weights in 16 bits (fewer weight bytes)
+/// and reports how far that moves the prompt's last logits: not at all for f32, a little (the
+/// weights' rounding) for f16 and more for bf16's coarser mantissa.
+#[test]
+fn generate_reports_the_logit_error_of_16_bit_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny");
+    ok(&["model", "init", "--arch", "llama", "--preset", "tiny", "--random", "--seed", "4", model.to_str().unwrap()]);
+    let prompt = "a stitch in time saves nine ".repeat(8);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt", &prompt, "--max-new-tokens", "4", "--device", "cpu", "--json"];
+        args.extend(extra);
+        serde_json::from_str(ok(&args).lines().last().unwrap()).expect("generate --json prints JSON")
+    };
+    let f32_run = run(&[]);
+    assert_eq!(f32_run["weight_dtype"], "f32");
+    assert!(f32_run["weight_logit_error"].is_null(), "{f32_run}");
+    let mut errors = Vec::new();
+    for w in ["f16", "bf16"] {
+        let v = run(&["--weight-dtype", w]);
+        assert_eq!(v["weight_dtype"], w);
+        assert!(v["weight_bytes"].as_u64().unwrap() < f32_run["weight_bytes"].as_u64().unwrap(), "{w}: {v}");
+        let e = v["weight_logit_error"].as_f64().unwrap_or_else(|| panic!("{w}: no weight_logit_error in {v}"));
+        assert!(e > 0.0 && e < 0.05, "{w}: logit error {e}");
+        errors.push(e);
+    }
+    assert!(errors[0] < errors[1], "f16 (11-bit mantissa) moves the logits less than bf16 (8-bit): {errors:?}");
+}
+
 #[test]
 fn a_bad_setting_names_the_method_and_the_key() {
     let tmp = tempfile::tempdir().unwrap();

@@ -148,6 +148,8 @@ pub struct BenchRow {
     pub threads: usize,
     pub device: String,
     pub dtype: String,
+    /// How the projection weights are stored (`--weight-dtype`; the compute dtype by default).
+    pub weight_dtype: String,
 }
 
 /// One (method, context, batch size) measurement of batched decoding: medians over the repeats.
@@ -356,6 +358,10 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
     let files = resolve_or_fetch(&a.model, &kvbench_home())?;
     let longest = contexts.iter().copied().max().unwrap_or(0) + a.new_tokens;
     let mut lm = super::load_guarded(&files, settings, &Default::default(), longest, &a.runtime.guard)?;
+    if let Some(w) = a.weight_dtype {
+        lm.store_weights_as(w).context("--weight-dtype")?;
+    }
+    let weight_dtype = a.weight_dtype.unwrap_or(settings.dtype).name().to_string();
     let max_pos = lm.transformer("kvbench bench (it compares cache methods)")?.config.max_position_embeddings;
     for &c in &contexts {
         if c + a.new_tokens > max_pos {
@@ -447,6 +453,7 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
                 threads,
                 device: device.clone(),
                 dtype: dtype.clone(),
+                weight_dtype: weight_dtype.clone(),
             });
             bar.inc(1);
             let per_sequence = g.kv_bytes_held;
@@ -522,7 +529,7 @@ pub fn run(a: BenchArgs, plugins: &[PathBuf]) -> Result<()> {
         a.model,
         device,
         threads,
-        dtype,
+        if weight_dtype == dtype { dtype.clone() } else { format!("{dtype}, weights stored in {weight_dtype}") },
         cal.copy_bytes_per_s / 1e9,
         cal.matmul_flops_per_s / 1e9,
         a.repeats,

@@ -48,6 +48,20 @@ pub fn encode_prompt(lm: &LoadedModel, text: &str, chat: bool, system: Option<&s
     Ok(ids)
 }
 
+/// The prompt's last-position logits as a decode step computes them: all but the last token
+/// prefilled into a full cache, then the last one decoded (through the decode kernel where it
+/// applies), so that `--weight-dtype`'s error covers the path decoding takes.
+fn last_logits_decoded(lm: &mut kvcore::loader::LoadedModel, ids: &[u32]) -> Result<tch::Tensor> {
+    let _guard = tch::no_grad_guard();
+    let n = ids.len();
+    anyhow::ensure!(n > 0, "an empty prompt has no logits");
+    let mut seq = kvcore::generate::new_sequence(lm, &FullCacheFactory, n, None)?;
+    if n > 1 {
+        let _prefix = kvcore::generate::forward_sequence(lm, &mut seq, &ids[..n - 1], 0, None, false)?;
+    }
+    Ok(kvcore::generate::forward_sequence(lm, &mut seq, &ids[n - 1..], n - 1, None, false)?.to_kind(tch::Kind::Float).reshape([-1]))
+}
+
 pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
     let reg = super::methods::registry(plugins)?;
     let method_params = kvcore::registry::parse_settings(&a.set)?;
@@ -75,6 +89,18 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
         split_context_questions(&lm, &text, &a)?
     };
 
+    // 16-bit weight storage; with --json, how far it moves the prompt's last logits from f32's.
+    let weight_logit_error = match a.weight_dtype.filter(|w| *w != kvcore::device::DType::F32) {
+        Some(w) => {
+            let reference = if a.json { Some(last_logits_decoded(&mut lm, &ids)?) } else { None };
+            lm.store_weights_as(w).context("--weight-dtype")?;
+            match reference {
+                Some(r) => Some((last_logits_decoded(&mut lm, &ids)? - r).abs().max().double_value(&[])),
+                None => None,
+            }
+        }
+        None => None,
+    };
     if let Some(path) = &a.dump_logits {
         let logits = all_logits(&mut lm, &ids, &FullCacheFactory)?;
         let logits = if a.all_positions { logits } else { logits.get(logits.size()[0] - 1) };
@@ -141,6 +167,8 @@ pub fn run(a: GenerateArgs, plugins: &[std::path::PathBuf]) -> Result<()> {
                 "device": kvcore::device::describe(settings.device),
                 "dtype": settings.dtype.name(),
                 "kv_dtype": settings.kv_dtype.name(),
+                "weight_dtype": a.weight_dtype.unwrap_or(settings.dtype).name(),
+                "weight_logit_error": weight_logit_error,
                 "threads": threads,
                 "token_ids": out.token_ids,
             });
