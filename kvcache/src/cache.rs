@@ -66,6 +66,20 @@ impl CacheSpec {
     pub fn group(&self) -> usize {
         (self.query_heads / self.kv_heads.max(1)).max(1)
     }
+
+    /// The model's rotary embedding when it turns all `head_dim` channels, which undoing or
+    /// re-turning a key's or query's position needs; otherwise an error saying that `who` needs
+    /// it and what this cache was given (no rotary embedding, or a partial one).
+    pub fn full_rope(&self, who: &str) -> Result<crate::rope::Rope> {
+        match self.rope {
+            Some(rope) if rope.head_dim() == self.head_dim => Ok(rope),
+            other => Err(Error::InvalidArgument {
+                what: "CacheSpec::rope",
+                value: other.map_or("none (this cache was built without the model's RoPE)".into(), |r| format!("{} rotated channels", r.head_dim())),
+                expected: format!("a rotary embedding over all head_dim = {} channels, which {who} needs", self.head_dim),
+            }),
+        }
+    }
 }
 
 /// One layer's KV cache.

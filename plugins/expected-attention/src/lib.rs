@@ -63,9 +63,7 @@ impl ExpectedAttention {
     /// Expected attention `[B, Hq, S]` of the stored keys under the statistics (sinks excluded
     /// from the softmax).
     fn expected_probs(&self, s: &ScoreInput<'_>, stats: &QueryStats, sink: &Tensor) -> Result<Tensor> {
-        let rope = s.spec.rope.ok_or_else(|| {
-            Error::Unsupported("expected-attention needs the model's RoPE frequencies (CacheSpec::rope); this cache was built without them".into())
-        })?;
+        let rope = s.spec.full_rope("expected-attention (its statistics rotate the mean query to future positions)")?;
         let (_, hkv, _, d) = s.keys.size4()?;
         let device = s.keys.device();
         let (cos, sin) = rope.cos_sin_range(stats.next_pos, self.n_future_positions, device);

@@ -555,19 +555,7 @@ impl EvictionCache {
         if first >= end {
             return Ok(());
         }
-        let rope = self.spec.rope.ok_or_else(|| {
-            Error::Unsupported(format!(
-                "method `{}` needs the model's RoPE frequencies (CacheSpec::rope), and this cache was built without them",
-                self.cfg.name
-            ))
-        })?;
-        if rope.head_dim() != self.spec.head_dim {
-            return Err(Error::InvalidArgument {
-                what: "CacheSpec::rope",
-                value: format!("{} rotated channels", rope.head_dim()),
-                expected: format!("head_dim = {} (partial rotary embeddings are not supported by `{}`)", self.spec.head_dim, self.cfg.name),
-            });
-        }
+        let rope = self.spec.full_rope(&format!("`{}` (its query statistics undo the queries' rotation)", self.cfg.name))?;
         let q = step.q.narrow(2, (first - step.start_pos) as i64, (end - first) as i64).to_kind(Kind::Float);
         let (cos, sin) = rope.cos_sin_range(first, end - first, q.device());
         let chunk = QueryStats::of(&undo_rotary(&q, &cos, &sin), first);
@@ -582,17 +570,7 @@ impl EvictionCache {
     /// "reindexed"`), checked against the heads; None otherwise.
     fn reindex_rope(&self) -> Result<Option<kvcache::rope::Rope>> {
         let Start::Streaming(StreamingPrefill { reindex: true, .. }) = self.cfg.schedule.start else { return Ok(None) };
-        match self.spec.rope {
-            Some(rope) if rope.head_dim() == self.spec.head_dim => Ok(Some(rope)),
-            other => Err(Error::InvalidArgument {
-                what: "CacheSpec::rope",
-                value: other.map_or("none".into(), |r| format!("{} rotated channels", r.head_dim())),
-                expected: format!(
-                    "a rotary embedding over all head_dim = {} channels: `{}` with positions = \"reindexed\" turns the queries' rotation",
-                    self.spec.head_dim, self.cfg.name
-                ),
-            }),
-        }
+        self.spec.full_rope(&format!("`{}` with positions = \"reindexed\" (it turns the queries' rotation)", self.cfg.name)).map(Some)
     }
 
     /// Attention of one dense block, over contiguous or kept positions.

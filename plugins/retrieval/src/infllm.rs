@@ -137,12 +137,8 @@ impl CacheFactory for InfLlmFactory {
         "infllm"
     }
     fn layer_cache(&self, _layer: usize, spec: &CacheSpec) -> kvcache::Result<Box<dyn LayerCache>> {
-        if self.0.reindex && spec.rope.is_none_or(|r| r.head_dim() != spec.head_dim) {
-            return Err(kvcache::Error::Unsupported(format!(
-                "infllm: positions = \"reindexed\" needs the model's rotary embedding over all {} head channels (CacheSpec::rope), and this model gives {}",
-                spec.head_dim,
-                spec.rope.map_or("none".to_string(), |r| format!("{} rotated channels", r.head_dim()))
-            )));
+        if self.0.reindex {
+            spec.full_rope("infllm with positions = \"reindexed\" (it un-rotates far keys)")?;
         }
         if self.0.model_rope && spec.rope.is_none() {
             return Err(kvcache::Error::Unsupported(
