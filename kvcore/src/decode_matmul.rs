@@ -89,7 +89,7 @@ impl Weight for f32 {
 pub struct Bf16(pub u16);
 
 impl Weight for Bf16 {
-    type OnAvx512 = Bf16;
+    type OnAvx512 = Bf16Avx512;
     type OnAvx2 = Bf16;
     #[inline(always)]
     fn widen(self) -> f32 {
@@ -124,6 +124,42 @@ impl Weight for F16 {
 #[derive(Clone, Copy, Debug)]
 #[repr(transparent)]
 pub struct F16Avx512(u16);
+
+/// A bf16 weight read by the AVX-512 build: 16 at a time, zero-extended to 32 bits and shifted
+/// into the top half (the same values as [`Bf16::widen`]).
+#[derive(Clone, Copy, Debug)]
+#[repr(transparent)]
+pub struct Bf16Avx512(u16);
+
+impl Weight for Bf16Avx512 {
+    type OnAvx512 = Bf16Avx512;
+    type OnAvx2 = Bf16;
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        Bf16(self.0).widen()
+    }
+    #[inline(always)]
+    fn widen_row<const L: usize>(row: &[Self; L]) -> [f32; L] {
+        let mut out = [0f32; L];
+        let mut j = 0;
+        #[cfg(target_arch = "x86_64")]
+        while j + 16 <= L {
+            use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm512_castsi512_ps, _mm512_cvtepu16_epi32, _mm512_slli_epi32, _mm512_storeu_ps};
+            // SAFETY: 16 values read and 16 floats written inside the arrays; this type is only
+            // used by the AVX-512 build (`columns_avx512`), run where AVX-512F was detected.
+            unsafe {
+                let wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(row.as_ptr().add(j) as *const __m256i));
+                _mm512_storeu_ps(out.as_mut_ptr().add(j), _mm512_castsi512_ps(_mm512_slli_epi32::<16>(wide)));
+            }
+            j += 16;
+        }
+        while j < L {
+            out[j] = row[j].widen();
+            j += 1;
+        }
+        out
+    }
+}
 
 /// An f16 weight read by the AVX2 build: 8 at a time through F16C's `vcvtph2ps`.
 #[derive(Clone, Copy, Debug)]
