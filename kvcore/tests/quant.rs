@@ -327,10 +327,10 @@ fn decode_step_time_per_layer() {
 }
 
 /// The packed-code attention (`kvmethods::quant_attend`) gives the same bits whichever vector
-/// unit runs it (here the widest this CPU has against the baseline build) and however many
-/// threads split it, for per-channel keys
-/// (KIVI, 2 and 4 bits), per-token keys and values (FlexGen, int8 with its offset), and with
-/// full-precision residuals; and it is within float rounding of attention over the decoded
+/// unit runs it (here the widest this CPU has, AVX2 where that is AVX-512, against the baseline
+/// build) and however many threads split it, for per-channel keys (KIVI, 2 and 4 bits),
+/// per-token keys and values (FlexGen, int8 with its offset), 1 to 9 queries per KV head, and
+/// with full-precision residuals; and it is within float rounding of attention over the decoded
 /// tensors.
 #[test]
 fn packed_attention_is_the_same_bits_on_every_instruction_set() {
@@ -339,14 +339,21 @@ fn packed_attention_is_the_same_bits_on_every_instruction_set() {
     use kvmethods::quantized::KeyLayout;
     let _g = tch::no_grad_guard();
     tch::manual_seed(21);
-    let (hkv, group, d, n, r) = (2i64, 3i64, 64i64, 96i64, 5i64);
-    let dims = Dims { batch: 1, kv_heads: hkv as usize, group: group as usize, head_dim: d as usize };
-    for (kq, layout, vq) in [
-        (Quantizer::new(2, 32, false), KeyLayout::PerChannel, Quantizer::new(2, 32, false)),
-        (Quantizer::new(4, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 32, false)),
-        (Quantizer::new(4, 32, false), KeyLayout::PerToken, Quantizer::new(4, 32, false)),
-        (Quantizer::new(8, 64, true), KeyLayout::PerToken, Quantizer::new(8, 64, true)),
+    let (d, n, r) = (64i64, 192i64, 5i64);
+    // Queries per KV head: SmolLM2's 3, Qwen2.5's 7 (a tile of 4 and one of 3), 1 and 9 (tiles
+    // of 4, 4, 1); key groups of 32 and 48 tokens (whole chunks of 16, and a short last chunk);
+    // value groups of 32 (32-channel items under AVX-512), 16 and 8 (16-channel and general).
+    for (hkv, group, kq, layout, vq) in [
+        (2i64, 3i64, Quantizer::new(2, 32, false), KeyLayout::PerChannel, Quantizer::new(2, 32, false)),
+        (2, 3, Quantizer::new(4, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 32, false)),
+        (2, 3, Quantizer::new(4, 32, false), KeyLayout::PerToken, Quantizer::new(4, 32, false)),
+        (2, 3, Quantizer::new(8, 64, true), KeyLayout::PerToken, Quantizer::new(8, 64, true)),
+        (2, 7, Quantizer::new(4, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 32, false)),
+        (2, 7, Quantizer::new(2, 48, false), KeyLayout::PerChannel, Quantizer::new(2, 16, false)),
+        (1, 1, Quantizer::new(4, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 8, false)),
+        (1, 9, Quantizer::new(2, 32, false), KeyLayout::PerChannel, Quantizer::new(4, 64, true)),
     ] {
+        let dims = Dims { batch: 1, kv_heads: hkv as usize, group: group as usize, head_dim: d as usize };
         let k = Tensor::randn([1, hkv, n, d], (Kind::Float, Device::Cpu));
         let v = Tensor::randn([1, hkv, n, d], (Kind::Float, Device::Cpu));
         let q = Tensor::randn([1, hkv * group, 1, d], (Kind::Float, Device::Cpu));
@@ -374,7 +381,13 @@ fn packed_attention_is_the_same_bits_on_every_instruction_set() {
         let (krs, vrs) = (residual(&kr).unwrap(), residual(&vr).unwrap());
         let wide = attend_one(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
         let base = attend_one_baseline(qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
-        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{layout:?} {}-bit: builds differ", kq.bits);
+        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{layout:?} {}-bit, {group} queries: builds differ", kq.bits);
+        if Build::detect() == Build::Avx512 {
+            // AVX2's copy too (tiles of 16 channels and one chunk of keys, where AVX-512's hold 32
+            // channels and two chunks).
+            let avx2 = attend_one_on(Build::Avx2, Pool::Auto, 2, qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);
+            assert!(avx2.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{layout:?} {}-bit, {group} queries: AVX2 differs", kq.bits);
+        }
         // Split across 1, 2, 3 or 7 threads, on libtorch's team or rayon's pool: the same bits.
         for (threads, pool) in [(1, Pool::Auto), (2, Pool::Auto), (3, Pool::Rayon), (7, Pool::Rayon), (2, Pool::Rayon)] {
             let split = attend_one_on(Build::detect(), pool, threads, qs, &keys, Some(krs), &values, Some(vrs), dims, 0.125);

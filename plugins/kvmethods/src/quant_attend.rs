@@ -14,6 +14,13 @@
 //!
 //! The result equals attention over the decoded cache to float rounding (~1e-6), not bit for bit:
 //! sums run in another order than libtorch's matmuls.
+//!
+//! Every sum has one fixed order, whatever the build, thread count or tiling, so that a quantized
+//! cache's predictions do not move when the kernel gets faster. Speed comes from around that
+//! order, not from changing it: codes are unpacked by vectorized shifts; several queries' (and
+//! key chunks' or channel halves') sums are held at once, so that the core overlaps independent
+//! chains of fused multiply-adds instead of waiting on one; the softmax's sums run side by side;
+//! and each thread reuses one scratch for all its items.
 
 use crate::quant::Quantizer;
 use crate::quantized::KeyLayout;
@@ -68,32 +75,43 @@ impl<'a> Held<'a> {
     }
 }
 
-/// Byte-to-values tables: a byte's `8 / bits` codes, little end first, as f32.
-struct Tables {
-    two: [[f32; 4]; 256],
-    four: [[f32; 2]; 256],
-}
-
-static TABLES: std::sync::LazyLock<Tables> = std::sync::LazyLock::new(|| {
-    let mut t = Tables { two: [[0.0; 4]; 256], four: [[0.0; 2]; 256] };
-    for b in 0..256usize {
-        for i in 0..4 {
-            t.two[b][i] = ((b >> (2 * i)) & 3) as f32;
-        }
-        t.four[b] = [(b & 0xf) as f32, (b >> 4) as f32];
-    }
-    t
-});
-
 /// Unpacks `out.len()` codes from `packed` (little end first, `8 / bits` per byte) as f32 values,
-/// `offset` removed.
+/// `offset` removed. Written as shifts of 8 bytes read as one little-endian integer (code `l` at
+/// bit `bits·l`), so that it vectorizes
+/// (a code is a small integer: every way of converting it gives the same float).
 #[inline(always)]
 fn unpack(packed: &[u8], bits: u32, offset: f32, out: &mut [f32]) {
-    let t = &*TABLES;
     match bits {
         8 => out.iter_mut().zip(packed).for_each(|(o, &c)| *o = c as f32),
-        4 => out.chunks_exact_mut(2).zip(packed).for_each(|(o, &c)| o.copy_from_slice(&t.four[c as usize])),
-        _ => out.chunks_exact_mut(4).zip(packed).for_each(|(o, &c)| o.copy_from_slice(&t.two[c as usize])),
+        4 => {
+            let mut bytes = packed.chunks_exact(8);
+            let mut outs = out.chunks_exact_mut(16);
+            for (o, b) in (&mut outs).zip(&mut bytes) {
+                let w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                for (l, o) in o.iter_mut().enumerate() {
+                    *o = ((w >> (4 * l)) & 15) as f32;
+                }
+            }
+            for (o, &c) in outs.into_remainder().chunks_exact_mut(2).zip(bytes.remainder()) {
+                o[0] = (c & 15) as f32;
+                o[1] = (c >> 4) as f32;
+            }
+        }
+        _ => {
+            let mut bytes = packed.chunks_exact(8);
+            let mut outs = out.chunks_exact_mut(32);
+            for (o, b) in (&mut outs).zip(&mut bytes) {
+                let w = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+                for (l, o) in o.iter_mut().enumerate() {
+                    *o = ((w >> (2 * l)) & 3) as f32;
+                }
+            }
+            for (o, &c) in outs.into_remainder().chunks_exact_mut(4).zip(bytes.remainder()) {
+                for (j, o) in o.iter_mut().enumerate() {
+                    *o = ((c >> (2 * j)) & 3) as f32;
+                }
+            }
+        }
     }
     if offset != 0.0 {
         out.iter_mut().for_each(|o| *o -= offset);
@@ -163,11 +181,92 @@ fn key_block_tokens(k: &Held<'_>, block: usize) -> std::ops::Range<usize> {
     block * n..((block + 1) * n).min(k.tokens)
 }
 
-/// Adds to `scores[qi·len + i]` (zeroed, `[group, len]`) the scores of row `row`'s quantized
-/// keys of block `block` (its `len` tokens, [`key_block_tokens`]) against `q` (`[group, D]`).
+/// Calls `$f::<Q, ..>(args)` for `Q = $n` (1 to 8), a tile of `Q` queries held at once.
+macro_rules! for_queries {
+    ($n:expr, $f:ident, [$($c:tt)*], $($arg:expr),*) => {
+        match $n {
+            1 => $f::<1, $($c)*>($($arg),*),
+            2 => $f::<2, $($c)*>($($arg),*),
+            3 => $f::<3, $($c)*>($($arg),*),
+            4 => $f::<4, $($c)*>($($arg),*),
+            5 => $f::<5, $($c)*>($($arg),*),
+            6 => $f::<6, $($c)*>($($arg),*),
+            7 => $f::<7, $($c)*>($($arg),*),
+            _ => $f::<8, $($c)*>($($arg),*),
+        }
+    };
+}
+
+/// Per-thread buffers of the kernel, made once per pass and part and reused by its items (at 16K
+/// tokens a part scores hundreds of key units per KV head and layer).
+#[derive(Default)]
+struct Scratch {
+    /// Unpacked codes of one unit or block.
+    vals: Vec<f32>,
+    /// Per query: its folded factors (`q·s` per channel) or per-token weights.
+    folded: Vec<f32>,
+    /// Per query: a bias or a channel group's `Σ q`.
+    bias: Vec<f32>,
+    /// One item's outputs before they are copied out.
+    local: Vec<f32>,
+}
+
+/// `v` resized to `n` elements (contents unspecified; every caller writes before it reads).
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// Scores of `Q` queries over `C` chunks of 16 tokens of a per-channel key unit: for each, the
+/// query's bias, then `+ a_c·v_{c,t}` for channels `c = 0..D` in order (one fused multiply-add
+/// each). Each score's sum runs in exactly that order; holding `Q·C` of them at once only gives
+/// the core independent chains to overlap (one chain is bound by the multiply-add's latency).
+#[inline(always)]
+fn channel_tile<const Q: usize, const C: usize>(a: &[f32], bias: &[f32], vals: &[f32], g: usize, d: usize, t0: [usize; C], out: &mut [f32]) {
+    let mut acc: [[[f32; 16]; C]; Q] = std::array::from_fn(|j| [[bias[j]; 16]; C]);
+    for c in 0..d {
+        let row = &vals[c * g..(c + 1) * g];
+        let v: [[f32; 16]; C] = std::array::from_fn(|k| row[t0[k]..t0[k] + 16].try_into().expect("16 tokens"));
+        for j in 0..Q {
+            let ac = a[j * d + c];
+            for k in 0..C {
+                for l in 0..16 {
+                    acc[j][k][l] = ac.mul_add(v[k][l], acc[j][k][l]);
+                }
+            }
+        }
+    }
+    for j in 0..Q {
+        for k in 0..C {
+            out[j * g + t0[k]..j * g + t0[k] + 16].copy_from_slice(&acc[j][k]);
+        }
+    }
+}
+
+/// [`channel_tile`] for `Q` queries over every full chunk of 16 tokens, `C` (1 or 2) chunks at a
+/// time.
+#[inline(always)]
+fn channel_queries<const Q: usize, const C: usize>(a: &[f32], bias: &[f32], vals: &[f32], g: usize, d: usize, out: &mut [f32]) {
+    let full = g / 16;
+    let mut k = 0;
+    while C == 2 && k + 2 <= full {
+        channel_tile::<Q, 2>(a, bias, vals, g, d, [k * 16, k * 16 + 16], out);
+        k += 2;
+    }
+    while k < full {
+        channel_tile::<Q, 1>(a, bias, vals, g, d, [k * 16], out);
+        k += 1;
+    }
+}
+
+/// Adds to `scores[qi·len + i]` (`[group, len]`, zeroed) the scores of row `row`'s quantized keys of
+/// block `block` (its `len` tokens, [`key_block_tokens`]) against `q` (`[group, D]`).
 /// Each score is one token's sum, so blocks can run on any thread.
 #[inline(always)]
-fn key_scores(k: &Held<'_>, row: usize, block: usize, q: &[f32], dims: Dims, scores: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn key_scores(k: &Held<'_>, row: usize, block: usize, q: &[f32], dims: Dims, wide: bool, scratch: &mut Scratch, scores: &mut [f32]) {
     let d = dims.head_dim;
     let per = k.q.per_byte();
     let off = k.q.offset() as f32;
@@ -179,33 +278,48 @@ fn key_scores(k: &Held<'_>, row: usize, block: usize, q: &[f32], dims: Dims, sco
             // unit's `Σ_c q_c·m_c`.
             let g = k.q.group;
             let code_unit = d * g / per;
-            let mut vals = vec![0f32; d * g];
-            let mut a = vec![0f32; d];
-            let u = block;
-            let unit = row * k.cap + u;
-            unpack(&k.codes[unit * code_unit..(unit + 1) * code_unit], k.q.bits, off, &mut vals);
+            let unit = row * k.cap + block;
+            let vals = sized(&mut scratch.vals, d * g);
+            unpack(&k.codes[unit * code_unit..(unit + 1) * code_unit], k.q.bits, off, vals);
             let (scale, min) = (&k.scale[unit * d..(unit + 1) * d], k.min.map(|m| &m[unit * d..(unit + 1) * d]));
+            let a = sized(&mut scratch.folded, dims.group * d);
+            let bias = sized(&mut scratch.bias, dims.group);
             for qi in 0..dims.group {
                 let qrow = &q[qi * d..(qi + 1) * d];
-                a.iter_mut().zip(qrow.iter().zip(scale)).for_each(|(a, (q, s))| *a = q * s);
-                let bias = min.map_or(0.0, |m| dot(qrow, m));
-                let out = &mut scores[qi * g..(qi + 1) * g];
-                for (t0, chunk) in out.chunks_mut(16).enumerate().map(|(i, c)| (i * 16, c)) {
-                    let mut acc = [bias; 16];
-                    let w = chunk.len();
-                    for (c, &ac) in a.iter().enumerate() {
-                        let v = &vals[c * g + t0..c * g + t0 + w];
-                        if w == 16 {
-                            for i in 0..16 {
-                                acc[i] = ac.mul_add(v[i], acc[i]);
-                            }
-                        } else {
-                            for i in 0..w {
-                                acc[i] = ac.mul_add(v[i], acc[i]);
-                            }
+                a[qi * d..(qi + 1) * d].iter_mut().zip(qrow.iter().zip(scale)).for_each(|(a, (q, s))| *a = q * s);
+                // (`match`, not a closure: a closure is compiled without the caller's vector features.)
+                bias[qi] = match min {
+                    Some(m) => dot(qrow, m),
+                    None => 0.0,
+                };
+            }
+            // Up to 4 queries by 2 chunks (8 registers of 16 floats) with AVX-512's 32 registers,
+            // 4 by 1 otherwise.
+            let mut qi = 0;
+            while qi < dims.group {
+                let (a, b, out) = (&a[qi * d..], &bias[qi..], &mut scores[qi * g..]);
+                let n = (dims.group - qi).min(4);
+                if wide {
+                    for_queries!(n, channel_queries, [2], a, b, vals, g, d, out);
+                } else {
+                    for_queries!(n, channel_queries, [1], a, b, vals, g, d, out);
+                }
+                qi += n;
+            }
+            // A last chunk of fewer than 16 tokens, one query at a time, in the same order.
+            let t0 = g / 16 * 16;
+            if t0 < g {
+                let w = g - t0;
+                for qi in 0..dims.group {
+                    let mut acc = [bias[qi]; 16];
+                    for c in 0..d {
+                        let ac = a[qi * d + c];
+                        let v = &vals[c * g + t0..c * g + g];
+                        for i in 0..w {
+                            acc[i] = ac.mul_add(v[i], acc[i]);
                         }
                     }
-                    chunk.copy_from_slice(&acc[..w]);
+                    scores[qi * g + t0..qi * g + g].copy_from_slice(&acc[..w]);
                 }
             }
         }
@@ -213,22 +327,30 @@ fn key_scores(k: &Held<'_>, row: usize, block: usize, q: &[f32], dims: Dims, sco
             let gsz = k.q.group;
             let ng = d / gsz;
             let code_tok = d / per;
-            // Σ q over each channel group (the minimum's factor).
-            let ones = vec![1f32; gsz];
-            let qsum: Vec<f32> = (0..dims.group * ng).map(|i| dot(&q[i * gsz..(i + 1) * gsz], &ones)).collect();
-            let mut vals = vec![0f32; d];
+            // Σ q over each channel group (the minimum's factor): a dot with ones, as it was.
+            let ones = sized(&mut scratch.folded, gsz);
+            ones.fill(1.0);
+            let qsum = sized(&mut scratch.bias, dims.group * ng);
+            for (i, s) in qsum.iter_mut().enumerate() {
+                *s = dot(&q[i * gsz..(i + 1) * gsz], ones);
+            }
+            let vals = sized(&mut scratch.vals, d);
             let tokens = key_block_tokens(k, block);
             let len = tokens.len();
             for (i, t) in tokens.enumerate() {
                 let unit = row * k.cap + t;
-                unpack(&k.codes[unit * code_tok..(unit + 1) * code_tok], k.q.bits, off, &mut vals);
+                unpack(&k.codes[unit * code_tok..(unit + 1) * code_tok], k.q.bits, off, vals);
                 let (scale, min) = (&k.scale[unit * ng..(unit + 1) * ng], k.min.map(|m| &m[unit * ng..(unit + 1) * ng]));
                 for qi in 0..dims.group {
                     let qrow = &q[qi * d..(qi + 1) * d];
                     let mut total = 0f32;
                     for c in 0..ng {
                         let dot = dot(&qrow[c * gsz..(c + 1) * gsz], &vals[c * gsz..(c + 1) * gsz]);
-                        total += scale[c] * dot + min.map_or(0.0, |m| m[c] * qsum[qi * ng + c]);
+                        let shift = match min {
+                            Some(m) => m[c] * qsum[qi * ng + c],
+                            None => 0.0,
+                        };
+                        total += scale[c] * dot + shift;
                     }
                     scores[qi * len + i] += total;
                 }
@@ -245,26 +367,62 @@ fn key_blocks(k: &Held<'_>) -> usize {
     }
 }
 
+/// Tokens of a value block: unpacked once, then summed into every query's channels.
+const VALUE_BLOCK: usize = 64;
+
+/// `Q` queries' sums over one value block for `16·C` channels inside one channel group: per query
+/// and channel, `Σ_t w_t·code_{t,d}` over the block's tokens in order (one fused multiply-add
+/// each, `w` the query's weights times the token's scale, `ws[j·VALUE_BLOCK + t]`), added to its
+/// output (`out[j·16·C..]`). Holding `Q·C` sums at once only overlaps independent chains; each
+/// keeps its order.
+#[inline(always)]
+fn value_tile<const Q: usize, const C: usize>(ws: &[f32], n: usize, vals: &[f32], out: &mut [f32]) {
+    let w16 = 16 * C;
+    let mut acc = [[[0f32; 16]; C]; Q];
+    for i in 0..n {
+        let x: [[f32; 16]; C] = std::array::from_fn(|k| vals[i * w16 + 16 * k..i * w16 + 16 * k + 16].try_into().expect("16 channels"));
+        for j in 0..Q {
+            let w = ws[j * VALUE_BLOCK + i];
+            for k in 0..C {
+                for l in 0..16 {
+                    acc[j][k][l] = w.mul_add(x[k][l], acc[j][k][l]);
+                }
+            }
+        }
+    }
+    for j in 0..Q {
+        for k in 0..C {
+            out[j * w16 + 16 * k..j * w16 + 16 * k + 16].iter_mut().zip(&acc[j][k]).for_each(|(o, a)| *o += a);
+        }
+    }
+}
+
 /// Adds to `out` (`[group, width]`: channels `d0..d1` = `channels` of each query) row `row`'s quantized
 /// values weighted by `p[qi·stride + t]`: tokens 64 at a time are unpacked once, then each
 /// query's channels are summed over them in one register, `Σ_t (p_t·s_t)·code_{t,d}`, and each
 /// channel group's `Σ_t p_t·m_t` added once. Each channel's sum runs in the same order whatever
 /// channel range it is computed in, so ranges can run on any thread.
 #[inline(always)]
-fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, out: &mut [f32], channels: std::ops::Range<usize>) {
-    const BLOCK: usize = 64;
+#[allow(clippy::too_many_arguments)]
+fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, scratch: &mut Scratch, out: &mut [f32], channels: std::ops::Range<usize>) {
+    const BLOCK: usize = VALUE_BLOCK;
     let (d0, d1) = (channels.start, channels.end);
     let d = dims.head_dim;
     let width = d1 - d0;
-    debug_assert!(width <= 16 && d0.is_multiple_of(v.q.per_byte()));
+    debug_assert!(width <= 32 && d0.is_multiple_of(v.q.per_byte()));
     let per = v.q.per_byte();
     let gsz = v.q.group;
     let ng = d / gsz;
     let code_tok = d / per;
     let (b0, b1) = (d0 / per, d1.div_ceil(per));
     let off = v.q.offset() as f32;
-    let mut vals = vec![0f32; BLOCK * width];
-    let mut ws = vec![0f32; BLOCK * ng];
+    let group = dims.group;
+    // 16 or 32 channels of one channel group: every query's weights folded with that group's
+    // scales, then the queries summed four at a time (by 16 or 32 channels).
+    let tiled = (width == 16 || width == 32) && gsz.is_multiple_of(width);
+    debug_assert!(width <= 16 || tiled, "32-channel items only within one channel group");
+    let vals = sized(&mut scratch.vals, BLOCK * width);
+    let ws = sized(&mut scratch.folded, BLOCK * if tiled { group } else { ng });
     let mut t0 = 0;
     while t0 < v.tokens {
         let n = BLOCK.min(v.tokens - t0);
@@ -275,40 +433,72 @@ fn value_sums(v: &Held<'_>, row: usize, p: &[f32], dims: Dims, stride: usize, ou
         }
         let scale = &v.scale[first * ng..(first + n) * ng];
         let min = v.min.map(|m| &m[first * ng..(first + n) * ng]);
-        for qi in 0..dims.group {
-            let pw = &p[qi * stride + t0..qi * stride + t0 + n];
-            for (i, &w) in pw.iter().enumerate() {
-                for c in 0..ng {
-                    ws[i * ng + c] = w * scale[i * ng + c];
+        let weights = |qi: usize| &p[qi * stride + t0..qi * stride + t0 + n];
+        if tiled {
+            let c = d0 / gsz;
+            let mut column = [0f32; BLOCK];
+            for (i, s) in column[..n].iter_mut().enumerate() {
+                *s = scale[i * ng + c];
+            }
+            for qi in 0..group {
+                for ((o, &w), &s) in ws[qi * BLOCK..qi * BLOCK + n].iter_mut().zip(weights(qi)).zip(&column[..n]) {
+                    *o = w * s;
                 }
             }
-            let o = &mut out[qi * width..(qi + 1) * width];
-            let c = d0 / gsz;
-            let mut acc = [0f32; 16];
-            if width == 16 && gsz.is_multiple_of(16) {
-                for i in 0..n {
-                    let wsc = ws[i * ng + c];
-                    let x = &vals[i * 16..i * 16 + 16];
-                    for l in 0..16 {
-                        acc[l] = wsc.mul_add(x[l], acc[l]);
+            let mut qi = 0;
+            while qi < group {
+                let (w, o) = (&ws[qi * BLOCK..], &mut out[qi * width..]);
+                let q = (group - qi).min(4);
+                if width == 32 {
+                    for_queries!(q, value_tile, [2], w, n, vals, o);
+                } else {
+                    for_queries!(q, value_tile, [1], w, n, vals, o);
+                }
+                qi += q;
+            }
+            if let Some(m) = min {
+                // The group's `Σ_t p_t·m_t`, eight queries' chains at a time, each in token order.
+                let mut qi = 0;
+                while qi < group {
+                    let q = (group - qi).min(8);
+                    let mut mterm = [0f32; 8];
+                    for i in 0..n {
+                        let mi = m[i * ng + c];
+                        for j in 0..q {
+                            mterm[j] = p[(qi + j) * stride + t0 + i].mul_add(mi, mterm[j]);
+                        }
+                    }
+                    for j in 0..q {
+                        out[(qi + j) * width..(qi + j + 1) * width].iter_mut().for_each(|x| *x += mterm[j]);
+                    }
+                    qi += q;
+                }
+            }
+        } else {
+            for qi in 0..group {
+                let pw = weights(qi);
+                for (i, &w) in pw.iter().enumerate() {
+                    for c in 0..ng {
+                        ws[i * ng + c] = w * scale[i * ng + c];
                     }
                 }
-            } else {
+                let o = &mut out[qi * width..(qi + 1) * width];
+                let mut acc = [0f32; 16];
                 for i in 0..n {
                     for l in 0..width {
                         acc[l] = ws[i * ng + (d0 + l) / gsz].mul_add(vals[i * width + l], acc[l]);
                     }
                 }
-            }
-            o.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
-            if let Some(m) = min {
-                for c in d0 / gsz..(d1 - 1) / gsz + 1 {
-                    let mut mterm = 0f32;
-                    for (i, &w) in pw.iter().enumerate() {
-                        mterm = w.mul_add(m[i * ng + c], mterm);
+                o.iter_mut().zip(&acc).for_each(|(o, a)| *o += a);
+                if let Some(m) = min {
+                    for c in d0 / gsz..(d1 - 1) / gsz + 1 {
+                        let mut mterm = 0f32;
+                        for (i, &w) in pw.iter().enumerate() {
+                            mterm = w.mul_add(m[i * ng + c], mterm);
+                        }
+                        let (c0, c1) = ((c * gsz).max(d0), ((c + 1) * gsz).min(d1));
+                        o[c0 - d0..c1 - d0].iter_mut().for_each(|x| *x += mterm);
                     }
-                    let (c0, c1) = ((c * gsz).max(d0), ((c + 1) * gsz).min(d1));
-                    o[c0 - d0..c1 - d0].iter_mut().for_each(|x| *x += mterm);
                 }
             }
         }
@@ -395,6 +585,15 @@ struct Job<'a> {
     /// Residual tokens of keys and of values.
     rk: usize,
     rv: usize,
+    /// Quantized key blocks per row ([`key_blocks`]), and work items of the score pass per row
+    /// (those, and one for the residual keys if any).
+    key_blocks: usize,
+    key_items_per_row: usize,
+    /// Compiled for AVX-512 (32 vector registers): key tiles of two chunks of 16 tokens.
+    wide: bool,
+    /// Channels per item of the values pass: 32 with AVX-512 when they lie in one channel group
+    /// of the values (twice the independent sums per token), else 16.
+    value_width: usize,
     /// `[B·H_kv·group, total]`.
     scores: SharedMut<f32>,
     /// `[B·H_kv·group, D]`.
@@ -402,16 +601,12 @@ struct Job<'a> {
 }
 
 impl Job<'_> {
-    fn key_items_per_row(&self) -> usize {
-        key_blocks(self.keys) + usize::from(self.rk > 0)
-    }
-
     fn items(&self, pass: Pass) -> usize {
         let rows = self.dims.batch * self.dims.kv_heads;
         match pass {
-            Pass::Scores => rows * self.key_items_per_row(),
+            Pass::Scores => rows * self.key_items_per_row,
             Pass::Softmax => rows * self.dims.group,
-            Pass::Values => rows * self.dims.head_dim.div_ceil(16),
+            Pass::Values => rows * self.dims.head_dim.div_ceil(self.value_width),
         }
     }
 }
@@ -440,7 +635,26 @@ pub fn attend_one_on(
     assert_eq!(total, values.tokens + rv, "keys and values hold the same tokens");
     let mut out = vec![0f32; rows * dims.group * d];
     let mut scores = vec![0f32; rows * dims.group * total];
-    let job = Job { q, keys, key_res, values, value_res, dims, scale, total, rk, rv, scores: SharedMut::new(&mut scores), out: SharedMut::new(&mut out) };
+    let key_blocks = key_blocks(keys);
+    let key_items_per_row = key_blocks + usize::from(rk > 0);
+    let job = Job {
+        q,
+        keys,
+        key_res,
+        values,
+        value_res,
+        dims,
+        scale,
+        total,
+        rk,
+        rv,
+        key_blocks,
+        key_items_per_row,
+        wide: build == Build::Avx512,
+        value_width: if build == Build::Avx512 && values.q.group.is_multiple_of(32) && d.is_multiple_of(32) { 32 } else { 16 },
+        scores: SharedMut::new(&mut scores),
+        out: SharedMut::new(&mut out),
+    };
     for pass in [Pass::Scores, Pass::Softmax, Pass::Values] {
         let items = job.items(pass);
         let work = |part: usize, parts: usize| {
@@ -494,58 +708,57 @@ unsafe fn items_body(job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
     let dims = job.dims;
     let (d, total, group) = (dims.head_dim, job.total, dims.group);
     let qrow = |row: usize| &job.q[row * group * d..(row + 1) * group * d];
+    if let Pass::Softmax = pass {
+        // SAFETY: forwarded.
+        unsafe { softmax_rows(job, lo, hi) };
+        return;
+    }
+    let mut scratch = Scratch::default();
     for item in lo..hi {
         match pass {
             Pass::Scores => {
-                let per_row = job.key_items_per_row();
+                let per_row = job.key_items_per_row;
                 let (row, block) = (item / per_row, item % per_row);
                 let q = qrow(row);
                 // This item's tokens, scored into a local [group, len] and then copied out.
-                let (t0, local) = if block < key_blocks(job.keys) {
+                let mut local = std::mem::take(&mut scratch.local);
+                let (t0, len) = if block < job.key_blocks {
                     let tokens = key_block_tokens(job.keys, block);
-                    let mut local = vec![0f32; group * tokens.len()];
-                    key_scores(job.keys, row, block, q, dims, &mut local);
-                    (tokens.start, local)
+                    let out = sized(&mut local, group * tokens.len());
+                    out.fill(0.0);
+                    key_scores(job.keys, row, block, q, dims, job.wide, &mut scratch, out);
+                    (tokens.start, tokens.len())
                 } else {
                     let r = &job.key_res.expect("a residual item only with residual keys")[row * job.rk * d..(row + 1) * job.rk * d];
-                    let mut local = vec![0f32; group * job.rk];
+                    let out = sized(&mut local, group * job.rk);
                     for qi in 0..group {
                         let qv = &q[qi * d..(qi + 1) * d];
                         for (j, kr) in r.chunks(d).enumerate() {
-                            local[qi * job.rk + j] = dot(qv, kr);
+                            out[qi * job.rk + j] = dot(qv, kr);
                         }
                     }
-                    (job.keys.tokens, local)
+                    (job.keys.tokens, job.rk)
                 };
-                let len = local.len() / group;
                 for qi in 0..group {
                     // SAFETY: tokens t0..t0+len of query (row, qi): this item's alone.
                     let dst = unsafe { job.scores.slice((row * group + qi) * total + t0, len) };
                     dst.copy_from_slice(&local[qi * len..(qi + 1) * len]);
                 }
+                scratch.local = local;
             }
-            Pass::Softmax => {
-                // SAFETY: query `item`'s scores: this item's alone.
-                let s = unsafe { job.scores.slice(item * total, total) };
-                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * job.scale;
-                let mut sum = 0f32;
-                for x in s.iter_mut() {
-                    *x = exp_nonpositive(x.mul_add(job.scale, -max));
-                }
-                for x in s.iter() {
-                    sum += x;
-                }
-                s.iter_mut().for_each(|x| *x /= sum);
-            }
+            Pass::Softmax => unreachable!("the softmax runs over the whole range below"),
             Pass::Values => {
-                let chunks = d.div_ceil(16);
+                let vw = job.value_width;
+                let chunks = d.div_ceil(vw);
                 let (row, chunk) = (item / chunks, item % chunks);
-                let (d0, d1) = (chunk * 16, (chunk * 16 + 16).min(d));
+                let (d0, d1) = (chunk * vw, (chunk * vw + vw).min(d));
                 let width = d1 - d0;
                 // SAFETY: no pass writes scores while the values pass runs.
                 let scores = unsafe { std::slice::from_raw_parts(job.scores.get().add(row * group * total) as *const f32, group * total) };
-                let mut local = vec![0f32; group * width];
-                value_sums(job.values, row, scores, dims, total, &mut local, d0..d1);
+                let mut buf = std::mem::take(&mut scratch.local);
+                let local = sized(&mut buf, group * width);
+                local.fill(0.0);
+                value_sums(job.values, row, scores, dims, total, &mut scratch, local, d0..d1);
                 if let Some(r) = job.value_res {
                     let r = &r[row * job.rv * d..(row + 1) * job.rv * d];
                     for qi in 0..group {
@@ -561,8 +774,65 @@ unsafe fn items_body(job: &Job<'_>, pass: Pass, lo: usize, hi: usize) {
                     let dst = unsafe { job.out.slice((row * group + qi) * d + d0, width) };
                     dst.copy_from_slice(&local[qi * width..(qi + 1) * width]);
                 }
+                scratch.local = buf;
             }
         }
+    }
+}
+
+/// `sums[j] += Σ_t rows[j][t]`, each in token order, `Q` rows at a time.
+#[inline(always)]
+#[allow(clippy::needless_range_loop)] // token-major on purpose: the Q chains advance together
+fn lockstep_sums<const Q: usize>(rows: &[&[f32]], total: usize, sums: &mut [f32]) {
+    let rows: [&[f32]; Q] = std::array::from_fn(|j| &rows[j][..total]);
+    let mut acc: [f32; Q] = std::array::from_fn(|j| sums[j]);
+    for t in 0..total {
+        for j in 0..Q {
+            acc[j] += rows[j][t];
+        }
+    }
+    sums[..Q].copy_from_slice(&acc);
+}
+
+/// The softmax of queries `lo..hi`'s scores, in place: each query's maximum, its shifted
+/// exponentials, their sum in token order and the division. The sums of up to 8 queries run in
+/// lockstep (independent chains, each in its one order; one alone is bound by the addition's
+/// latency).
+///
+/// # Safety
+/// As [`run_items`]: these queries' scores are this part's alone.
+#[inline(always)]
+unsafe fn softmax_rows(job: &Job<'_>, lo: usize, hi: usize) {
+    let total = job.total;
+    let mut first = lo;
+    while first < hi {
+        let q = (hi - first).min(8);
+        let mut sums = [0f32; 8];
+        for (j, sum) in sums[..q].iter_mut().enumerate() {
+            // SAFETY: query `first + j`'s scores: this part's alone.
+            let s = unsafe { job.scores.slice((first + j) * total, total) };
+            // The maximum in 16 lanes (it does not depend on the order, and so vectorizes).
+            let mut lanes = [f32::NEG_INFINITY; 16];
+            for c in s.chunks(16) {
+                for (m, &x) in lanes.iter_mut().zip(c) {
+                    *m = m.max(x);
+                }
+            }
+            let max = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * job.scale;
+            for x in s.iter_mut() {
+                *x = exp_nonpositive(x.mul_add(job.scale, -max));
+            }
+            *sum = 0.0;
+        }
+        // SAFETY: as above; read only while the sums run.
+        let rows: [&[f32]; 8] = std::array::from_fn(|j| if j < q { unsafe { job.scores.slice((first + j) * total, total) as &[f32] } } else { &[] });
+        for_queries!(q, lockstep_sums, [], &rows[..q], total, &mut sums[..q]);
+        for (j, &sum) in sums[..q].iter().enumerate() {
+            // SAFETY: as above.
+            let s = unsafe { job.scores.slice((first + j) * total, total) };
+            s.iter_mut().for_each(|x| *x /= sum);
+        }
+        first += q;
     }
 }
 
