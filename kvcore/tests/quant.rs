@@ -114,6 +114,11 @@ fn flexgen_fake_mode_matches_the_formula() {
     let direct = Tensor::from_slice(&flexgen_direct(&flat, 32, 4)).view([1, 2, 33, 64]);
     let diff = (&ours - &direct).abs().max().double_value(&[]);
     assert!(diff <= 1e-6, "fake quantization differs from the formula by {diff}");
+    // Its groups are per token: tokens fake-quantized a few at a time are the bits of all of them
+    // fake-quantized at once (what lets the cache quantize each token once, as it arrives).
+    let pieces: Vec<Tensor> = [(0, 16), (16, 1), (17, 16)].iter().map(|&(s, n)| fake_quantize(&x.narrow(2, s, n), 4, 32)).collect();
+    let bits = |t: &Tensor| Vec::<f32>::try_from(&t.contiguous().view([-1])).unwrap().iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&Tensor::cat(&pieces, 2)), bits(&ours), "fake quantization depends on the tokens around");
     // The cache in fake mode attends to exactly the fake-quantized K/V of everything so far.
     let s = spec(2, 64, DType::F32, 40);
     let mut c = QuantCache::new(&QuantConfig::flexgen(4, 32, true), s).unwrap();
@@ -140,6 +145,10 @@ fn flexgen_fake_mode_matches_the_formula() {
             c.end_prefill().unwrap();
         }
         assert_eq!(c.bytes_held(), (n * 2 * 64 * 4 * 2) as u64, "fake mode holds the full-precision cache");
+        // What it holds: the bits of every token so far fake-quantized at this step.
+        let held = c.held_tensors();
+        let k_held = &held.iter().find(|(name, _)| *name == "k").expect("fake mode holds keys").1;
+        assert_eq!(bits(k_held), bits(&fake_quantize(&Tensor::cat(&all_k, 2), 4, 32)), "held keys after {n} tokens");
     }
 }
 

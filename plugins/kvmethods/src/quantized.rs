@@ -12,8 +12,10 @@
 //!   joins the value residual, whose oldest token is quantized once it holds more than `R`.
 //! * **FlexGen-style** (the paper's `flexgen` pipeline, §2.3): keys and values per token in
 //!   groups of 32 channels, no residual, and prefill queries attend to the quantized K/V. With
-//!   `fake = true` the cache keeps the originals and fake-quantizes all of K and V at every step
-//!   exactly as the paper's simulation does (no memory saving: held bytes are the full cache's).
+//!   `fake = true` every step attends to all of K and V fake-quantized, exactly as the paper's
+//!   simulation does (no memory saving: held bytes are the full cache's). The groups being per
+//!   token, each token is fake-quantized once as it is stored, the same bits as re-quantizing the
+//!   whole cache at every step.
 //! * **int8 / int4**: symmetric per token (one scale per token and head over its `head_dim`
 //!   channels, llama.cpp q8_0-like); prefill attends to exact K/V, everything is quantized at the
 //!   end of prefill, and each decoded token is quantized before it is attended to.
@@ -693,14 +695,15 @@ impl QuantCache {
         }
     }
 
-    /// Stores a step in the exact prefill store.
-    fn append_exact(&mut self, step: &AttentionStep<'_>) {
+    /// Stores `[B, H, n, D]` keys and values from `start` in the dense store (exact prefill, or
+    /// fake mode's fake-quantized tokens).
+    fn append_exact(&mut self, k: &Tensor, v: &Tensor, start: usize) {
         let fresh = Self::res_len(&self.k_res) == 0 && self.kq.tokens == 0;
         if let Some(dense) = &mut self.dense {
             if dense.is_empty() && fresh {
-                self.first_pos = step.start_pos;
+                self.first_pos = start;
             }
-            dense.append(step.k, step.v, step.start_pos);
+            dense.append(k, v, start);
         }
     }
 }
@@ -709,7 +712,7 @@ impl LayerCache for QuantCache {
     fn observe(&mut self, step: &AttentionStep<'_>) -> Result<()> {
         if self.dense.is_some() && self.prefilling && !self.cfg.fake {
             self.check_window(step)?;
-            self.append_exact(step);
+            self.append_exact(step.k, step.v, step.start_pos);
             return Ok(());
         }
         self.attend(step).map(drop)
@@ -718,16 +721,25 @@ impl LayerCache for QuantCache {
     fn attend(&mut self, step: &AttentionStep<'_>) -> Result<Tensor> {
         let l = step.q.size()[2] as usize;
         self.check_window(step)?;
+        if self.cfg.fake {
+            // FlexGen's simulation fake-quantizes all of K and V before every step. Its groups are
+            // per token (channels of one token), so a token's fake-quantized values depend on that
+            // token alone and are the same bits whenever they are computed: each token is
+            // quantized once, as it is stored, from its value in the cache's dtype.
+            debug_assert_eq!(self.cfg.key_layout, KeyLayout::PerToken, "fake mode is per-token");
+            let kind = self.spec.kv_dtype.kind();
+            let (kb, vb) = (self.cfg.key, self.cfg.value);
+            let kf = fake_quantize(&step.k.to_kind(kind), kb.bits, kb.group);
+            let vf = fake_quantize(&step.v.to_kind(kind), vb.bits, vb.group);
+            self.append_exact(&kf, &vf, step.start_pos);
+            let dense = self.dense.as_ref().expect("fake mode keeps a dense store");
+            let (k, v) = dense.views().expect("just appended");
+            return Ok(attend_contiguous(step, &k, &v, dense.first_pos()));
+        }
         if self.dense.is_some() {
-            self.append_exact(step);
+            self.append_exact(step.k, step.v, step.start_pos);
             let dense = self.dense.as_ref().expect("checked above");
             let (k, v) = dense.views().expect("just appended");
-            if self.cfg.fake {
-                let (kb, vb) = (self.cfg.key, self.cfg.value);
-                let kf = fake_quantize(&k, kb.bits, kb.group);
-                let vf = fake_quantize(&v, vb.bits, vb.group);
-                return Ok(attend_contiguous(step, &kf, &vf, dense.first_pos()));
-            }
             if self.prefilling {
                 return Ok(attend_contiguous(step, &k, &v, dense.first_pos()));
             }
