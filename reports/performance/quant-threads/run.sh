@@ -1,8 +1,9 @@
 #!/bin/bash
-# The packed-code quantized attention on one thread (before) vs split across libtorch's threads
-# (after), side by side in one sitting: two rounds of `kvbench bench` per binary on SmolLM2 at
-# 4K (alternating which binary goes first), then Qwen2.5-0.5B at 16K tokens, full against
-# KIVI-4, with the after binary (and KIVI-4 with the before binary).
+# Two builds of the packed-code quantized attention side by side in one sitting (used for
+# ../quant-threads/, one thread against libtorch's threads, and ../quant-tiles/, before and after
+# the tiling): two rounds of `kvbench bench` per binary on SmolLM2 at 4K (alternating which
+# binary goes first), then Qwen2.5-0.5B at 16K tokens, full against KIVI-4, with the after
+# binary (and KIVI-4 with the before binary).
 #   reports/performance/quant-threads/run.sh OUT BEFORE_BIN AFTER_BIN
 set -euo pipefail
 out=${1:?usage: run.sh OUT BEFORE_BIN AFTER_BIN}
